@@ -1,0 +1,141 @@
+"""Command line: ``serve``, ``demo``, ``keygen``, ``check-config`` and the offline tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from proxy import __version__
+from proxy.config import Config, ConfigError, load_config
+
+log = logging.getLogger("proxy.cli")
+
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.logs import setup_logging
+    from proxy.server import serve
+
+    config = _load(args.config)
+    setup_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
+    _run(serve(config))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from proxy.keys import KeyRing
+
+    if config.encryption.enabled:
+        try:
+            ring = KeyRing.from_files(config.encryption.key_files)
+        except Exception as exc:
+            print(f"medusa-crypt-proxy: key error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"keys: {', '.join(ring.key_ids)} (primary {ring.primary.key_id_hex})")
+    print(f"config ok: listening on {config.listen.host}:{config.listen.port}, "
+          f"{len(config.clients)} client credential(s), upstream "
+          f"{config.upstream.endpoint_url or 'AWS S3'}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from proxy.keys import generate_key_file
+
+    try:
+        key_id = generate_key_file(args.out)
+    except FileExistsError:
+        print(f"medusa-crypt-proxy: {args.out} exists; refusing to overwrite a key", file=sys.stderr)
+        return 1
+    print(key_id)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return run_demo(args.port, args.workdir)
+
+
+def cmd_tls_selfsigned(args: argparse.Namespace) -> int:
+    from proxy.tls import make_self_signed
+
+    cert, key = make_self_signed(args.out)
+    print(f"certificate: {cert}\nprivate key: {key}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medusa-crypt-proxy",
+        description="An S3 proxy that encrypts Cassandra Medusa backups client-side.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the proxy")
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--log-format", choices=["json", "text"], help="override logging.format")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a config file and its keys, then exit")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("keygen", help="write a new Fernet key file (mode 0600) and print its key id")
+    p.add_argument("out", help="path of the new key file")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("demo", help="run the proxy in front of an embedded local S3 server")
+    p.add_argument("--port", type=int, default=8333)
+    p.add_argument("--workdir", help="where to keep the demo's key, config and cache")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tls-selfsigned", help="make a self-signed loopback certificate")
+    p.add_argument("--out", required=True, help="directory for cert.pem and key.pem")
+    p.set_defaults(func=cmd_tls_selfsigned)
+
+    _add_offline_tools(sub)
+    return parser
+
+
+def _add_offline_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """encrypt / decrypt / inspect: disaster recovery without the daemon."""
+    from proxy import offline_cli
+
+    offline_cli.register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Configuration: one YAML file, validated by pydantic, every field overridable from the environment.
+
+Environment overrides use the prefix ``MCP_`` and ``__`` between nesting levels, for example
+``MCP_LISTEN__PORT=9000`` or ``MCP_UPSTREAM__ENDPOINT_URL=http://127.0.0.1:9000``. Values are parsed
+as YAML scalars, so lists can be written as ``MCP_ENCRYPTION__KEY_FILES='[/a.key, /b.key]'``.
+Secrets are read from files (``*_file`` fields) so that they need not sit in the config itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "MCP_"
+
+
+class ConfigError(Exception):
+    """An invalid configuration: ``problems`` holds one readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{what} file {path} is empty")
+    return value
+
+
+class Listen(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8333, ge=0, le=65535)
+    # Host names under which ``bucket.<name>`` means virtual-host addressing.
+    virtual_host_suffixes: list[str] = Field(default_factory=lambda: ["localhost"])
+
+
+class TLS(_Model):
+    cert_file: str
+    key_file: str
+
+
+class ClientCredential(_Model):
+    """SigV4 credentials a client (Medusa) signs its requests with."""
+
+    access_key_id: str = Field(min_length=1)
+    secret_access_key: str | None = Field(default=None, repr=False)
+    secret_access_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> ClientCredential:
+        if (self.secret_access_key is None) == (self.secret_access_key_file is None):
+            raise ValueError("give exactly one of secret_access_key and secret_access_key_file")
+        if self.secret_access_key_file is not None:
+            secret = _read_secret(self.secret_access_key_file, "secret_access_key")
+            object.__setattr__(self, "secret_access_key", secret)
+        return self
+
+    @property
+    def secret(self) -> str:
+        assert self.secret_access_key is not None
+        return self.secret_access_key
+
+
+class Upstream(_Model):
+    """The real bucket's endpoint; credentials come from the AWS chain unless given here."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    access_key_id: str | None = None
+    secret_access_key: str | None = Field(default=None, repr=False)
+    secret_access_key_file: str | None = None
+    session_token: str | None = Field(default=None, repr=False)
+    profile: str | None = None
+    verify_tls: bool = True
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=120.0, gt=0)
+    max_pool_connections: int = Field(default=64, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> Upstream:
+        if self.secret_access_key_file is not None:
+            if self.secret_access_key is not None:
+                raise ValueError("give only one of secret_access_key and secret_access_key_file")
+            secret = _read_secret(self.secret_access_key_file, "upstream secret_access_key")
+            object.__setattr__(self, "secret_access_key", secret)
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together")
+        return self
+
+
+class Encryption(_Model):
+    enabled: bool = True
+    key_files: list[str] = Field(default_factory=list)
+    # Glob patterns (fnmatch, ``*`` crosses ``/``) over object keys. A key matching an
+    # ``encrypted_patterns`` entry is always encrypted; otherwise a key matching a
+    # ``plaintext_patterns`` entry is stored as it is; everything else is encrypted.
+    encrypted_patterns: list[str] = Field(default_factory=lambda: ["*/data/*"])
+    plaintext_patterns: list[str] = Field(
+        default_factory=lambda: ["index/*", "*/index/*", "*/meta/*"]
+    )
+    # Serve objects that carry no encryption marker (written before encryption was enabled).
+    serve_legacy_plaintext: bool = True
+    # Old key prefixes whose objects may be served under another name (moved backups).
+    accept_moved_from: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _need_keys(self) -> Encryption:
+        if self.enabled and not self.key_files:
+            raise ValueError("key_files: at least one key file is needed when encryption is enabled")
+        return self
+
+
+class Cache(_Model):
+    path: str = "/var/lib/medusa-crypt-proxy/cache.sqlite"
+
+
+class Limits(_Model):
+    max_concurrent_requests: int = Field(default=256, ge=1)
+    drain_timeout: float = Field(default=30.0, ge=0)
+    max_clock_skew_seconds: int = Field(default=900, ge=1)
+    crypto_threads: int = Field(default=2, ge=1)
+
+
+class Logging(_Model):
+    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Model):
+    listen: Listen = Field(default_factory=Listen)
+    tls: TLS | None = None
+    clients: list[ClientCredential] = Field(min_length=1)
+    upstream: Upstream = Field(default_factory=Upstream)
+    encryption: Encryption
+    cache: Cache = Field(default_factory=Cache)
+    limits: Limits = Field(default_factory=Limits)
+    logging: Logging = Field(default_factory=Logging)
+
+    def client_secret(self, access_key_id: str) -> str | None:
+        for client in self.clients:
+            if client.access_key_id == access_key_id:
+                return client.secret
+        return None
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``MCP_A__B=value`` variables onto the nested mapping from the file."""
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return data
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}"
+
+
+def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate a mapping (from YAML) with environment overrides applied."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["config: the top level must be a mapping"])
+    data = _apply_env(data, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML config file; every problem becomes one line of ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+    return parse_config(data, environ)

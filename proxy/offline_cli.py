@@ -1,0 +1,61 @@
+"""The offline tools' command line: work on stored objects without the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    from proxy.keys import KeyRing
+    from proxy.offline import encrypt_file
+
+    encrypt_file(KeyRing.from_files(args.key_file), args.input, args.output, args.object_key)
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from proxy.format.errors import FormatError
+    from proxy.keys import KeyRing
+    from proxy.offline import decrypt_file
+
+    try:
+        decrypt_file(KeyRing.from_files(args.key_file), args.input, args.output, args.object_key)
+    except FormatError as exc:
+        print(f"medusa-crypt-proxy: {args.input}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from proxy.format.errors import FormatError
+    from proxy.offline import inspect_file
+
+    try:
+        info = inspect_file(args.input)
+    except FormatError as exc:
+        print(f"medusa-crypt-proxy: {args.input}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2, sort_keys=True))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("encrypt", help="encrypt a file exactly as the proxy would store it")
+    p.add_argument("--key-file", action="append", required=True, help="Fernet key file (first encrypts)")
+    p.add_argument("--object-key", required=True, help="the S3 key the object will be stored under")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.set_defaults(func=cmd_encrypt)
+
+    p = sub.add_parser("decrypt", help="decrypt an object downloaded from the bucket")
+    p.add_argument("--key-file", action="append", required=True, help="Fernet key file (repeatable)")
+    p.add_argument("--object-key", help="check the object was stored under this S3 key")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.set_defaults(func=cmd_decrypt)
+
+    p = sub.add_parser("inspect", help="show an object's format, key id, sizes and ETag (no key)")
+    p.add_argument("input")
+    p.set_defaults(func=cmd_inspect)

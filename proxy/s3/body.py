@@ -1,0 +1,117 @@
+"""A client's request body as verified plaintext pieces.
+
+Every check (payload SHA-256, aws-chunked signatures and framing, Content-MD5, x-amz-checksum-*)
+can only finish at the end of the body, but bodies are streamed upstream. So the last piece is held
+back until every check has passed: if one fails, the upstream request stays short of its
+Content-Length and the upstream never stores the object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+from proxy.s3.checksums import BodyChecksums
+from proxy.s3.chunked import AwsChunkedDecoder
+from proxy.s3.errors import S3Error
+from proxy.s3.sigv4 import AuthResult, PayloadMode, verify_payload_sha256
+
+PIECE = 1 << 20
+
+
+class ByteSource(Protocol):
+    async def readany(self) -> bytes: ...
+
+
+class RequestBody:
+    """Iterate once over the decoded, verified payload; ``length`` is the decoded length."""
+
+    def __init__(self, source: ByteSource, headers: Mapping[str, str], auth: AuthResult) -> None:
+        self._source = source
+        self._auth = auth
+        self._consumed = False
+        self._decoder: AwsChunkedDecoder | None = None
+        mode = auth.payload_mode
+        self._sha256 = hashlib.sha256() if mode == PayloadMode.SHA256 else None
+        trailer_names = [t.strip().lower() for t in headers.get("x-amz-trailer", "").split(",") if t.strip()]
+        if mode.streaming:
+            decoded = headers.get("x-amz-decoded-content-length")
+            self.length: int | None = _parse_length(decoded) if decoded is not None else None
+            self._decoder = AwsChunkedDecoder(auth, mode, self.length, trailer_names)
+        else:
+            raw = headers.get("content-length")
+            self.length = _parse_length(raw) if raw is not None else None
+            if self.length is None and headers.get("transfer-encoding", "").lower() != "chunked":
+                self.length = 0
+        self.checksums = BodyChecksums.from_headers(headers, trailer_names)
+        self.received = 0
+
+    async def _decoded(self) -> AsyncIterator[bytes]:
+        while True:
+            data = await self._source.readany()
+            if not data:
+                break
+            if self._sha256 is not None:
+                self._sha256.update(data)
+            if self._decoder is None:
+                yield data
+            else:
+                for piece in self._decoder.feed(data):
+                    yield bytes(piece)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        if self._consumed:
+            raise RuntimeError("a request body can be read only once")
+        self._consumed = True
+        held: bytes | None = None
+        async for piece in self._decoded():
+            if not piece:
+                continue
+            self.received += len(piece)
+            self.checksums.update(piece)
+            if self.length is not None and self.received > self.length:
+                raise S3Error("IncompleteBody", "The request body is longer than its declared length", 400)
+            if held is not None:
+                yield held
+            held = piece
+        self._finish()
+        if held is not None:
+            yield held
+
+    def _finish(self) -> None:
+        if self.length is not None and self.received != self.length:
+            raise S3Error(
+                "IncompleteBody",
+                "You did not provide the number of bytes specified by the Content-Length HTTP header",
+                400,
+            )
+        trailers: dict[str, str] = {}
+        if self._decoder is not None:
+            trailers = self._decoder.finish()
+        if self._sha256 is not None:
+            verify_payload_sha256(self._auth.payload_sha256 or "", self._sha256.digest())
+        self.checksums.verify(trailers)
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body, verified; S3's EntityTooLarge past ``limit`` bytes."""
+        if self.length is not None and self.length > limit:
+            raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+        parts: list[bytes] = []
+        size = 0
+        async for piece in self:
+            size += len(piece)
+            if size > limit:
+                raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+            parts.append(piece)
+        return b"".join(parts)
+
+
+def _parse_length(value: str) -> int:
+    try:
+        length = int(value)
+    except ValueError:
+        raise S3Error("InvalidArgument", f"invalid length {value!r}", 400) from None
+    if length < 0:
+        raise S3Error("InvalidArgument", f"invalid length {value!r}", 400)
+    return length

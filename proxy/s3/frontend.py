@@ -1,0 +1,142 @@
+"""The aiohttp side of the S3 API: addressing, authentication, dispatch, replies and errors."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.s3.body import RequestBody
+from proxy.s3.errors import S3Error
+from proxy.s3.routing import bucket_and_key, route
+from proxy.s3.sigv4 import verify_request
+from proxy.service import Reply, Request
+
+log = logging.getLogger("proxy.access")
+
+CredentialLookup = Callable[[str], "str | None"]
+RequestObserver = Callable[[dict[str, object]], None]
+
+_BODY_OPERATIONS = frozenset(
+    {"PutObject", "UploadPart", "CompleteMultipartUpload", "DeleteObjects", "CreateBucket"}
+)
+
+
+class Frontend:
+    """Turns HTTP requests into service calls; the only place that knows aiohttp."""
+
+    def __init__(
+        self,
+        service: object,
+        credentials: CredentialLookup,
+        virtual_suffixes: Iterable[str],
+        max_skew_seconds: int = 900,
+        observe: RequestObserver | None = None,
+    ) -> None:
+        self.service = service
+        self.credentials = credentials
+        self.virtual_suffixes = tuple(virtual_suffixes)
+        self.max_skew_seconds = max_skew_seconds
+        self.observe = observe
+
+    async def handle(self, http: web.Request) -> web.StreamResponse:
+        request_id = secrets.token_hex(8).upper()
+        started = time.monotonic()
+        fields: dict[str, object] = {"request_id": request_id, "method": http.method}
+        response: web.StreamResponse
+        try:
+            response = await self._handle(http, request_id, fields)
+        except S3Error as err:
+            fields["error"] = err.code
+            response = await self._error(http, err, request_id)
+        except Exception:
+            log.exception("internal error", extra={"request_id": request_id})
+            err = S3Error("InternalError", "We encountered an internal error. Please try again.", 500)
+            fields["error"] = err.code
+            response = await self._error(http, err, request_id)
+        fields["status"] = response.status
+        fields["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
+        if self.observe is not None:
+            self.observe(fields)
+        return response
+
+    async def _handle(
+        self, http: web.Request, request_id: str, fields: dict[str, object]
+    ) -> web.StreamResponse:
+        bucket, key = bucket_and_key(http.raw_path, http.host, self.virtual_suffixes)
+        fields.update(bucket=bucket, key=key)
+        query_pairs = parse_qsl(http.query_string, keep_blank_values=True)
+        auth = verify_request(
+            method=http.method,
+            raw_path=http.raw_path.split("?", 1)[0],
+            query=query_pairs,
+            headers=http.headers,
+            lookup=self.credentials,
+            now=datetime.now(UTC),
+            max_skew_seconds=self.max_skew_seconds,
+        )
+        query = dict(query_pairs)
+        target = route(http.method, bucket, key, query, http.headers)
+        fields["operation"] = target.operation
+        body = None
+        if target.operation in _BODY_OPERATIONS or http.can_read_body:
+            body = RequestBody(http.content, http.headers, auth)
+        request = Request(target.operation, target.bucket, target.key, query, http.headers, body)
+        reply: Reply = await self.service.handle(request)  # type: ignore[attr-defined]
+        response = await self._reply(http, reply, request_id, fields)
+        if body is not None:
+            fields["bytes_in"] = body.received
+        return response
+
+    async def _reply(self, http: web.Request, reply: Reply, request_id: str,
+                     fields: dict[str, object]) -> web.StreamResponse:
+        headers = CIMultiDict(reply.headers)
+        headers["x-amz-request-id"] = request_id
+        headers.setdefault("Server", "medusa-crypt-proxy")
+        if isinstance(reply.body, bytes):
+            body = b"" if http.method == "HEAD" else reply.body
+            response = web.Response(status=reply.status, headers=headers, body=body)
+            if http.method == "HEAD" and reply.length is not None:
+                response.headers["Content-Length"] = str(reply.length)
+            fields["bytes_out"] = len(body)
+            return response
+        response = web.StreamResponse(status=reply.status, headers=headers)
+        if reply.length is not None:
+            response.content_length = reply.length
+        await response.prepare(http)
+        sent = 0
+        try:
+            async for piece in reply.body:
+                await response.write(piece)
+                sent += len(piece)
+        except Exception as exc:
+            # Headers are gone: the only honest signal left is a short read.
+            fields["bytes_out"] = sent
+            fields["error"] = getattr(exc, "code", type(exc).__name__)
+            log.error("aborting a response after %d bytes: %s", sent, exc,
+                      extra={"request_id": request_id})
+            response.force_close()
+            if http.transport is not None:
+                http.transport.abort()
+            return response
+        fields["bytes_out"] = sent
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    async def _error(http: web.Request, err: S3Error, request_id: str) -> web.StreamResponse:
+        headers = {"x-amz-request-id": request_id, "Server": "medusa-crypt-proxy"}
+        if http.method == "HEAD" or err.status == 304:
+            return web.Response(status=err.status, headers=headers)
+        headers["Content-Type"] = "application/xml"
+        response = web.Response(status=err.status, headers=headers, body=err.to_xml(request_id))
+        if err.status >= 400 and http.can_read_body and not http.content.at_eof():
+            # The client's body was not read; reusing the connection would parse it as a request.
+            response.force_close()
+        return response

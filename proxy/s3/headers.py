@@ -1,0 +1,124 @@
+"""Translate client request headers into botocore parameters, and back. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+
+from proxy.s3.errors import S3Error
+
+# Object attributes a client sets on PutObject / CreateMultipartUpload / CopyObject.
+_OBJECT_PARAMS = {
+    "content-type": "ContentType",
+    "cache-control": "CacheControl",
+    "content-disposition": "ContentDisposition",
+    "content-language": "ContentLanguage",
+    "x-amz-storage-class": "StorageClass",
+    "x-amz-server-side-encryption": "ServerSideEncryption",
+    "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId",
+    "x-amz-tagging": "Tagging",
+    "x-amz-website-redirect-location": "WebsiteRedirectLocation",
+}
+
+_CONDITIONAL_PARAMS = {
+    "if-match": "IfMatch",
+    "if-none-match": "IfNoneMatch",
+    "if-modified-since": "IfModifiedSince",
+    "if-unmodified-since": "IfUnmodifiedSince",
+}
+
+_RESPONSE_OVERRIDES = {
+    "response-content-type": "ResponseContentType",
+    "response-content-language": "ResponseContentLanguage",
+    "response-expires": "ResponseExpires",
+    "response-cache-control": "ResponseCacheControl",
+    "response-content-disposition": "ResponseContentDisposition",
+    "response-content-encoding": "ResponseContentEncoding",
+}
+
+# The proxy's own metadata hints on stored objects; never shown to clients, never set by them.
+INTERNAL_META_PREFIX = "x-amz-meta-mcp-"
+
+
+def reject_sse_c(headers: Mapping[str, str]) -> None:
+    """SSE-C keys would have to be forwarded and re-sent on every read; refuse them plainly."""
+    if any(name.lower().startswith("x-amz-server-side-encryption-customer-") for name in headers):
+        raise S3Error("NotImplemented", "SSE-C is not supported through the encrypting proxy", 501)
+
+
+def object_params(headers: Mapping[str, str]) -> dict[str, Any]:
+    """botocore parameters for the attributes a client gave a new object."""
+    params: dict[str, Any] = {}
+    metadata: dict[str, str] = {}
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname in _OBJECT_PARAMS:
+            params[_OBJECT_PARAMS[lname]] = value
+        elif lname == "content-encoding":
+            encodings = [e.strip() for e in value.split(",") if e.strip() and e.strip() != "aws-chunked"]
+            if encodings:
+                params["ContentEncoding"] = ",".join(encodings)
+        elif lname == "expires":
+            params["Expires"] = parse_http_date(value)
+        elif lname.startswith("x-amz-meta-"):
+            if lname.startswith(INTERNAL_META_PREFIX):
+                raise S3Error("InvalidArgument", f"metadata {lname} is reserved by the proxy", 400)
+            metadata[lname[len("x-amz-meta-"):]] = value
+    if metadata:
+        params["Metadata"] = metadata
+    return params
+
+
+def conditional_params(headers: Mapping[str, str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, param in _CONDITIONAL_PARAMS.items():
+        value = headers.get(name)
+        if value is not None:
+            params[param] = parse_http_date(value) if name.endswith("since") else value
+    return params
+
+
+def response_override_params(query: Mapping[str, str]) -> dict[str, Any]:
+    return {param: query[name] for name, param in _RESPONSE_OVERRIDES.items() if name in query}
+
+
+def response_overrides(query: Mapping[str, str]) -> dict[str, str]:
+    """Headers a GET's ``response-*`` query parameters replace (presigned downloads use them)."""
+    return {name[len("response-"):]: query[name] for name in _RESPONSE_OVERRIDES if name in query}
+
+
+def parse_http_date(value: str) -> datetime:
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise S3Error("InvalidArgument", f"not an HTTP date: {value!r}", 400) from None
+
+
+def http_date(value: datetime) -> str:
+    return format_datetime(value, usegmt=True)
+
+
+def quote_etag(etag: str) -> str:
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return '"' + etag.strip('"') + '"'
+
+
+def int_param(query: Mapping[str, str], name: str, default: int | None = None,
+              lo: int = 0, hi: int = 2**63) -> int | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise S3Error("InvalidArgument", f"{name} must be an integer", 400) from None
+    if not lo <= number <= hi:
+        raise S3Error("InvalidArgument", f"{name} must be between {lo} and {hi}", 400)
+    return number

@@ -1,0 +1,382 @@
+"""The S3 operations, as the client sees them: passthrough or encrypted, plaintext view.
+
+The front end (``proxy.s3.frontend``) parses and authenticates a request and hands it here as a
+``Request``; the answer is a ``Reply`` whose body is bytes or an async iterator. This module never
+sees HTTP connections, and the object format lives in ``proxy.format``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.s3 import xml
+from proxy.s3.errors import S3Error
+from proxy.s3.headers import (
+    INTERNAL_META_PREFIX,
+    conditional_params,
+    http_date,
+    int_param,
+    object_params,
+    quote_etag,
+    reject_sse_c,
+    response_override_params,
+)
+from proxy.upstream import Upstream, reply_headers
+
+
+class Body(Protocol):
+    """A verified request body: iterate it once, or read it whole when it is small."""
+
+    length: int | None
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def read_all(self, limit: int) -> bytes: ...
+
+
+@dataclass
+class Request:
+    operation: str
+    bucket: str | None
+    key: str | None
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: Body | None = None
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | AsyncIterator[bytes] = b""
+    length: int | None = None
+
+    @classmethod
+    def xml(cls, payload: bytes, status: int = 200) -> Reply:
+        return cls(status, {"Content-Type": "application/xml"}, payload)
+
+
+Handler = Callable[[Request], Awaitable[Reply]]
+
+MAX_XML_BODY = 4 << 20
+
+
+def visible_headers(reply: Mapping[str, Any]) -> dict[str, str]:
+    """Upstream reply headers for a client, without the proxy's own metadata hints."""
+    return {k: v for k, v in reply_headers(dict(reply)).items() if not k.startswith(INTERNAL_META_PREFIX)}
+
+
+class PassthroughService:
+    """Forwards every operation to the upstream bucket unchanged (issue 2's transparent proxy)."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.handlers: dict[str, Handler] = {
+            "ListBuckets": self.list_buckets,
+            "HeadBucket": self.head_bucket,
+            "GetBucketLocation": self.get_bucket_location,
+            "ListObjectsV2": self.list_objects_v2,
+            "ListObjects": self.list_objects_v1,
+            "HeadObject": self.head_object,
+            "GetObject": self.get_object,
+            "PutObject": self.put_object,
+            "CopyObject": self.copy_object,
+            "DeleteObject": self.delete_object,
+            "DeleteObjects": self.delete_objects,
+            "CreateMultipartUpload": self.create_multipart_upload,
+            "UploadPart": self.upload_part,
+            "UploadPartCopy": self.upload_part_copy,
+            "CompleteMultipartUpload": self.complete_multipart_upload,
+            "AbortMultipartUpload": self.abort_multipart_upload,
+            "ListParts": self.list_parts,
+            "ListMultipartUploads": self.list_multipart_uploads,
+        }
+
+    async def handle(self, request: Request) -> Reply:
+        handler = self.handlers.get(request.operation)
+        if handler is None:
+            raise S3Error("NotImplemented", f"{request.operation} is not supported by this proxy", 501)
+        return await handler(request)
+
+    # --- buckets -------------------------------------------------------------------------
+
+    async def list_buckets(self, request: Request) -> Reply:
+        return Reply.xml(xml.list_buckets(await self.upstream.call("list_buckets")))
+
+    async def head_bucket(self, request: Request) -> Reply:
+        reply = await self.upstream.call("head_bucket", Bucket=request.bucket)
+        region = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        return Reply(200, {"x-amz-bucket-region": region or self.upstream.cfg.region})
+
+    async def get_bucket_location(self, request: Request) -> Reply:
+        reply = await self.upstream.call("get_bucket_location", Bucket=request.bucket)
+        return Reply.xml(xml.location(reply.get("LocationConstraint") or "us-east-1"))
+
+    # --- listings ------------------------------------------------------------------------
+
+    @staticmethod
+    def _encoding(query: Mapping[str, str]) -> str | None:
+        encoding = query.get("encoding-type")
+        if encoding not in (None, "", "url"):
+            raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", 400)
+        return encoding or None
+
+    async def list_objects_v2(self, request: Request) -> Reply:
+        q = request.query
+        encoding = self._encoding(q)
+        params: dict[str, Any] = {"Bucket": request.bucket}
+        for name, param in (("prefix", "Prefix"), ("delimiter", "Delimiter"),
+                            ("continuation-token", "ContinuationToken"), ("start-after", "StartAfter")):
+            if q.get(name):
+                params[param] = q[name]
+        params["MaxKeys"] = int_param(q, "max-keys", 1000, 0, 1000)
+        if q.get("fetch-owner") == "true":
+            params["FetchOwner"] = True
+        if encoding:
+            params["EncodingType"] = encoding
+        reply = await self.upstream.call("list_objects_v2", **params)
+        await self.adjust_listing(request.bucket or "", reply.get("Contents", []))
+        return Reply.xml(xml.list_objects_v2(reply, encoding))
+
+    async def list_objects_v1(self, request: Request) -> Reply:
+        q = request.query
+        encoding = self._encoding(q)
+        params: dict[str, Any] = {"Bucket": request.bucket}
+        for name, param in (("prefix", "Prefix"), ("delimiter", "Delimiter"), ("marker", "Marker")):
+            if q.get(name):
+                params[param] = q[name]
+        params["MaxKeys"] = int_param(q, "max-keys", 1000, 0, 1000)
+        if encoding:
+            params["EncodingType"] = encoding
+        reply = await self.upstream.call("list_objects", **params)
+        await self.adjust_listing(request.bucket or "", reply.get("Contents", []))
+        return Reply.xml(xml.list_objects_v1(reply, encoding))
+
+    async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
+        """Turn stored sizes and ETags into the plaintext view (nothing to do in passthrough)."""
+
+    # --- objects -------------------------------------------------------------------------
+
+    async def head_object(self, request: Request) -> Reply:
+        reply = await self.upstream.call(
+            "head_object", Bucket=request.bucket, Key=request.key, **conditional_params(request.headers)
+        )
+        headers = visible_headers(reply)
+        headers["Content-Length"] = str(reply.get("ContentLength", 0))
+        return Reply(200, headers, b"", reply.get("ContentLength", 0))
+
+    async def get_object(self, request: Request) -> Reply:
+        params: dict[str, Any] = {"Bucket": request.bucket, "Key": request.key}
+        params.update(conditional_params(request.headers))
+        params.update(response_override_params(request.query))
+        if request.headers.get("range"):
+            params["Range"] = request.headers["range"]
+        if request.query.get("partNumber"):
+            params["PartNumber"] = int_param(request.query, "partNumber", None, 1, 10000)
+        reply, pieces = await self.upstream.get_stream(**params)
+        headers = visible_headers(reply)
+        status = 200
+        if reply.get("ContentRange"):
+            headers["Content-Range"] = reply["ContentRange"]
+            status = 206
+        length = int(reply.get("ContentLength", 0))
+        return Reply(status, headers, pieces, length)
+
+    async def put_object(self, request: Request) -> Reply:
+        reject_sse_c(request.headers)
+        body = self._body(request)
+        params = object_params(request.headers)
+        reply = await self._send(body, "put_object", Bucket=request.bucket, Key=request.key, **params)
+        return Reply(200, {"ETag": quote_etag(reply.get("ETag", ""))})
+
+    async def copy_object(self, request: Request) -> Reply:
+        reject_sse_c(request.headers)
+        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        params = self._copy_params(request)
+        reply = await self.upstream.call(
+            "copy_object", Bucket=request.bucket, Key=request.key,
+            CopySource={"Bucket": src_bucket, "Key": src_key}, **params,
+        )
+        result = reply.get("CopyObjectResult", {})
+        return Reply.xml(xml.copy_object_result(result.get("ETag", ""), result["LastModified"]))
+
+    @staticmethod
+    def _copy_params(request: Request) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        directive = request.headers.get("x-amz-metadata-directive")
+        if directive:
+            params["MetadataDirective"] = directive
+        if directive == "REPLACE":
+            params.update(object_params(request.headers))
+        elif request.headers.get("x-amz-storage-class"):
+            params["StorageClass"] = request.headers["x-amz-storage-class"]
+        for name, param in (("x-amz-copy-source-if-match", "CopySourceIfMatch"),
+                            ("x-amz-copy-source-if-none-match", "CopySourceIfNoneMatch")):
+            if request.headers.get(name):
+                params[param] = request.headers[name]
+        return params
+
+    async def delete_object(self, request: Request) -> Reply:
+        await self.upstream.call("delete_object", Bucket=request.bucket, Key=request.key)
+        return Reply(204)
+
+    async def delete_objects(self, request: Request) -> Reply:
+        payload = await self._body(request).read_all(MAX_XML_BODY)
+        try:
+            objects, quiet = xml.parse_delete(payload)
+        except xml.MalformedXMLError as exc:
+            raise S3Error("MalformedXML", str(exc), 400) from None
+        entries: list[dict[str, Any]] = []
+        for obj in objects:
+            entry: dict[str, Any] = {"Key": obj.key}
+            if obj.version_id:
+                entry["VersionId"] = obj.version_id
+            entries.append(entry)
+        reply = await self.upstream.call(
+            "delete_objects", Bucket=request.bucket, Delete={"Objects": entries, "Quiet": quiet}
+        )
+        return Reply.xml(xml.delete_result(reply.get("Deleted", []), reply.get("Errors", []), quiet))
+
+    # --- multipart -----------------------------------------------------------------------
+
+    async def create_multipart_upload(self, request: Request) -> Reply:
+        reject_sse_c(request.headers)
+        reply = await self.upstream.call(
+            "create_multipart_upload", Bucket=request.bucket, Key=request.key,
+            **object_params(request.headers),
+        )
+        return Reply.xml(xml.initiate_multipart(request.bucket or "", request.key or "", reply["UploadId"]))
+
+    async def upload_part(self, request: Request) -> Reply:
+        body = self._body(request)
+        reply = await self._send(
+            body, "upload_part", Bucket=request.bucket, Key=request.key,
+            UploadId=request.query["uploadId"], PartNumber=part_number(request.query),
+        )
+        return Reply(200, {"ETag": quote_etag(reply.get("ETag", ""))})
+
+    async def upload_part_copy(self, request: Request) -> Reply:
+        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        params: dict[str, Any] = {}
+        if request.headers.get("x-amz-copy-source-range"):
+            params["CopySourceRange"] = request.headers["x-amz-copy-source-range"]
+        reply = await self.upstream.call(
+            "upload_part_copy", Bucket=request.bucket, Key=request.key,
+            UploadId=request.query["uploadId"], PartNumber=part_number(request.query),
+            CopySource={"Bucket": src_bucket, "Key": src_key}, **params,
+        )
+        result = reply.get("CopyPartResult", {})
+        return Reply.xml(xml.copy_part_result(result.get("ETag", ""), result["LastModified"]))
+
+    async def complete_multipart_upload(self, request: Request) -> Reply:
+        parts = await self._completed_parts(request)
+        reply = await self.upstream.call(
+            "complete_multipart_upload", Bucket=request.bucket, Key=request.key,
+            UploadId=request.query["uploadId"],
+            MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": quote_etag(p.etag)}
+                                       for p in parts]},
+        )
+        return Reply.xml(xml.complete_multipart(
+            reply.get("Location", ""), request.bucket or "", request.key or "", reply.get("ETag", "")
+        ))
+
+    async def _completed_parts(self, request: Request) -> list[Any]:
+        payload = await self._body(request).read_all(MAX_XML_BODY)
+        try:
+            parts = xml.parse_complete_multipart(payload)
+        except xml.MalformedXMLError as exc:
+            raise S3Error("MalformedXML", str(exc), 400) from None
+        if not parts:
+            raise S3Error("MalformedXML", "CompleteMultipartUpload lists no parts", 400)
+        if not xml.is_ascending(parts):
+            raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.", 400)
+        return parts
+
+    async def abort_multipart_upload(self, request: Request) -> Reply:
+        await self.upstream.call(
+            "abort_multipart_upload", Bucket=request.bucket, Key=request.key,
+            UploadId=request.query["uploadId"],
+        )
+        return Reply(204)
+
+    async def list_parts(self, request: Request) -> Reply:
+        params: dict[str, Any] = {"Bucket": request.bucket, "Key": request.key,
+                                  "UploadId": request.query["uploadId"]}
+        max_parts = int_param(request.query, "max-parts", None, 0, 1000)
+        if max_parts is not None:
+            params["MaxParts"] = max_parts
+        marker = int_param(request.query, "part-number-marker", None, 0, 10000)
+        if marker is not None:
+            params["PartNumberMarker"] = marker
+        reply = await self.upstream.call("list_parts", **params)
+        await self.adjust_parts(request, reply.get("Parts", []))
+        return Reply.xml(xml.list_parts(reply))
+
+    async def adjust_parts(self, request: Request, parts: list[dict[str, Any]]) -> None:
+        """Turn stored part sizes and ETags into the client's view (nothing in passthrough)."""
+
+    async def list_multipart_uploads(self, request: Request) -> Reply:
+        q = request.query
+        encoding = self._encoding(q)
+        params: dict[str, Any] = {"Bucket": request.bucket}
+        for name, param in (("prefix", "Prefix"), ("delimiter", "Delimiter"),
+                            ("key-marker", "KeyMarker"), ("upload-id-marker", "UploadIdMarker")):
+            if q.get(name):
+                params[param] = q[name]
+        max_uploads = int_param(q, "max-uploads", None, 0, 1000)
+        if max_uploads is not None:
+            params["MaxUploads"] = max_uploads
+        if encoding:
+            params["EncodingType"] = encoding
+        reply = await self.upstream.call("list_multipart_uploads", **params)
+        return Reply.xml(xml.list_multipart_uploads(reply, encoding))
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _body(request: Request) -> Body:
+        if request.body is None:
+            raise S3Error("IncompleteBody", "this request needs a body", 400)
+        return request.body
+
+    async def _send(self, body: Body, operation: str, **params: Any) -> dict[str, Any]:
+        """Forward a body: small ones whole (verified first, retryable), large ones streamed."""
+        if body.length is None:
+            raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
+        if body.length <= SMALL_BODY:
+            payload = await body.read_all(SMALL_BODY)
+            return await self.upstream.call(operation, Body=payload, **params)
+        return await self.upstream.send_stream(operation, body, body.length, **params)
+
+
+SMALL_BODY = 1 << 20
+
+
+def part_number(query: Mapping[str, str]) -> int:
+    number = int_param(query, "partNumber", None, 1, 10000)
+    if number is None:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000", 400)
+    return number
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    """``/bucket/key`` or ``bucket/key``, URL-encoded; version ids are not supported."""
+    from urllib.parse import unquote
+
+    source = unquote(value.split("?versionId=", 1)[0]).lstrip("/")
+    bucket, _, key = source.partition("/")
+    if not bucket or not key:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key", 400)
+    return bucket, key
+
+
+async def drain(pieces: AsyncIterable[bytes]) -> int:
+    total = 0
+    async for piece in pieces:
+        total += len(piece)
+    return total
+
+
+__all__ = ["PassthroughService", "Reply", "Request", "drain", "http_date"]
