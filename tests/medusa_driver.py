@@ -165,13 +165,11 @@ def disable_medusa_retries() -> int:
 
 
 def _import_medusa() -> None:
-    import medusa.backup_node  # noqa: F401
-    import medusa.download  # noqa: F401
-    import medusa.index  # noqa: F401
-    import medusa.listing  # noqa: F401
-    import medusa.purge  # noqa: F401
-    import medusa.storage  # noqa: F401
-    import medusa.verify  # noqa: F401
+    """Import the Medusa modules used here (their retry decorators must exist before patching)."""
+    import importlib
+
+    for name in ("backup_node", "download", "index", "listing", "purge", "storage", "verify"):
+        importlib.import_module(f"medusa.{name}")
 
 
 # ------------------------------------------------------------------------------------
@@ -435,7 +433,7 @@ def main(action: str, args: dict) -> int:
         config, md5 = build_config(args, work_dir)
         with contextlib.redirect_stdout(captured):
             result = ACTIONS[action](config, md5, args)
-    except BaseException as e:  # noqa: BLE001 - report everything as JSON
+    except BaseException as e:  # report everything as JSON
         _emit({"ok": False, "action": action, "error": f"{type(e).__name__}: {e}",
                "traceback": traceback.format_exc(), "output": captured.getvalue()})
         return 1
