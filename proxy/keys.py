@@ -1,0 +1,196 @@
+"""Key ring: Fernet master keys from files, key ids, per-object HKDF keys.
+
+Pure and synchronous. Key material never appears in reprs, logs or exceptions;
+only the 8-byte key id (a hash of the key) is shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from proxy.format.constants import HKDF_INFO, KEY_ID_CONTEXT, KEY_ID_SIZE, SALT_SIZE
+from proxy.format.errors import UnknownKeyError
+
+__all__ = [
+    "KeyFileError",
+    "KeyRing",
+    "MasterKey",
+    "ObjectKeys",
+    "UnknownKeyError",
+    "derive_object_keys",
+    "generate_key_file",
+    "key_id",
+    "load_key_file",
+    "parse_fernet_key",
+]
+
+log = logging.getLogger(__name__)
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, unreadable or does not hold a Fernet key (no key material shown)."""
+
+
+def key_id(raw32: bytes) -> bytes:
+    """Stable 8-byte id of a master key: identifies it in trailers without revealing it."""
+    if len(raw32) != 32:
+        raise ValueError("a master key is 32 bytes")
+    return hashlib.sha256(KEY_ID_CONTEXT + raw32).digest()[:KEY_ID_SIZE]
+
+
+@dataclass(frozen=True, repr=False)
+class MasterKey:
+    """A 32-byte Fernet master key and its id. repr shows the id only."""
+
+    raw: bytes
+    key_id: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != 32:
+            raise ValueError("a master key is 32 bytes")
+        object.__setattr__(self, "key_id", key_id(self.raw))
+
+    @property
+    def key_id_hex(self) -> str:
+        """The key id as 16 hex characters, as shown in logs and `inspect`."""
+        return self.key_id.hex()
+
+    def __repr__(self) -> str:
+        return f"MasterKey(key_id={self.key_id_hex})"
+
+
+@dataclass(frozen=True, repr=False)
+class ObjectKeys:
+    """Per-object keys derived from the master key and the object's salt."""
+
+    signing_key: bytes
+    encryption_key: bytes
+    mac_key: bytes
+    key_id: bytes
+    salt: bytes
+
+    def __repr__(self) -> str:
+        return f"ObjectKeys(key_id={self.key_id.hex()}, salt={self.salt.hex()})"
+
+    def fernet_key(self) -> bytes:
+        """The url-safe base64 Fernet key (signing || encryption) equivalent to these keys."""
+        return base64.urlsafe_b64encode(self.signing_key + self.encryption_key)
+
+
+def derive_object_keys(master_raw32: bytes | MasterKey, salt16: bytes) -> ObjectKeys:
+    """HKDF-SHA256 the master key with the object's random salt, so that every object has
+    its own Fernet key and chunks cannot move between objects unnoticed."""
+    raw = master_raw32.raw if isinstance(master_raw32, MasterKey) else master_raw32
+    if len(raw) != 32:
+        raise ValueError("a master key is 32 bytes")
+    if len(salt16) != SALT_SIZE:
+        raise ValueError(f"a salt is {SALT_SIZE} bytes")
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt16, info=HKDF_INFO).derive(raw)
+    return ObjectKeys(
+        signing_key=okm[0:16],
+        encryption_key=okm[16:32],
+        mac_key=okm[32:64],
+        key_id=key_id(raw),
+        salt=bytes(salt16),
+    )
+
+
+def parse_fernet_key(text: bytes | str) -> MasterKey:
+    """Decode a Fernet key (url-safe base64 of 32 bytes, whitespace ignored)."""
+    if isinstance(text, str):
+        text = text.encode("ascii", errors="replace")
+    stripped = b"".join(text.split())
+    try:
+        raw = base64.urlsafe_b64decode(stripped)
+    except (binascii.Error, ValueError):
+        raise KeyFileError("not a Fernet key (invalid url-safe base64)") from None
+    if len(stripped) != 44 or len(raw) != 32:
+        raise KeyFileError("not a Fernet key (expected 44 base64 characters encoding 32 bytes)")
+    return MasterKey(raw)
+
+
+def load_key_file(path: str | os.PathLike[str]) -> MasterKey:
+    """Read one Fernet key file; warn (once, without key material) if group/other can read it."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        data = p.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"cannot read key file {p}: {e.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "key file %s is accessible by group/other (mode %o); chmod 600 it",
+            p,
+            stat.S_IMODE(st.st_mode),
+        )
+    try:
+        return parse_fernet_key(data)
+    except KeyFileError as e:
+        raise KeyFileError(f"key file {p}: {e}") from None
+
+
+def generate_key_file(path: str | os.PathLike[str]) -> str:
+    """Write a new random Fernet key with mode 0600, refusing to overwrite; return its key id."""
+    key = Fernet.generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, key + b"\n")
+    finally:
+        os.close(fd)
+    return parse_fernet_key(key).key_id_hex
+
+
+class KeyRing:
+    """Master keys: the first (primary) encrypts, every key decrypts (rotation)."""
+
+    def __init__(self, keys: Sequence[MasterKey]) -> None:
+        if not keys:
+            raise ValueError("a key ring needs at least one key")
+        self._keys: tuple[MasterKey, ...] = tuple(keys)
+        self._by_id: dict[bytes, MasterKey] = {}
+        for k in self._keys:
+            self._by_id.setdefault(k.key_id, k)
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | os.PathLike[str]]) -> KeyRing:
+        """Load key files in order; the first becomes the primary (encrypting) key."""
+        return cls([load_key_file(p) for p in paths])
+
+    @property
+    def primary(self) -> MasterKey:
+        """The key new objects are encrypted with."""
+        return self._keys[0]
+
+    @property
+    def keys(self) -> tuple[MasterKey, ...]:
+        """All keys, primary first."""
+        return self._keys
+
+    def get(self, key_id: bytes) -> MasterKey:
+        """The key with this id, or UnknownKeyError naming the missing id."""
+        try:
+            return self._by_id[bytes(key_id)]
+        except KeyError:
+            raise UnknownKeyError(bytes(key_id).hex()) from None
+
+    def __contains__(self, key_id: object) -> bool:
+        return isinstance(key_id, bytes | bytearray) and bytes(key_id) in self._by_id
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(key_ids=[{', '.join(k.key_id_hex for k in self._keys)}])"
