@@ -430,7 +430,7 @@ def main(action: str, args: dict) -> int:
             logging.debug("disabled tenacity retries on %d Medusa functions", n)
         work_dir = pathlib.Path(args.get("work_dir") or tempfile.mkdtemp(prefix="medusa-drv-"))
         work_dir.mkdir(parents=True, exist_ok=True)
-        config, md5 = build_config(args, work_dir)
+        config, md5 = (None, False) if action == "version" else build_config(args, work_dir)
         with contextlib.redirect_stdout(captured):
             result = ACTIONS[action](config, md5, args)
     except BaseException as e:  # report everything as JSON

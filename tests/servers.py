@@ -157,9 +157,13 @@ def make_client(endpoint_url: str, access_key: str, secret_key: str, *,
 
 
 def _clean_env() -> dict[str, str]:
-    """The current environment without AWS settings that would leak into a child."""
+    """The current environment without settings that would leak into a child.
+
+    AWS_* (credentials, endpoints), RCLONE_* (rclone flags) and MCP_* (the proxy's config
+    overrides) from the developer's shell would silently change what a test runs against.
+    """
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "RCLONE_"))}
+           if not k.startswith(("AWS_", "RCLONE_", "MCP_"))}
     return env
 
 
@@ -464,6 +468,7 @@ def proxy_config(upstream: S3Server, tmp_path: Path, **overrides: Any) -> dict[s
         },
         "encryption": {"key_files": [str(key_file)]},
         "cache": {"path": str(tmp_path / "cache.sqlite")},
+        "logging": {"format": "text", "level": "INFO"},
     }
     for k, v in overrides.items():
         if isinstance(v, dict) and isinstance(config.get(k), dict):
