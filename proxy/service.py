@@ -7,16 +7,16 @@ sees HTTP connections, and the object format lives in ``proxy.format``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     INTERNAL_META_PREFIX,
     conditional_params,
-    http_date,
     int_param,
     object_params,
     quote_etag,
@@ -363,20 +363,8 @@ def part_number(query: Mapping[str, str]) -> int:
 
 def parse_copy_source(value: str) -> tuple[str, str]:
     """``/bucket/key`` or ``bucket/key``, URL-encoded; version ids are not supported."""
-    from urllib.parse import unquote
-
     source = unquote(value.split("?versionId=", 1)[0]).lstrip("/")
     bucket, _, key = source.partition("/")
     if not bucket or not key:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key", 400)
     return bucket, key
-
-
-async def drain(pieces: AsyncIterable[bytes]) -> int:
-    total = 0
-    async for piece in pieces:
-        total += len(piece)
-    return total
-
-
-__all__ = ["PassthroughService", "Reply", "Request", "drain", "http_date"]

@@ -71,11 +71,12 @@ class Frontend:
     ) -> web.StreamResponse:
         bucket, key = bucket_and_key(http.raw_path, http.host, self.virtual_suffixes)
         fields.update(bucket=bucket, key=key)
-        query_pairs = parse_qsl(http.query_string, keep_blank_values=True)
+        raw_path, _, raw_query = http.raw_path.partition("?")
+        query_pairs = parse_qsl(raw_query, keep_blank_values=True)
         auth = verify_request(
             method=http.method,
-            raw_path=http.raw_path.split("?", 1)[0],
-            query=query_pairs,
+            raw_path=raw_path,
+            query=raw_query,
             headers=http.headers,
             lookup=self.credentials,
             now=datetime.now(UTC),

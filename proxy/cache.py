@@ -1,0 +1,186 @@
+"""Local state in one SQLite file: a cache of the plaintext view, and in-flight multipart uploads.
+
+The view cache is keyed by what identifies one stored version of an object (bucket, key and the
+upstream ETag, or size and Last-Modified when the upstream gives no ETag), so an entry can never
+describe another version: losing the file costs lookups in the bucket, never correctness.
+Multipart state lives only as long as its upload; losing it makes Complete fail with an S3 error
+so the client uploads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS views (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL,
+    kind TEXT NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL, trailer BLOB,
+    PRIMARY KEY (bucket, key, version)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL,
+    key_id BLOB NOT NULL, salt BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL, part_number INTEGER NOT NULL,
+    size INTEGER NOT NULL, md5 BLOB NOT NULL, stored_size INTEGER NOT NULL,
+    upstream_etag TEXT, held BLOB,
+    PRIMARY KEY (upload_id, part_number)
+);
+"""
+
+
+def version_of(etag: str | None, size: int, last_modified: object) -> str:
+    """What identifies one stored version: its ETag, or size and time when there is none."""
+    etag = (etag or "").strip('"')
+    return f"etag:{etag}:{size}" if etag else f"lm:{last_modified}:{size}"
+
+
+@dataclass(frozen=True)
+class CachedView:
+    kind: str  # "encrypted" | "plaintext" | "seed"
+    size: int
+    etag: str
+    trailer: bytes | None
+
+
+@dataclass(frozen=True)
+class UploadState:
+    upload_id: str
+    bucket: str
+    key: str
+    key_id: bytes
+    salt: bytes
+
+
+@dataclass(frozen=True)
+class PartState:
+    part_number: int
+    size: int
+    md5: bytes
+    stored_size: int
+    upstream_etag: str | None
+    held: bytes | None
+
+
+class StateStore:
+    """SQLite behind one worker thread, so the event loop never waits on the disk."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            with self._lock:
+                return fn(self._open())
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def start(self) -> None:
+        await self._run(lambda db: None)
+
+    async def close(self) -> None:
+        def shut(db: sqlite3.Connection) -> None:
+            db.close()
+            self._db = None
+
+        if self._db is not None:
+            await self._run(shut)
+        self._executor.shutdown(wait=True)
+
+    # --- views ---------------------------------------------------------------------------
+
+    async def get_views(self, bucket: str, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], CachedView]:
+        """Cached views for (key, version) pairs; absent ones are simply missing."""
+        wanted = list(keys)
+
+        def query(db: sqlite3.Connection) -> dict[tuple[str, str], CachedView]:
+            found: dict[tuple[str, str], CachedView] = {}
+            for key, version in wanted:
+                row = db.execute(
+                    "SELECT kind, size, etag, trailer FROM views WHERE bucket=? AND key=? AND version=?",
+                    (bucket, key, version),
+                ).fetchone()
+                if row is not None:
+                    found[(key, version)] = CachedView(row[0], row[1], row[2], row[3])
+            return found
+
+        return await self._run(query)
+
+    async def put_view(self, bucket: str, key: str, version: str, view: CachedView) -> None:
+        def store(db: sqlite3.Connection) -> None:
+            # One version per key is enough: an overwrite makes older entries useless.
+            db.execute("DELETE FROM views WHERE bucket=? AND key=?", (bucket, key))
+            db.execute(
+                "INSERT INTO views VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (bucket, key, version, view.kind, view.size, view.etag, view.trailer),
+            )
+
+        await self._run(store)
+
+    async def forget_view(self, bucket: str, key: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM views WHERE bucket=? AND key=?", (bucket, key)))
+
+    async def count_views(self) -> int:
+        return await self._run(lambda db: int(db.execute("SELECT count(*) FROM views").fetchone()[0]))
+
+    # --- multipart uploads ---------------------------------------------------------------
+
+    async def put_upload(self, state: UploadState) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
+            (state.upload_id, state.bucket, state.key, state.key_id, state.salt),
+        ))
+
+    async def get_upload(self, upload_id: str) -> UploadState | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT upload_id, bucket, key, key_id, salt FROM uploads WHERE upload_id=?", (upload_id,)
+        ).fetchone())
+        return UploadState(*row) if row is not None else None
+
+    async def put_part(self, upload_id: str, part: PartState) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (upload_id, part.part_number, part.size, part.md5, part.stored_size,
+             part.upstream_etag, part.held),
+        ))
+
+    async def get_parts(self, upload_id: str) -> dict[int, PartState]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT part_number, size, md5, stored_size, upstream_etag, held FROM parts WHERE upload_id=?",
+            (upload_id,),
+        ).fetchall())
+        return {row[0]: PartState(*row) for row in rows}
+
+    async def drop_upload(self, upload_id: str) -> None:
+        def drop(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
+            db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+
+        await self._run(drop)
+
+    async def count_uploads(self) -> int:
+        return await self._run(lambda db: int(db.execute("SELECT count(*) FROM uploads").fetchone()[0]))
