@@ -54,7 +54,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         except Exception as exc:
             print(f"medusa-crypt-proxy: key error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-        print(f"keys: {', '.join(ring.key_ids)} (primary {ring.primary.key_id_hex})")
+        key_ids = ", ".join(key.key_id_hex for key in ring.keys)
+        print(f"keys: {key_ids} (primary {ring.primary.key_id_hex})")
     print(f"config ok: listening on {config.listen.host}:{config.listen.port}, "
           f"{len(config.clients)} client credential(s), upstream "
           f"{config.upstream.endpoint_url or 'AWS S3'}")

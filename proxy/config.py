@@ -179,7 +179,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
     return data
 
 
-def _format_error(err: dict[str, Any]) -> str:
+def _format_error(err: Mapping[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "config"
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{where}: {msg}"

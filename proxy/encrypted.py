@@ -29,7 +29,8 @@ from proxy.format.codec import (
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
 from proxy.format.layout import part_stored_size
-from proxy.format.trailer import TRAILER_PROBE, Trailer, parse_footer
+from proxy.format.constants import TRAILER_PROBE
+from proxy.format.trailer import Trailer, parse_footer
 from proxy.keys import KeyRing, MasterKey, derive_object_keys
 from proxy.metrics import Metrics
 from proxy.policy import Policy
@@ -282,11 +283,11 @@ class EncryptedService(PassthroughService):
                 out = await self._crypt(decryptor.feed, piece)
                 if out:
                     self.metrics.add_decrypted(len(out))
-                    yield out
+                    yield bytes(out)
             out = decryptor.finish()
             if out:
                 self.metrics.add_decrypted(len(out))
-                yield out
+                yield bytes(out)
         except FormatError as exc:
             raise self._integrity(key, exc) from None
 
@@ -318,10 +319,11 @@ class EncryptedService(PassthroughService):
                 out = await self._crypt(encryptor.update, piece)
                 self.metrics.add_encrypted(len(piece))
                 if out:
-                    yield out
+                    yield bytes(out)
+            last = encryptor.finish()
             trailer = build_trailer(master, salt, key,
                                     [PartInfo(1, encryptor.plaintext_size, encryptor.md5)], single_put=True)
-            yield encryptor.finish() + trailer
+            yield bytes(last) + trailer
 
         params = self._with_hint(params, master)
         if length <= SMALL_BODY:
@@ -443,8 +445,8 @@ class EncryptedService(PassthroughService):
                 out = await self._crypt(encryptor.update, piece)
                 self.metrics.add_encrypted(len(piece))
                 if out:
-                    yield out
-            yield encryptor.finish()
+                    yield bytes(out)
+            yield bytes(encryptor.finish())
 
         if body.length < MIN_PART:
             # It can only be the last part: keep it until Complete sends it with the trailer.

@@ -53,7 +53,7 @@ def build_service(config: Config, upstream: Upstream, metrics: Metrics) -> Any:
 
 
 def _observer(metrics: Metrics) -> Any:
-    def observe(fields: dict[str, object]) -> None:
+    def observe(fields: dict[str, Any]) -> None:
         operation = str(fields.get("operation") or "Unknown")
         status = int(fields.get("status") or 0)
         metrics.observe_request(operation, status, float(fields.get("duration_ms") or 0) / 1000)
@@ -167,7 +167,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app))
     scheme = "https" if ssl_context else "http"
-    sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
+    server: Any = site._server
+    sockets = server.sockets if server is not None else ()
     address = sockets[0].getsockname() if sockets else (config.listen.host, config.listen.port)
     log.info(
         "ready: listening on %s://%s:%d, upstream %s",

@@ -118,6 +118,7 @@ class PassthroughService:
 
     @staticmethod
     def _encoding(query: Mapping[str, str]) -> str | None:
+        """The client's encoding-type; botocore decodes upstream keys itself, so it is not forwarded."""
         encoding = query.get("encoding-type")
         if encoding not in (None, "", "url"):
             raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", 400)
@@ -134,8 +135,6 @@ class PassthroughService:
         params["MaxKeys"] = int_param(q, "max-keys", 1000, 0, 1000)
         if q.get("fetch-owner") == "true":
             params["FetchOwner"] = True
-        if encoding:
-            params["EncodingType"] = encoding
         reply = await self.upstream.call("list_objects_v2", **params)
         await self.adjust_listing(request.bucket or "", reply.get("Contents", []))
         return Reply.xml(xml.list_objects_v2(reply, encoding))
@@ -148,8 +147,6 @@ class PassthroughService:
             if q.get(name):
                 params[param] = q[name]
         params["MaxKeys"] = int_param(q, "max-keys", 1000, 0, 1000)
-        if encoding:
-            params["EncodingType"] = encoding
         reply = await self.upstream.call("list_objects", **params)
         await self.adjust_listing(request.bucket or "", reply.get("Contents", []))
         return Reply.xml(xml.list_objects_v1(reply, encoding))
@@ -328,8 +325,6 @@ class PassthroughService:
         max_uploads = int_param(q, "max-uploads", None, 0, 1000)
         if max_uploads is not None:
             params["MaxUploads"] = max_uploads
-        if encoding:
-            params["EncodingType"] = encoding
         reply = await self.upstream.call("list_multipart_uploads", **params)
         return Reply.xml(xml.list_multipart_uploads(reply, encoding))
 

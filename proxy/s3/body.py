@@ -60,7 +60,7 @@ class RequestBody:
                 for piece in self._decoder.feed(data):
                     yield bytes(piece)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._consumed:
             raise RuntimeError("a request body can be read only once")
         self._consumed = True

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from proxy.service import Reply, Request
 log = logging.getLogger("proxy.access")
 
 CredentialLookup = Callable[[str], "str | None"]
-RequestObserver = Callable[[dict[str, object]], None]
+RequestObserver = Callable[[dict[str, Any]], None]
 
 _BODY_OPERATIONS = frozenset(
     {"PutObject", "UploadPart", "CompleteMultipartUpload", "DeleteObjects", "CreateBucket"}
@@ -48,7 +49,7 @@ class Frontend:
     async def handle(self, http: web.Request) -> web.StreamResponse:
         request_id = secrets.token_hex(8).upper()
         started = time.monotonic()
-        fields: dict[str, object] = {"request_id": request_id, "method": http.method}
+        fields: dict[str, Any] = {"request_id": request_id, "method": http.method}
         response: web.StreamResponse
         try:
             response = await self._handle(http, request_id, fields)
@@ -57,9 +58,9 @@ class Frontend:
             response = await self._error(http, err, request_id)
         except Exception:
             log.exception("internal error", extra={"request_id": request_id})
-            err = S3Error("InternalError", "We encountered an internal error. Please try again.", 500)
-            fields["error"] = err.code
-            response = await self._error(http, err, request_id)
+            internal = S3Error("InternalError", "We encountered an internal error. Please try again.", 500)
+            fields["error"] = internal.code
+            response = await self._error(http, internal, request_id)
         fields["status"] = response.status
         fields["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
         if self.observe is not None:
@@ -67,7 +68,7 @@ class Frontend:
         return response
 
     async def _handle(
-        self, http: web.Request, request_id: str, fields: dict[str, object]
+        self, http: web.Request, request_id: str, fields: dict[str, Any]
     ) -> web.StreamResponse:
         bucket, key = bucket_and_key(http.raw_path, http.host, self.virtual_suffixes)
         fields.update(bucket=bucket, key=key)
@@ -96,17 +97,17 @@ class Frontend:
         return response
 
     async def _reply(self, http: web.Request, reply: Reply, request_id: str,
-                     fields: dict[str, object]) -> web.StreamResponse:
+                     fields: dict[str, Any]) -> web.StreamResponse:
         headers = CIMultiDict(reply.headers)
         headers["x-amz-request-id"] = request_id
         headers.setdefault("Server", "medusa-crypt-proxy")
         if isinstance(reply.body, bytes):
             body = b"" if http.method == "HEAD" else reply.body
-            response = web.Response(status=reply.status, headers=headers, body=body)
+            whole = web.Response(status=reply.status, headers=headers, body=body)
             if http.method == "HEAD" and reply.length is not None:
-                response.headers["Content-Length"] = str(reply.length)
+                whole.headers["Content-Length"] = str(reply.length)
             fields["bytes_out"] = len(body)
-            return response
+            return whole
         response = web.StreamResponse(status=reply.status, headers=headers)
         if reply.length is not None:
             response.content_length = reply.length
