@@ -53,9 +53,7 @@ def check_all_ranges(parts: list[tuple[int, int]], C: int, rng: random.Random | 
         assert sr.skip == a - recs[ia][4] and sr.length == b - a + 1
         assert sr.http_range == f"bytes={sr.start}-{sr.end}"
         loc = lay.locate(a)
-        assert (loc.part_number, loc.chunk_index, loc.record_offset) == recs[ia][:2] + (
-            recs[ia][3],
-        )
+        assert (loc.part_number, loc.chunk_index, loc.record_offset) == (*recs[ia][:2], recs[ia][3])
 
 
 @pytest.mark.parametrize("C", [1, 5, 16])
