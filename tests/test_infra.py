@@ -253,13 +253,21 @@ def test_aws_cli_runs(aws_cli: str, moto_server: MotoServer, tmp_path: Path) -> 
 # the Medusa driver, straight to moto
 # ------------------------------------------------------------------------------------
 
+@pytest.fixture
+def moto_bucket(moto_server: MotoServer) -> Any:
+    name = moto_server.create_bucket()
+    yield name
+    moto_server.delete_bucket(name)
+
+
 def _storage(server: S3Server, bucket: str, **kw: Any) -> dict[str, Any]:
     return medusa_storage(server.endpoint_url, bucket, server.access_key, server.secret_key, **kw)
 
 
 def test_medusa_full_backup_verify_list_download_direct(moto_server: MotoServer,
-                                                        tmp_path: Path) -> None:
-    bucket = moto_server.create_bucket()
+                                                        tmp_path: Path,
+        moto_bucket: str) -> None:
+    bucket = moto_bucket
     raw = moto_server.client()
     snap = make_snapshot(tmp_path / "data")
     storage = _storage(moto_server, bucket)
@@ -317,9 +325,10 @@ def test_medusa_full_backup_verify_list_download_direct(moto_server: MotoServer,
     assert any(bad.split("/data/", 1)[1] in line for line in v["errors"]), v["output"]
 
 
-def test_medusa_differential_counts_direct(moto_server: MotoServer, tmp_path: Path) -> None:
+def test_medusa_differential_counts_direct(moto_server: MotoServer, tmp_path: Path,
+        moto_bucket: str) -> None:
     """The driver reports Medusa's decisions; they match the measured reference counts."""
-    bucket = moto_server.create_bucket()
+    bucket = moto_bucket
     snap = make_snapshot(tmp_path / "data")
     exact_multiples = sorted(rel for rel, s in snap.files.items()
                              if s >= 5 * MiB and s % (5 * MiB) == 0)
@@ -363,8 +372,9 @@ def test_medusa_differential_counts_direct(moto_server: MotoServer, tmp_path: Pa
         f"  - [node1.test/data/{small[0]}] Blob different"]
 
 
-def test_medusa_delete_and_purge_direct(moto_server: MotoServer, tmp_path: Path) -> None:
-    bucket = moto_server.create_bucket()
+def test_medusa_delete_and_purge_direct(moto_server: MotoServer, tmp_path: Path,
+        moto_bucket: str) -> None:
+    bucket = moto_bucket
     raw = moto_server.client()
     snap = make_snapshot(tmp_path / "data", small_layout())
     storage = _storage(moto_server, bucket)
@@ -415,3 +425,19 @@ def test_proxy_process_start_restart_stop(make_proxy: Any, upstream: S3Server,
     assert code == 0, proxy.log_text()[-3000:]
     assert http_status(proxy.endpoint_url + "/healthz") is None
     assert proxy.log_text()
+
+
+def test_medusa_driver_fails_fast_without_medusa_retries(tmp_path: Path) -> None:
+    """Medusa's tenacity retries (minutes) are off by default; botocore's remain (seconds)."""
+    import time
+
+    from tests.servers import free_port
+
+    storage = medusa_storage(f"http://127.0.0.1:{free_port()}", "nobucket", "ak", "sk")
+    started = time.monotonic()
+    r = run_medusa("list", {"storage": storage, "log_level": "DEBUG"}, check=False,
+                   tmp_dir=tmp_path, timeout=120)
+    assert time.monotonic() - started < 60
+    assert not r["ok"] and r["returncode"] == 1
+    assert "EndpointConnectionError" in r["error"]
+    assert "disabled tenacity retries on" in r["stderr"]
