@@ -264,9 +264,8 @@ def _storage(server: S3Server, bucket: str, **kw: Any) -> dict[str, Any]:
     return medusa_storage(server.endpoint_url, bucket, server.access_key, server.secret_key, **kw)
 
 
-def test_medusa_full_backup_verify_list_download_direct(moto_server: MotoServer,
-                                                        tmp_path: Path,
-        moto_bucket: str) -> None:
+def test_medusa_full_backup_verify_list_download_direct(
+        moto_server: MotoServer, tmp_path: Path, moto_bucket: str) -> None:
     bucket = moto_bucket
     raw = moto_server.client()
     snap = make_snapshot(tmp_path / "data")
@@ -325,8 +324,8 @@ def test_medusa_full_backup_verify_list_download_direct(moto_server: MotoServer,
     assert any(bad.split("/data/", 1)[1] in line for line in v["errors"]), v["output"]
 
 
-def test_medusa_differential_counts_direct(moto_server: MotoServer, tmp_path: Path,
-        moto_bucket: str) -> None:
+def test_medusa_differential_counts_direct(
+        moto_server: MotoServer, tmp_path: Path, moto_bucket: str) -> None:
     """The driver reports Medusa's decisions; they match the measured reference counts."""
     bucket = moto_bucket
     snap = make_snapshot(tmp_path / "data")
@@ -372,8 +371,8 @@ def test_medusa_differential_counts_direct(moto_server: MotoServer, tmp_path: Pa
         f"  - [node1.test/data/{small[0]}] Blob different"]
 
 
-def test_medusa_delete_and_purge_direct(moto_server: MotoServer, tmp_path: Path,
-        moto_bucket: str) -> None:
+def test_medusa_delete_and_purge_direct(
+        moto_server: MotoServer, tmp_path: Path, moto_bucket: str) -> None:
     bucket = moto_bucket
     raw = moto_server.client()
     snap = make_snapshot(tmp_path / "data", small_layout())
