@@ -443,6 +443,8 @@ class ObjectDecryptor:
 
     def _check_binding(self, pn: int, ci: int, m: int, off: int) -> None:
         where = _where(pn, ci, off)
+        if m == 0 and ci != 0:
+            raise TamperedError(f"{where}: empty chunk after the first chunk of a part")
         if self._part is not None and pn == self._part:
             if not self._part_open or ci != self._next_index:
                 raise TamperedError(
@@ -499,7 +501,10 @@ class ObjectDecryptor:
                 raise TamperedError("chunks missing before the trailer")
             del out[w:]
             return out
-        if Layout.from_parts(self._parts, self._chunk_size) != trailer.layout:
+        if (
+            Layout.from_parts(self._parts, self._chunk_size) != trailer.layout
+            or self._chunks != trailer.chunk_count
+        ):
             raise TamperedError(
                 "chunks seen do not match the trailer's part layout "
                 "(parts or chunks dropped, or trailer from another object)"
