@@ -88,10 +88,10 @@ def parse_range(value: str | None, size: int) -> ByteRange | None:
         last = int(end_s) if end_s else size - 1
     except ValueError:
         return None
-    if first < 0 or last < first:
-        return None
     if first >= size:
         raise _invalid_range(size)
+    if first < 0 or last < first:
+        return None
     return ByteRange(first, min(last, size - 1))
 
 

@@ -26,10 +26,10 @@ from proxy.format.codec import (
     build_trailer,
     new_salt,
 )
+from proxy.format.constants import TRAILER_PROBE
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
 from proxy.format.layout import part_stored_size
-from proxy.format.constants import TRAILER_PROBE
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keys import KeyRing, MasterKey, derive_object_keys
 from proxy.metrics import Metrics

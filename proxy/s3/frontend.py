@@ -98,7 +98,9 @@ class Frontend:
 
     async def _reply(self, http: web.Request, reply: Reply, request_id: str,
                      fields: dict[str, Any]) -> web.StreamResponse:
-        headers = CIMultiDict(reply.headers)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in reply.headers.items():
+            headers[name] = value  # case-insensitive: a later override replaces the upstream's
         headers["x-amz-request-id"] = request_id
         headers.setdefault("Server", "medusa-crypt-proxy")
         if isinstance(reply.body, bytes):
