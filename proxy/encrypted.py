@@ -8,6 +8,7 @@ that view. ``StateStore`` caches the view and holds in-flight multipart state.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
 from proxy.format.layout import part_stored_size
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keys import KeyRing, MasterKey, derive_object_keys
+from proxy.manifest import Stored, is_manifest_key, object_paths, restore, rewrite
 from proxy.metrics import Metrics
 from proxy.policy import Policy
 from proxy.s3 import xml
@@ -63,6 +65,7 @@ MAX_PARTS = 10000
 INLINE_CRYPTO = 128 << 10  # smaller pieces are not worth a thread hop
 COLD_LOOKUPS = 32  # trailer reads in flight while resolving one listing
 FORMAT_HINT = {"mcp-format": "1"}
+MAX_MANIFEST = 256 << 20  # manifests are rewritten in memory; Medusa's hold ~200 B per SSTable
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,12 @@ class EncryptedService(PassthroughService):
 
     async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
         """Replace stored sizes and ETags with the plaintext view, resolving misses concurrently."""
+        manifests = [entry for entry in contents if is_manifest_key(entry["Key"])]
         wanted = [entry for entry in contents if self.policy.encrypts(entry["Key"])]
+        for entry in manifests:
+            view, _ = await self._manifest_view(bucket, entry["Key"], entry.get("ETag", ""),
+                                                int(entry.get("Size", 0)), entry.get("LastModified"))
+            entry["Size"], entry["ETag"] = view.size, quote_etag(view.etag)
         if not wanted:
             return
 
@@ -227,9 +235,14 @@ class EncryptedService(PassthroughService):
 
     async def head_object(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
-        if not self.policy.encrypts(key):
+        if is_manifest_key(key):
+            reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+            view, _ = await self._manifest_view(bucket, key, reply.get("ETag", ""),
+                                                int(reply.get("ContentLength", 0)), reply.get("LastModified"))
+        elif not self.policy.encrypts(key):
             return await super().head_object(request)
-        reply, view = await self._head(bucket, key)
+        else:
+            reply, view = await self._head(bucket, key)
         check_conditions(request.headers, view.etag, reply["LastModified"])
         headers = visible_headers(reply)
         headers["ETag"] = quote_etag(view.etag)
@@ -240,6 +253,8 @@ class EncryptedService(PassthroughService):
 
     async def get_object(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
+        if is_manifest_key(key):
+            return await self._get_manifest(request, bucket, key)
         if not self.policy.encrypts(key):
             return await super().get_object(request)
         if request.query.get("partNumber"):
@@ -295,6 +310,8 @@ class EncryptedService(PassthroughService):
 
     async def put_object(self, request: Request) -> Reply:
         key = request.key or ""
+        if is_manifest_key(key) and not self.policy.encrypts(key):
+            return await self._put_manifest(request, request.bucket or "", key)
         if not self.policy.encrypts(key):
             return await super().put_object(request)
         reject_sse_c(request.headers)
@@ -402,6 +419,103 @@ class EncryptedService(PassthroughService):
             return pieces
         assert view.trailer is not None
         return self._decrypting(key, pieces, ObjectDecryptor.with_trailer(self.keyring, view.trailer, key))
+
+    # --- manifests -----------------------------------------------------------------------
+
+    async def _put_manifest(self, request: Request, bucket: str, key: str) -> Reply:
+        """Store a manifest whose entries describe the stored (encrypted) objects."""
+        body = await self._body(request).read_all(MAX_MANIFEST)
+        paths = object_paths(body)
+        stored_body = body
+        if paths is None:
+            log.warning("%r is named like a manifest but is not one; stored unchanged", key)
+        else:
+            stored = await self._stored_objects(bucket, paths)
+            stored_body = rewrite(body, stored) or body
+            if stored_body is body and stored:
+                log.warning("manifest %r could not be rewritten byte-exactly; stored unchanged", key)
+        params = object_params(request.headers)
+        reply = await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=stored_body, **params)
+        etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        if reply.get("ETag", "").strip('"'):
+            version = version_of(reply["ETag"], len(stored_body), None)
+            await self._remember(bucket, key, version, View("plaintext", len(body), etag))
+        return Reply(200, {"ETag": quote_etag(etag)})
+
+    async def _stored_objects(self, bucket: str, paths: list[str]) -> dict[str, Stored]:
+        """Stored size and upstream ETag of the encrypted objects among ``paths``."""
+        wanted = {path for path in paths if self.policy.encrypts(path)}
+        found: dict[str, dict[str, Any]] = {}
+        for prefix in sorted({path.rpartition("/")[0] + "/" for path in wanted}):
+            token: str | None = None
+            while True:
+                params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+                if token:
+                    params["ContinuationToken"] = token
+                page = await self.upstream.call("list_objects_v2", **params)
+                found.update({o["Key"]: o for o in page.get("Contents", []) if o["Key"] in wanted})
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    break
+        missing = wanted - found.keys()
+        if missing:
+            log.warning("manifest names %d object(s) missing from the bucket, e.g. %r", len(missing),
+                        sorted(missing)[0])
+
+        async def encrypted(entry: dict[str, Any]) -> bool:
+            view = await self.view_of(bucket, entry["Key"], entry.get("ETag", ""), int(entry["Size"]),
+                                      entry.get("LastModified"))
+            return view.kind == "encrypted"
+
+        entries = list(found.values())
+        kinds = await asyncio.gather(*(encrypted(entry) for entry in entries))
+        return {entry["Key"]: Stored(int(entry["Size"]), str(entry.get("ETag", "")).strip('"'))
+                for entry, is_encrypted in zip(entries, kinds, strict=True) if is_encrypted}
+
+    async def _manifest_view(self, bucket: str, key: str, etag: str, size: int,
+                             last_modified: object) -> tuple[View, bytes | None]:
+        """Size and ETag of the manifest as Medusa wrote it (and its bytes, when they were read)."""
+        version = version_of(etag, size, last_modified)
+        cached = (await self.store.get_views(bucket, [(key, version)])).get((key, version))
+        self.metrics.cache_lookup(hit=cached is not None)
+        if cached is not None:
+            return View(cached.kind, cached.size, cached.etag), None
+        original = await self._read_manifest(bucket, key, etag)
+        view = View("plaintext", len(original), hashlib.md5(original, usedforsecurity=False).hexdigest())
+        await self._remember(bucket, key, version, view)
+        return view, original
+
+    async def _read_manifest(self, bucket: str, key: str, etag: str) -> bytes:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if etag.strip('"'):
+            params["IfMatch"] = quote_etag(etag)
+        reply = await self.upstream.call("get_object", **params)
+        if int(reply.get("ContentLength", 0)) > MAX_MANIFEST:
+            reply["Body"].close()
+            raise S3Error("InternalError", f"manifest {key!r} is larger than {MAX_MANIFEST} bytes", 500)
+        body = reply["Body"]
+        try:
+            stored: bytes = await body.read()
+        finally:
+            body.close()
+        return restore(stored)
+
+    async def _get_manifest(self, request: Request, bucket: str, key: str) -> Reply:
+        head = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+        view, original = await self._manifest_view(bucket, key, head.get("ETag", ""),
+                                                   int(head.get("ContentLength", 0)), head.get("LastModified"))
+        check_conditions(request.headers, view.etag, head["LastModified"])
+        if original is None:
+            original = await self._read_manifest(bucket, key, head.get("ETag", ""))
+        wanted = parse_range(request.headers.get("range"), len(original))
+        headers = visible_headers(head)
+        headers["ETag"] = quote_etag(view.etag)
+        headers["Accept-Ranges"] = "bytes"
+        if wanted is None:
+            return Reply(200, headers, original, len(original))
+        headers["Content-Range"] = wanted.content_range(len(original))
+        part = original[wanted.first:wanted.last + 1]
+        return Reply(206, headers, part, len(part))
 
     # --- multipart -----------------------------------------------------------------------
 
