@@ -198,16 +198,31 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([_format_error(e) for e in exc.errors()]) from None
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a YAML config file; every problem becomes one line of ConfigError."""
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError([f"{path}: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError([f"{path}: not valid YAML{where}"]) from None
-    return parse_config(data, environ)
+
+
+def load_upstream_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Upstream:
+    """Only the ``upstream`` section: offline tools that need the bucket but not the keys."""
+    data = _read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(["config: the top level must be a mapping"])
+    data = _apply_env(data, os.environ if environ is None else environ)
+    try:
+        return Upstream.model_validate(data.get("upstream") or {})
+    except ValidationError as exc:
+        raise ConfigError([f"upstream.{_format_error(e)}" for e in exc.errors()]) from None
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML config file; every problem becomes one line of ConfigError."""
+    return parse_config(_read_yaml(path), environ)

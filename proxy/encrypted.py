@@ -78,6 +78,29 @@ class View:
     trailer: Trailer | None = None
 
 
+async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str) -> bytes:
+    """A small ranged read of one stored version (If-Match guards against a concurrent overwrite)."""
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": spec}
+    if etag.strip('"'):
+        params["IfMatch"] = quote_etag(etag)
+    reply = await upstream.call("get_object", **params)
+    body = reply["Body"]
+    try:
+        data: bytes = await body.read()
+    finally:
+        body.close()
+    return data
+
+
+async def read_trailer(upstream: Upstream, bucket: str, key: str, etag: str, size: int) -> Trailer:
+    """The trailer of a stored object, not yet verified; FormatError when it has none."""
+    tail = await read_range(upstream, bucket, key, etag, f"bytes=-{min(TRAILER_PROBE, size)}")
+    record_len = parse_footer(tail)
+    if record_len > len(tail):
+        tail = await read_range(upstream, bucket, key, etag, f"bytes=-{record_len}")
+    return Trailer.from_tail(tail)
+
+
 def integrity_error(key: str, exc: Exception) -> S3Error:
     return S3Error("InternalError", f"the stored object {key!r} failed its integrity check: {exc}", 500)
 
@@ -145,37 +168,25 @@ class EncryptedService(PassthroughService):
         trailer = view.trailer.record if view.trailer is not None else None
         await self.store.put_view(bucket, key, version, CachedView(view.kind, view.size, view.etag, trailer))
 
-    async def _read_range(self, bucket: str, key: str, etag: str, spec: str) -> bytes:
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": spec}
-        if etag.strip('"'):
-            params["IfMatch"] = quote_etag(etag)
-        reply = await self.upstream.call("get_object", **params)
-        body = reply["Body"]
-        try:
-            data: bytes = await body.read()
-        finally:
-            body.close()
-        return data
-
     async def _inspect(self, bucket: str, key: str, etag: str, size: int) -> View:
         """Read the trailer (one suffix range) and decide: ours, legacy plaintext, or tampered."""
         if size == 0:
             return self._legacy(key, size, etag)
         async with self._lookups:
-            tail = await self._read_range(bucket, key, etag, f"bytes=-{min(TRAILER_PROBE, size)}")
+            tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{min(TRAILER_PROBE, size)}")
             try:
                 record_len = parse_footer(tail)
             except TamperedError as exc:
                 raise self._integrity(key, exc) from None
             except FormatError:
-                head = tail if size <= len(tail) else await self._read_range(bucket, key, etag, "bytes=0-15")
+                head = tail if size <= len(tail) else await read_range(self.upstream, bucket, key, etag, "bytes=0-15")
                 kind = classify(head[:16], tail[-16:])
                 if kind == "legacy-plaintext":
                     return self._legacy(key, size, etag)
                 raise self._integrity(key, FormatError(f"stored object looks {kind} but has no valid trailer")) \
                     from None
             if record_len > len(tail):
-                tail = await self._read_range(bucket, key, etag, f"bytes=-{record_len}")
+                tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{record_len}")
         try:
             trailer = Trailer.from_tail(tail)
             trailer.verify(self.keyring)

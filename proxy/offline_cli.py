@@ -41,6 +41,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_bucket(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from proxy.config import ConfigError, load_upstream_config
+    from proxy.keys import KeyRing
+    from proxy.upstream import Upstream
+    from proxy.verify_bucket import verify_bucket
+
+    try:
+        upstream_config = load_upstream_config(args.config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
+        return 2
+    keyring = KeyRing.from_files(args.key_file) if args.key_file else None
+
+    async def run() -> bool:
+        upstream = Upstream(upstream_config)
+        await upstream.start()
+        try:
+            report = await verify_bucket(upstream, args.bucket, prefix=args.prefix, backup=args.backup,
+                                         keyring=keyring)
+        finally:
+            await upstream.close()
+        return report.ok
+
+    return 0 if asyncio.run(run()) else 1
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("encrypt", help="encrypt a file exactly as the proxy would store it")
     p.add_argument("--key-file", action="append", required=True, help="Fernet key file (first encrypts)")
@@ -55,6 +84,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("input")
     p.add_argument("output")
     p.set_defaults(func=cmd_decrypt)
+
+    p = sub.add_parser("verify-bucket", help="check a bucket's backups against its manifests (key optional)")
+    p.add_argument("--config", required=True, help="config file (only its upstream section is used)")
+    p.add_argument("--bucket", required=True)
+    p.add_argument("--prefix", default="", help="Medusa's storage prefix, with its trailing slash")
+    p.add_argument("--backup", help="only this backup")
+    p.add_argument("--key-file", action="append", help="also verify trailers and plaintext sizes/ETags")
+    p.set_defaults(func=cmd_verify_bucket)
 
     p = sub.add_parser("inspect", help="show an object's format, key id, sizes and ETag (no key)")
     p.add_argument("input")

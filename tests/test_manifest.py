@@ -104,3 +104,37 @@ def test_not_a_manifest_is_stored_unchanged(proxy_client: Any, raw_client: Any, 
     proxy_client.put_object(Bucket=bucket, Key=key, Body=b"{broken")
     assert raw_bytes(raw_client, bucket, key) == b"{broken"
     assert got_body(proxy_client, bucket, key) == b"{broken"
+
+
+def run_verify_bucket(proxy: Any, bucket: str, *extra: str) -> Any:
+    import subprocess
+    import sys
+
+    proxy.write_config()
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "verify-bucket", "--config", str(proxy.config_path), "--bucket", bucket,
+         *extra], capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_verify_bucket_without_and_with_key(proxy: Any, raw_client: Any, bucket: str) -> None:
+    client = proxy.client()
+    data = {f"node1/data/ks1/t-1/{i}-Data.db": payload(size, i) for i, size in enumerate([0, 10, MIB + 1])}
+    for key, value in data.items():
+        client.put_object(Bucket=bucket, Key=key, Body=value)
+    body = medusa_manifest([(k, hashlib.md5(v).hexdigest(), len(v)) for k, v in data.items()])
+    client.put_object(Bucket=bucket, Key="index/backup_index/bk1/manifest_node1.json", Body=body)
+    key_file = proxy.config["encryption"]["key_files"][0]
+
+    plain = run_verify_bucket(proxy, bucket)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "checked 3 objects in 1 manifests: 0 problem(s) (without the key)" in plain.stdout
+    keyed = run_verify_bucket(proxy, bucket, "--key-file", key_file)
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+
+    # An object replaced behind the proxy's back (here by another encrypted object).
+    victim, other = list(data)[1], list(data)[2]
+    raw_client.put_object(Bucket=bucket, Key=victim, Body=raw_bytes(raw_client, bucket, other))
+    broken = run_verify_bucket(proxy, bucket)
+    assert broken.returncode == 1
+    assert f"PROBLEM {victim}" in broken.stdout
