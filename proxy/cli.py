@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     setup_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
-    _run(serve(config))
+    _run(serve(config, config_path=args.config))
     return 0
 
 
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tls-selfsigned", help="make a self-signed loopback certificate")
-    p.add_argument("--out", required=True, help="directory for cert.pem and key.pem")
+    p.add_argument("--out", required=True, help="directory for tls.crt and tls.key (0600)")
     p.set_defaults(func=cmd_tls_selfsigned)
 
     _add_offline_tools(sub)

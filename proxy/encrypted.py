@@ -129,18 +129,20 @@ class EncryptedService(PassthroughService):
         await self.store.close()
         self._pool.shutdown(wait=False)
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the key files; a broken set keeps the old ring."""
-        try:
-            ring = KeyRing.from_files(self.config.encryption.key_files)
-        except Exception as exc:
-            log.error("key reload failed, keeping the current keys: %s", exc)
-            return
+    def reload(self, key_files: list[str] | None = None) -> None:
+        """SIGHUP: load ``key_files`` (default: the configured ones) and swap the key ring in.
+
+        Raises if any key file does not load; the running ring is then kept. Uploads in flight
+        keep the key they started with (looked up by id), objects stay readable with theirs.
+        """
+        files = list(self.config.encryption.key_files if key_files is None else key_files)
+        ring = KeyRing.from_files(files)  # raises: the caller logs and keeps the old ring
         self.keyring = ring
         from proxy import __version__
 
         self.metrics.set_build_info(__version__, self.key_ids)
-        log.info("keys reloaded: primary %s, %d key(s)", ring.primary.key_id_hex, len(ring))
+        log.info("keys reloaded: primary %s, %d key(s)", ring.primary.key_id_hex, len(ring),
+                 extra={"event": "keys_reloaded", "primary_key_id": ring.primary.key_id_hex})
 
     async def _crypt(self, fn: Callable[..., T], *args: Any) -> T:
         """Run crypto on large buffers in the pool (it releases the GIL), small ones inline."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
@@ -13,11 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from proxy import __version__
-from proxy.config import Config
+from proxy.config import Config, ConfigError, load_config
 from proxy.logs import log_request
 from proxy.metrics import Metrics
 from proxy.s3.errors import S3Error
 from proxy.s3.frontend import Frontend
+from proxy.s3.routing import bucket_and_key, route
 from proxy.service import PassthroughService
 from proxy.tls import server_ssl_context
 from proxy.upstream import Upstream
@@ -26,7 +28,10 @@ log = logging.getLogger("proxy.server")
 access_log = logging.getLogger("proxy.access")
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-READY_CACHE_SECONDS = 5.0
+# A successful readiness check is reused this long (probes may come every second); a failed
+# one is never reused. The upstream check itself gives up after READY_TIMEOUT_SECONDS.
+READY_CACHE_SECONDS = 2.0
+READY_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -38,6 +43,7 @@ class State:
     service: Any
     frontend: Frontend
     metrics: Metrics
+    observe: Any = None
     ready_at: float = 0.0
     draining: bool = False
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -65,33 +71,66 @@ def _observer(metrics: Metrics) -> Any:
 
 
 async def _upstream_ready(state: State) -> bool:
-    if time.monotonic() - state.ready_at < READY_CACHE_SECONDS:
+    if state.ready_at and time.monotonic() - state.ready_at < READY_CACHE_SECONDS:
         return True
     try:
-        await state.upstream.call("list_buckets")
+        await asyncio.wait_for(state.upstream.call("list_buckets"), READY_TIMEOUT_SECONDS)
+    except TimeoutError:
+        log.warning("readiness: upstream did not answer within %.0fs", READY_TIMEOUT_SECONDS)
+        state.ready_at = 0.0
+        return False
     except S3Error as err:
         # A credential allowed to use a bucket but not to list buckets still proves the
         # endpoint answers and signs.
         if err.status != 403:
             log.warning("readiness: upstream answered %s %s", err.status, err.code)
+            state.ready_at = 0.0
             return False
     state.ready_at = time.monotonic()
     return True
 
 
+def _operation_of(http: web.Request, state: State) -> tuple[str, str | None, str | None]:
+    """Operation, bucket and key of a request that is refused before it is handled."""
+    try:
+        bucket, key = bucket_and_key(http.raw_path, http.host, state.config.listen.virtual_host_suffixes)
+        return route(http.method, bucket, key, http.query, http.headers).operation, bucket, key
+    except Exception:
+        return "Unknown", None, None
+
+
+async def _reject(http: web.Request, state: State, err: S3Error) -> web.StreamResponse:
+    """Answer ``err`` (503 while draining or overloaded) at once; counted and logged as usual."""
+    started = time.monotonic()
+    request_id = secrets.token_hex(8).upper()
+    response = await Frontend._error(http, err, request_id)
+    operation, bucket, key = _operation_of(http, state)
+    if state.observe is not None:
+        state.observe({
+            "request_id": request_id, "method": http.method, "operation": operation,
+            "bucket": bucket, "key": key, "status": response.status, "error": err.code,
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+        })
+    return response
+
+
 def make_app(config: Config, upstream: Upstream | None = None) -> web.Application:
     """The aiohttp application; the upstream client starts with the app."""
     metrics = Metrics()
-    upstream = upstream or Upstream(config.upstream)
+    if upstream is None:
+        upstream = Upstream(config.upstream, metrics)
+    elif upstream.metrics is None:
+        upstream.metrics = metrics
     service = build_service(config, upstream, metrics)
+    observe = _observer(metrics)
     frontend = Frontend(
         service,
-        credentials=config.client_secret,
+        credentials=config.client_secret,  # replaced on SIGHUP (see _reload)
         virtual_suffixes=config.listen.virtual_host_suffixes,
         max_skew_seconds=config.limits.max_clock_skew_seconds,
-        observe=_observer(metrics),
+        observe=observe,
     )
-    state = State(config, upstream, service, frontend, metrics)
+    state = State(config, upstream, service, frontend, metrics, observe)
     app = web.Application(client_max_size=0)
     app["state"] = state
     limiter = asyncio.Semaphore(config.limits.max_concurrent_requests)
@@ -100,13 +139,10 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
         if http.path in HEALTH_PATHS and "authorization" not in http.headers and not http.query_string:
             return await _health(http, state)
         if state.draining:
-            return await state.frontend._error(
-                http, S3Error("ServiceUnavailable", "The proxy is shutting down", 503), "DRAINING"
-            )
+            return await _reject(http, state, S3Error(
+                "ServiceUnavailable", "The proxy is shutting down; retry against a running proxy.", 503))
         if limiter.locked():
-            return await state.frontend._error(
-                http, S3Error("SlowDown", "Please reduce your request rate.", 503), "OVERLOADED"
-            )
+            return await _reject(http, state, S3Error("SlowDown", "Please reduce your request rate.", 503))
         async with limiter:
             metrics.request_started()
             try:
@@ -141,8 +177,13 @@ async def _health(http: web.Request, state: State) -> web.StreamResponse:
     return web.Response(status=503, text="not ready\n")
 
 
-async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``), then drain in-flight requests and exit."""
+async def serve(config: Config, stop: asyncio.Event | None = None,
+                config_path: str | os.PathLike[str] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then drain in-flight requests and exit.
+
+    SIGHUP re-reads ``config_path`` (the file the daemon was started with) and applies its
+    client credentials and key files; see ``_reload``.
+    """
     app = make_app(config)
     runner = web.AppRunner(
         app,
@@ -165,7 +206,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path))
     scheme = "https" if ssl_context else "http"
     server: Any = site._server
     sockets = server.sockets if server is not None else ()
@@ -176,18 +217,74 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         extra={"event": "ready", "port": address[1]},
     )
     await stop.wait()
+    app["state"].draining = True
     log.info("shutting down: draining in-flight requests (up to %.0fs)", config.limits.drain_timeout,
              extra={"event": "draining"})
-    app["state"].draining = True
     await runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
 
 
-def _reload(app: web.Application) -> None:
+# Settings SIGHUP applies; a change anywhere else needs a restart.
+_RELOADED = frozenset({"clients", "encryption.key_files"})
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """Dotted names of changed settings that a reload does not apply."""
+    changed: list[str] = []
+    old_dump, new_dump = old.model_dump(), new.model_dump()
+    for section, value in new_dump.items():
+        before = old_dump.get(section)
+        if section in _RELOADED or value == before:
+            continue
+        if isinstance(value, dict) and isinstance(before, dict):
+            changed += [f"{section}.{k}" for k, v in value.items()
+                        if f"{section}.{k}" not in _RELOADED and before.get(k) != v]
+        else:
+            changed.append(section)
+    return changed
+
+
+def _reload(app: web.Application, config_path: str | os.PathLike[str] | None) -> bool:
+    """SIGHUP: re-read the config file; apply its client credentials and key files.
+
+    All or nothing: a config that does not load or a key file that does not read keeps the
+    running credentials and keys, with one error line saying why. Connections and in-flight
+    requests are untouched (an upload keeps the key it started with).
+    """
     state: State = app["state"]
+    if config_path is None:
+        log.warning("SIGHUP: no config file to reload (not started with --config); ignored",
+                    extra={"event": "reload_failed"})
+        return False
+    try:
+        new = load_config(config_path)
+    except ConfigError as err:
+        log.error("SIGHUP: reload failed, keeping the running credentials and keys: %s",
+                  "; ".join(err.problems), extra={"event": "reload_failed"})
+        return False
     reload = getattr(state.service, "reload", None)
-    if reload is None:
-        log.info("SIGHUP: nothing to reload")
-        return
-    with contextlib.suppress(Exception):
-        reload()
+    if reload is not None and new.encryption.enabled:
+        try:
+            reload(new.encryption.key_files)
+        except Exception as exc:
+            log.error("SIGHUP: reload failed, keeping the running credentials and keys: %s", exc,
+                      extra={"event": "reload_failed"})
+            return False
+    ignored = _needs_restart(state.config, new)
+    # The running config with the reloaded parts swapped in: what is in effect, so a later
+    # reload still reports settings that were never applied.
+    applied = state.config.model_copy(update={
+        "clients": new.clients,
+        "encryption": state.config.encryption.model_copy(update={"key_files": new.encryption.key_files}),
+    })
+    state.frontend.credentials = applied.client_secret
+    state.config = applied
+    key_ids = list(getattr(state.service, "key_ids", []))
+    state.metrics.set_build_info(__version__, key_ids)
+    if ignored:
+        log.warning("SIGHUP: changed settings that need a restart were not applied: %s",
+                    ", ".join(ignored), extra={"event": "reload"})
+    log.info("reloaded %s: %d client credential(s), keys %s", os.fspath(config_path), len(applied.clients),
+             ", ".join(key_ids) or "none (passthrough)",
+             extra={"event": "reloaded", "key_ids": ",".join(key_ids)})
+    return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiobotocore.session
 from botocore.config import Config as BotoConfig
@@ -12,6 +12,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from proxy.config import Upstream as UpstreamConfig
 from proxy.s3.errors import S3Error
+
+if TYPE_CHECKING:
+    from proxy.metrics import Metrics
 
 # Upstream reply headers a client may see. Everything else (request ids, upstream checksums of
 # the stored bytes, hop-by-hop headers) stays here: a client must never get a checksum of bytes
@@ -81,11 +84,36 @@ def client_error_to_s3(exc: ClientError) -> S3Error:
     return S3Error(code, message, status)
 
 
-class Upstream:
-    """One aiobotocore S3 client with its own credentials, pool, timeouts and retries."""
+_OPERATION_NAMES: dict[str, str] = {}
 
-    def __init__(self, cfg: UpstreamConfig) -> None:
+
+def operation_name(method: str) -> str:
+    """botocore's snake_case method name as the S3 operation name (``list_objects_v2`` ->
+    ``ListObjectsV2``), memoised: it is on every upstream call."""
+    name = _OPERATION_NAMES.get(method)
+    if name is None:
+        name = _OPERATION_NAMES[method] = "".join(part[:1].upper() + part[1:] for part in method.split("_"))
+    return name
+
+
+def _retries(response: Any) -> int:
+    try:
+        return int(response["ResponseMetadata"].get("RetryAttempts") or 0)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return 0
+
+
+class Upstream:
+    """One aiobotocore S3 client with its own credentials, pool, timeouts and retries.
+
+    With ``metrics``, every call is counted (``upstream_requests_total`` by operation and
+    outcome, ``upstream_errors_total`` by error code, retries botocore made) and body bytes
+    are added to ``upstream_bytes_sent_total`` / ``upstream_bytes_received_total``.
+    """
+
+    def __init__(self, cfg: UpstreamConfig, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._streaming_client: Any = None
@@ -138,15 +166,52 @@ class Upstream:
             raise RuntimeError("Upstream.start() was not called")
         return self._client
 
+    def _ok(self, operation: str, reply: Any, sent: int = 0, received: int = 0) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        name = operation_name(operation)
+        retries = _retries(reply)
+        for _ in range(retries):
+            metrics.observe_upstream(name, "retry")
+        metrics.observe_upstream(name, "ok")
+        if sent or received:
+            metrics.add_upstream_bytes(sent=sent, received=received)
+
+    def _failed(self, operation: str, code: str, response: Any = None, sent: int = 0) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        name = operation_name(operation)
+        for _ in range(_retries(response)):
+            metrics.observe_upstream(name, "retry")
+        metrics.observe_upstream(name, "error", code)
+        if sent:
+            metrics.add_upstream_bytes(sent=sent)
+
+    def _aborted(self, sent: int) -> None:
+        """The client's body failed (disconnect, bad chunk signature): not the bucket's fault,
+        so not an upstream error; only the bytes already sent are counted."""
+        if self.metrics is not None and sent:
+            self.metrics.add_upstream_bytes(sent=sent)
+
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Call one S3 operation by its botocore snake_case name; errors become S3Error."""
+        body = params.get("Body")
+        sent = len(body) if isinstance(body, bytes | bytearray | memoryview) else 0
         try:
             result: dict[str, Any] = await getattr(self.client, operation)(**params)
-            return result
         except ClientError as exc:
-            raise client_error_to_s3(exc) from None
+            err = client_error_to_s3(exc)
+            self._failed(operation, err.code, exc.response, sent)
+            raise err from None
         except BotoCoreError as exc:
+            self._failed(operation, type(exc).__name__)
             raise S3Error("ServiceUnavailable", f"upstream unreachable: {exc}", 503) from None
+        # A GetObject body is read by the caller; count what the bucket is sending.
+        received = int(result.get("ContentLength") or 0) if operation == "get_object" else 0
+        self._ok(operation, result, sent, received)
+        return result
 
     async def send_stream(
         self, operation: str, body: AsyncIterable[bytes], length: int, **params: Any
@@ -161,29 +226,54 @@ class Upstream:
             result: dict[str, Any] = await getattr(self._streaming_client, operation)(
                 Body=stream, ContentLength=length, **params
             )
-            return result
         except ClientError as exc:
             if stream.error is not None:
+                self._aborted(stream.sent)
                 raise stream.error from None
-            raise client_error_to_s3(exc) from None
+            err = client_error_to_s3(exc)
+            self._failed(operation, err.code, exc.response, stream.sent)
+            raise err from None
         except (BotoCoreError, OSError) as exc:
             if stream.error is not None:
+                self._aborted(stream.sent)
                 raise stream.error from None
+            self._failed(operation, type(exc).__name__, sent=stream.sent)
             raise S3Error("ServiceUnavailable", f"upstream request failed: {exc}", 503) from None
+        self._ok(operation, result, sent=stream.sent)
+        return result
 
     async def get_stream(self, **params: Any) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
         """GetObject; returns the reply and an iterator over the body in large pieces."""
-        reply = await self.call("get_object", **params)
+        reply = await self._get(**params)
         body = reply.pop("Body")
+        metrics = self.metrics
 
         async def pieces() -> AsyncIterator[bytes]:
+            received = 0
             try:
                 async for piece in body.iter_chunks(1 << 20):
+                    received += len(piece)
                     yield piece
             finally:
                 body.close()
+                if metrics is not None and received:
+                    metrics.add_upstream_bytes(received=received)
 
         return reply, pieces()
+
+    async def _get(self, **params: Any) -> dict[str, Any]:
+        """GetObject counted like ``call`` except for its body bytes (counted as they arrive)."""
+        try:
+            result: dict[str, Any] = await self.client.get_object(**params)
+        except ClientError as exc:
+            err = client_error_to_s3(exc)
+            self._failed("get_object", err.code, exc.response)
+            raise err from None
+        except BotoCoreError as exc:
+            self._failed("get_object", type(exc).__name__)
+            raise S3Error("ServiceUnavailable", f"upstream unreachable: {exc}", 503) from None
+        self._ok("get_object", result)
+        return result
 
 
 def reply_headers(reply: dict[str, Any]) -> dict[str, str]:
