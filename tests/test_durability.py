@@ -64,16 +64,11 @@ def upload_parts(client: Any, bucket: str, upload_id: str, parts: dict[int, byte
 # Retrying a part with other bytes is not tested: moto and rclone both refuse to replace an
 # uploaded part with different contents (NotImplemented), and the proxy's ciphertext differs on
 # every upload (random IVs). S3 replaces the part; the proxy keeps the latest part's state.
-@pytest.mark.parametrize("retry", [False])
-def test_out_of_order_parts(proxy_client: Any, bucket: str, retry: bool) -> None:
+def test_out_of_order_parts(proxy_client: Any, bucket: str) -> None:
     a, b, c = payload(5 * MIB, 1), payload(5 * MIB, 2), payload(MIB + 3, 3)
     upload_id = proxy_client.create_multipart_upload(Bucket=bucket, Key=KEY)["UploadId"]
-    first = {3: payload(100, 9), 2: b, 1: payload(5 * MIB, 8)} if retry else {3: c, 2: b}
-    upload_parts(proxy_client, bucket, upload_id, first)
-    parts = upload_parts(proxy_client, bucket, upload_id, {1: a, 3: c} if retry else {1: a})
-    parts = sorted([*parts, *({"PartNumber": n, "ETag": '"' + hashlib.md5(d).hexdigest() + '"'}
-                              for n, d in ((2, b), (3, c)) if n not in {p["PartNumber"] for p in parts})],
-                   key=lambda p: p["PartNumber"])
+    later = upload_parts(proxy_client, bucket, upload_id, {3: c, 2: b})
+    parts = upload_parts(proxy_client, bucket, upload_id, {1: a}) + later
     listed = proxy_client.list_parts(Bucket=bucket, Key=KEY, UploadId=upload_id)["Parts"]
     assert [(p["PartNumber"], p["Size"]) for p in listed] == [(1, len(a)), (2, len(b)), (3, len(c))]
     done = proxy_client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
