@@ -104,6 +104,11 @@ class Upstream(_Model):
         return self
 
 
+class MovedPrefix(_Model):
+    from_prefix: str
+    to_prefix: str
+
+
 class Encryption(_Model):
     enabled: bool = True
     key_files: list[str] = Field(default_factory=list)
@@ -116,8 +121,9 @@ class Encryption(_Model):
     )
     # Serve objects that carry no encryption marker (written before encryption was enabled).
     serve_legacy_plaintext: bool = True
-    # Old key prefixes whose objects may be served under another name (moved backups).
-    accept_moved_from: list[str] = Field(default_factory=list)
+    # Backups moved outside the proxy: an object stored under ``to_prefix + rest`` whose trailer
+    # names ``from_prefix + rest`` is accepted. Anything else under another name is refused.
+    accept_moved: list[MovedPrefix] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _need_keys(self) -> Encryption:

@@ -192,12 +192,21 @@ class EncryptedService(PassthroughService):
         try:
             trailer = Trailer.from_tail(tail)
             trailer.verify(self.keyring)
-            trailer.check_object_key(key)
+            trailer.check_object_key(self.written_as(key, trailer))
             if trailer.object_stored_size != size:
                 raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
         except FormatError as exc:
             raise self._integrity(key, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
+
+    def written_as(self, key: str, trailer: Trailer) -> str:
+        """The name the object must have been written under: ``key``, or its accepted old name."""
+        for moved in self.config.encryption.accept_moved:
+            if key.startswith(moved.to_prefix):
+                old = moved.from_prefix + key[len(moved.to_prefix):]
+                if trailer.object_key == old:
+                    return old
+        return key
 
     def _legacy(self, key: str, size: int, etag: str) -> View:
         if not self.config.encryption.serve_legacy_plaintext:
@@ -286,11 +295,12 @@ class EncryptedService(PassthroughService):
             return self._get_reply(reply, view, wanted, pieces)
         assert view.trailer is not None
         if wanted is None:
-            decryptor: Any = ObjectDecryptor.with_trailer(self.keyring, view.trailer, key)
+            decryptor: Any = ObjectDecryptor.with_trailer(self.keyring, view.trailer,
+                                                          self.written_as(key, view.trailer))
         else:
             stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
             params["Range"] = stored.http_range
-            decryptor = RangeDecryptor(self.keyring, view.trailer, stored)
+            decryptor = RangeDecryptor(self.keyring, view.trailer, stored, self.written_as(key, view.trailer))
         reply, pieces = await self.upstream.get_stream(**params)
         return self._get_reply(reply, view, wanted, self._decrypting(key, pieces, decryptor))
 
@@ -431,7 +441,8 @@ class EncryptedService(PassthroughService):
         if view.kind == "plaintext":
             return pieces
         assert view.trailer is not None
-        return self._decrypting(key, pieces, ObjectDecryptor.with_trailer(self.keyring, view.trailer, key))
+        decryptor = ObjectDecryptor.with_trailer(self.keyring, view.trailer, self.written_as(key, view.trailer))
+        return self._decrypting(key, pieces, decryptor)
 
     # --- manifests -----------------------------------------------------------------------
 

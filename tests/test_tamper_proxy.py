@@ -87,3 +87,17 @@ def test_stripped_trailer_is_not_served_as_plaintext(proxy_client: Any, raw_clie
     with pytest.raises(ClientError):
         listed = proxy_client.list_objects_v2(Bucket=bucket, Prefix=KEY)
     assert listed is None
+
+
+def test_moved_backup_needs_accept_moved(make_proxy: Any, raw_client: Any, bucket: str) -> None:
+    """A prefix moved outside the proxy is refused, unless the operator names the move."""
+    first = make_proxy()
+    data = payload(MIB + 5, 4)
+    first.client().put_object(Bucket=bucket, Key="old/node1/data/ks/t/f-Data.db", Body=data)
+    raw_client.copy_object(Bucket=bucket, Key="new/node1/data/ks/t/f-Data.db",
+                           CopySource={"Bucket": bucket, "Key": "old/node1/data/ks/t/f-Data.db"})
+    assert_refused(first.client(), bucket, "new/node1/data/ks/t/f-Data.db", data)
+    moved = make_proxy(encryption={"accept_moved": [{"from_prefix": "old/", "to_prefix": "new/"}]})
+    assert read_through(moved.client(), bucket, "new/node1/data/ks/t/f-Data.db") == data
+    got = read_through(moved.client(), bucket, "new/node1/data/ks/t/f-Data.db", Range="bytes=5-10")
+    assert got == data[5:11]
