@@ -32,6 +32,8 @@ HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # one is never reused. The upstream check itself gives up after READY_TIMEOUT_SECONDS.
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT_SECONDS = 5.0
+# After the drain, requests still running get this long before they are cancelled.
+CUT_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass
@@ -45,8 +47,29 @@ class State:
     metrics: Metrics
     observe: Any = None
     ready_at: float = 0.0
+    cache_counted_at: float = 0.0
     draining: bool = False
-    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    active: int = 0  # requests being handled (health checks included)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def enter(self) -> None:
+        self.active += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being handled; False if ``timeout`` ran out first."""
+        if self.active == 0:
+            return True
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+        except TimeoutError:
+            return self.active == 0
+        return True
 
 
 def build_service(config: Config, upstream: Upstream, metrics: Metrics) -> Any:
@@ -60,7 +83,10 @@ def build_service(config: Config, upstream: Upstream, metrics: Metrics) -> Any:
 
 def _observer(metrics: Metrics) -> Any:
     def observe(fields: dict[str, Any]) -> None:
+        # A request refused before routing (bad signature, unknown sub-resource) has no
+        # operation yet; every access line still carries the field.
         operation = str(fields.get("operation") or "Unknown")
+        fields["operation"] = operation
         status = int(fields.get("status") or 0)
         metrics.observe_request(operation, status, float(fields.get("duration_ms") or 0) / 1000)
         metrics.add_client_bytes(received=int(fields.get("bytes_in") or 0),
@@ -104,6 +130,8 @@ async def _reject(http: web.Request, state: State, err: S3Error) -> web.StreamRe
     started = time.monotonic()
     request_id = secrets.token_hex(8).upper()
     response = await Frontend._error(http, err, request_id)
+    if state.draining:
+        response.force_close()  # send the client elsewhere (or to the restarted proxy)
     operation, bucket, key = _operation_of(http, state)
     if state.observe is not None:
         state.observe({
@@ -136,6 +164,13 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
     limiter = asyncio.Semaphore(config.limits.max_concurrent_requests)
 
     async def dispatch(http: web.Request) -> web.StreamResponse:
+        state.enter()
+        try:
+            return await _dispatch(http)
+        finally:
+            state.leave()
+
+    async def _dispatch(http: web.Request) -> web.StreamResponse:
         if http.path in HEALTH_PATHS and "authorization" not in http.headers and not http.query_string:
             return await _health(http, state)
         if state.draining:
@@ -166,10 +201,28 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
     return app
 
 
+CACHE_COUNT_SECONDS = 1.0
+
+
+async def _refresh_cache_entries(state: State) -> None:
+    """Keep ``cache_entries`` current at scrape time (counted at most once a second)."""
+    store = getattr(state.service, "store", None)
+    count = getattr(store, "count_views", None)
+    now = time.monotonic()
+    if count is None or now - state.cache_counted_at < CACHE_COUNT_SECONDS:
+        return
+    state.cache_counted_at = now
+    try:
+        state.metrics.set_cache_entries(await count())
+    except Exception as exc:  # a metric must never fail the scrape
+        log.warning("metrics: cannot count cache entries: %s", exc)
+
+
 async def _health(http: web.Request, state: State) -> web.StreamResponse:
     if http.path == "/healthz":
         return web.Response(text="ok\n")
     if http.path == "/metrics":
+        await _refresh_cache_entries(state)
         body, content_type = state.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
     if not state.draining and await _upstream_ready(state):
@@ -191,7 +244,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
         access_log=None,
         auto_decompress=False,
         read_bufsize=1 << 20,
-        shutdown_timeout=config.limits.drain_timeout,
+        # Requests are drained before runner.cleanup() (see below); what is left then is cut.
+        shutdown_timeout=CUT_TIMEOUT_SECONDS,
     )
     await runner.setup()
     ssl_context = None
@@ -199,7 +253,6 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
         ssl_context = server_ssl_context(config.tls.cert_file, config.tls.key_file)
     site = web.TCPSite(
         runner, config.listen.host, config.listen.port, ssl_context=ssl_context,
-        shutdown_timeout=config.limits.drain_timeout,
     )
     await site.start()
     stop = stop or asyncio.Event()
@@ -217,9 +270,18 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
         extra={"event": "ready", "port": address[1]},
     )
     await stop.wait()
-    app["state"].draining = True
+    state: State = app["state"]
+    state.draining = True
     log.info("shutting down: draining in-flight requests (up to %.0fs)", config.limits.drain_timeout,
              extra={"event": "draining"})
+    # Drain ourselves before runner.cleanup(): aiohttp's shutdown stops reading from every
+    # connection at once, which would starve a request whose body is still arriving (an
+    # UploadPart) until the timeout. So: stop listening, let requests in flight finish (new
+    # requests on open connections get 503 and Connection: close), then clean up.
+    await site.stop()
+    if not await state.wait_idle(config.limits.drain_timeout):
+        log.warning("drain timeout: cutting %d request(s) still in flight", state.active,
+                    extra={"event": "drain_timeout"})
     await runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
 
