@@ -7,8 +7,10 @@ whole object verified, so a failed run never leaves plaintext that looks complet
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,12 @@ from proxy.format.codec import ObjectDecryptor, PartEncryptor, build_trailer, ne
 from proxy.format.constants import CHUNK_SIZE, SINGLE_PUT_PART_NUMBER, TRAILER_PROBE
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError
+from proxy.format.seed import (
+    SeedDecryptor,
+    SeedObjectInfo,
+    fernet_keys_from_ring,
+    seed_plaintext_size_bounds,
+)
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keys import KeyRing, derive_object_keys
 
@@ -77,25 +85,61 @@ def read_trailer(path: PathLike) -> Trailer:
 
 
 def decrypt_file(
-    keyring: KeyRing, in_path: PathLike, out_path: PathLike, object_key: str | None = None
-) -> Trailer:
+    keyring: KeyRing,
+    in_path: PathLike,
+    out_path: PathLike,
+    object_key: str | None = None,
+    *,
+    seed_keys: KeyRing | Sequence[bytes | str] | None = None,
+) -> Trailer | SeedObjectInfo:
     """Decrypt a stored object file; with `object_key`, also require it was stored under it.
+
+    Objects of the seed's old in-Medusa encryption (classified "seed-fernet") are decrypted
+    with `seed_keys` and then the keyring's keys tried as Fernet keys (a seed key file has
+    our key file format, so `decrypt --key-file seed.key` works); they carry no object key,
+    so `object_key` is not checked for them, and a SeedObjectInfo is returned. An empty
+    file is an empty seed object when `seed_keys` is given.
 
     Raises a FormatError subclass (nothing is left at out_path) on any tampering.
     """
+    size = Path(in_path).stat().st_size
+    if size == 0 and seed_keys is not None:
+        _write_atomic(out_path, in_path, None)
+        return SeedObjectInfo(0, hashlib.md5(b"").hexdigest(), 0)
+    with open(in_path, "rb") as f:
+        head = f.read(16)
+        f.seek(max(0, size - 16))
+        tail = f.read()
+    if classify(head, tail, size) == "seed-fernet":
+        keys: list[bytes | str] = []
+        if isinstance(seed_keys, KeyRing):
+            keys += fernet_keys_from_ring(seed_keys)
+        elif seed_keys is not None:
+            keys += seed_keys
+        keys += fernet_keys_from_ring(keyring)
+        seed = SeedDecryptor(keys)
+        _write_atomic(out_path, in_path, seed)
+        return seed.info()
     trailer = read_trailer(in_path)
-    dec = ObjectDecryptor.with_trailer(keyring, trailer, object_key)
+    _write_atomic(out_path, in_path, ObjectDecryptor.with_trailer(keyring, trailer, object_key))
+    return trailer
+
+
+def _write_atomic(
+    out_path: PathLike, in_path: PathLike, dec: ObjectDecryptor | SeedDecryptor | None
+) -> None:
+    """Stream in_path through `dec` (None: copy) into out_path, renamed only on success."""
     fd, tmp = _atomic_writer(out_path)
     try:
         with os.fdopen(fd, "wb") as out, open(in_path, "rb") as src:
             while piece := src.read(_READ):
-                out.write(dec.feed(piece))
-            out.write(dec.finish())
+                out.write(piece if dec is None else dec.feed(piece))
+            if dec is not None:
+                out.write(dec.finish())
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return trailer
 
 
 def inspect_file(path: PathLike) -> dict[str, Any]:
@@ -112,6 +156,14 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(p), "stored_size": size}
     kind = classify(head, tail, size)
     info["classification"] = kind
+    if kind == "seed-fernet":
+        # The seed format's plaintext size is known from the stored size only to 16 bytes.
+        try:
+            lo, hi = seed_plaintext_size_bounds(size)
+            info.update({"plaintext_size_min": lo, "plaintext_size_max": hi})
+        except FormatError as e:
+            info["seed_layout_error"] = str(e)
+        return info
     if kind != "encrypted":
         return info
     try:
