@@ -44,7 +44,8 @@ class RequestBody:
             self.length = _parse_length(raw) if raw is not None else None
             if self.length is None and headers.get("transfer-encoding", "").lower() != "chunked":
                 self.length = 0
-        self.checksums = BodyChecksums.from_headers(headers, trailer_names)
+        # MD5 only for Content-MD5: the ETag is computed by the consumer (or the upstream).
+        self.checksums = BodyChecksums.from_headers(headers, trailer_names, md5=False)
         self.received = 0
 
     async def _decoded(self) -> AsyncIterator[bytes]:
