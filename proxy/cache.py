@@ -131,15 +131,25 @@ class StateStore:
         return await self._run(query)
 
     async def put_view(self, bucket: str, key: str, version: str, view: CachedView) -> None:
-        def store(db: sqlite3.Connection) -> None:
-            # One version per key is enough: an overwrite makes older entries useless.
-            db.execute("DELETE FROM views WHERE bucket=? AND key=?", (bucket, key))
-            db.execute(
-                "INSERT INTO views VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (bucket, key, version, view.kind, view.size, view.etag, view.trailer),
-            )
+        await self.put_views(bucket, [(key, version, view)])
 
-        await self._run(store)
+    async def put_views(self, bucket: str, items: Iterable[tuple[str, str, CachedView]]) -> None:
+        """Remember views, in one transaction (a cold listing brings a thousand at once)."""
+        rows = list(items)
+
+        def store(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN")
+                for key, version, view in rows:
+                    # One version per key is enough: an overwrite makes older entries useless.
+                    db.execute("DELETE FROM views WHERE bucket=? AND key=?", (bucket, key))
+                    db.execute(
+                        "INSERT INTO views VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (bucket, key, version, view.kind, view.size, view.etag, view.trailer),
+                    )
+
+        if rows:
+            await self._run(store)
 
     async def forget_view(self, bucket: str, key: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM views WHERE bucket=? AND key=?", (bucket, key)))

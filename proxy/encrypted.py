@@ -101,6 +101,10 @@ async def read_trailer(upstream: Upstream, bucket: str, key: str, etag: str, siz
     return Trailer.from_tail(tail)
 
 
+def cached_view(view: View) -> CachedView:
+    return CachedView(view.kind, view.size, view.etag, view.trailer.record if view.trailer is not None else None)
+
+
 def integrity_error(key: str, exc: Exception) -> S3Error:
     return S3Error("InternalError", f"the stored object {key!r} failed its integrity check: {exc}", 500)
 
@@ -167,8 +171,7 @@ class EncryptedService(PassthroughService):
         return view
 
     async def _remember(self, bucket: str, key: str, version: str, view: View) -> None:
-        trailer = view.trailer.record if view.trailer is not None else None
-        await self.store.put_view(bucket, key, version, CachedView(view.kind, view.size, view.etag, trailer))
+        await self.store.put_view(bucket, key, version, cached_view(view))
 
     async def _inspect(self, bucket: str, key: str, etag: str, size: int) -> View:
         """Read the trailer (one suffix range) and decide: ours, legacy plaintext, or tampered."""
@@ -234,18 +237,19 @@ class EncryptedService(PassthroughService):
             return version_of(entry.get("ETag"), int(entry.get("Size", 0)), entry.get("LastModified"))
 
         cached = await self.store.get_views(bucket, [(e["Key"], version(e)) for e in wanted])
+        learned: list[tuple[str, str, CachedView]] = []
 
         async def resolve(entry: dict[str, Any]) -> None:
             hit = cached.get((entry["Key"], version(entry)))
             self.metrics.cache_lookup(hit=hit is not None)
-            if hit is not None:
-                entry["Size"], entry["ETag"] = hit.size, quote_etag(hit.etag)
-                return
-            view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""), int(entry.get("Size", 0)))
-            await self._remember(bucket, entry["Key"], version(entry), view)
-            entry["Size"], entry["ETag"] = view.size, quote_etag(view.etag)
+            if hit is None:
+                view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""), int(entry.get("Size", 0)))
+                hit = cached_view(view)
+                learned.append((entry["Key"], version(entry), hit))
+            entry["Size"], entry["ETag"] = hit.size, quote_etag(hit.etag)
 
         await asyncio.gather(*(resolve(entry) for entry in wanted))
+        await self.store.put_views(bucket, learned)
 
     async def _head(self, bucket: str, key: str) -> tuple[dict[str, Any], View]:
         reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
