@@ -112,6 +112,9 @@ class MovedPrefix(_Model):
 class Encryption(_Model):
     enabled: bool = True
     key_files: list[str] = Field(default_factory=list)
+    # Keys of the old in-Medusa Fernet encryption (key_secret_base64 written to a file), so
+    # backups made with it stay restorable through the proxy. Read only, never used to write.
+    seed_key_files: list[str] = Field(default_factory=list)
     # Glob patterns (fnmatch, ``*`` crosses ``/``) over object keys. A key matching an
     # ``encrypted_patterns`` entry is always encrypted; otherwise a key matching a
     # ``plaintext_patterns`` entry is stored as it is; everything else is encrypted.

@@ -31,6 +31,14 @@ from proxy.format.constants import TRAILER_PROBE
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
 from proxy.format.layout import part_stored_size
+from proxy.format.seed import (
+    SeedDecryptor,
+    SeedRangeDecryptor,
+    fernet_keys_from_ring,
+    seed_last_record_plaintext_size,
+    seed_last_record_range,
+    seed_stored_range,
+)
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keys import KeyRing, MasterKey, derive_object_keys
 from proxy.manifest import Stored, is_manifest_key, object_paths, restore, rewrite
@@ -78,12 +86,14 @@ class View:
     trailer: Trailer | None = None
 
 
+def if_match(etag: str) -> dict[str, str]:
+    """Guard a read of one stored version (an empty ETag, as some servers give, guards nothing)."""
+    return {"IfMatch": quote_etag(etag)} if etag.strip('"') else {}
+
+
 async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str) -> bytes:
     """A small ranged read of one stored version (If-Match guards against a concurrent overwrite)."""
-    params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": spec}
-    if etag.strip('"'):
-        params["IfMatch"] = quote_etag(etag)
-    reply = await upstream.call("get_object", **params)
+    reply = await upstream.call("get_object", Bucket=bucket, Key=key, Range=spec, **if_match(etag))
     body = reply["Body"]
     try:
         data: bytes = await body.read()
@@ -118,6 +128,8 @@ class EncryptedService(PassthroughService):
         self.keyring = keyring
         self.store = store
         self.policy = Policy(config.encryption.encrypted_patterns, config.encryption.plaintext_patterns)
+        seed_files = config.encryption.seed_key_files
+        self.seed_keys = fernet_keys_from_ring(KeyRing.from_files(seed_files)) if seed_files else []
         self._pool = ThreadPoolExecutor(config.limits.crypto_threads, thread_name_prefix="crypto")
         self._lookups = asyncio.Semaphore(COLD_LOOKUPS)
 
@@ -188,6 +200,8 @@ class EncryptedService(PassthroughService):
                 kind = classify(head[:16], tail[-16:])
                 if kind == "legacy-plaintext":
                     return self._legacy(key, size, etag)
+                if kind == "seed-fernet" and self.seed_keys:
+                    return await self._seed_view(bucket, key, etag, size)
                 raise self._integrity(key, FormatError(f"stored object looks {kind} but has no valid trailer")) \
                     from None
             if record_len > len(tail):
@@ -201,6 +215,25 @@ class EncryptedService(PassthroughService):
         except FormatError as exc:
             raise self._integrity(key, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
+
+    async def _seed_view(self, bucket: str, key: str, etag: str, size: int) -> View:
+        """An object of the old in-Medusa encryption: its exact size and plaintext MD5.
+
+        The format records neither, so the last record is decrypted for the size and the whole
+        object once for the MD5 (then cached); seed backups are only read, for restores.
+        """
+        try:
+            first, last = seed_last_record_range(size) or (0, -1)
+            record = await read_range(self.upstream, bucket, key, etag, f"bytes={first}-{last}")
+            plaintext_size = seed_last_record_plaintext_size(size, record, self.seed_keys)
+            decryptor = SeedDecryptor(self.seed_keys, expected_size=plaintext_size)
+            _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(etag))
+            async for piece in pieces:
+                await self._crypt(decryptor.feed, piece)
+            decryptor.finish()
+        except FormatError as exc:
+            raise self._integrity(key, exc) from None
+        return View("seed", plaintext_size, decryptor.md5_hex)
 
     def written_as(self, key: str, trailer: Trailer) -> str:
         """The name the object must have been written under: ``key``, or its accepted old name."""
@@ -288,25 +321,33 @@ class EncryptedService(PassthroughService):
         head, view = await self._head(bucket, key)
         check_conditions(request.headers, view.etag, head["LastModified"])
         wanted = parse_range(request.headers.get("range"), view.size)
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if head.get("ETag", "").strip('"'):
-            params["IfMatch"] = quote_etag(head["ETag"])
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, **if_match(head.get("ETag", ""))}
         params.update(response_override_params(request.query))
         if view.kind == "plaintext":
             if wanted is not None:
                 params["Range"] = f"bytes={wanted.first}-{wanted.last}"
             reply, pieces = await self.upstream.get_stream(**params)
             return self._get_reply(reply, view, wanted, pieces)
-        assert view.trailer is not None
+        decryptor: Any
         if wanted is None:
-            decryptor: Any = ObjectDecryptor.with_trailer(self.keyring, view.trailer,
-                                                          self.written_as(key, view.trailer))
+            decryptor = self._whole_decryptor(key, view)
+        elif view.kind == "seed":
+            seed_range = seed_stored_range(wanted.first, wanted.last, int(head["ContentLength"]))
+            params["Range"] = seed_range.http_range
+            decryptor = SeedRangeDecryptor(self.seed_keys, seed_range)
         else:
+            assert view.trailer is not None
             stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
             params["Range"] = stored.http_range
             decryptor = RangeDecryptor(self.keyring, view.trailer, stored, self.written_as(key, view.trailer))
         reply, pieces = await self.upstream.get_stream(**params)
         return self._get_reply(reply, view, wanted, self._decrypting(key, pieces, decryptor))
+
+    def _whole_decryptor(self, key: str, view: View) -> ObjectDecryptor | SeedDecryptor:
+        if view.kind == "seed":
+            return SeedDecryptor(self.seed_keys, expected_size=view.size, expected_md5=view.etag)
+        assert view.trailer is not None
+        return ObjectDecryptor.with_trailer(self.keyring, view.trailer, self.written_as(key, view.trailer))
 
     @staticmethod
     def _get_reply(reply: dict[str, Any], view: View, wanted: Any, pieces: AsyncIterator[bytes]) -> Reply:
@@ -438,15 +479,10 @@ class EncryptedService(PassthroughService):
 
     async def _plaintext_stream(self, bucket: str, key: str, head: Mapping[str, Any],
                                 view: View) -> AsyncIterator[bytes]:
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if str(head.get("ETag", "")).strip('"'):
-            params["IfMatch"] = quote_etag(head["ETag"])
-        _, pieces = await self.upstream.get_stream(**params)
+        _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(str(head.get("ETag", ""))))
         if view.kind == "plaintext":
             return pieces
-        assert view.trailer is not None
-        decryptor = ObjectDecryptor.with_trailer(self.keyring, view.trailer, self.written_as(key, view.trailer))
-        return self._decrypting(key, pieces, decryptor)
+        return self._decrypting(key, pieces, self._whole_decryptor(key, view))
 
     # --- manifests -----------------------------------------------------------------------
 
@@ -514,10 +550,7 @@ class EncryptedService(PassthroughService):
         return view, original
 
     async def _read_manifest(self, bucket: str, key: str, etag: str) -> bytes:
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if etag.strip('"'):
-            params["IfMatch"] = quote_etag(etag)
-        reply = await self.upstream.call("get_object", **params)
+        reply = await self.upstream.call("get_object", Bucket=bucket, Key=key, **if_match(etag))
         if int(reply.get("ContentLength", 0)) > MAX_MANIFEST:
             reply["Body"].close()
             raise S3Error("InternalError", f"manifest {key!r} is larger than {MAX_MANIFEST} bytes", 500)

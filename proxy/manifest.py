@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.format.seed import source_md5_hex
+
 _MANIFEST_KEY = re.compile(r"(^|/)meta/manifest\.json$|(^|/)index/backup_index/[^/]+/manifest_[^/]+\.json$")
 
 SOURCE_SIZE = "source_size"
@@ -97,7 +99,11 @@ def rewrite(body: bytes, stored: Mapping[str, Stored]) -> bytes | None:
 
 
 def restore(body: bytes) -> bytes:
-    """The manifest as Medusa wrote it: source values back in ``size``/``MD5``."""
+    """The manifest as Medusa wrote it: source values back in ``size``/``MD5``.
+
+    The old in-Medusa encryption wrote ``source_MD5`` in base64; Medusa compares ``MD5`` with hex
+    ETags, so it is given back in hex.
+    """
     document = _parse(body)
     if document is None:
         return body
@@ -105,7 +111,7 @@ def restore(body: bytes) -> bytes:
     for entry in _entries(document):
         if SOURCE_SIZE in entry and SOURCE_MD5 in entry:
             entry["size"] = entry.pop(SOURCE_SIZE)
-            entry["MD5"] = entry.pop(SOURCE_MD5)
+            entry["MD5"] = source_md5_hex(entry.pop(SOURCE_MD5))
             changed = True
     return _dump(document) if changed else body
 
