@@ -410,7 +410,8 @@ def _signing_key(secret: str, date: str) -> bytes:
 
 
 def chunk_signed_body(headers: dict[str, str], secret: str, data: bytes, chunk_size: int,
-                      corrupt_chunk: int | None = None) -> bytes:
+                      corrupt_chunk: int | None = None,
+                      trailers: dict[str, str] | None = None) -> bytes:
     """STREAMING-AWS4-HMAC-SHA256-PAYLOAD framing, following the AWS documentation
     ("Signature Calculations for the Authorization Header: Transferring Payload in Multiple
     Chunks"): each chunk's signature chains from the seed signature of the headers."""
@@ -427,7 +428,19 @@ def chunk_signed_body(headers: dict[str, str], secret: str, data: bytes, chunk_s
         signature = previous
         if index == corrupt_chunk:
             signature = ("0" if signature[0] != "0" else "1") + signature[1:]
-        out += f"{len(chunk):x};chunk-signature={signature}\r\n".encode() + chunk + b"\r\n"
+        out += f"{len(chunk):x};chunk-signature={signature}\r\n".encode() + chunk
+        if chunk or trailers is None:
+            out += b"\r\n"
+    if trailers is None:
+        return bytes(out)
+    # STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER: the trailers are signed too, chained on.
+    lines = "".join(f"{k}:{v}\n" for k, v in trailers.items())
+    to_sign = "\n".join(["AWS4-HMAC-SHA256-TRAILER", amz_date, scope, previous,
+                         hashlib.sha256(lines.encode()).hexdigest()])
+    trailer_signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    for k, v in trailers.items():
+        out += f"{k}:{v}\r\n".encode()
+    out += f"x-amz-trailer-signature:{trailer_signature}\r\n\r\n".encode()
     return bytes(out)
 
 
@@ -457,6 +470,32 @@ def test_aws_chunked_signed(proxy: ProxyProcess, raw_client: Any, bucket: str) -
     assert client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == data
     stored = raw_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read()
     assert MARKER not in stored and len(stored) > len(data)
+
+
+@pytest.mark.parametrize("crc", ["right", "wrong"])
+def test_aws_chunked_signed_trailer_no_content_length(proxy: ProxyProcess, raw_client: Any,
+                                                      bucket: str, crc: str) -> None:
+    """Chunk signatures plus a signed CRC32 trailer, over HTTP chunked transfer encoding."""
+    data = payload(MIB + 333, 14)
+    headers = sign(proxy, "PUT", f"/{bucket}/{DATA_KEY}", headers={
+        "Content-Encoding": "aws-chunked",
+        "X-Amz-Decoded-Content-Length": str(len(data)),
+        "X-Amz-Trailer": "x-amz-checksum-crc32",
+    }, payload_value="STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")
+    value = crc32_b64(data) if crc == "right" else crc32_b64(b"other")
+    body = chunk_signed_body(headers, proxy.secret_key, data, 128 * 1024,
+                             trailers={"x-amz-checksum-crc32": value})
+    reply = send(proxy, "PUT", f"/{bucket}/{DATA_KEY}", headers, pieces(body, 50_000))
+    if crc == "wrong":
+        assert (reply.status, reply.code) == (400, "BadDigest")
+        assert_nothing_stored(raw_client, bucket)
+        assert_serving(proxy, bucket)
+        return
+    assert reply.status == 200, reply.body
+    assert reply.headers["ETag"].strip('"') == hashlib.md5(data).hexdigest()
+    client = proxy.client(**MEDUSA)
+    assert client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == data
+    assert MARKER not in raw_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read()
 
 
 @pytest.mark.parametrize("corrupt", ["first", "middle", "last-data", "final-empty"])
