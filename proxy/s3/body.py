@@ -8,8 +8,10 @@ Content-Length and the upstream never stores the object.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from proxy.s3.checksums import BodyChecksums
@@ -18,6 +20,18 @@ from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import AuthResult, PayloadMode, verify_payload_sha256
 
 PIECE = 1 << 20
+# Hashing (payload SHA-256, Content-MD5, x-amz-checksum-*) of pieces this large runs in a thread
+# (hashlib releases the GIL) while the consumer works on the same piece: the event loop only
+# moves bytes. Smaller pieces are not worth the hop.
+INLINE_HASH = 64 << 10
+_pool: ThreadPoolExecutor | None = None
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(2, thread_name_prefix="hash")
+    return _pool
 
 
 class ByteSource(Protocol):
@@ -53,29 +67,49 @@ class RequestBody:
             data = await self._source.readany()
             if not data:
                 break
-            if self._sha256 is not None:
-                self._sha256.update(data)
             if self._decoder is None:
                 yield data
             else:
                 for piece in self._decoder.feed(data):
                     yield bytes(piece)
 
+    def _hash(self, piece: bytes) -> None:
+        # A signed payload (PayloadMode.SHA256) is never aws-chunked: its pieces are the wire bytes.
+        if self._sha256 is not None:
+            self._sha256.update(piece)
+        self.checksums.update(piece)
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._consumed:
             raise RuntimeError("a request body can be read only once")
         self._consumed = True
+        hashing = self._sha256 is not None or self.checksums.hashing
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] | None = None  # the previous piece's hashing, in order
         held: bytes | None = None
-        async for piece in self._decoded():
-            if not piece:
-                continue
-            self.received += len(piece)
-            self.checksums.update(piece)
-            if self.length is not None and self.received > self.length:
-                raise S3Error("IncompleteBody", "The request body is longer than its declared length", 400)
-            if held is not None:
-                yield held
-            held = piece
+        try:
+            async for piece in self._decoded():
+                if not piece:
+                    continue
+                self.received += len(piece)
+                if self.length is not None and self.received > self.length:
+                    raise S3Error("IncompleteBody", "The request body is longer than its declared length", 400)
+                if pending is not None:
+                    await pending
+                    pending = None
+                if not hashing or len(piece) < INLINE_HASH:
+                    self._hash(piece)
+                else:
+                    pending = loop.run_in_executor(_hash_pool(), self._hash, piece)
+                if held is not None:
+                    yield held
+                held = piece
+            if pending is not None:
+                await pending
+                pending = None
+        finally:
+            if pending is not None:  # the consumer stopped early: let the thread finish quietly
+                pending.cancel()
         self._finish()
         if held is not None:
             yield held
