@@ -98,6 +98,18 @@ def rewrite(body: bytes, stored: Mapping[str, Stored]) -> bytes | None:
     return rewritten if restore(rewritten) == body else None
 
 
+def _medusa_md5(value: Any) -> Any:
+    """``source_MD5`` as Medusa compares it: the seed's base64 MD5 in hex; anything else as written.
+
+    Medusa's own values are ETags as the proxy reported them, multipart ones included
+    (``<hex>-<parts>``), which are no MD5 and must come back byte for byte.
+    """
+    try:
+        return source_md5_hex(value)
+    except (ValueError, AttributeError):
+        return value
+
+
 def restore(body: bytes) -> bytes:
     """The manifest as Medusa wrote it: source values back in ``size``/``MD5``.
 
@@ -111,7 +123,7 @@ def restore(body: bytes) -> bytes:
     for entry in _entries(document):
         if SOURCE_SIZE in entry and SOURCE_MD5 in entry:
             entry["size"] = entry.pop(SOURCE_SIZE)
-            entry["MD5"] = source_md5_hex(entry.pop(SOURCE_MD5))
+            entry["MD5"] = _medusa_md5(entry.pop(SOURCE_MD5))
             changed = True
     return _dump(document) if changed else body
 
