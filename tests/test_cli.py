@@ -1,0 +1,148 @@
+"""The command line as an operator uses it: config checks, keys, offline tools, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from proxy import __version__
+from tests.servers import free_port
+from tests.test_objects import MARKER, MIB, payload, raw_bytes
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_version() -> None:
+    assert cli("--version").stdout.strip() == f"medusa-crypt-proxy {__version__}"
+
+
+def test_keygen(tmp_path: Path) -> None:
+    path = tmp_path / "k.key"
+    done = cli("keygen", str(path))
+    assert done.returncode == 0
+    assert re.fullmatch(r"[0-9a-f]{16}", done.stdout.strip())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = cli("keygen", str(path))
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_check_config_ok_and_env_override(tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    cli("keygen", str(key))
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t\n")
+    path = write_config(tmp_path, f"""
+clients: [{{access_key_id: medusa, secret_access_key_file: {secret}}}]
+upstream: {{endpoint_url: "http://127.0.0.1:9"}}
+encryption: {{key_files: [{key}]}}
+""")
+    done = cli("check-config", "--config", str(path), env={"MCP_LISTEN__PORT": "9999"})
+    assert done.returncode == 0, done.stderr
+    assert "listening on 127.0.0.1:9999" in done.stdout
+    assert "s3cr3t" not in done.stdout + done.stderr
+
+
+def test_check_config_reports_every_problem_on_one_line_each(tmp_path: Path) -> None:
+    path = write_config(tmp_path, """
+listen: {port: 99999}
+clients: []
+upstream: {addressing_style: sideways}
+encryption: {key_files: []}
+surprise: 1
+""")
+    done = cli("check-config", "--config", str(path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 5, lines
+    assert all(line.startswith("medusa-crypt-proxy: config error: ") for line in lines)
+    assert "Traceback" not in done.stderr
+    assert any("listen.port" in line for line in lines)
+    assert any("encryption" in line and "key file" in line for line in lines)
+
+
+def test_check_config_not_yaml(tmp_path: Path) -> None:
+    done = cli("check-config", "--config", str(write_config(tmp_path, "a: [b\n")))
+    assert done.returncode == 2 and "not valid YAML" in done.stderr and "Traceback" not in done.stderr
+    missing = cli("check-config", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "No such file" in missing.stderr
+
+
+def test_offline_tools_match_the_proxy(proxy: Any, raw_client: Any, bucket: str, tmp_path: Path) -> None:
+    """An object downloaded from the bucket by any means decrypts without the daemon, and back."""
+    key = "node1/data/ks/t/nb-1-big-Data.db"
+    data = payload(2 * MIB + 3, 5)
+    proxy.client().put_object(Bucket=bucket, Key=key, Body=data)
+    stored = tmp_path / "stored.bin"
+    stored.write_bytes(raw_bytes(raw_client, bucket, key))
+    key_file = proxy.config["encryption"]["key_files"][0]
+
+    info = cli("inspect", str(stored))
+    assert info.returncode == 0
+    fields = json.loads(info.stdout)
+    assert fields["plaintext_size"] == len(data) and key in json.dumps(fields)
+
+    out = tmp_path / "plain.bin"
+    assert cli("decrypt", "--key-file", key_file, "--object-key", key, str(stored), str(out)).returncode == 0
+    assert out.read_bytes() == data
+    wrong = cli("decrypt", "--key-file", key_file, "--object-key", "other/key", str(stored), str(tmp_path / "x"))
+    assert wrong.returncode == 1 and not (tmp_path / "x").exists()
+
+    again = tmp_path / "again.bin"
+    assert cli("encrypt", "--key-file", key_file, "--object-key", key, str(out), str(again)).returncode == 0
+    assert MARKER not in again.read_bytes()
+    raw_client.put_object(Bucket=bucket, Key=key, Body=again.read_bytes())
+    assert proxy.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
+
+
+def test_demo_serves_a_working_proxy(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "proxy", "demo", "--port", str(port), "--workdir",
+                                str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        banner = ""
+        deadline = time.monotonic() + 60
+        while "Stop with Ctrl-C" not in banner and time.monotonic() < deadline:
+            banner += process.stdout.readline()
+        assert "storage_provider = s3_compatible" in banner and f"port = {port}" in banner
+        credentials = (tmp_path / "medusa-credentials").read_text()
+        access = re.search(r"aws_access_key_id = (\S+)", credentials)
+        secret = re.search(r"aws_secret_access_key = (\S+)", credentials)
+        assert access and secret
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                              aws_access_key_id=access.group(1), aws_secret_access_key=secret.group(1))
+        for _ in range(100):
+            try:
+                client.put_object(Bucket="medusa-backups", Key="n/data/x", Body=b"hello")
+                break
+            except Exception:  # the proxy may still be starting
+                time.sleep(0.2)
+        assert client.get_object(Bucket="medusa-backups", Key="n/data/x")["Body"].read() == b"hello"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail("the demo did not stop on SIGINT")
+    assert process.returncode == 0
