@@ -297,6 +297,24 @@ def test_wrong_checksum_crc32(proxy_client: Any, raw_client: Any, bucket: str) -
         assert proxy_client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
 
 
+def test_unsigned_payload_header_auth(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
+    """``x-amz-content-sha256: UNSIGNED-PAYLOAD`` (boto3 < 1.36 over https): the signature covers
+    the headers only, so Content-MD5 is what protects the body."""
+    data = payload(MIB + 9, 15)
+    md5 = b64(hashlib.md5(data).digest())
+    ok = signed_request(proxy, "PUT", f"/{bucket}/{DATA_KEY}", data, payload_value="UNSIGNED-PAYLOAD",
+                        headers={"Content-MD5": md5})
+    assert ok.status == 200, ok.body
+    assert ok.headers["ETag"].strip('"') == hashlib.md5(data).hexdigest()
+    assert proxy.client(**MEDUSA).get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == data
+    raw_client.delete_object(Bucket=bucket, Key=DATA_KEY)
+    corrupted = data[:-1] + bytes([data[-1] ^ 1])
+    bad = signed_request(proxy, "PUT", f"/{bucket}/{DATA_KEY}", corrupted,
+                         payload_value="UNSIGNED-PAYLOAD", headers={"Content-MD5": md5})
+    assert (bad.status, bad.code) == (400, "BadDigest")
+    assert_nothing_stored(raw_client, bucket)
+
+
 # ------------------------------------------------------------------------------------------
 # Presigned URLs
 # ------------------------------------------------------------------------------------------
