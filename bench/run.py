@@ -289,11 +289,19 @@ class Bench:
         """Record the server process's CPU seconds per GiB for this block (and, for the proxy,
         its event loop thread's, under "proxy_loop": one core caps the proxy at 1/that GiB/s)."""
         pid = self.stack.server_pid(target)
-        before, loop_before = proc_cpu(pid), proc_cpu(pid, pid)
+        up = self.stack.server_pid("direct")
+        me = os.getpid()
+        before, loop_before, up_before, me_before = proc_cpu(pid), proc_cpu(pid, pid), proc_cpu(up), proc_cpu(me)
         yield
-        into.setdefault(target, []).append((proc_cpu(pid) - before) / (nbytes / GiB))
+        gib = nbytes / GiB
+        server = (proc_cpu(pid) - before) / gib
+        client = (proc_cpu(me) - me_before) / gib
+        into.setdefault(target, []).append(server)
+        # Everything this transfer cost the machine: client + proxy + upstream (or the one server).
+        total = server + client + ((proc_cpu(up) - up_before) / gib if target == "proxy" else 0.0)
+        into.setdefault(f"{target}_all", []).append(total)
         if target == "proxy":
-            into.setdefault("proxy_loop", []).append((proc_cpu(pid, pid) - loop_before) / (nbytes / GiB))
+            into.setdefault("proxy_loop", []).append((proc_cpu(pid, pid) - loop_before) / gib)
 
     @contextlib.contextmanager
     def profiled(self, name: str) -> Iterator[None]:
@@ -552,12 +560,13 @@ def summarize(results: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]
         results[name]["median"] = {"MBps": mbps, "cpu_s_per_GiB": cpu, "proxy/direct": ratio(p, d),
                                    "proxy/crypt": ratio(p, c)}
         rows.append([name, f"{d:.0f}", f"{p:.0f}", f"{c:.0f}", f"{ratio(p, d):.2f}", f"{ratio(p, c):.2f}",
-                     f"{cpu.get('proxy', 0):.2f} ({cpu.get('proxy_loop', 0):.2f})", f"{cpu.get('crypt', 0):.2f}"])
+                     f"{cpu.get('proxy', 0):.2f} ({cpu.get('proxy_loop', 0):.2f})", f"{cpu.get('crypt', 0):.2f}",
+                     f"{cpu.get('direct_all', 0):.1f}/{cpu.get('proxy_all', 0):.1f}/{cpu.get('crypt_all', 0):.1f}"])
     throughput = [r for r in rows]
     table: list[list[str]] = []
     if throughput:
         table.append(["MB/s (median)", "direct", "proxy", "rclone-crypt", "proxy/direct", "proxy/crypt",
-                      "proxy CPU s/GiB (loop)", "crypt CPU s/GiB"])
+                      "proxy CPU s/GiB (loop)", "crypt CPU s/GiB", "all CPU s/GiB d/p/c"])
         table += throughput
     if "ranged_1MiB" in results:
         r = results["ranged_1MiB"]
@@ -641,7 +650,7 @@ GOALS: list[tuple[str, str, Callable[[float], bool]]] = [
 
 
 def render(table: list[list[str]], targets: dict[str, Any]) -> str:
-    widths = [max((len(r[i]) for r in table if len(r) > i), default=0) for i in range(8)]
+    widths = [max((len(r[i]) for r in table if len(r) > i), default=0) for i in range(9)]
     lines = []
     for row in table:
         lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() if row else "")
@@ -700,6 +709,9 @@ def main() -> int:
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
+    raw = REPO / "bench" / "results" / "last-raw.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(bench.results, default=str))
     table, targets = summarize(bench.results)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), "quick": quick,
             "reps": args.reps, "object_size": args.size, "upstream_etag": args.upstream_etag,
