@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from proxy.s3.body import RequestBody
 from proxy.s3.errors import S3Error
-from proxy.s3.routing import bucket_and_key, route
+from proxy.s3.routing import Route, bucket_and_key, route
 from proxy.s3.sigv4 import verify_request
 from proxy.service import Reply, Request
 
@@ -73,7 +73,13 @@ class Frontend:
         bucket, key = bucket_and_key(http.raw_path, http.host, self.virtual_suffixes)
         fields.update(bucket=bucket, key=key)
         raw_path, _, raw_query = http.raw_path.partition("?")
-        query_pairs = parse_qsl(raw_query, keep_blank_values=True)
+        query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        target: Route | S3Error
+        try:
+            target = route(http.method, bucket, key, query, http.headers)
+            fields["operation"] = target.operation  # logged even when the signature fails
+        except S3Error as exc:
+            target = exc  # reported only to an authenticated client
         auth = verify_request(
             method=http.method,
             raw_path=raw_path,
@@ -83,9 +89,8 @@ class Frontend:
             now=datetime.now(UTC),
             max_skew_seconds=self.max_skew_seconds,
         )
-        query = dict(query_pairs)
-        target = route(http.method, bucket, key, query, http.headers)
-        fields["operation"] = target.operation
+        if isinstance(target, S3Error):
+            raise target
         body = None
         if target.operation in _BODY_OPERATIONS or http.can_read_body:
             body = RequestBody(http.content, http.headers, auth)
