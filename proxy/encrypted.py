@@ -93,13 +93,7 @@ def if_match(etag: str) -> dict[str, str]:
 
 async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str) -> bytes:
     """A small ranged read of one stored version (If-Match guards against a concurrent overwrite)."""
-    reply = await upstream.call("get_object", Bucket=bucket, Key=key, Range=spec, **if_match(etag))
-    body = reply["Body"]
-    try:
-        data: bytes = await body.read()
-    finally:
-        body.close()
-    return data
+    return await upstream.read(Bucket=bucket, Key=key, Range=spec, **if_match(etag))
 
 
 async def read_trailer(upstream: Upstream, bucket: str, key: str, etag: str, size: int) -> Trailer:
@@ -400,11 +394,8 @@ class EncryptedService(PassthroughService):
         stored_size = part_stored_size(length) + trailer_len
 
         async def stored() -> AsyncIterator[bytes]:
-            async for piece in source:
-                out = await self._crypt(encryptor.update, piece)
-                self.metrics.add_encrypted(len(piece))
-                if out:
-                    yield bytes(out)
+            async for records in self._encrypting(encryptor, source):
+                yield records
             last = encryptor.finish()
             trailer = build_trailer(master, salt, key,
                                     [PartInfo(1, encryptor.plaintext_size, encryptor.md5)], single_put=True)
@@ -424,6 +415,14 @@ class EncryptedService(PassthroughService):
             view = View("encrypted", length, etag, Trailer.from_tail(trailer_bytes))
             await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
         return etag
+
+    async def _encrypting(self, encryptor: PartEncryptor, source: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """The complete records of ``source``'s plaintext (the caller adds ``finish()``)."""
+        async for piece in source:
+            out = await self._crypt(encryptor.update, piece)
+            self.metrics.add_encrypted(len(piece))
+            if out:
+                yield bytes(out)
 
     @staticmethod
     def _with_hint(params: dict[str, Any], master: MasterKey) -> dict[str, Any]:
@@ -550,16 +549,7 @@ class EncryptedService(PassthroughService):
         return view, original
 
     async def _read_manifest(self, bucket: str, key: str, etag: str) -> bytes:
-        reply = await self.upstream.call("get_object", Bucket=bucket, Key=key, **if_match(etag))
-        if int(reply.get("ContentLength", 0)) > MAX_MANIFEST:
-            reply["Body"].close()
-            raise S3Error("InternalError", f"manifest {key!r} is larger than {MAX_MANIFEST} bytes", 500)
-        body = reply["Body"]
-        try:
-            stored: bytes = await body.read()
-        finally:
-            body.close()
-        return restore(stored)
+        return restore(await self.upstream.read(limit=MAX_MANIFEST, Bucket=bucket, Key=key, **if_match(etag)))
 
     async def _get_manifest(self, request: Request, bucket: str, key: str) -> Reply:
         head = await self.upstream.call("head_object", Bucket=bucket, Key=key)
@@ -616,11 +606,8 @@ class EncryptedService(PassthroughService):
         stored_size = part_stored_size(body.length)
 
         async def stored() -> AsyncIterator[bytes]:
-            async for piece in body:
-                out = await self._crypt(encryptor.update, piece)
-                self.metrics.add_encrypted(len(piece))
-                if out:
-                    yield bytes(out)
+            async for records in self._encrypting(encryptor, body):
+                yield records
             yield bytes(encryptor.finish())
 
         if body.length < MIN_PART:

@@ -242,6 +242,18 @@ class Upstream:
         self._ok(operation, result, sent=stream.sent)
         return result
 
+    async def read(self, *, limit: int | None = None, **params: Any) -> bytes:
+        """GetObject of something small (a trailer, a manifest), whole; S3Error past ``limit``."""
+        reply = await self.call("get_object", **params)
+        body = reply["Body"]
+        try:
+            if limit is not None and int(reply.get("ContentLength", 0)) > limit:
+                raise S3Error("InternalError", f"{params.get('Key')!r} is larger than {limit} bytes", 500)
+            data: bytes = await body.read()
+        finally:
+            body.close()
+        return data
+
     async def get_stream(self, **params: Any) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
         """GetObject; returns the reply and an iterator over the body in large pieces."""
         reply = await self._get(**params)

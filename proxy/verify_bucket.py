@@ -44,16 +44,6 @@ async def _list(upstream: Upstream, bucket: str, prefix: str) -> list[dict[str, 
         params["ContinuationToken"] = page["NextContinuationToken"]
 
 
-async def _read(upstream: Upstream, bucket: str, key: str) -> bytes:
-    reply = await upstream.call("get_object", Bucket=bucket, Key=key)
-    body = reply["Body"]
-    try:
-        data: bytes = await body.read()
-    finally:
-        body.close()
-    return data
-
-
 async def verify_bucket(upstream: Upstream, bucket: str, *, prefix: str = "", backup: str | None = None,
                         keyring: KeyRing | None = None, say: Callable[[str], None] = print) -> Report:
     """Check every indexed manifest (``index/backup_index/<backup>/manifest_<node>.json``)."""
@@ -67,7 +57,7 @@ async def verify_bucket(upstream: Upstream, bucket: str, *, prefix: str = "", ba
     limit = asyncio.Semaphore(16)
     for manifest_key in manifests:
         report.manifests += 1
-        entries = stored_entries(await _read(upstream, bucket, manifest_key))
+        entries = stored_entries(await upstream.read(Bucket=bucket, Key=manifest_key))
         say(f"{manifest_key}: {len(entries)} objects")
         await asyncio.gather(*(
             _check(upstream, bucket, entry, keyring, report, limit)
