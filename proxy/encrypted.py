@@ -86,7 +86,7 @@ class View:
     trailer: Trailer | None = None
 
 
-def if_match(etag: str) -> dict[str, str]:
+def if_match(etag: str) -> dict[str, Any]:
     """Guard a read of one stored version (an empty ETag, as some servers give, guards nothing)."""
     return {"IfMatch": quote_etag(etag)} if etag.strip('"') else {}
 
