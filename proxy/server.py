@@ -185,7 +185,10 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
             finally:
                 metrics.request_finished()
 
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    async def expect(http: web.Request) -> web.StreamResponse | None:
+        return await state.frontend.expect_continue(http)
+
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect)
 
     async def lifecycle(app: web.Application) -> Any:
         await upstream.start()

@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 from proxy.s3.body import RequestBody
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, bucket_and_key, route
-from proxy.s3.sigv4 import verify_request
+from proxy.s3.sigv4 import AuthResult, verify_request
 from proxy.service import Reply, Request
 
 log = logging.getLogger("proxy.access")
@@ -67,6 +67,31 @@ class Frontend:
             self.observe(fields)
         return response
 
+    async def expect_continue(self, http: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse a bad signature before the client sends its body."""
+        if http.headers.get("expect", "").lower() != "100-continue":
+            return None
+        raw_path, _, raw_query = http.raw_path.partition("?")
+        try:
+            self._authenticate(http, raw_path, raw_query)
+        except S3Error as err:
+            response = await self._error(http, err, secrets.token_hex(8).upper())
+            response.force_close()
+            return response
+        await http.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    def _authenticate(self, http: web.Request, raw_path: str, raw_query: str) -> AuthResult:
+        return verify_request(
+            method=http.method,
+            raw_path=raw_path,
+            query=raw_query,
+            headers=http.headers,
+            lookup=self.credentials,
+            now=datetime.now(UTC),
+            max_skew_seconds=self.max_skew_seconds,
+        )
+
     async def _handle(
         self, http: web.Request, request_id: str, fields: dict[str, Any]
     ) -> web.StreamResponse:
@@ -80,15 +105,7 @@ class Frontend:
             fields["operation"] = target.operation  # logged even when the signature fails
         except S3Error as exc:
             target = exc  # reported only to an authenticated client
-        auth = verify_request(
-            method=http.method,
-            raw_path=raw_path,
-            query=raw_query,
-            headers=http.headers,
-            lookup=self.credentials,
-            now=datetime.now(UTC),
-            max_skew_seconds=self.max_skew_seconds,
-        )
+        auth = self._authenticate(http, raw_path, raw_query)
         if isinstance(target, S3Error):
             raise target
         body = None
