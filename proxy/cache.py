@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,9 +41,16 @@ CREATE TABLE IF NOT EXISTS parts (
 
 
 def version_of(etag: str | None, size: int, last_modified: object) -> str:
-    """What identifies one stored version: its ETag, or size and time when there is none."""
+    """What identifies one stored version: its ETag, or size and time when there is none.
+
+    Times are cut to whole seconds: LIST gives milliseconds, HEAD's HTTP date only seconds.
+    """
     etag = (etag or "").strip('"')
-    return f"etag:{etag}:{size}" if etag else f"lm:{last_modified}:{size}"
+    if etag:
+        return f"etag:{etag}:{size}"
+    if isinstance(last_modified, datetime):
+        last_modified = int(last_modified.timestamp())
+    return f"lm:{last_modified}:{size}"
 
 
 @dataclass(frozen=True)
