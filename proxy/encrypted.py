@@ -55,6 +55,7 @@ from proxy.s3.headers import (
 )
 from proxy.service import (
     SMALL_BODY,
+    Chunk,
     PassthroughService,
     Reply,
     Request,
@@ -344,7 +345,7 @@ class EncryptedService(PassthroughService):
         return ObjectDecryptor.with_trailer(self.keyring, view.trailer, self.written_as(key, view.trailer))
 
     @staticmethod
-    def _get_reply(reply: dict[str, Any], view: View, wanted: Any, pieces: AsyncIterator[bytes]) -> Reply:
+    def _get_reply(reply: dict[str, Any], view: View, wanted: Any, pieces: AsyncIterator[Chunk]) -> Reply:
         headers = visible_headers(reply)
         headers["ETag"] = quote_etag(view.etag)
         headers["Accept-Ranges"] = "bytes"
@@ -354,17 +355,17 @@ class EncryptedService(PassthroughService):
         headers["Content-Range"] = wanted.content_range(view.size)
         return Reply(206, headers, pieces, wanted.length)
 
-    async def _decrypting(self, key: str, pieces: AsyncIterator[bytes], decryptor: Any) -> AsyncIterator[bytes]:
+    async def _decrypting(self, key: str, pieces: AsyncIterator[bytes], decryptor: Any) -> AsyncIterator[Chunk]:
         try:
             async for piece in pieces:
                 out = await self._crypt(decryptor.feed, piece)
                 if out:
                     self.metrics.add_decrypted(len(out))
-                    yield bytes(out)
+                    yield out
             out = decryptor.finish()
             if out:
                 self.metrics.add_decrypted(len(out))
-                yield bytes(out)
+                yield out
         except FormatError as exc:
             raise self._integrity(key, exc) from None
 
@@ -384,7 +385,7 @@ class EncryptedService(PassthroughService):
                                          object_params(request.headers))
         return Reply(200, {"ETag": quote_etag(etag)})
 
-    async def _put_encrypted(self, bucket: str, key: str, source: AsyncIterable[bytes], length: int,
+    async def _put_encrypted(self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int,
                              params: dict[str, Any]) -> str:
         """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the plaintext ETag."""
         master = self.keyring.primary
@@ -393,13 +394,13 @@ class EncryptedService(PassthroughService):
         trailer_len = len(build_trailer(master, salt, key, [PartInfo(1, length, bytes(16))], single_put=True))
         stored_size = part_stored_size(length) + trailer_len
 
-        async def stored() -> AsyncIterator[bytes]:
+        async def stored() -> AsyncIterator[Chunk]:
             async for records in self._encrypting(encryptor, source):
                 yield records
             last = encryptor.finish()
             trailer = build_trailer(master, salt, key,
                                     [PartInfo(1, encryptor.plaintext_size, encryptor.md5)], single_put=True)
-            yield bytes(last) + trailer
+            yield last + trailer
 
         params = self._with_hint(params, master)
         if length <= SMALL_BODY:
@@ -416,13 +417,13 @@ class EncryptedService(PassthroughService):
             await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
         return etag
 
-    async def _encrypting(self, encryptor: PartEncryptor, source: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async def _encrypting(self, encryptor: PartEncryptor, source: AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
         """The complete records of ``source``'s plaintext (the caller adds ``finish()``)."""
         async for piece in source:
             out = await self._crypt(encryptor.update, piece)
             self.metrics.add_encrypted(len(piece))
             if out:
-                yield bytes(out)
+                yield out
 
     @staticmethod
     def _with_hint(params: dict[str, Any], master: MasterKey) -> dict[str, Any]:
@@ -477,7 +478,7 @@ class EncryptedService(PassthroughService):
         return params
 
     async def _plaintext_stream(self, bucket: str, key: str, head: Mapping[str, Any],
-                                view: View) -> AsyncIterator[bytes]:
+                                view: View) -> AsyncIterator[Chunk]:
         _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(str(head.get("ETag", ""))))
         if view.kind == "plaintext":
             return pieces
@@ -605,10 +606,10 @@ class EncryptedService(PassthroughService):
         encryptor = PartEncryptor(derive_object_keys(master, state.salt), number)
         stored_size = part_stored_size(body.length)
 
-        async def stored() -> AsyncIterator[bytes]:
+        async def stored() -> AsyncIterator[Chunk]:
             async for records in self._encrypting(encryptor, body):
                 yield records
-            yield bytes(encryptor.finish())
+            yield encryptor.finish()
 
         if body.length < MIN_PART:
             # It can only be the last part: keep it until Complete sends it with the trailer.

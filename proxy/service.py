@@ -25,6 +25,9 @@ from proxy.s3.headers import (
 )
 from proxy.upstream import Upstream, reply_headers
 
+# Pieces of a streamed body: the codec hands out fresh bytearrays, which are sent without a copy.
+Chunk = bytes | bytearray
+
 
 class Body(Protocol):
     """A verified request body: iterate it once, or read it whole when it is small."""
@@ -50,7 +53,7 @@ class Request:
 class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | AsyncIterator[bytes] = b""
+    body: bytes | AsyncIterator[Chunk] = b""
     length: int | None = None
 
     @classmethod

@@ -52,7 +52,7 @@ class StreamingBody:
     it with UnseekableStreamError when it tries to rewind for a retry.
     """
 
-    def __init__(self, source: AsyncIterable[bytes]) -> None:
+    def __init__(self, source: AsyncIterable[bytes | bytearray]) -> None:
         self._source = source
         self.error: BaseException | None = None
         self.sent = 0
@@ -60,7 +60,7 @@ class StreamingBody:
     def read(self, *_: Any) -> bytes:  # pragma: no cover - botocore only checks it exists
         raise RuntimeError("StreamingBody is read asynchronously")
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def _iterate(self) -> AsyncIterator[bytes | bytearray]:
         try:
             async for piece in self._source:
                 self.sent += len(piece)
@@ -69,7 +69,7 @@ class StreamingBody:
             self.error = exc
             raise
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes | bytearray]:
         return self._iterate()
 
 
@@ -214,7 +214,7 @@ class Upstream:
         return result
 
     async def send_stream(
-        self, operation: str, body: AsyncIterable[bytes], length: int, **params: Any
+        self, operation: str, body: AsyncIterable[bytes | bytearray], length: int, **params: Any
     ) -> dict[str, Any]:
         """PutObject/UploadPart with a streamed body of known length.
 
