@@ -129,7 +129,7 @@ async def _reject(http: web.Request, state: State, err: S3Error) -> web.StreamRe
     """Answer ``err`` (503 while draining or overloaded) at once; counted and logged as usual."""
     started = time.monotonic()
     request_id = secrets.token_hex(8).upper()
-    response = await Frontend._error(http, err, request_id)
+    response = await Frontend.error_response(http, err, request_id)
     if state.draining:
         response.force_close()  # send the client elsewhere (or to the restarted proxy)
     operation, bucket, key = _operation_of(http, state)

@@ -55,12 +55,12 @@ class Frontend:
             response = await self._handle(http, request_id, fields)
         except S3Error as err:
             fields["error"] = err.code
-            response = await self._error(http, err, request_id)
+            response = await self.error_response(http, err, request_id)
         except Exception:
             log.exception("internal error", extra={"request_id": request_id})
             internal = S3Error("InternalError", "We encountered an internal error. Please try again.", 500)
             fields["error"] = internal.code
-            response = await self._error(http, internal, request_id)
+            response = await self.error_response(http, internal, request_id)
         fields["status"] = response.status
         fields["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
         if self.observe is not None:
@@ -75,7 +75,7 @@ class Frontend:
         try:
             self._authenticate(http, raw_path, raw_query)
         except S3Error as err:
-            response = await self._error(http, err, secrets.token_hex(8).upper())
+            response = await self.error_response(http, err, secrets.token_hex(8).upper())
             response.force_close()
             return response
         await http.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -156,7 +156,7 @@ class Frontend:
         return response
 
     @staticmethod
-    async def _error(http: web.Request, err: S3Error, request_id: str) -> web.StreamResponse:
+    async def error_response(http: web.Request, err: S3Error, request_id: str) -> web.StreamResponse:
         headers = {"x-amz-request-id": request_id, "Server": "medusa-crypt-proxy"}
         if http.method == "HEAD" or err.status == 304:
             return web.Response(status=err.status, headers=headers)
