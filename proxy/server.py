@@ -73,9 +73,9 @@ class State:
 
 
 def build_service(config: Config, upstream: Upstream, metrics: Metrics) -> Any:
-    """Passthrough until encryption is wired in (proxy.encrypted)."""
+    """Passthrough until encryption is wired in (proxy.objects)."""
     try:
-        from proxy.encrypted import build_encrypted_service
+        from proxy.objects import build_encrypted_service
     except ImportError:
         return PassthroughService(upstream)
     return build_encrypted_service(config, upstream, metrics)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.encrypted import read_trailer
 from proxy.format.errors import FormatError
 from proxy.keys import KeyRing
 from proxy.manifest import SOURCE_MD5, SOURCE_SIZE, stored_entries
+from proxy.objects import read_trailer
 from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
 

@@ -1,0 +1,269 @@
+"""The core of encrypted objects: keys, crypto threads, and the plaintext view of a stored object.
+
+The view (plaintext size and ETag) comes from the cache, else from the object itself (its trailer),
+so it is durable in the bucket. The operations build on it in the modules beside this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from proxy.cache import CachedView, StateStore, version_of
+from proxy.config import Config
+from proxy.format.codec import (
+    ObjectDecryptor,
+    PartEncryptor,
+)
+from proxy.format.constants import TRAILER_PROBE
+from proxy.format.detect import classify
+from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
+from proxy.format.seed import (
+    SeedDecryptor,
+    fernet_keys_from_ring,
+    seed_last_record_plaintext_size,
+    seed_last_record_range,
+)
+from proxy.format.trailer import Trailer, parse_footer
+from proxy.keys import KeyRing, MasterKey
+from proxy.metrics import Metrics
+from proxy.policy import Policy
+from proxy.s3.errors import S3Error
+from proxy.s3.headers import (
+    quote_etag,
+)
+from proxy.service import (
+    Chunk,
+    PassthroughService,
+)
+from proxy.upstream import Upstream
+
+log = logging.getLogger("proxy.objects")
+
+T = TypeVar("T")
+
+INLINE_CRYPTO = 128 << 10  # smaller pieces are not worth a thread hop
+COLD_LOOKUPS = 32  # trailer reads in flight while resolving one listing
+FORMAT_HINT = {"mcp-format": "1"}
+
+
+@dataclass(frozen=True)
+class View:
+    """What a client sees of one stored object."""
+
+    kind: str  # "encrypted" or "plaintext"
+    size: int
+    etag: str  # unquoted
+    trailer: Trailer | None = None
+
+
+def if_match(etag: str) -> dict[str, Any]:
+    """Guard a read of one stored version (an empty ETag, as some servers give, guards nothing)."""
+    return {"IfMatch": quote_etag(etag)} if etag.strip('"') else {}
+
+
+async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str) -> bytes:
+    """A small ranged read of one stored version (If-Match guards against a concurrent overwrite)."""
+    return await upstream.read(Bucket=bucket, Key=key, Range=spec, **if_match(etag))
+
+
+async def read_trailer(upstream: Upstream, bucket: str, key: str, etag: str, size: int) -> Trailer:
+    """The trailer of a stored object, not yet verified; FormatError when it has none."""
+    tail = await read_range(upstream, bucket, key, etag, f"bytes=-{min(TRAILER_PROBE, size)}")
+    record_len = parse_footer(tail)
+    if record_len > len(tail):
+        tail = await read_range(upstream, bucket, key, etag, f"bytes=-{record_len}")
+    return Trailer.from_tail(tail)
+
+
+def cached_view(view: View) -> CachedView:
+    return CachedView(view.kind, view.size, view.etag, view.trailer.record if view.trailer is not None else None)
+
+
+def integrity_error(key: str, exc: Exception) -> S3Error:
+    return S3Error("InternalError", f"the stored object {key!r} failed its integrity check: {exc}", 500)
+
+class ObjectsCore(PassthroughService):
+    """State and helpers shared by the encrypted operations."""
+
+    def __init__(self, config: Config, upstream: Upstream, metrics: Metrics, keyring: KeyRing,
+                 store: StateStore) -> None:
+        super().__init__(upstream)
+        self.config = config
+        self.metrics = metrics
+        self.keyring = keyring
+        self.store = store
+        self.policy = Policy(config.encryption.encrypted_patterns, config.encryption.plaintext_patterns)
+        seed_files = config.encryption.seed_key_files
+        self.seed_keys = fernet_keys_from_ring(KeyRing.from_files(seed_files)) if seed_files else []
+        self._pool = ThreadPoolExecutor(config.limits.crypto_threads, thread_name_prefix="crypto")
+        self._lookups = asyncio.Semaphore(COLD_LOOKUPS)
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [key.key_id_hex for key in self.keyring.keys]
+
+    async def start(self) -> None:
+        await self.store.start()
+        self.metrics.set_cache_entries(await self.store.count_views())
+
+    async def close(self) -> None:
+        await self.store.close()
+        self._pool.shutdown(wait=False)
+
+    def reload(self, key_files: list[str] | None = None) -> None:
+        """SIGHUP: load ``key_files`` (default: the configured ones) and swap the key ring in.
+
+        Raises if any key file does not load; the running ring is then kept. Uploads in flight
+        keep the key they started with (looked up by id), objects stay readable with theirs.
+        """
+        files = list(self.config.encryption.key_files if key_files is None else key_files)
+        ring = KeyRing.from_files(files)  # raises: the caller logs and keeps the old ring
+        self.keyring = ring
+        from proxy import __version__
+
+        self.metrics.set_build_info(__version__, self.key_ids)
+        log.info("keys reloaded: primary %s, %d key(s)", ring.primary.key_id_hex, len(ring),
+                 extra={"event": "keys_reloaded", "primary_key_id": ring.primary.key_id_hex})
+
+    async def _crypt(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run crypto on large buffers in the pool (it releases the GIL), small ones inline."""
+        size = sum(len(a) for a in args if isinstance(a, (bytes, bytearray, memoryview)))
+        if size < INLINE_CRYPTO:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # --- the plaintext view --------------------------------------------------------------
+
+    async def view_of(self, bucket: str, key: str, etag: str, size: int, last_modified: object) -> View:
+        """The plaintext view of one stored version: cache first, else the bucket itself."""
+        version = version_of(etag, size, last_modified)
+        found = await self.store.get_views(bucket, [(key, version)])
+        cached = found.get((key, version))
+        self.metrics.cache_lookup(hit=cached is not None)
+        if cached is not None:
+            trailer = Trailer.parse(cached.trailer) if cached.trailer else None
+            return View(cached.kind, cached.size, cached.etag, trailer)
+        view = await self._inspect(bucket, key, etag, size)
+        await self._remember(bucket, key, version, view)
+        return view
+
+    async def _remember(self, bucket: str, key: str, version: str, view: View) -> None:
+        await self.store.put_view(bucket, key, version, cached_view(view))
+
+    async def _inspect(self, bucket: str, key: str, etag: str, size: int) -> View:
+        """Read the trailer (one suffix range) and decide: ours, legacy plaintext, or tampered."""
+        if size == 0:
+            return self._legacy(key, size, etag)
+        async with self._lookups:
+            tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{min(TRAILER_PROBE, size)}")
+            try:
+                record_len = parse_footer(tail)
+            except TamperedError as exc:
+                raise self._integrity(key, exc) from None
+            except FormatError:
+                head = tail if size <= len(tail) else await read_range(self.upstream, bucket, key, etag, "bytes=0-15")
+                kind = classify(head[:16], tail[-16:])
+                if kind == "legacy-plaintext":
+                    return self._legacy(key, size, etag)
+                if kind == "seed-fernet" and self.seed_keys:
+                    return await self._seed_view(bucket, key, etag, size)
+                raise self._integrity(key, FormatError(f"stored object looks {kind} but has no valid trailer")) \
+                    from None
+            if record_len > len(tail):
+                tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{record_len}")
+        try:
+            trailer = Trailer.from_tail(tail)
+            trailer.verify(self.keyring)
+            trailer.check_object_key(self.written_as(key, trailer))
+            if trailer.object_stored_size != size:
+                raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
+        except FormatError as exc:
+            raise self._integrity(key, exc) from None
+        return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
+
+    async def _seed_view(self, bucket: str, key: str, etag: str, size: int) -> View:
+        """An object of the old in-Medusa encryption: its exact size and plaintext MD5.
+
+        The format records neither, so the last record is decrypted for the size and the whole
+        object once for the MD5 (then cached); seed backups are only read, for restores.
+        """
+        try:
+            first, last = seed_last_record_range(size) or (0, -1)
+            record = await read_range(self.upstream, bucket, key, etag, f"bytes={first}-{last}")
+            plaintext_size = seed_last_record_plaintext_size(size, record, self.seed_keys)
+            decryptor = SeedDecryptor(self.seed_keys, expected_size=plaintext_size)
+            _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(etag))
+            async for piece in pieces:
+                await self._crypt(decryptor.feed, piece)
+            decryptor.finish()
+        except FormatError as exc:
+            raise self._integrity(key, exc) from None
+        return View("seed", plaintext_size, decryptor.md5_hex)
+
+    def written_as(self, key: str, trailer: Trailer) -> str:
+        """The name the object must have been written under: ``key``, or its accepted old name."""
+        for moved in self.config.encryption.accept_moved:
+            if key.startswith(moved.to_prefix):
+                old = moved.from_prefix + key[len(moved.to_prefix):]
+                if trailer.object_key == old:
+                    return old
+        return key
+
+    def _legacy(self, key: str, size: int, etag: str) -> View:
+        if not self.config.encryption.serve_legacy_plaintext:
+            raise S3Error("AccessDenied", f"{key!r} is not encrypted and serve_legacy_plaintext is off", 403)
+        return View("plaintext", size, etag.strip('"'))
+
+    def _integrity(self, key: str, exc: Exception) -> S3Error:
+        kind = "unknown-key" if isinstance(exc, UnknownKeyError) else type(exc).__name__
+        self.metrics.integrity_failure(kind)
+        log.error("integrity check failed for %r: %s", key, exc)
+        return integrity_error(key, exc)
+
+    async def _head(self, bucket: str, key: str) -> tuple[dict[str, Any], View]:
+        reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+        view = await self.view_of(bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)),
+                                  reply.get("LastModified"))
+        return reply, view
+
+    async def _encrypting(self, encryptor: PartEncryptor, source: AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
+        """The complete records of ``source``'s plaintext (the caller adds ``finish()``)."""
+        async for piece in source:
+            out = await self._crypt(encryptor.update, piece)
+            self.metrics.add_encrypted(len(piece))
+            if out:
+                yield out
+
+    @staticmethod
+    def _with_hint(params: dict[str, Any], master: MasterKey) -> dict[str, Any]:
+        """Add the format hint to user metadata (a hint only: some servers drop metadata)."""
+        metadata = dict(params.get("Metadata", {}))
+        metadata.update(FORMAT_HINT)
+        metadata["mcp-key-id"] = master.key_id_hex
+        return {**params, "Metadata": metadata}
+
+    def _whole_decryptor(self, key: str, view: View) -> ObjectDecryptor | SeedDecryptor:
+        if view.kind == "seed":
+            return SeedDecryptor(self.seed_keys, expected_size=view.size, expected_md5=view.etag)
+        assert view.trailer is not None
+        return ObjectDecryptor.with_trailer(self.keyring, view.trailer, self.written_as(key, view.trailer))
+
+    async def _decrypting(self, key: str, pieces: AsyncIterator[bytes], decryptor: Any) -> AsyncIterator[Chunk]:
+        try:
+            async for piece in pieces:
+                out = await self._crypt(decryptor.feed, piece)
+                if out:
+                    self.metrics.add_decrypted(len(out))
+                    yield out
+            out = decryptor.finish()
+            if out:
+                self.metrics.add_decrypted(len(out))
+                yield out
+        except FormatError as exc:
+            raise self._integrity(key, exc) from None
+

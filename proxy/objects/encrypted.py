@@ -1,0 +1,256 @@
+"""Encrypted objects: the operations that turn plaintext into the stored format and back.
+
+Everything here keeps the client's view plaintext: sizes, ETags, ranges and conditions are those
+of the plaintext; the stored format is ``proxy.format``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from typing import Any
+
+from proxy.cache import CachedView, StateStore, version_of
+from proxy.conditions import check_conditions, parse_range
+from proxy.config import Config
+from proxy.format.codec import (
+    PartEncryptor,
+    PartInfo,
+    RangeDecryptor,
+    build_trailer,
+    new_salt,
+)
+from proxy.format.layout import part_stored_size
+from proxy.format.seed import (
+    SeedRangeDecryptor,
+    seed_stored_range,
+)
+from proxy.format.trailer import Trailer
+from proxy.keys import KeyRing, derive_object_keys
+from proxy.manifest import is_manifest_key
+from proxy.metrics import Metrics
+from proxy.objects.core import View, cached_view, if_match
+from proxy.objects.manifests import ManifestObjects
+from proxy.objects.multipart import MultipartObjects
+from proxy.s3 import xml
+from proxy.s3.errors import S3Error
+from proxy.s3.headers import (
+    INTERNAL_META_PREFIX,
+    object_params,
+    quote_etag,
+    reject_sse_c,
+    response_override_params,
+)
+from proxy.service import (
+    SMALL_BODY,
+    Chunk,
+    PassthroughService,
+    Reply,
+    Request,
+    parse_copy_source,
+    visible_headers,
+)
+from proxy.upstream import Upstream
+
+
+class EncryptedService(ManifestObjects, MultipartObjects):
+    """Every S3 operation with the encryption policy applied."""
+
+    async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
+        """Replace stored sizes and ETags with the plaintext view, resolving misses concurrently."""
+        manifests = [entry for entry in contents if is_manifest_key(entry["Key"])]
+        wanted = [entry for entry in contents if self.policy.encrypts(entry["Key"])]
+        for entry in manifests:
+            view, _ = await self._manifest_view(bucket, entry["Key"], entry.get("ETag", ""),
+                                                int(entry.get("Size", 0)), entry.get("LastModified"))
+            entry["Size"], entry["ETag"] = view.size, quote_etag(view.etag)
+        if not wanted:
+            return
+
+        def version(entry: dict[str, Any]) -> str:
+            return version_of(entry.get("ETag"), int(entry.get("Size", 0)), entry.get("LastModified"))
+
+        cached = await self.store.get_views(bucket, [(e["Key"], version(e)) for e in wanted])
+        learned: list[tuple[str, str, CachedView]] = []
+
+        async def resolve(entry: dict[str, Any]) -> None:
+            hit = cached.get((entry["Key"], version(entry)))
+            self.metrics.cache_lookup(hit=hit is not None)
+            if hit is None:
+                view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""), int(entry.get("Size", 0)))
+                hit = cached_view(view)
+                learned.append((entry["Key"], version(entry), hit))
+            entry["Size"], entry["ETag"] = hit.size, quote_etag(hit.etag)
+
+        await asyncio.gather(*(resolve(entry) for entry in wanted))
+        await self.store.put_views(bucket, learned)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def head_object(self, request: Request) -> Reply:
+        bucket, key = request.bucket or "", request.key or ""
+        if is_manifest_key(key):
+            reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+            view, _ = await self._manifest_view(bucket, key, reply.get("ETag", ""),
+                                                int(reply.get("ContentLength", 0)), reply.get("LastModified"))
+        elif not self.policy.encrypts(key):
+            return await super().head_object(request)
+        else:
+            reply, view = await self._head(bucket, key)
+        check_conditions(request.headers, view.etag, reply["LastModified"])
+        headers = visible_headers(reply)
+        headers["ETag"] = quote_etag(view.etag)
+        headers["Content-Length"] = str(view.size)
+        headers["Accept-Ranges"] = "bytes"
+        headers.pop("x-amz-mp-parts-count", None)
+        return Reply(200, headers, b"", view.size)
+
+    async def get_object(self, request: Request) -> Reply:
+        bucket, key = request.bucket or "", request.key or ""
+        if is_manifest_key(key):
+            return await self._get_manifest(request, bucket, key)
+        if not self.policy.encrypts(key):
+            return await super().get_object(request)
+        if request.query.get("partNumber"):
+            raise S3Error("NotImplemented", "GET by partNumber is not supported for encrypted objects", 501)
+        head, view = await self._head(bucket, key)
+        check_conditions(request.headers, view.etag, head["LastModified"])
+        wanted = parse_range(request.headers.get("range"), view.size)
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, **if_match(head.get("ETag", ""))}
+        params.update(response_override_params(request.query))
+        if view.kind == "plaintext":
+            if wanted is not None:
+                params["Range"] = f"bytes={wanted.first}-{wanted.last}"
+            reply, pieces = await self.upstream.get_stream(**params)
+            return self._get_reply(reply, view, wanted, pieces)
+        decryptor: Any
+        if wanted is None:
+            decryptor = self._whole_decryptor(key, view)
+        elif view.kind == "seed":
+            seed_range = seed_stored_range(wanted.first, wanted.last, int(head["ContentLength"]))
+            params["Range"] = seed_range.http_range
+            decryptor = SeedRangeDecryptor(self.seed_keys, seed_range)
+        else:
+            assert view.trailer is not None
+            stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
+            params["Range"] = stored.http_range
+            decryptor = RangeDecryptor(self.keyring, view.trailer, stored, self.written_as(key, view.trailer))
+        reply, pieces = await self.upstream.get_stream(**params)
+        return self._get_reply(reply, view, wanted, self._decrypting(key, pieces, decryptor))
+
+    @staticmethod
+    def _get_reply(reply: dict[str, Any], view: View, wanted: Any, pieces: AsyncIterator[Chunk]) -> Reply:
+        headers = visible_headers(reply)
+        headers["ETag"] = quote_etag(view.etag)
+        headers["Accept-Ranges"] = "bytes"
+        headers.pop("x-amz-mp-parts-count", None)
+        if wanted is None:
+            return Reply(200, headers, pieces, view.size)
+        headers["Content-Range"] = wanted.content_range(view.size)
+        return Reply(206, headers, pieces, wanted.length)
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def put_object(self, request: Request) -> Reply:
+        key = request.key or ""
+        if is_manifest_key(key) and not self.policy.encrypts(key):
+            return await self._put_manifest(request, request.bucket or "", key)
+        if not self.policy.encrypts(key):
+            return await super().put_object(request)
+        reject_sse_c(request.headers)
+        body = self._body(request)
+        if body.length is None:
+            raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
+        etag = await self._put_encrypted(request.bucket or "", key, body, body.length,
+                                         object_params(request.headers))
+        return Reply(200, {"ETag": quote_etag(etag)})
+
+    async def _put_encrypted(self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int,
+                             params: dict[str, Any]) -> str:
+        """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the plaintext ETag."""
+        master = self.keyring.primary
+        salt = new_salt()
+        encryptor = PartEncryptor(derive_object_keys(master, salt), 1)
+        trailer_len = len(build_trailer(master, salt, key, [PartInfo(1, length, bytes(16))], single_put=True))
+        stored_size = part_stored_size(length) + trailer_len
+
+        async def stored() -> AsyncIterator[Chunk]:
+            async for records in self._encrypting(encryptor, source):
+                yield records
+            last = encryptor.finish()
+            trailer = build_trailer(master, salt, key,
+                                    [PartInfo(1, encryptor.plaintext_size, encryptor.md5)], single_put=True)
+            yield last + trailer
+
+        params = self._with_hint(params, master)
+        if length <= SMALL_BODY:
+            payload = b"".join([piece async for piece in stored()])
+            reply = await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=payload, **params)
+        else:
+            reply = await self.upstream.send_stream("put_object", stored(), stored_size, Bucket=bucket, Key=key,
+                                                    **params)
+        etag = encryptor.md5.hex()
+        upstream_etag = reply.get("ETag", "")
+        if upstream_etag.strip('"'):
+            trailer_bytes = build_trailer(master, salt, key, [PartInfo(1, length, encryptor.md5)], single_put=True)
+            view = View("encrypted", length, etag, Trailer.from_tail(trailer_bytes))
+            await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
+        return etag
+
+    async def copy_object(self, request: Request) -> Reply:
+        bucket, key = request.bucket or "", request.key or ""
+        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        if not self.policy.encrypts(key) and not self.policy.encrypts(src_key):
+            return await super().copy_object(request)
+        reject_sse_c(request.headers)
+        head, view = ((await self._head(src_bucket, src_key)) if self.policy.encrypts(src_key)
+                      else await self._plain_head(src_bucket, src_key))
+        conditions = {name[len("x-amz-copy-source-"):]: value for name, value in request.headers.items()
+                      if name.lower().startswith("x-amz-copy-source-if-")}
+        check_conditions({k.lower(): v for k, v in conditions.items()}, view.etag, head["LastModified"])
+        if request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
+            params = object_params(request.headers)
+        else:
+            params = self._copied_params(head)
+            if request.headers.get("x-amz-storage-class"):
+                params["StorageClass"] = request.headers["x-amz-storage-class"]
+        plaintext = await self._plaintext_stream(src_bucket, src_key, head, view)
+        if self.policy.encrypts(key):
+            etag = await self._put_encrypted(bucket, key, plaintext, view.size, params)
+        else:
+            reply = await self.upstream.send_stream("put_object", plaintext, view.size, Bucket=bucket, Key=key,
+                                                    **params)
+            etag = reply.get("ETag", "")
+        done = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+        return Reply.xml(xml.copy_object_result(quote_etag(etag), done["LastModified"]))
+
+    async def _plain_head(self, bucket: str, key: str) -> tuple[dict[str, Any], View]:
+        reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+        return reply, View("plaintext", int(reply["ContentLength"]), reply.get("ETag", "").strip('"'))
+
+    @staticmethod
+    def _copied_params(head: Mapping[str, Any]) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name in ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
+                     "ContentLanguage", "Expires", "StorageClass"):
+            if head.get(name):
+                params[name] = head[name]
+        metadata = {k: v for k, v in head.get("Metadata", {}).items()
+                    if not ("x-amz-meta-" + k.lower()).startswith(INTERNAL_META_PREFIX)}
+        if metadata:
+            params["Metadata"] = metadata
+        return params
+
+    async def _plaintext_stream(self, bucket: str, key: str, head: Mapping[str, Any],
+                                view: View) -> AsyncIterator[Chunk]:
+        _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(str(head.get("ETag", ""))))
+        if view.kind == "plaintext":
+            return pieces
+        return self._decrypting(key, pieces, self._whole_decryptor(key, view))
+
+
+def build_encrypted_service(config: Config, upstream: Upstream, metrics: Metrics) -> PassthroughService:
+    if not config.encryption.enabled:
+        return PassthroughService(upstream)
+    keyring = KeyRing.from_files(config.encryption.key_files)
+    return EncryptedService(config, upstream, metrics, keyring, StateStore(config.cache.path))

@@ -1,0 +1,173 @@
+"""Multipart uploads of encrypted objects: parts encrypted as they stream, the trailer at Complete."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from proxy.cache import PartState, UploadState, version_of
+from proxy.format.codec import (
+    PartEncryptor,
+    PartInfo,
+    build_trailer,
+    new_salt,
+)
+from proxy.format.layout import part_stored_size
+from proxy.format.trailer import Trailer
+from proxy.keys import derive_object_keys
+from proxy.objects.core import ObjectsCore, View
+from proxy.s3 import xml
+from proxy.s3.errors import S3Error
+from proxy.s3.headers import (
+    object_params,
+    quote_etag,
+    reject_sse_c,
+)
+from proxy.service import (
+    Chunk,
+    Reply,
+    Request,
+    part_number,
+)
+
+MIN_PART = 5 << 20  # S3 refuses smaller parts except the last one
+MAX_PARTS = 10000
+
+
+class MultipartObjects(ObjectsCore):
+    # --- multipart -----------------------------------------------------------------------
+
+    async def create_multipart_upload(self, request: Request) -> Reply:
+        bucket, key = request.bucket or "", request.key or ""
+        if not self.policy.encrypts(key):
+            return await super().create_multipart_upload(request)
+        reject_sse_c(request.headers)
+        master = self.keyring.primary
+        params = self._with_hint(object_params(request.headers), master)
+        reply = await self.upstream.call("create_multipart_upload", Bucket=bucket, Key=key, **params)
+        upload_id = reply["UploadId"]
+        await self.store.put_upload(UploadState(upload_id, bucket, key, master.key_id, new_salt()))
+        self.metrics.multipart_started()
+        return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
+
+    async def _upload(self, request: Request) -> UploadState | None:
+        """The proxy's state for an encrypted upload; None for a passthrough key."""
+        if not self.policy.encrypts(request.key or ""):
+            return None
+        state = await self.store.get_upload(request.query["uploadId"])
+        if state is None or state.bucket != request.bucket or state.key != request.key:
+            raise S3Error("NoSuchUpload", "The specified upload does not exist or its state was lost by "
+                          "the proxy (restarted without its cache); start the upload again.", 404)
+        return state
+
+    async def upload_part(self, request: Request) -> Reply:
+        state = await self._upload(request)
+        if state is None:
+            return await super().upload_part(request)
+        number = part_number(request.query)
+        body = self._body(request)
+        if body.length is None:
+            raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
+        master = self.keyring.get(state.key_id)
+        encryptor = PartEncryptor(derive_object_keys(master, state.salt), number)
+        stored_size = part_stored_size(body.length)
+
+        async def stored() -> AsyncIterator[Chunk]:
+            async for records in self._encrypting(encryptor, body):
+                yield records
+            yield encryptor.finish()
+
+        if body.length < MIN_PART:
+            # It can only be the last part: keep it until Complete sends it with the trailer.
+            held = b"".join([piece async for piece in stored()])
+            part = PartState(number, body.length, encryptor.md5, len(held), None, held)
+        else:
+            reply = await self.upstream.send_stream(
+                "upload_part", stored(), stored_size, Bucket=state.bucket, Key=state.key,
+                UploadId=state.upload_id, PartNumber=number,
+            )
+            part = PartState(number, body.length, encryptor.md5, stored_size, reply.get("ETag", ""), None)
+        await self.store.put_part(state.upload_id, part)
+        return Reply(200, {"ETag": quote_etag(part.md5.hex())})
+
+    async def upload_part_copy(self, request: Request) -> Reply:
+        if self.policy.encrypts(request.key or ""):
+            raise S3Error("NotImplemented", "UploadPartCopy into an encrypted object is not supported; "
+                          "copy with CopyObject or upload the part", 501)
+        return await super().upload_part_copy(request)
+
+    async def complete_multipart_upload(self, request: Request) -> Reply:
+        state = await self._upload(request)
+        if state is None:
+            return await super().complete_multipart_upload(request)
+        listed = await self._completed_parts(request)
+        known = await self.store.get_parts(state.upload_id)
+        parts: list[PartState] = []
+        for entry in listed:
+            part = known.get(entry.part_number)
+            if part is None or entry.etag.strip('"') != part.md5.hex():
+                raise S3Error("InvalidPart", "One or more of the specified parts could not be found. The part "
+                              "may not have been uploaded, or the specified entity tag may not match the "
+                              "part's entity tag.", 400)
+            parts.append(part)
+        for part in parts[:-1]:
+            if part.size < MIN_PART:
+                raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the minimum allowed "
+                              "object size.", 400)
+        master = self.keyring.get(state.key_id)
+        infos = [PartInfo(p.part_number, p.size, p.md5) for p in parts]
+        trailer = build_trailer(master, state.salt, state.key, infos, single_put=False)
+        upstream_parts = [{"PartNumber": p.part_number, "ETag": p.upstream_etag} for p in parts[:-1]]
+        last = parts[-1]
+        if last.held is not None:
+            final_number, final_body = last.part_number, last.held + trailer
+        else:
+            upstream_parts.append({"PartNumber": last.part_number, "ETag": last.upstream_etag})
+            final_number, final_body = last.part_number + 1, trailer
+            if final_number > MAX_PARTS:
+                raise S3Error("InvalidArgument", "the proxy needs one more part for its trailer; "
+                              "use at most 9999 parts", 400)
+        reply = await self.upstream.call("upload_part", Bucket=state.bucket, Key=state.key,
+                                         UploadId=state.upload_id, PartNumber=final_number, Body=final_body)
+        upstream_parts.append({"PartNumber": final_number, "ETag": reply["ETag"]})
+        done = await self.upstream.call(
+            "complete_multipart_upload", Bucket=state.bucket, Key=state.key, UploadId=state.upload_id,
+            MultipartUpload={"Parts": upstream_parts},
+        )
+        await self.store.drop_upload(state.upload_id)
+        self.metrics.multipart_finished()
+        parsed = Trailer.from_tail(trailer)
+        stored_size = sum(p.stored_size for p in parts) + len(trailer)
+        if done.get("ETag", "").strip('"'):
+            view = View("encrypted", parsed.plaintext_size, parsed.etag, parsed)
+            await self._remember(state.bucket, state.key, version_of(done["ETag"], stored_size, None), view)
+        return Reply.xml(xml.complete_multipart(done.get("Location", ""), state.bucket, state.key,
+                                                quote_etag(parsed.etag)))
+
+    async def abort_multipart_upload(self, request: Request) -> Reply:
+        reply = await super().abort_multipart_upload(request)
+        if self.policy.encrypts(request.key or "") and await self.store.get_upload(request.query["uploadId"]):
+            await self.store.drop_upload(request.query["uploadId"])
+            self.metrics.multipart_finished()
+        return reply
+
+    async def list_parts(self, request: Request) -> Reply:
+        state = await self._upload(request)
+        if state is None:
+            return await super().list_parts(request)
+        reply = await self.upstream.call("list_parts", Bucket=state.bucket, Key=state.key,
+                                         UploadId=state.upload_id)
+        known = await self.store.get_parts(state.upload_id)
+        uploaded = {p["PartNumber"]: p for p in reply.get("Parts", [])}
+        parts = []
+        for number, part in sorted(known.items()):
+            upstream = uploaded.get(number)
+            if part.held is None and upstream is None:
+                continue
+            parts.append({"PartNumber": number, "Size": part.size, "ETag": quote_etag(part.md5.hex()),
+                          "LastModified": (upstream or {}).get("LastModified") or datetime.now().astimezone()})
+        reply.update(Parts=parts, IsTruncated=False)
+        reply.pop("NextPartNumberMarker", None)
+        return Reply.xml(xml.list_parts(reply))
+
+
