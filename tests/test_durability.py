@@ -125,3 +125,45 @@ def test_restart_between_parts_and_complete(make_proxy: Any, raw_client: Any, bu
         with pytest.raises(ClientError):
             raw_bytes(raw_client, bucket, KEY)  # nothing was stored
         client.abort_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id)
+
+
+def cache_misses(proxy: Any) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{proxy.endpoint_url}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "medusa_crypt_proxy_cache_lookups_total" and sample.labels.get("result") == "miss":
+                return float(sample.value)
+    return 0.0
+
+
+def test_upstream_without_etags(tmp_path: Path) -> None:
+    """rclone --etag-hash "" lists and HEADs objects with empty ETags (its PUT reply still has an MD5):
+    versions are then keyed by Last-Modified and size; one trailer read, then cache hits."""
+    from tests.servers import ProxyProcess, RcloneS3Server, proxy_config
+
+    with RcloneS3Server(tmp_path / "up", extra_args=["--etag-hash", ""]) as upstream:
+        bucket = upstream.create_bucket()
+        config = proxy_config(upstream, tmp_path)
+        config["cache"] = {"path": str(tmp_path / "p" / "cache.sqlite")}
+        (tmp_path / "p").mkdir()
+        proxy = ProxyProcess(config, tmp_path / "p")
+        try:
+            client = proxy.client()
+            data = payload(MIB + 9, 4)
+            assert client.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"].strip('"') == \
+                hashlib.md5(data).hexdigest()
+            assert upstream.client().head_object(Bucket=bucket, Key=KEY)["ETag"].strip('"') == ""
+            head = client.head_object(Bucket=bucket, Key=KEY)
+            assert (head["ContentLength"], head["ETag"].strip('"')) == (len(data), hashlib.md5(data).hexdigest())
+            assert cache_misses(proxy) == 1  # the PUT's ETag named another version than HEAD's ""
+            assert view(client, bucket) == [(KEY, len(data), head["ETag"])]
+            assert client.head_object(Bucket=bucket, Key=KEY)["ETag"] == head["ETag"]
+            assert cache_misses(proxy) == 1
+            assert client.get_object(Bucket=bucket, Key=KEY, Range="bytes=5-9")["Body"].read() == data[5:10]
+        finally:
+            proxy.stop()

@@ -155,6 +155,21 @@ class ObjectsCore(PassthroughService):
     async def _remember(self, bucket: str, key: str, version: str, view: View) -> None:
         await self.store.put_view(bucket, key, version, cached_view(view))
 
+    async def _remember_written(self, bucket: str, key: str, upstream_etag: str, stored_size: int,
+                                view: View) -> None:
+        """Cache what was just written, so the HEAD every client makes next costs no trailer read.
+
+        An upstream that gives no ETag identifies the version by its Last-Modified: one HEAD.
+        """
+        last_modified = None
+        if not upstream_etag.strip('"'):
+            head = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+            if int(head.get("ContentLength", -1)) != stored_size:
+                raise S3Error("InternalError", f"the upstream stored {head.get('ContentLength')} bytes of "
+                              f"{key!r}, not the {stored_size} sent", 500)
+            last_modified = head.get("LastModified")
+        await self._remember(bucket, key, version_of(upstream_etag, stored_size, last_modified), view)
+
     async def _inspect(self, bucket: str, key: str, etag: str, size: int) -> View:
         """Read the trailer (one suffix range) and decide: ours, legacy plaintext, or tampered."""
         if size == 0:

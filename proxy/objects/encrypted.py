@@ -190,11 +190,10 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             reply = await self.upstream.send_stream("put_object", stored(), stored_size, Bucket=bucket, Key=key,
                                                     **params)
         etag = encryptor.md5.hex()
-        upstream_etag = reply.get("ETag", "")
-        if upstream_etag.strip('"'):
-            trailer_bytes = build_trailer(master, salt, key, [PartInfo(1, length, encryptor.md5)], single_put=True)
-            view = View("encrypted", length, etag, Trailer.from_tail(trailer_bytes))
-            await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
+        trailer = Trailer.from_tail(build_trailer(master, salt, key, [PartInfo(1, length, encryptor.md5)],
+                                                  single_put=True))
+        await self._remember_written(bucket, key, reply.get("ETag", ""), stored_size,
+                                     View("encrypted", length, etag, trailer))
         return etag
 
     async def copy_object(self, request: Request) -> Reply:

@@ -44,9 +44,8 @@ class ManifestObjects(ObjectsCore):
         params = object_params(request.headers)
         reply = await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=stored_body, **params)
         etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
-        if reply.get("ETag", "").strip('"'):
-            version = version_of(reply["ETag"], len(stored_body), None)
-            await self._remember(bucket, key, version, View("plaintext", len(body), etag))
+        await self._remember_written(bucket, key, reply.get("ETag", ""), len(stored_body),
+                                     View("plaintext", len(body), etag))
         return Reply(200, {"ETag": quote_etag(etag)})
 
     async def _stored_objects(self, bucket: str, paths: list[str]) -> dict[str, Stored]:

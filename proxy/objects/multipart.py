@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from proxy.cache import PartState, UploadState, version_of
+from proxy.cache import PartState, UploadState
 from proxy.format.codec import (
     PartEncryptor,
     PartInfo,
@@ -138,9 +138,8 @@ class MultipartObjects(ObjectsCore):
         self.metrics.multipart_finished()
         parsed = Trailer.from_tail(trailer)
         stored_size = sum(p.stored_size for p in parts) + len(trailer)
-        if done.get("ETag", "").strip('"'):
-            view = View("encrypted", parsed.plaintext_size, parsed.etag, parsed)
-            await self._remember(state.bucket, state.key, version_of(done["ETag"], stored_size, None), view)
+        await self._remember_written(state.bucket, state.key, done.get("ETag", ""), stored_size,
+                                     View("encrypted", parsed.plaintext_size, parsed.etag, parsed))
         return Reply.xml(xml.complete_multipart(done.get("Location", ""), state.bucket, state.key,
                                                 quote_etag(parsed.etag)))
 
