@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiobotocore.session
+import aiohttp
+from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
 from proxy.s3.errors import S3Error
@@ -116,6 +121,7 @@ class Upstream:
         self.metrics = metrics
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._fast: aiohttp.ClientSession | None = None
         self._streaming_client: Any = None
 
     def _boto_config(self, max_attempts: int) -> BotoConfig:
@@ -157,8 +163,45 @@ class Upstream:
             session.create_client("s3", config=self._boto_config(1), **kwargs)
         )
 
+        if self.cfg.endpoint_url and self.cfg.addressing_style != "virtual":
+            self._fast = await self._stack.enter_async_context(aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.cfg.max_pool_connections, ssl=self.cfg.verify_tls),
+                timeout=aiohttp.ClientTimeout(sock_connect=self.cfg.connect_timeout,
+                                              sock_read=self.cfg.read_timeout),
+                auto_decompress=False,
+            ))
+
     async def close(self) -> None:
         await self._stack.aclose()
+
+    async def fast_range(self, bucket: str, key: str, spec: str, etag: str) -> bytes | None:
+        """A small ranged GET without botocore's per-request machinery (about 3 ms of CPU each,
+        which is what a cold listing of thousands of objects spends its time on).
+
+        Signed with botocore's own SigV4 signer and the client's (refreshable) credentials. Any
+        answer but 200/206 returns None, and the caller asks botocore, which maps errors properly.
+        """
+        if self._fast is None or self.cfg.endpoint_url is None:
+            return None
+        credentials = self.client._request_signer._credentials
+        if credentials is None:
+            return None
+        frozen = await credentials.get_frozen_credentials()
+        url = f"{self.cfg.endpoint_url.rstrip('/')}/{quote(bucket)}/{quote(key, safe='/~')}"
+        headers = {"Range": spec, "x-amz-content-sha256": UNSIGNED_PAYLOAD}
+        if etag.strip('"'):
+            headers["If-Match"] = etag
+        request = AWSRequest(method="GET", url=url, headers=headers)
+        S3SigV4Auth(frozen, "s3", self.cfg.region).add_auth(request)
+        try:
+            async with self._fast.get(URL(url, encoded=True), headers=dict(request.headers.items())) as reply:
+                if reply.status not in (200, 206):
+                    return None
+                data = await reply.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        self._ok("get_object", None, received=len(data))
+        return data
 
     @property
     def client(self) -> Any:

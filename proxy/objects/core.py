@@ -68,6 +68,9 @@ def if_match(etag: str) -> dict[str, Any]:
 
 async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str) -> bytes:
     """A small ranged read of one stored version (If-Match guards against a concurrent overwrite)."""
+    data = await upstream.fast_range(bucket, key, spec, quote_etag(etag) if etag.strip('"') else "")
+    if data is not None:
+        return data
     return await upstream.read(Bucket=bucket, Key=key, Range=spec, **if_match(etag))
 
 
