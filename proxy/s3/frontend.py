@@ -7,7 +7,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -22,6 +22,12 @@ from proxy.service import Reply, Request
 log = logging.getLogger("proxy.access")
 
 CredentialLookup = Callable[[str], "str | None"]
+
+
+class Service(Protocol):
+    async def handle(self, request: Request) -> Reply: ...
+
+
 RequestObserver = Callable[[dict[str, Any]], None]
 
 _BODY_OPERATIONS = frozenset(
@@ -34,7 +40,7 @@ class Frontend:
 
     def __init__(
         self,
-        service: object,
+        service: Service,
         credentials: CredentialLookup,
         virtual_suffixes: Iterable[str],
         max_skew_seconds: int = 900,
@@ -112,7 +118,7 @@ class Frontend:
         if target.operation in _BODY_OPERATIONS or http.can_read_body:
             body = RequestBody(http.content, http.headers, auth)
         request = Request(target.operation, target.bucket, target.key, query, http.headers, body)
-        reply: Reply = await self.service.handle(request)  # type: ignore[attr-defined]
+        reply = await self.service.handle(request)
         response = await self._reply(http, reply, request_id, fields)
         if body is not None:
             fields["bytes_in"] = body.received
