@@ -17,10 +17,10 @@ from proxy import __version__
 from proxy.config import Config, ConfigError, load_config
 from proxy.logs import log_request
 from proxy.metrics import Metrics
+from proxy.objects import build_encrypted_service
 from proxy.s3.errors import S3Error
 from proxy.s3.frontend import Frontend
 from proxy.s3.routing import bucket_and_key, route
-from proxy.service import PassthroughService
 from proxy.tls import server_ssl_context
 from proxy.upstream import Upstream
 
@@ -70,15 +70,6 @@ class State:
         except TimeoutError:
             return self.active == 0
         return True
-
-
-def build_service(config: Config, upstream: Upstream, metrics: Metrics) -> Any:
-    """Passthrough until encryption is wired in (proxy.objects)."""
-    try:
-        from proxy.objects import build_encrypted_service
-    except ImportError:
-        return PassthroughService(upstream)
-    return build_encrypted_service(config, upstream, metrics)
 
 
 def _observer(metrics: Metrics) -> Any:
@@ -149,7 +140,7 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
         upstream = Upstream(config.upstream, metrics)
     elif upstream.metrics is None:
         upstream.metrics = metrics
-    service = build_service(config, upstream, metrics)
+    service = build_encrypted_service(config, upstream, metrics)
     observe = _observer(metrics)
     frontend = Frontend(
         service,
