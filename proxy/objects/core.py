@@ -47,7 +47,7 @@ log = logging.getLogger("proxy.objects")
 T = TypeVar("T")
 
 INLINE_CRYPTO = 128 << 10  # smaller pieces are not worth a thread hop
-COLD_LOOKUPS = 32  # trailer reads in flight while resolving one listing
+COLD_LOOKUPS = 64  # trailer reads in flight while resolving one listing (upstream pool: 64)
 FORMAT_HINT = {"mcp-format": "1"}
 
 
