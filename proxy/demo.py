@@ -5,6 +5,7 @@ For a first look only: the S3 server keeps objects in memory and the key is thro
 
 from __future__ import annotations
 
+import logging
 import secrets
 import socket
 import sys
@@ -34,6 +35,7 @@ def run_demo(port: int, workdir: str | None) -> int:
     from proxy.logs import setup_logging
     from proxy.server import serve
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     work = Path(workdir or tempfile.mkdtemp(prefix="medusa-crypt-proxy-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     s3_port = _free_port()
