@@ -77,6 +77,7 @@ def test_metadata_passes_through_unchanged(proxy_client: Any, raw_client: Any, b
         (12 * MIB, 5 * MIB),  # short last part, held back and sent with the trailer
         (16 * MIB, 8 * MIB),  # equal parts (aws cli / boto default part size)
         (10 * MIB + 2, 5 * MIB + 1),  # irregular parts: not multiples of the chunk size
+        (100 * MIB + 7, 8 * MIB),  # the largest size the issue names, 13 parts
     ],
 )
 def test_multipart_round_trip(proxy_client: Any, raw_client: Any, bucket: str, tmp_path: Any,
@@ -246,3 +247,13 @@ def test_fresh_proxy_reports_the_same_view(make_proxy: Any, bucket: str) -> None
     second = make_proxy()  # its own, empty cache
     after = second.client().list_objects_v2(Bucket=bucket)["Contents"]
     assert [(o["Key"], o["Size"], o["ETag"]) for o in after] == [(o["Key"], o["Size"], o["ETag"]) for o in before]
+
+
+def test_legacy_plaintext_can_be_switched_off(make_proxy: Any, raw_client: Any, bucket: str) -> None:
+    raw_client.put_object(Bucket=bucket, Key=DATA_KEY, Body=b"old plaintext")
+    client = make_proxy(encryption={"serve_legacy_plaintext": False}).client()
+    with pytest.raises(ClientError) as err:
+        client.get_object(Bucket=bucket, Key=DATA_KEY)
+    assert err.value.response["Error"]["Code"] == "AccessDenied"
+    client.put_object(Bucket=bucket, Key=DATA_KEY, Body=b"new")  # what the proxy writes is served
+    assert client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == b"new"
