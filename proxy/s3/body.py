@@ -19,7 +19,6 @@ from proxy.s3.chunked import AwsChunkedDecoder
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import AuthResult, PayloadMode, verify_payload_sha256
 
-PIECE = 1 << 20
 # Hashing (payload SHA-256, Content-MD5, x-amz-checksum-*) of pieces this large runs in a thread
 # (hashlib releases the GIL) while the consumer works on the same piece: the event loop only
 # moves bytes. Smaller pieces are not worth the hop.
