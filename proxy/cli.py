@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, load_config
@@ -34,11 +36,42 @@ def _run(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
+def _preflight(config: Config) -> list[str]:
+    """What would stop the daemon, found before it starts: one readable line each."""
+    from proxy.keys import KeyRing
+
+    problems = []
+    if config.encryption.enabled:
+        for what, files in (("key", config.encryption.key_files), ("seed key", config.encryption.seed_key_files)):
+            try:
+                if files:
+                    KeyRing.from_files(files)
+            except (OSError, ValueError) as exc:
+                problems.append(f"{what} error: {exc}")
+        cache_dir = Path(config.cache.path).parent
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"cache: cannot create {cache_dir}: {exc.strerror}")
+        else:
+            if not os.access(cache_dir, os.W_OK):
+                problems.append(f"cache: {cache_dir} is not writable")
+    for path in (config.tls.cert_file, config.tls.key_file) if config.tls else ():
+        if not os.access(path, os.R_OK):
+            problems.append(f"tls: cannot read {path}")
+    return problems
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.logs import setup_logging
     from proxy.server import serve
 
     config = _load(args.config)
+    problems = _preflight(config)
+    for problem in problems:
+        print(f"medusa-crypt-proxy: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
     setup_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
     _run(serve(config, config_path=args.config))
     return 0
@@ -48,12 +81,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from proxy.keys import KeyRing
 
+    problems = _preflight(config)
+    for problem in problems:
+        print(f"medusa-crypt-proxy: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
     if config.encryption.enabled:
-        try:
-            ring = KeyRing.from_files(config.encryption.key_files)
-        except Exception as exc:
-            print(f"medusa-crypt-proxy: key error: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+        ring = KeyRing.from_files(config.encryption.key_files)
         key_ids = ", ".join(key.key_id_hex for key in ring.keys)
         print(f"keys: {key_ids} (primary {ring.primary.key_id_hex})")
     print(f"config ok: listening on {config.listen.host}:{config.listen.port}, "

@@ -146,3 +146,23 @@ def test_demo_serves_a_working_proxy(tmp_path: Path) -> None:
             process.kill()
             pytest.fail("the demo did not stop on SIGINT")
     assert process.returncode == 0
+
+
+def test_serve_refuses_to_start_on_a_bad_key_or_cache(tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    key.write_text("not a key\n")
+    key.chmod(0o600)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = write_config(tmp_path, f"""
+clients: [{{access_key_id: a, secret_access_key: b}}]
+upstream: {{endpoint_url: "http://127.0.0.1:9"}}
+encryption: {{key_files: [{key}, {tmp_path / "missing.key"}]}}
+cache: {{path: {blocker / "sub" / "cache.sqlite"}}}
+""")
+    done = cli("serve", "--config", str(path), timeout=30)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert any("not a Fernet key" in line for line in lines)
+    assert any(line.startswith("medusa-crypt-proxy: cache: cannot create") for line in lines)
