@@ -257,3 +257,16 @@ def test_legacy_plaintext_can_be_switched_off(make_proxy: Any, raw_client: Any, 
     assert err.value.response["Error"]["Code"] == "AccessDenied"
     client.put_object(Bucket=bucket, Key=DATA_KEY, Body=b"new")  # what the proxy writes is served
     assert client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == b"new"
+
+
+def test_copy_source_conditions(proxy_client: Any, bucket: str) -> None:
+    data = payload(1000, 6)
+    proxy_client.put_object(Bucket=bucket, Key=DATA_KEY, Body=data)
+    etag = '"' + hashlib.md5(data).hexdigest() + '"'
+    source = {"Bucket": bucket, "Key": DATA_KEY}
+    target = "node2/data/ks1/table-1/copy-Data.db"
+    proxy_client.copy_object(Bucket=bucket, Key=target, CopySource=source, CopySourceIfMatch=etag)
+    for condition in ({"CopySourceIfMatch": '"0000"'}, {"CopySourceIfNoneMatch": etag}):
+        with pytest.raises(ClientError) as err:
+            proxy_client.copy_object(Bucket=bucket, Key=target, CopySource=source, **condition)
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412

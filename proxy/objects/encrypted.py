@@ -206,7 +206,14 @@ class EncryptedService(ManifestObjects, MultipartObjects):
                       else await self._plain_head(src_bucket, src_key))
         conditions = {name[len("x-amz-copy-source-"):]: value for name, value in request.headers.items()
                       if name.lower().startswith("x-amz-copy-source-if-")}
-        check_conditions({k.lower(): v for k, v in conditions.items()}, view.etag, head["LastModified"])
+        try:
+            check_conditions({k.lower(): v for k, v in conditions.items()}, view.etag, head["LastModified"])
+        except S3Error as err:
+            if err.status != 304:
+                raise
+            # A copy has no "not modified": S3 answers every failed copy-source condition with 412.
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+                          412) from None
         if request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
             params = object_params(request.headers)
         else:
