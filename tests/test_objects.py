@@ -270,3 +270,16 @@ def test_copy_source_conditions(proxy_client: Any, bucket: str) -> None:
         with pytest.raises(ClientError) as err:
             proxy_client.copy_object(Bucket=bucket, Key=target, CopySource=source, **condition)
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+
+
+def test_passthrough_mode(make_proxy: Any, raw_client: Any, bucket: str, tmp_path: Any) -> None:
+    """encryption.enabled: false is a transparent, authenticating proxy."""
+    client = make_proxy(encryption={"enabled": False, "key_files": []}).client()
+    data = payload(6 * MIB + 1, 8)
+    src = tmp_path / "f"
+    src.write_bytes(data)
+    client.upload_file(str(src), bucket, DATA_KEY, Config=TransferConfig(multipart_threshold=5 * MIB,
+                                                                          multipart_chunksize=5 * MIB))
+    assert raw_bytes(raw_client, bucket, DATA_KEY) == data
+    assert client.get_object(Bucket=bucket, Key=DATA_KEY, Range="bytes=7-9")["Body"].read() == data[7:10]
+    assert client.head_object(Bucket=bucket, Key=DATA_KEY)["ContentLength"] == len(data)
