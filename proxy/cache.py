@@ -159,8 +159,16 @@ class StateStore:
         if rows:
             await self._run(store)
 
-    async def forget_view(self, bucket: str, key: str) -> None:
-        await self._run(lambda db: db.execute("DELETE FROM views WHERE bucket=? AND key=?", (bucket, key)))
+    async def forget_views(self, bucket: str, keys: list[str]) -> None:
+        """Deleted objects: their entries could never be hit again, only take room."""
+
+        def drop(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN")
+                db.executemany("DELETE FROM views WHERE bucket=? AND key=?", [(bucket, key) for key in keys])
+
+        if keys:
+            await self._run(drop)
 
     async def count_views(self) -> int:
         return await self._run(lambda db: int(db.execute("SELECT count(*) FROM views").fetchone()[0]))

@@ -220,6 +220,7 @@ class PassthroughService:
 
     async def delete_object(self, request: Request) -> Reply:
         await self.upstream.call("delete_object", Bucket=request.bucket, Key=request.key)
+        await self.forget(request.bucket or "", [request.key or ""])
         return Reply(204)
 
     async def delete_objects(self, request: Request) -> Reply:
@@ -237,7 +238,11 @@ class PassthroughService:
         reply = await self.upstream.call(
             "delete_objects", Bucket=request.bucket, Delete={"Objects": entries, "Quiet": quiet}
         )
+        await self.forget(request.bucket or "", [deleted["Key"] for deleted in reply.get("Deleted", [])])
         return Reply.xml(xml.delete_result(reply.get("Deleted", []), reply.get("Errors", []), quiet))
+
+    async def forget(self, bucket: str, keys: list[str]) -> None:
+        """Deleted objects: nothing is remembered about them in passthrough."""
 
     # --- multipart -----------------------------------------------------------------------
 

@@ -127,7 +127,7 @@ def test_restart_between_parts_and_complete(make_proxy: Any, raw_client: Any, bu
         client.abort_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id)
 
 
-def cache_misses(proxy: Any) -> float:
+def metric(proxy: Any, name: str, **labels: str) -> float:
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -136,9 +136,25 @@ def cache_misses(proxy: Any) -> float:
         text = reply.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "medusa_crypt_proxy_cache_lookups_total" and sample.labels.get("result") == "miss":
+            wanted = all(sample.labels.get(k) == v for k, v in labels.items())
+            if sample.name == f"medusa_crypt_proxy_{name}" and wanted:
                 return float(sample.value)
     return 0.0
+
+
+def cache_misses(proxy: Any) -> float:
+    return metric(proxy, "cache_lookups_total", result="miss")
+
+
+def test_deleted_objects_leave_the_cache(proxy: Any, bucket: str) -> None:
+    client = proxy.client()
+    for i in range(3):
+        client.put_object(Bucket=bucket, Key=f"n/data/{i}", Body=b"x" * i)
+    assert metric(proxy, "cache_entries") == 3
+    client.delete_object(Bucket=bucket, Key="n/data/0")
+    client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "n/data/1"}, {"Key": "n/data/2"}]})
+    time.sleep(1.1)  # cache_entries is counted at most once a second
+    assert metric(proxy, "cache_entries") == 0
 
 
 def test_upstream_without_etags(tmp_path: Path) -> None:

@@ -155,6 +155,9 @@ class ObjectsCore(PassthroughService):
         await self._remember(bucket, key, version, view)
         return view
 
+    async def forget(self, bucket: str, keys: list[str]) -> None:
+        await self.store.forget_views(bucket, keys)
+
     async def _remember(self, bucket: str, key: str, version: str, view: View) -> None:
         await self.store.put_view(bucket, key, version, cached_view(view))
 
