@@ -62,15 +62,20 @@ def _preflight(config: Config) -> list[str]:
     return problems
 
 
+def _ready_to_start(config: Config) -> bool:
+    """Print every preflight problem, one line each; True when there is none."""
+    problems = _preflight(config)
+    for problem in problems:
+        print(f"medusa-crypt-proxy: {problem}", file=sys.stderr)
+    return not problems
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.logs import setup_logging
     from proxy.server import serve
 
     config = _load(args.config)
-    problems = _preflight(config)
-    for problem in problems:
-        print(f"medusa-crypt-proxy: {problem}", file=sys.stderr)
-    if problems:
+    if not _ready_to_start(config):
         return EXIT_CONFIG
     setup_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
     _run(serve(config, config_path=args.config))
@@ -81,10 +86,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from proxy.keys import KeyRing
 
-    problems = _preflight(config)
-    for problem in problems:
-        print(f"medusa-crypt-proxy: {problem}", file=sys.stderr)
-    if problems:
+    if not _ready_to_start(config):
         return EXIT_CONFIG
     if config.encryption.enabled:
         ring = KeyRing.from_files(config.encryption.key_files)

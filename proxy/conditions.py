@@ -34,13 +34,11 @@ def check_conditions(headers: Mapping[str, str], etag: str, last_modified: datet
     if if_match is not None:
         tags = _etags(if_match)
         if "*" not in tags and etag not in tags:
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
-                          412, extra={"Condition": "If-Match"})
+            raise S3Error("PreconditionFailed", extra={"Condition": "If-Match"})
     elif (since := headers.get("if-unmodified-since")) is not None:
         date = _date(since)
         if date is not None and last_modified > date:
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
-                          412, extra={"Condition": "If-Unmodified-Since"})
+            raise S3Error("PreconditionFailed", extra={"Condition": "If-Unmodified-Since"})
     if if_none_match is not None:
         tags = _etags(if_none_match)
         if "*" in tags or etag in tags:

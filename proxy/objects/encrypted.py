@@ -212,8 +212,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             if err.status != 304:
                 raise
             # A copy has no "not modified": S3 answers every failed copy-source condition with 412.
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
-                          412) from None
+            raise S3Error("PreconditionFailed") from None
         if request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
             params = object_params(request.headers)
         else:
