@@ -209,16 +209,17 @@ async def test_fast_range_is_signed_correctly(rclone_server: Any) -> None:
     for key in keys:
         raw.put_object(Bucket=bucket, Key=key, Body=b"0123456789")
 
-    async def fast_reads(secret: str) -> list[bytes | None]:
+    async def fast_reads(secret: str, spec: str | None = "bytes=-4") -> list[bytes | None]:
         upstream = Upstream(UpstreamConfig(endpoint_url=rclone_server.endpoint_url, region="us-east-1",
                                            addressing_style="path", access_key_id=rclone_server.access_key,
                                            secret_access_key=secret))
         await upstream.start()
         try:
-            return [await upstream.fast_range(bucket, key, "bytes=-4", raw.head_object(Bucket=bucket, Key=key)["ETag"])
+            return [await upstream.fast_range(bucket, key, spec, raw.head_object(Bucket=bucket, Key=key)["ETag"])
                     for key in keys]
         finally:
             await upstream.close()
 
     assert await fast_reads(rclone_server.secret_key) == [b"6789"] * len(keys)
+    assert await fast_reads(rclone_server.secret_key, None) == [b"0123456789"] * len(keys)  # small: whole
     assert await fast_reads("wrong-secret") == [None] * len(keys)  # refused, so the caller falls back

@@ -66,17 +66,29 @@ def if_match(etag: str) -> dict[str, Any]:
     return {"IfMatch": quote_etag(etag)} if etag.strip('"') else {}
 
 
-async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str) -> bytes:
-    """A small ranged read of one stored version (If-Match guards against a concurrent overwrite)."""
+async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str | None) -> bytes:
+    """A small ranged read of one stored version (If-Match guards against a concurrent overwrite);
+    ``spec`` None reads the whole object."""
     data = await upstream.fast_range(bucket, key, spec, quote_etag(etag) if etag.strip('"') else "")
     if data is not None:
         return data
-    return await upstream.read(Bucket=bucket, Key=key, Range=spec, **if_match(etag))
+    ranged = {"Range": spec} if spec is not None else {}
+    return await upstream.read(Bucket=bucket, Key=key, **ranged, **if_match(etag))
+
+
+def tail_spec(size: int) -> str | None:
+    """The read that finds a trailer: a suffix range, or the whole object when that is smaller.
+
+    A whole small object is one plain GET: no server has to seek for it (``rclone serve s3``
+    waits 20 ms before seeking inside a small file; some servers refuse a suffix as long as the
+    object).
+    """
+    return f"bytes=-{TRAILER_PROBE}" if size > TRAILER_PROBE else None
 
 
 async def read_trailer(upstream: Upstream, bucket: str, key: str, etag: str, size: int) -> Trailer:
     """The trailer of a stored object, not yet verified; FormatError when it has none."""
-    tail = await read_range(upstream, bucket, key, etag, f"bytes=-{min(TRAILER_PROBE, size)}")
+    tail = await read_range(upstream, bucket, key, etag, tail_spec(size))
     record_len = parse_footer(tail)
     if record_len > len(tail):
         tail = await read_range(upstream, bucket, key, etag, f"bytes=-{record_len}")
@@ -181,7 +193,7 @@ class ObjectsCore(PassthroughService):
         if size == 0:
             return self._legacy(key, size, etag)
         async with self._lookups:
-            tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{min(TRAILER_PROBE, size)}")
+            tail = await read_range(self.upstream, bucket, key, etag, tail_spec(size))
             try:
                 record_len = parse_footer(tail)
             except TamperedError as exc:
