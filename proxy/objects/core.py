@@ -72,8 +72,10 @@ async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec:
     data = await upstream.fast_range(bucket, key, spec, quote_etag(etag) if etag.strip('"') else "")
     if data is not None:
         return data
-    ranged = {"Range": spec} if spec is not None else {}
-    return await upstream.read(Bucket=bucket, Key=key, **ranged, **if_match(etag))
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key, **if_match(etag)}
+    if spec is not None:
+        params["Range"] = spec
+    return await upstream.read(**params)
 
 
 def tail_spec(size: int) -> str | None:
