@@ -46,6 +46,7 @@ log = logging.getLogger("proxy.objects")
 
 T = TypeVar("T")
 
+WHOLE_READ = 4 * TRAILER_PROBE  # objects up to this size are read whole to find their trailer
 INLINE_CRYPTO = 128 << 10  # smaller pieces are not worth a thread hop
 COLD_LOOKUPS = 64  # trailer reads in flight while resolving one listing (upstream pool: 64)
 FORMAT_HINT = {"mcp-format": "1"}
@@ -79,13 +80,13 @@ async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec:
 
 
 def tail_spec(size: int) -> str | None:
-    """The read that finds a trailer: a suffix range, or the whole object when that is smaller.
+    """The read that finds a trailer: a suffix range, or the whole object when it is small.
 
-    A whole small object is one plain GET: no server has to seek for it (``rclone serve s3``
-    waits 20 ms before seeking inside a small file; some servers refuse a suffix as long as the
-    object).
+    Reading 16 KiB costs a server no more than 4 KiB, and a whole object is a plain GET with
+    no seek: ``rclone serve s3`` waits 20 ms before it seeks less than 4 KiB into a file, and
+    refuses a suffix as long as the object.
     """
-    return f"bytes=-{TRAILER_PROBE}" if size > TRAILER_PROBE else None
+    return f"bytes=-{TRAILER_PROBE}" if size > WHOLE_READ else None
 
 
 async def read_trailer(upstream: Upstream, bucket: str, key: str, etag: str, size: int) -> Trailer:
