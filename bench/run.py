@@ -483,8 +483,10 @@ class Bench:
         for rep in range(self.args.reps):
             direct.append(list_all(self.stack.upstream.client()))
             self.stack.fresh_proxy()
-            cold.append(list_all(self.stack.clients["proxy"]))
-            warm.append(list_all(self.stack.clients["proxy"]))
+            with self.profiled(f"list-cold-proxy-{rep}"):
+                cold.append(list_all(self.stack.clients["proxy"]))
+            with self.profiled(f"list-warm-proxy-{rep}"):
+                warm.append(list_all(self.stack.clients["proxy"]))
             self.log(f"list rep {rep}: direct {direct[-1]:.2f} s, proxy cold {cold[-1]:.2f} s, "
                      f"warm {warm[-1]:.2f} s")
         shutil.rmtree(self.stack.upstream.bucket_path(bucket), ignore_errors=True)
@@ -685,7 +687,7 @@ def main() -> int:
     parser.add_argument("--upstream-etag", choices=("none", "md5"), default="none",
                         help='upstream rclone ETags: none (--etag-hash "", default) or md5 (rclone default)')
     parser.add_argument("--crypto-threads", type=int, help="the proxy's limits.crypto_threads")
-    parser.add_argument("--profile", metavar="DIR", help="py-spy record the proxy during PUT/GET runs (raw)")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy record the proxy during PUT/GET and LIST runs (raw)")
     parser.add_argument("--out", help="JSON output (default bench/results/run-<time>.json)")
     args = parser.parse_args()
     quick = args.quick

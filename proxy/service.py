@@ -128,31 +128,35 @@ class PassthroughService:
         return encoding or None
 
     async def list_objects_v2(self, request: Request) -> Reply:
-        q = request.query
-        encoding = self._encoding(q)
-        params: dict[str, Any] = {"Bucket": request.bucket}
-        for name, param in (("prefix", "Prefix"), ("delimiter", "Delimiter"),
-                            ("continuation-token", "ContinuationToken"), ("start-after", "StartAfter")):
-            if q.get(name):
-                params[param] = q[name]
-        params["MaxKeys"] = int_param(q, "max-keys", 1000, 0, 1000)
-        if q.get("fetch-owner") == "true":
-            params["FetchOwner"] = True
-        reply = await self.upstream.call("list_objects_v2", **params)
+        encoding = self._encoding(request.query)
+        reply = await self._list(request, v2=True)
         await self.adjust_listing(request.bucket or "", reply.get("Contents", []))
         return Reply.xml(xml.list_objects_v2(reply, encoding))
 
     async def list_objects_v1(self, request: Request) -> Reply:
-        q = request.query
-        encoding = self._encoding(q)
-        params: dict[str, Any] = {"Bucket": request.bucket}
-        for name, param in (("prefix", "Prefix"), ("delimiter", "Delimiter"), ("marker", "Marker")):
-            if q.get(name):
-                params[param] = q[name]
-        params["MaxKeys"] = int_param(q, "max-keys", 1000, 0, 1000)
-        reply = await self.upstream.call("list_objects", **params)
+        encoding = self._encoding(request.query)
+        reply = await self._list(request, v2=False)
         await self.adjust_listing(request.bucket or "", reply.get("Contents", []))
         return Reply.xml(xml.list_objects_v1(reply, encoding))
+
+    async def _list(self, request: Request, v2: bool) -> dict[str, Any]:
+        """One upstream listing page: parsed here when possible, else through botocore."""
+        q = request.query
+        names = _LIST_V2_PARAMS if v2 else _LIST_V1_PARAMS
+        wanted = [(name, q[name]) for name in names if q.get(name)]
+        max_keys = int_param(q, "max-keys", 1000, 0, 1000)
+        fetch_owner = v2 and q.get("fetch-owner") == "true"
+        query = [*wanted, ("max-keys", str(max_keys))]
+        if fetch_owner:
+            query.append(("fetch-owner", "true"))
+        page = await self.upstream.fast_list(request.bucket or "", query, v2)
+        if page is not None:
+            return page
+        params: dict[str, Any] = {"Bucket": request.bucket, "MaxKeys": max_keys}
+        params.update((names[name], value) for name, value in wanted)
+        if fetch_owner:
+            params["FetchOwner"] = True
+        return await self.upstream.call("list_objects_v2" if v2 else "list_objects", **params)
 
     async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
         """Turn stored sizes and ETags into the plaintext view (nothing to do in passthrough)."""
@@ -355,6 +359,11 @@ class PassthroughService:
 
 
 SMALL_BODY = 1 << 20
+
+
+_LIST_V2_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "continuation-token": "ContinuationToken",
+                   "start-after": "StartAfter"}
+_LIST_V1_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "marker": "Marker"}
 
 
 def part_number(query: Mapping[str, str]) -> int:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import aiobotocore.session
 import aiohttp
-from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
+from proxy.s3 import xml
 from proxy.s3.errors import S3Error
+from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics
@@ -122,6 +121,7 @@ class Upstream:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._fast: aiohttp.ClientSession | None = None
+        self._endpoint: URL | None = None
         self._streaming_client: Any = None
 
     def _boto_config(self, max_attempts: int) -> BotoConfig:
@@ -163,7 +163,9 @@ class Upstream:
             session.create_client("s3", config=self._boto_config(1), **kwargs)
         )
 
-        if self.cfg.endpoint_url and self.cfg.addressing_style != "virtual":
+        endpoint = URL(self.cfg.endpoint_url or "")
+        if endpoint.is_absolute() and endpoint.path in ("", "/") and self.cfg.addressing_style != "virtual":
+            self._endpoint = endpoint
             self._fast = await self._stack.enter_async_context(aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.cfg.max_pool_connections, ssl=self.cfg.verify_tls),
                 timeout=aiohttp.ClientTimeout(sock_connect=self.cfg.connect_timeout,
@@ -174,29 +176,30 @@ class Upstream:
     async def close(self) -> None:
         await self._stack.aclose()
 
-    async def fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
-        """A small ranged GET without botocore's per-request machinery (about 3 ms of CPU each,
-        which is what a cold listing of thousands of objects spends its time on).
-
-        Signed with botocore's own SigV4 signer and the client's (refreshable) credentials. Any
-        answer but 200/206 returns None, and the caller asks botocore, which maps errors properly.
-        """
-        if self._fast is None or self.cfg.endpoint_url is None:
-            return None
+    async def _signed(self, method: str, path: str, query: list[tuple[str, str]],
+                      headers: dict[str, str]) -> SignedRequest | None:
+        """A request signed with the client's (refreshable) credentials; None without them."""
         credentials = self.client._request_signer._credentials
-        if credentials is None:
+        if self._fast is None or self._endpoint is None or credentials is None:
             return None
         frozen = await credentials.get_frozen_credentials()
-        url = f"{self.cfg.endpoint_url.rstrip('/')}/{quote(bucket)}/{quote(key, safe='/~')}"
-        headers = {"x-amz-content-sha256": UNSIGNED_PAYLOAD}
-        if spec is not None:
-            headers["Range"] = spec
+        return sign_request(method, self._endpoint, path, query, headers,
+                            Credentials(frozen.access_key, frozen.secret_key, frozen.token), self.cfg.region)
+
+    async def fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
+        """A small (ranged) GET without botocore's per-request machinery.
+
+        Any answer but 200/206 returns None, and the caller asks botocore, which maps errors
+        and retries properly.
+        """
+        headers = {"range": spec} if spec is not None else {}
         if etag.strip('"'):
-            headers["If-Match"] = etag
-        request = AWSRequest(method="GET", url=url, headers=headers)
-        S3SigV4Auth(frozen, "s3", self.cfg.region).add_auth(request)
+            headers["if-match"] = etag
+        request = await self._signed("GET", object_path(bucket, key), [], headers)
+        if request is None or self._fast is None:
+            return None
         try:
-            async with self._fast.get(URL(url, encoded=True), headers=dict(request.headers.items())) as reply:
+            async with self._fast.get(request.url, headers=request.headers) as reply:
                 if reply.status not in (200, 206):
                     return None
                 data = await reply.read()
@@ -204,6 +207,33 @@ class Upstream:
             return None
         self._ok("get_object", None, received=len(data))
         return data
+
+    async def fast_list(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any] | None:
+        """ListObjects(V2) parsed here (botocore spends ~0.1 s of CPU on a page of 1,000 keys).
+
+        ``query`` holds the S3 query parameters; keys are asked URL-encoded and come back decoded,
+        in the shape botocore gives. Anything but a 200 with a parseable page returns None, and
+        the caller asks botocore.
+        """
+        query = [*query, ("encoding-type", "url")]
+        if v2:
+            query.append(("list-type", "2"))
+        request = await self._signed("GET", object_path(bucket), query, {})
+        if request is None or self._fast is None:
+            return None
+        try:
+            async with self._fast.get(request.url, headers=request.headers) as reply:
+                if reply.status != 200:
+                    return None
+                body = await reply.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        try:
+            page = xml.parse_list_objects(body)
+        except ValueError:
+            return None
+        self._ok("list_objects_v2" if v2 else "list_objects", None)
+        return page
 
     @property
     def client(self) -> Any:

@@ -196,30 +196,3 @@ def test_cold_view_of_odd_keys(make_proxy: Any, bucket: str) -> None:
     for i, key in enumerate(keys):
         head = cold.head_object(Bucket=bucket, Key=key)
         assert head["ETag"].strip('"') == hashlib.md5(payload(100 + i, i)).hexdigest()
-
-
-async def test_fast_range_is_signed_correctly(rclone_server: Any) -> None:
-    """rclone checks signatures: the fast path must not silently fall back to botocore."""
-    from proxy.config import Upstream as UpstreamConfig
-    from proxy.upstream import Upstream
-
-    bucket = rclone_server.create_bucket()
-    raw = rclone_server.client()
-    keys = ["plain", "n/data/a b+c=d&e", "n/data/ünï cødé/%41~*", "n/data/(x)!'$,;@:"]
-    for key in keys:
-        raw.put_object(Bucket=bucket, Key=key, Body=b"0123456789")
-
-    async def fast_reads(secret: str, spec: str | None = "bytes=-4") -> list[bytes | None]:
-        upstream = Upstream(UpstreamConfig(endpoint_url=rclone_server.endpoint_url, region="us-east-1",
-                                           addressing_style="path", access_key_id=rclone_server.access_key,
-                                           secret_access_key=secret))
-        await upstream.start()
-        try:
-            return [await upstream.fast_range(bucket, key, spec, raw.head_object(Bucket=bucket, Key=key)["ETag"])
-                    for key in keys]
-        finally:
-            await upstream.close()
-
-    assert await fast_reads(rclone_server.secret_key) == [b"6789"] * len(keys)
-    assert await fast_reads(rclone_server.secret_key, None) == [b"0123456789"] * len(keys)  # small: whole
-    assert await fast_reads("wrong-secret") == [None] * len(keys)  # refused, so the caller falls back

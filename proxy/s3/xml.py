@@ -671,3 +671,79 @@ def parse_delete(body: bytes, *, max_bytes: int = MAX_DELETE_BODY) -> tuple[list
     if not objects:
         raise MalformedXMLError("Delete lists no objects")
     return objects, bool(quiet)
+
+
+# --------------------------------------------------------------------------- upstream listings
+
+#: Largest listing page accepted from the upstream (1,000 keys of 1,024 bytes, URL-encoded, fit).
+MAX_LIST_PAGE = 16 * 1024 * 1024
+
+_LIST_INTS = {"MaxKeys", "KeyCount"}
+_LIST_STRINGS = {"Name", "Prefix", "Delimiter", "Marker", "NextMarker", "ContinuationToken",
+                 "NextContinuationToken", "StartAfter", "EncodingType"}
+_LIST_DECODED = {"Prefix", "Delimiter", "Marker", "NextMarker", "StartAfter"}
+
+
+def _timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.strip())
+
+
+def _list_entry(element: ET.Element, decode: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {}
+    for name, child in _children(element):
+        if name == "Owner":
+            entry["Owner"] = {sub_name: sub.text or "" for sub_name, sub in _children(child)}
+            continue
+        if name == "RestoreStatus":
+            restore: dict[str, Any] = {}
+            for sub_name, sub in _children(child):
+                text = sub.text or ""
+                restore[sub_name] = text == "true" if sub_name == "IsRestoreInProgress" else _timestamp(text)
+            entry["RestoreStatus"] = restore
+            continue
+        text = _leaf_text(child, name)
+        if name == "Key":
+            entry["Key"] = unquote_plus(text) if decode else text
+        elif name == "Size":
+            entry["Size"] = int(text)
+        elif name == "LastModified":
+            entry["LastModified"] = _timestamp(text)
+        elif name == "ChecksumAlgorithm":
+            entry.setdefault("ChecksumAlgorithm", []).append(text)
+        else:
+            entry[name] = text
+    return entry
+
+
+def parse_list_objects(body: bytes) -> dict[str, Any]:
+    """An upstream ListObjects/ListObjectsV2 page as botocore gives it: ints, booleans and
+    datetimes typed, and URL-encoded values decoded when the page says ``EncodingType`` url.
+
+    ValueError (MalformedXMLError) when the page is not a ListBucketResult.
+    """
+    root = _parse(body, "ListBucketResult", MAX_LIST_PAGE)
+    children = _children(root)
+    decode = any(name == "EncodingType" and (child.text or "") == "url" for name, child in children)
+    page: dict[str, Any] = {"IsTruncated": False}
+    contents: list[dict[str, Any]] = []
+    prefixes: list[dict[str, Any]] = []
+    for name, child in children:
+        if name == "Contents":
+            contents.append(_list_entry(child, decode))
+        elif name == "CommonPrefixes":
+            for sub_name, sub in _children(child):
+                if sub_name == "Prefix":
+                    prefixes.append({"Prefix": unquote_plus(sub.text or "") if decode else sub.text or ""})
+        elif name == "IsTruncated":
+            page["IsTruncated"] = _leaf_text(child, name).strip() == "true"
+        elif name in _LIST_INTS:
+            page[name] = int(_leaf_text(child, name))
+        elif name in _LIST_STRINGS:
+            text = _leaf_text(child, name)
+            page[name] = unquote_plus(text) if decode and name in _LIST_DECODED else text
+    page.pop("EncodingType", None)  # values are decoded now
+    if contents:
+        page["Contents"] = contents
+    if prefixes:
+        page["CommonPrefixes"] = prefixes
+    return page

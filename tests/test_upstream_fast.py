@@ -1,0 +1,101 @@
+"""The upstream requests the proxy makes without botocore, checked against botocore itself.
+
+rclone verifies signatures, so a wrong one shows as None here, not as a silent fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote_plus
+
+import pytest
+
+from proxy.config import Upstream as UpstreamConfig
+from proxy.upstream import Upstream
+from tests.servers import S3Server
+
+ODD_KEYS = ["plain", "n/data/a b+c=d&e", "n/data/ünï cødé/%41~*", "n/data/(x)!'$,;@:", "n/x/deep/er", "top"]
+
+
+def started(server: S3Server, secret: str | None = None) -> Upstream:
+    return Upstream(UpstreamConfig(endpoint_url=server.endpoint_url, region="us-east-1", addressing_style="path",
+                                   access_key_id=server.access_key, secret_access_key=secret or server.secret_key))
+
+
+@pytest.fixture
+async def fast_upstream(upstream: S3Server) -> AsyncIterator[Upstream]:
+    client = started(upstream)
+    await client.start()
+    yield client
+    await client.close()
+
+
+async def test_fast_range_is_signed_correctly(rclone_server: Any) -> None:
+    bucket = rclone_server.create_bucket()
+    raw = rclone_server.client()
+    for key in ODD_KEYS:
+        raw.put_object(Bucket=bucket, Key=key, Body=b"0123456789")
+
+    async def fast_reads(secret: str, spec: str | None = "bytes=-4") -> list[bytes | None]:
+        upstream = started(rclone_server, secret)
+        await upstream.start()
+        try:
+            return [await upstream.fast_range(bucket, key, spec, raw.head_object(Bucket=bucket, Key=key)["ETag"])
+                    for key in ODD_KEYS]
+        finally:
+            await upstream.close()
+
+    assert await fast_reads(rclone_server.secret_key) == [b"6789"] * len(ODD_KEYS)
+    assert await fast_reads(rclone_server.secret_key, None) == [b"0123456789"] * len(ODD_KEYS)  # whole
+    assert await fast_reads("wrong-secret") == [None] * len(ODD_KEYS)  # refused, so the caller falls back
+
+
+def botocore_page(reply: dict[str, Any], v2: bool) -> dict[str, Any]:
+    """botocore's page without transport details; v1's Prefix is left encoded by botocore."""
+    page = {k: v for k, v in reply.items() if k not in ("ResponseMetadata", "EncodingType")}
+    if not v2 and reply.get("EncodingType") == "url" and "Prefix" in page:
+        page["Prefix"] = unquote_plus(page["Prefix"])
+    return page
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["v2", "v1"])
+async def test_fast_list_is_botocores_listing(fast_upstream: Upstream, upstream: S3Server, bucket: str,
+                                              v2: bool) -> None:
+    raw = upstream.client()
+    for i, key in enumerate(ODD_KEYS):
+        raw.put_object(Bucket=bucket, Key=key, Body=b"x" * (i + 1))
+    cases: list[dict[str, str]] = [{}, {"prefix": "n/"}, {"prefix": "n/", "delimiter": "/"},
+                                   {"delimiter": "/"}, {"prefix": "n/data/ü"}, {"max-keys": "2"}]
+    for params in cases:
+        query = [(name, value) for name, value in params.items()]
+        page = await fast_upstream.fast_list(bucket, query, v2)
+        assert page is not None, params
+        names = {"prefix": "Prefix", "delimiter": "Delimiter", "max-keys": "MaxKeys"}
+        kwargs: dict[str, Any] = {names[k]: (int(v) if k == "max-keys" else v) for k, v in params.items()}
+        expected = await fast_upstream.call("list_objects_v2" if v2 else "list_objects", Bucket=bucket, **kwargs)
+        assert page == botocore_page(expected, v2), params
+        assert page.get("Contents") or page.get("CommonPrefixes"), params
+
+    # paging: the continuation token / marker of the fast page works in the next one
+    keys: list[str] = []
+    query: list[tuple[str, str]] = [("max-keys", "2")]
+    while True:
+        page = await fast_upstream.fast_list(bucket, query, v2)
+        assert page is not None
+        keys += [entry["Key"] for entry in page.get("Contents", [])]
+        if not page["IsTruncated"]:
+            break
+        token = page.get("NextContinuationToken") if v2 else page.get("NextMarker", keys[-1])
+        query = [("max-keys", "2"), ("continuation-token" if v2 else "marker", token)]
+    assert keys == sorted(ODD_KEYS)
+
+
+async def test_fast_list_refused_signature_falls_back(rclone_server: Any) -> None:
+    bucket = rclone_server.create_bucket()
+    upstream = started(rclone_server, "wrong-secret")
+    await upstream.start()
+    try:
+        assert await upstream.fast_list(bucket, [], True) is None
+    finally:
+        await upstream.close()
