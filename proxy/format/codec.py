@@ -13,27 +13,35 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from proxy import keys as _keys
 from proxy.format.constants import (
+    BLOCK_SIZE,
     CHUNK_SIZE,
     FERNET_VERSION,
+    HEADER_SIZE,
+    HMAC_SIZE,
     MAX_TRAILER_RECORD,
     MIN_CHUNK_L,
     RECORD_OVERHEAD,
     SALT_SIZE,
     SINGLE_PUT_PART_NUMBER,
+    TOKEN_PREFIX_SIZE,
     TRAILER_FIXED_SIZE,
     TRAILER_MAGIC,
     max_chunk_l,
 )
 from proxy.format.errors import FormatError, TamperedError, TruncatedError
 from proxy.format.layout import Layout, RecordRef, StoredRange, chunk_count
-from proxy.format.token import open_record_into, seal_record_into
+from proxy.format.token import open_record_into, record_geometry, seal_record_into
 from proxy.format.trailer import Trailer, encode_trailer
 
 if TYPE_CHECKING:
@@ -52,6 +60,9 @@ __all__ = [
 ]
 
 Buffer = bytes | bytearray | memoryview
+_PREFIX = struct.Struct(">IBQ")  # record L, version, timestamp (as in proxy.format.token)
+_BINDING = struct.Struct(">II")  # part number, chunk index
+_PADS = [bytes([p]) * p for p in range(17)]
 #: Largest object ObjectDecryptor decrypts without knowing its keys up front (it must hold
 #: the records until the trailer names the salt).
 DEFAULT_MAX_BUFFER = 256 * 1024 * 1024
@@ -84,7 +95,12 @@ class PartInfo:
 
 
 class PartEncryptor:
-    """Encrypts one part's plaintext, streaming, holding at most one chunk of it.
+    """Encrypts one part's plaintext, streaming, holding at most one chunk record of it.
+
+    A chunk is encrypted as its plaintext arrives, straight into the buffer of its record (AES-CBC
+    and the HMAC are both incremental), and the record is returned once the chunk is complete. So
+    the plaintext is never copied or held, and the memory per part in flight is the one record
+    being filled (the record of a full chunk is only ever returned whole, after its HMAC).
 
     `iv_source` and `clock` exist for known-answer tests only; production uses the
     defaults (os.urandom IVs, current time).
@@ -108,7 +124,13 @@ class PartEncryptor:
         self.chunk_size = chunk_size
         self._iv = iv_source
         self._clock = clock
-        self._pending = bytearray(chunk_size)
+        # The record being filled: its buffer, a view of it, the CBC and HMAC contexts, the
+        # write position and the plaintext bytes in it.
+        self._rec: bytearray | None = None
+        self._rmv: memoryview | None = None
+        self._cbc: Any = None
+        self._mac: Any = None
+        self._w = 0
         self._plen = 0
         self._md5 = hashlib.md5()
         self._size = 0
@@ -136,6 +158,57 @@ class PartEncryptor:
         self._stored += w
         return out
 
+    def _open(self) -> memoryview:
+        """Start the record of the next chunk: prefix, IV, and the encrypted binding header.
+
+        The length field is written when the record is closed (a part's last chunk is short).
+        """
+        rec = bytearray(RECORD_OVERHEAD + self.chunk_size)
+        mv = memoryview(rec)
+        iv = self._iv(16)
+        _PREFIX.pack_into(mv, 0, 0, FERNET_VERSION, self._clock())
+        mv[13:29] = iv
+        self._cbc = Cipher(algorithms.AES(self._ek), modes.CBC(iv)).encryptor()
+        w = 4 + TOKEN_PREFIX_SIZE
+        w += self._cbc.update_into(_BINDING.pack(self.part_number, self._chunks), mv[w:])
+        self._mac = hmac.HMAC(self._sk, hashes.SHA256())
+        self._mac.update(mv[4:w])
+        self._rec, self._rmv, self._w, self._plen = rec, mv, w, 0
+        return mv
+
+    def _add(self, mv: memoryview, data: memoryview) -> None:
+        """Encrypt ``data`` (at most what the open chunk still takes) into the open record."""
+        w = self._w
+        w2 = w + self._cbc.update_into(data, mv[w:])
+        self._mac.update(mv[w:w2])
+        self._w = w2
+        self._plen += len(data)
+
+    def _close(self) -> bytearray:
+        """Pad, authenticate and return the open record (``RECORD_OVERHEAD + m`` bytes)."""
+        rec, mv, m = self._rec, self._rmv, self._plen
+        assert rec is not None and mv is not None
+        L, tl, k = record_geometry(m)
+        mv[0:4] = L.to_bytes(4, "big")
+        w = self._w
+        w2 = w + self._cbc.update_into(_PADS[BLOCK_SIZE - (m + HEADER_SIZE) % BLOCK_SIZE], mv[w:])
+        self._cbc.finalize()
+        self._mac.update(mv[w:w2])
+        mv[w2 : w2 + HMAC_SIZE] = self._mac.finalize()
+        end = w2 + HMAC_SIZE
+        if k:
+            mv[end : end + k] = bytes(k)
+        assert end - 4 == tl and end + k == RECORD_OVERHEAD + m
+        mv.release()
+        self._rec = self._rmv = self._cbc = self._mac = None
+        self._plen = 0
+        self._chunks += 1
+        size = RECORD_OVERHEAD + m
+        if size < len(rec):
+            del rec[size:]
+        self._stored += size
+        return rec
+
     def update(self, data: Buffer) -> bytearray:
         """Add plaintext; return the records of the chunks it completed (maybe none)."""
         if self._finished:
@@ -149,39 +222,35 @@ class PartEncryptor:
         self._md5.update(mv)
         self._size += n
         C = self.chunk_size
-        total = self._plen + n
-        full = total // C
-        if not full:
-            self._pending[self._plen : total] = mv
-            self._plen = total
-            return bytearray()
-        pend = memoryview(self._pending)
-        try:
-            take = C - self._plen
-            sources: list[tuple[Buffer, ...]] = [(pend[: self._plen], mv[:take])]
+        done: list[bytearray] = []
+        pos = 0
+        if self._rmv is not None:  # finish the chunk in progress first
+            take = min(C - self._plen, n)
+            self._add(self._rmv, mv[:take])
             pos = take
-            for _ in range(full - 1):
-                sources.append((mv[pos : pos + C],))
-                pos += C
-            out = self._seal_many(sources, [C] * full)
-            rest = n - pos
-            pend[:rest] = mv[pos:]
-            self._plen = rest
-        finally:
-            pend.release()
-        return out
+            if self._plen == C:
+                done.append(self._close())
+        full = (n - pos) // C
+        if full:  # whole chunks in hand: sealed in one go, into one buffer
+            done.append(self._seal_many([(mv[pos + i * C : pos + (i + 1) * C],) for i in range(full)],
+                                        [C] * full))
+            pos += full * C
+        if pos < n:  # the start of the next chunk
+            self._add(self._open(), mv[pos:])
+        if not done:
+            return bytearray()
+        return done[0] if len(done) == 1 else bytearray().join(done)
 
     def finish(self) -> bytearray:
         """Emit the last (possibly short, or the only and empty) chunk of the part."""
         if self._finished:
             raise ValueError("finish() called twice")
         self._finished = True
-        if self._plen == 0 and self._chunks > 0:
+        if self._rmv is not None:
+            return self._close()
+        if self._chunks > 0:
             return bytearray()
-        with memoryview(self._pending) as pend:
-            out = self._seal_many([(pend[: self._plen],)], [self._plen])
-        self._plen = 0
-        return out
+        return self._seal_many([(b"",)], [0])
 
     @property
     def plaintext_size(self) -> int:
