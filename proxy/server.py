@@ -18,6 +18,7 @@ from proxy.config import Config, ConfigError, load_config
 from proxy.logs import log_request
 from proxy.metrics import Metrics
 from proxy.objects import build_encrypted_service
+from proxy.s3.body import PIECE
 from proxy.s3.errors import S3Error
 from proxy.s3.frontend import Frontend
 from proxy.s3.routing import bucket_and_key, route
@@ -237,9 +238,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
         handle_signals=False,
         access_log=None,
         auto_decompress=False,
-        # 256 KiB socket reads: peak RSS 174-186 MiB instead of 277 with 1 MiB reads for 4 clients
-        # x (PUT+GET) with 4 parts in flight each, at the same 196 MB/s (bench/memory.py).
-        read_bufsize=256 << 10,
+        # Request bodies are buffered up to twice this (aiohttp's high-water mark) per request, and
+        # read in pieces this large (proxy.s3.body.PIECE): 128 KiB keeps 32 parts in flight within
+        # the memory target at the same throughput (see the commit that set it; 1 MiB reads gave
+        # 277 MiB for 4 clients x (PUT+GET), 256 KiB 174-186 MiB).
+        read_bufsize=PIECE,
         # Requests are drained before runner.cleanup() (see below); what is left then is cut.
         shutdown_timeout=CUT_TIMEOUT_SECONDS,
     )

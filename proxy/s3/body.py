@@ -23,6 +23,11 @@ from proxy.s3.sigv4 import AuthResult, PayloadMode, verify_payload_sha256
 # (hashlib releases the GIL) while the consumer works on the same piece: the event loop only
 # moves bytes. Smaller pieces are not worth the hop.
 INLINE_HASH = 64 << 10
+# Body pieces are read at most this large (the socket reads, ``read_bufsize`` in proxy.server, are
+# as large): up to three pieces of every request are alive at once (the one being hashed and held
+# back, the one being encrypted, the reader's buffer), times every part in flight. readany()
+# would join whatever the reader buffered, up to its high-water mark and more.
+PIECE = 128 << 10
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -34,7 +39,7 @@ def _hash_pool() -> ThreadPoolExecutor:
 
 
 class ByteSource(Protocol):
-    async def readany(self) -> bytes: ...
+    async def read(self, n: int = -1) -> bytes: ...
 
 
 class RequestBody:
@@ -63,7 +68,7 @@ class RequestBody:
 
     async def _decoded(self) -> AsyncIterator[bytes]:
         while True:
-            data = await self._source.readany()
+            data = await self._source.read(PIECE)
             if not data:
                 break
             if self._decoder is None:
