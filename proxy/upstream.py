@@ -13,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
+from proxy.rawget import RecordReader
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
@@ -122,6 +123,7 @@ class Upstream:
         self._client: Any = None
         self._fast: aiohttp.ClientSession | None = None
         self._endpoint: URL | None = None
+        self._records: RecordReader | None = None
         self._streaming_client: Any = None
 
     def _boto_config(self, max_attempts: int) -> BotoConfig:
@@ -166,6 +168,10 @@ class Upstream:
         endpoint = URL(self.cfg.endpoint_url or "")
         if endpoint.is_absolute() and endpoint.path in ("", "/") and self.cfg.addressing_style != "virtual":
             self._endpoint = endpoint
+            self._records = RecordReader(endpoint, verify_tls=self.cfg.verify_tls,
+                                         connect_timeout=self.cfg.connect_timeout,
+                                         read_timeout=self.cfg.read_timeout, max_idle=self.cfg.max_pool_connections)
+            self._stack.callback(self._records.close)
             self._fast = await self._stack.enter_async_context(aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.cfg.max_pool_connections, ssl=self.cfg.verify_tls),
                 timeout=aiohttp.ClientTimeout(sock_connect=self.cfg.connect_timeout,
@@ -234,6 +240,41 @@ class Upstream:
             return None
         self._ok("list_objects_v2" if v2 else "list_objects", None)
         return page
+
+    async def get_records(self, bucket: str, key: str, spec: str | None, etag: str,
+                          piece_size: int) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
+        """GetObject read in place into ``piece_size`` buffers that are reused (see
+        ``proxy.rawget``): each piece is valid only until the next one is asked for. None when
+        the fast path cannot serve it; the caller then uses ``get_stream``."""
+        if self._records is None:
+            return None
+        headers = {"range": spec} if spec is not None else {}
+        if etag.strip('"'):
+            headers["if-match"] = etag
+        request = await self._signed("GET", object_path(bucket, key), [], headers)
+        if request is None:
+            return None
+        try:
+            opened = await self._records.open(request.url.raw_path_qs, request.headers)
+        except (OSError, TimeoutError):
+            return None
+        if opened is None:
+            return None
+        head, conn = opened
+        self._ok("get_object", None)
+        reply = {"ContentLength": head.length, "ETag": head.headers.get("etag", ""),
+                 "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": head.headers}}
+        return reply, self._counted(self._records.pieces(conn, piece_size))
+
+    async def _counted(self, pieces: AsyncIterator[memoryview]) -> AsyncIterator[memoryview]:
+        received = 0
+        try:
+            async for piece in pieces:
+                received += len(piece)
+                yield piece
+        finally:
+            if self.metrics is not None and received:
+                self.metrics.add_upstream_bytes(received=received)
 
     @property
     def client(self) -> Any:

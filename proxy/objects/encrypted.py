@@ -20,7 +20,7 @@ from proxy.format.codec import (
     build_trailer,
     new_salt,
 )
-from proxy.format.layout import part_stored_size
+from proxy.format.layout import part_stored_size, record_size
 from proxy.format.seed import (
     SeedRangeDecryptor,
     seed_stored_range,
@@ -135,8 +135,18 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
             params["Range"] = stored.http_range
             decryptor = RangeDecryptor(self.keyring, view.trailer, stored, self.written_as(key, view.trailer))
-        reply, pieces = await self.upstream.get_stream(**params)
+        reply, pieces = await self._stored_stream(params, view)
         return self._get_reply(reply, view, wanted, self._decrypting(key, pieces, decryptor))
+
+    async def _stored_stream(self, params: dict[str, Any], view: View) -> tuple[dict[str, Any], AsyncIterator[Any]]:
+        """The stored bytes to decrypt: read in place a record at a time when the request is a
+        plain (ranged) GET of our format, else through botocore."""
+        if view.trailer is not None and set(params) <= {"Bucket", "Key", "Range", "IfMatch"}:
+            fast = await self.upstream.get_records(params["Bucket"], params["Key"], params.get("Range"),
+                                                   params.get("IfMatch", ""), record_size(view.trailer.chunk_size))
+            if fast is not None:
+                return fast
+        return await self.upstream.get_stream(**params)
 
     @staticmethod
     def _get_reply(reply: dict[str, Any], view: View, wanted: Any, pieces: AsyncIterator[Chunk]) -> Reply:
