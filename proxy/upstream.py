@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import aiobotocore.session
@@ -240,6 +241,39 @@ class Upstream:
             return None
         self._ok("list_objects_v2" if v2 else "list_objects", None)
         return page
+
+    async def fast_head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """HeadObject without botocore (about 1.5 ms of CPU less per HEAD, and one is made before
+        every GET of an encrypted object): ETag, ContentLength, LastModified, Metadata and the
+        headers, in botocore's shape. 404 is NoSuchKey; any other non-200 returns None, and the
+        caller asks botocore."""
+        request = await self._signed("HEAD", object_path(bucket, key), [], {})
+        if request is None or self._fast is None:
+            return None
+        try:
+            async with self._fast.head(request.url, headers=request.headers) as reply:
+                status = reply.status
+                headers: dict[str, str] = {}
+                for name, value in reply.headers.items():
+                    lower = name.lower()
+                    headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        if status == 404:
+            self._failed("head_object", "NoSuchKey")
+            raise S3Error("NoSuchKey", "Not Found", 404)
+        length, modified = headers.get("content-length", ""), headers.get("last-modified")
+        if status != 200 or not length.isdigit() or not modified:
+            return None
+        try:
+            last_modified = parsedate_to_datetime(modified)
+        except (TypeError, ValueError):
+            return None
+        self._ok("head_object", None)
+        return {"ETag": headers.get("etag", ""), "ContentLength": int(length), "LastModified": last_modified,
+                "Metadata": {name[len("x-amz-meta-"):]: value for name, value in headers.items()
+                             if name.startswith("x-amz-meta-")},
+                "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers}}
 
     async def get_records(self, bucket: str, key: str, spec: str | None, etag: str,
                           piece_size: int) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:

@@ -123,3 +123,20 @@ async def test_get_records_reads_stored_bytes_in_place(fast_upstream: Upstream, 
     assert await read("bytes=100000-1599999", "") == ([1 << 20, 1_500_000 - (1 << 20)], stored[100000:1600000])
     if upstream.name == "moto":  # rclone ignores If-Match
         assert await read(None, '"0123456789abcdef0123456789abcdef"') is None  # 412: botocore maps it
+
+
+async def test_fast_head_is_botocores_head(fast_upstream: Upstream, upstream: S3Server, bucket: str) -> None:
+    from proxy.s3.errors import S3Error
+
+    raw = upstream.client()
+    for key in ODD_KEYS:
+        raw.put_object(Bucket=bucket, Key=key, Body=b"0123456789", Metadata={"mcp-format": "1", "Owner": "x y"})
+        fast = await fast_upstream.fast_head(bucket, key)
+        assert fast is not None, key
+        slow = await fast_upstream.call("head_object", Bucket=bucket, Key=key)
+        for field in ("ETag", "ContentLength", "LastModified", "Metadata"):
+            assert fast[field] == slow[field], (key, field)
+        assert fast["ResponseMetadata"]["HTTPHeaders"]["content-length"] == "10"
+    with pytest.raises(S3Error) as missing:
+        await fast_upstream.fast_head(bucket, "n/data/absent")
+    assert (missing.value.code, missing.value.status) == ("NoSuchKey", 404)

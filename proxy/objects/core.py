@@ -261,8 +261,12 @@ class ObjectsCore(PassthroughService):
         log.error("integrity check failed for %r: %s", key, exc)
         return integrity_error(key, exc)
 
-    async def _head(self, bucket: str, key: str) -> tuple[dict[str, Any], View]:
-        reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+    async def _head(self, bucket: str, key: str, *, full: bool = False) -> tuple[dict[str, Any], View]:
+        """The stored object's HEAD and its view; ``full`` asks botocore for every field (a copy
+        carries them over), else the fast HEAD's ETag, size, time, metadata and headers do."""
+        reply = None if full else await self.upstream.fast_head(bucket, key)
+        if reply is None:
+            reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
         view = await self.view_of(bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)),
                                   reply.get("LastModified"))
         return reply, view

@@ -212,7 +212,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         if not self.policy.encrypts(key) and not self.policy.encrypts(src_key):
             return await super().copy_object(request)
         reject_sse_c(request.headers)
-        head, view = ((await self._head(src_bucket, src_key)) if self.policy.encrypts(src_key)
+        head, view = ((await self._head(src_bucket, src_key, full=True)) if self.policy.encrypts(src_key)
                       else await self._plain_head(src_bucket, src_key))
         conditions = {name[len("x-amz-copy-source-"):]: value for name, value in request.headers.items()
                       if name.lower().startswith("x-amz-copy-source-if-")}
