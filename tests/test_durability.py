@@ -159,7 +159,8 @@ def test_deleted_objects_leave_the_cache(proxy: Any, bucket: str) -> None:
 
 def test_upstream_without_etags(tmp_path: Path) -> None:
     """rclone --etag-hash "" lists and HEADs objects with empty ETags (its PUT reply still has an MD5):
-    versions are then keyed by Last-Modified and size; one trailer read, then cache hits."""
+    versions are then keyed by Last-Modified and size; one trailer read, then cache hits, also for
+    what is written after."""
     from tests.servers import ProxyProcess, RcloneS3Server, proxy_config
 
     with RcloneS3Server(tmp_path / "up", extra_args=["--etag-hash", ""]) as upstream:
@@ -181,6 +182,13 @@ def test_upstream_without_etags(tmp_path: Path) -> None:
             assert client.head_object(Bucket=bucket, Key=KEY)["ETag"] == head["ETag"]
             assert cache_misses(proxy) == 1
             assert client.get_object(Bucket=bucket, Key=KEY, Range="bytes=5-9")["Body"].read() == data[5:10]
+            # Having seen HEADs without ETags, the proxy keys what it writes next by Last-Modified.
+            for i, size in enumerate((100, MIB + 9)):
+                other = payload(size, 7 + i)
+                client.put_object(Bucket=bucket, Key=f"{KEY}-{i}", Body=other)
+                assert client.head_object(Bucket=bucket, Key=f"{KEY}-{i}")["ETag"].strip('"') == \
+                    hashlib.md5(other).hexdigest()
+            assert cache_misses(proxy) == 1
         finally:
             proxy.stop()
 

@@ -120,6 +120,7 @@ class ObjectsCore(PassthroughService):
         self.seed_keys = fernet_keys_from_ring(KeyRing.from_files(seed_files)) if seed_files else []
         self._pool = ThreadPoolExecutor(config.limits.crypto_threads, thread_name_prefix="crypto")
         self._lookups = asyncio.Semaphore(COLD_LOOKUPS)
+        self._heads_lack_etags = False  # see _remember_written
 
     @property
     def key_ids(self) -> list[str]:
@@ -180,16 +181,19 @@ class ObjectsCore(PassthroughService):
                                 view: View) -> None:
         """Cache what was just written, so the HEAD every client makes next costs no trailer read.
 
-        An upstream that gives no ETag identifies the version by its Last-Modified: one HEAD.
+        The cache key must be the one the next HEAD will compute. An upstream that gives no ETag,
+        or gives one on PUT but none on HEAD (``rclone serve s3 --etag-hash ''``: seen once, it is
+        remembered), identifies the version by size and Last-Modified: one HEAD tells them.
         """
-        last_modified = None
-        if not upstream_etag.strip('"'):
-            head = await self.upstream.call("head_object", Bucket=bucket, Key=key)
-            if int(head.get("ContentLength", -1)) != stored_size:
-                raise S3Error("InternalError", f"the upstream stored {head.get('ContentLength')} bytes of "
-                              f"{key!r}, not the {stored_size} sent", 500)
-            last_modified = head.get("LastModified")
-        await self._remember(bucket, key, version_of(upstream_etag, stored_size, last_modified), view)
+        if upstream_etag.strip('"') and not self._heads_lack_etags:
+            await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
+            return
+        head = await self.upstream.fast_head(bucket, key) or await self.upstream.call("head_object", Bucket=bucket,
+                                                                                       Key=key)
+        if int(head.get("ContentLength", -1)) != stored_size:
+            raise S3Error("InternalError", f"the upstream stored {head.get('ContentLength')} bytes of "
+                          f"{key!r}, not the {stored_size} sent", 500)
+        await self._remember(bucket, key, version_of(head.get("ETag"), stored_size, head.get("LastModified")), view)
 
     async def _inspect(self, bucket: str, key: str, etag: str, size: int) -> View:
         """Read the trailer (one suffix range) and decide: ours, legacy plaintext, or tampered."""
@@ -267,6 +271,8 @@ class ObjectsCore(PassthroughService):
         reply = None if full else await self.upstream.fast_head(bucket, key)
         if reply is None:
             reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+        if not reply.get("ETag", "").strip('"'):
+            self._heads_lack_etags = True
         view = await self.view_of(bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)),
                                   reply.get("LastModified"))
         return reply, view
