@@ -242,6 +242,31 @@ class Upstream:
         self._ok("list_objects_v2" if v2 else "list_objects", None)
         return page
 
+    async def fast_put(self, bucket: str, key: str, body: bytes, params: dict[str, Any]) -> dict[str, Any] | None:
+        """PutObject of a small body held in memory, without botocore (about 1.5 ms of CPU per
+        PUT). Only user metadata and Content-Type are carried; with any other parameter, or on
+        any answer but 200, it returns None and the caller asks botocore (a PUT can be repeated)."""
+        if not set(params) <= {"Metadata", "ContentType"}:
+            return None
+        headers = {f"x-amz-meta-{name.lower()}": value for name, value in params.get("Metadata", {}).items()}
+        if "ContentType" in params:
+            headers["content-type"] = params["ContentType"]
+        if not all(value.isascii() and value.isprintable() for value in headers.values()):
+            return None
+        request = await self._signed("PUT", object_path(bucket, key), [], headers)
+        if request is None or self._fast is None:
+            return None
+        try:
+            async with self._fast.put(request.url, headers=request.headers, data=body,
+                                      skip_auto_headers=("Content-Type",)) as reply:
+                if reply.status != 200:
+                    return None
+                etag = reply.headers.get("ETag", "")
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        self._ok("put_object", None, sent=len(body))
+        return {"ETag": etag}
+
     async def fast_head(self, bucket: str, key: str) -> dict[str, Any] | None:
         """HeadObject without botocore (about 1.5 ms of CPU less per HEAD, and one is made before
         every GET of an encrypted object): ETag, ContentLength, LastModified, Metadata and the

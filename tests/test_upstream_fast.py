@@ -140,3 +140,22 @@ async def test_fast_head_is_botocores_head(fast_upstream: Upstream, upstream: S3
     with pytest.raises(S3Error) as missing:
         await fast_upstream.fast_head(bucket, "n/data/absent")
     assert (missing.value.code, missing.value.status) == ("NoSuchKey", 404)
+
+
+async def test_fast_put_stores_what_botocore_would(fast_upstream: Upstream, upstream: S3Server, bucket: str) -> None:
+    import hashlib
+
+    raw = upstream.client()
+    for i, key in enumerate(ODD_KEYS):
+        body = bytes([i]) * (1000 + i)
+        params: dict[str, Any] = {"Metadata": {"mcp-format": "1", "who": "medusa"}}
+        if i % 2:
+            params["ContentType"] = "application/x-test"
+        reply = await fast_upstream.fast_put(bucket, key, body, params)
+        assert reply is not None and reply["ETag"].strip('"') == hashlib.md5(body).hexdigest()
+        raw.put_object(Bucket=bucket, Key=f"{key}-by-botocore", Body=body, **params)
+        head, expected = (raw.head_object(Bucket=bucket, Key=name) for name in (key, f"{key}-by-botocore"))
+        for field in ("Metadata", "ContentType", "ETag", "ContentLength"):
+            assert head[field] == expected[field], (key, field)
+        assert raw.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    assert await fast_upstream.fast_put(bucket, "k", b"x", {"CacheControl": "no-cache"}) is None  # botocore's job

@@ -195,7 +195,8 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         params = self._with_hint(params, master)
         if length <= SMALL_BODY:
             payload = b"".join([piece async for piece in stored()])
-            reply = await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=payload, **params)
+            reply = (await self.upstream.fast_put(bucket, key, payload, params)
+                     or await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=payload, **params))
         else:
             reply = await self.upstream.send_stream("put_object", stored(), stored_size, Bucket=bucket, Key=key,
                                                     **params)
