@@ -435,20 +435,8 @@ class Bench:
             for target in order:
                 client, bucket = self.stack.clients[target], self.stack.buckets[target]
                 got = lat.setdefault(target, {"put": [], "head": [], "get": [], "put_head": []})
-                for i in range(n):
-                    key = f"node1/data/ks/tbl/small-{rep}-{i}"
-                    t0 = time.perf_counter()
-                    client.put_object(Bucket=bucket, Key=key, Body=body)
-                    t1 = time.perf_counter()
-                    client.head_object(Bucket=bucket, Key=key)
-                    t2 = time.perf_counter()
-                    data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-                    t3 = time.perf_counter()
-                    assert data == body
-                    got["put"].append((t1 - t0) * 1e3)
-                    got["head"].append((t2 - t1) * 1e3)
-                    got["get"].append((t3 - t2) * 1e3)
-                    got["put_head"].append((t2 - t0) * 1e3)
+                with self.profiled(f"small-{target}-{rep}"):
+                    self._small_round(client, bucket, body, rep, n, got)
                 for i in range(n):
                     client.delete_object(Bucket=bucket, Key=f"node1/data/ks/tbl/small-{rep}-{i}")
                 self.log(f"4KiB rep {rep} {target}: PUT+HEAD p50 {med(got['put_head'][-n:]):.2f} ms")
@@ -456,6 +444,23 @@ class Bench:
         for target, ops in lat.items():
             out[target] = {op: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99)} for op, v in ops.items()}
         self.results["small_4KiB"] = out
+
+    @staticmethod
+    def _small_round(client: Any, bucket: str, body: bytes, rep: int, n: int, got: dict[str, list[float]]) -> None:
+        for i in range(n):
+            key = f"node1/data/ks/tbl/small-{rep}-{i}"
+            t0 = time.perf_counter()
+            client.put_object(Bucket=bucket, Key=key, Body=body)
+            t1 = time.perf_counter()
+            client.head_object(Bucket=bucket, Key=key)
+            t2 = time.perf_counter()
+            data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            t3 = time.perf_counter()
+            assert data == body
+            got["put"].append((t1 - t0) * 1e3)
+            got["head"].append((t2 - t1) * 1e3)
+            got["get"].append((t3 - t2) * 1e3)
+            got["put_head"].append((t2 - t0) * 1e3)
 
     # --- LIST ------------------------------------------------------------------------------------
 

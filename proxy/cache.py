@@ -10,8 +10,10 @@ so the client uploads again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("proxy.cache")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS views (
@@ -80,14 +83,23 @@ class PartState:
     held: bytes | None
 
 
+RECENT_VIEWS = 4096  # views also kept in memory: the HEAD and GETs that follow a write hit them
+
+
 class StateStore:
-    """SQLite behind one worker thread, so the event loop never waits on the disk."""
+    """SQLite behind one worker thread, so the event loop never waits on the disk.
+
+    The most recent views are also kept in memory, and views are written behind: a request does
+    not wait for the cache's disk write (losing one to a crash costs one trailer read later).
+    The worker is one thread, so writes and reads reach SQLite in the order they were made.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._recent: OrderedDict[tuple[str, str], tuple[str, CachedView]] = OrderedDict()
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -100,12 +112,29 @@ class StateStore:
             self._db = db
         return self._db
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         def call() -> T:
             with self._lock:
                 return fn(self._open())
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._submit(fn)
+
+    def _behind(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+        """Queue a write nobody waits for; a failure is logged (the cache only gets colder)."""
+        def done(future: asyncio.Future[None]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.error("view cache write failed: %s", future.exception())
+
+        self._submit(fn).add_done_callback(done)
+
+    def _keep(self, bucket: str, key: str, version: str, view: CachedView) -> None:
+        self._recent[(bucket, key)] = (version, view)
+        self._recent.move_to_end((bucket, key))
+        if len(self._recent) > RECENT_VIEWS:
+            self._recent.popitem(last=False)
 
     async def start(self) -> None:
         await self._run(lambda db: None)
@@ -123,27 +152,42 @@ class StateStore:
 
     async def get_views(self, bucket: str, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], CachedView]:
         """Cached views for (key, version) pairs; absent ones are simply missing."""
-        wanted = list(keys)
+        found: dict[tuple[str, str], CachedView] = {}
+        missing: list[tuple[str, str]] = []
+        for key, version in keys:
+            recent = self._recent.get((bucket, key))
+            if recent is not None and recent[0] == version:
+                found[(key, version)] = recent[1]
+            else:
+                missing.append((key, version))
 
         def query(db: sqlite3.Connection) -> dict[tuple[str, str], CachedView]:
-            found: dict[tuple[str, str], CachedView] = {}
-            for key, version in wanted:
+            stored: dict[tuple[str, str], CachedView] = {}
+            for key, version in missing:
                 row = db.execute(
                     "SELECT kind, size, etag, trailer FROM views WHERE bucket=? AND key=? AND version=?",
                     (bucket, key, version),
                 ).fetchone()
                 if row is not None:
-                    found[(key, version)] = CachedView(row[0], row[1], row[2], row[3])
-            return found
+                    stored[(key, version)] = CachedView(row[0], row[1], row[2], row[3])
+            return stored
 
-        return await self._run(query)
+        if missing:
+            stored = await self._run(query)
+            for (key, version), view in stored.items():
+                self._keep(bucket, key, version, view)
+            found.update(stored)
+        return found
 
     async def put_view(self, bucket: str, key: str, version: str, view: CachedView) -> None:
         await self.put_views(bucket, [(key, version, view)])
 
     async def put_views(self, bucket: str, items: Iterable[tuple[str, str, CachedView]]) -> None:
-        """Remember views, in one transaction (a cold listing brings a thousand at once)."""
+        """Remember views (in memory now, on disk behind, in one transaction: a cold listing
+        brings a thousand at once)."""
         rows = list(items)
+        for key, version, view in rows:
+            self._keep(bucket, key, version, view)
 
         def store(db: sqlite3.Connection) -> None:
             with db:
@@ -157,10 +201,12 @@ class StateStore:
                     )
 
         if rows:
-            await self._run(store)
+            self._behind(store)
 
     async def forget_views(self, bucket: str, keys: list[str]) -> None:
         """Deleted objects: their entries could never be hit again, only take room."""
+        for key in keys:
+            self._recent.pop((bucket, key), None)
 
         def drop(db: sqlite3.Connection) -> None:
             with db:
