@@ -66,16 +66,19 @@ class StreamingBody:
     def read(self, *_: Any) -> bytes:  # pragma: no cover - botocore only checks it exists
         raise RuntimeError("StreamingBody is read asynchronously")
 
-    async def _iterate(self) -> AsyncIterator[bytes | bytearray]:
+    async def _iterate(self) -> AsyncIterator[memoryview]:
         try:
             async for piece in self._source:
                 self.sent += len(piece)
-                yield piece
+                # A memoryview: aiohttp slices each piece to the declared length, which copies
+                # a bytearray (1 MiB per record) but not a view.
+                yield memoryview(piece)
+                del piece
         except BaseException as exc:
             self.error = exc
             raise
 
-    def __aiter__(self) -> AsyncIterator[bytes | bytearray]:
+    def __aiter__(self) -> AsyncIterator[memoryview]:
         return self._iterate()
 
 
@@ -438,7 +441,7 @@ class Upstream:
         async def pieces() -> AsyncIterator[bytes]:
             received = 0
             try:
-                async for piece in body.iter_chunks(1 << 20):
+                async for piece in body.iter_chunks(256 << 10):  # read(n) lets aiohttp buffer 2n
                     received += len(piece)
                     yield piece
             finally:

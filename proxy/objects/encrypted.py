@@ -187,6 +187,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         async def stored() -> AsyncIterator[Chunk]:
             async for records in self._encrypting(encryptor, source):
                 yield records
+                del records
             last = encryptor.finish()
             trailer = build_trailer(master, salt, key,
                                     [PartInfo(1, encryptor.plaintext_size, encryptor.md5)], single_put=True)

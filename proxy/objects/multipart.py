@@ -75,6 +75,7 @@ class MultipartObjects(ObjectsCore):
         async def stored() -> AsyncIterator[Chunk]:
             async for records in self._encrypting(encryptor, body):
                 yield records
+                del records
             yield encryptor.finish()
 
         if body.length < MIN_PART:

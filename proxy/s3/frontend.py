@@ -147,6 +147,7 @@ class Frontend:
             async for piece in reply.body:
                 await response.write(piece)
                 sent += len(piece)
+                del piece  # not held while the next one is made
         except Exception as exc:
             # Headers are gone: the only honest signal left is a short read.
             fields["bytes_out"] = sent
