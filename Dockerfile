@@ -36,14 +36,12 @@ RUN groupadd --system --gid 10001 medusa-crypt-proxy \
 
 COPY --from=builder /opt/medusa-crypt-proxy /opt/medusa-crypt-proxy
 
-# MALLOC_*: keep multi-MiB chunk buffers out of mmap/munmap churn (doubled PUT throughput
-# in the prototype). HEALTHCHECK_URL: where the container health check looks (use https://
-# when tls is configured; the check does not verify the certificate).
+# HEALTHCHECK_URL: where the container health check looks (use https:// when tls is
+# configured; the check does not verify the certificate). glibc malloc is tuned by the daemon
+# itself (docs/OPERATIONS.md, "Performance notes").
 ENV PATH=/opt/medusa-crypt-proxy/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    MALLOC_MMAP_THRESHOLD_=33554432 \
-    MALLOC_TRIM_THRESHOLD_=1073741824 \
     HEALTHCHECK_URL=http://127.0.0.1:8333/healthz
 
 USER 10001:10001
