@@ -259,6 +259,18 @@ class RecordReader:
                 pending.cancel()
             self.release(conn)
 
+    async def read_body(self, conn: _Connection, length: int) -> bytearray:
+        """The whole body of an opened response (a small one: a trailer, a whole small object)."""
+        body = bytearray(length)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                got = await conn.readinto(body) if length else 0
+        finally:
+            self.release(conn)
+        if got != length:
+            raise BodyError(f"body ended after {got} of {length} bytes")
+        return body
+
     def _idle_connection(self) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()

@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
-from proxy.rawget import RecordReader
+from proxy.rawget import BodyError, RecordReader
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
@@ -197,23 +197,23 @@ class Upstream:
                             Credentials(frozen.access_key, frozen.secret_key, frozen.token), self.cfg.region)
 
     async def fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
-        """A small (ranged) GET without botocore's per-request machinery.
-
-        Any answer but 200/206 returns None, and the caller asks botocore, which maps errors
-        and retries properly.
+        """A small (ranged) GET without botocore's per-request machinery, on the record
+        reader's connections (the cheapest request the proxy makes: a cold listing makes one per
+        object). Any answer but 200/206 returns None, and the caller asks botocore, which maps
+        errors and retries properly.
         """
         headers = {"range": spec} if spec is not None else {}
         if etag.strip('"'):
             headers["if-match"] = etag
         request = await self._signed("GET", object_path(bucket, key), [], headers)
-        if request is None or self._fast is None:
+        if request is None or self._records is None:
             return None
         try:
-            async with self._fast.get(request.url, headers=request.headers) as reply:
-                if reply.status not in (200, 206):
-                    return None
-                data = await reply.read()
-        except (aiohttp.ClientError, TimeoutError):
+            opened = await self._records.open(request.url.raw_path_qs, request.headers)
+            if opened is None:
+                return None
+            data = bytes(await self._records.read_body(opened[1], opened[0].length))
+        except (OSError, TimeoutError, BodyError):
             return None
         self._ok("get_object", None, received=len(data))
         return data

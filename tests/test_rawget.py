@@ -183,3 +183,23 @@ async def test_connection_close_is_not_reused(serve: Serve) -> None:
     for _ in range(2):
         assert await read_all(reader, 1024) == ([4], b"body")
     assert raw.connections == 2
+
+
+async def test_read_body_whole_then_reuse(serve: Serve) -> None:
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(ok(b"trailer-%d" % n) if n < 3 else b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort")
+        await writer.drain()
+        if n == 3:
+            writer.close()
+
+    raw, reader = await serve(handler)
+    for n in (1, 2):
+        opened = await reader.open("/b/k", {"range": "bytes=-4096"})
+        assert opened is not None
+        assert await reader.read_body(opened[1], opened[0].length) == b"trailer-%d" % n
+    assert raw.connections == 1
+    opened = await reader.open("/b/k", {})
+    assert opened is not None
+    with pytest.raises(BodyError):
+        await reader.read_body(opened[1], opened[0].length)
+    assert reader._idle == []
