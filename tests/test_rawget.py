@@ -17,6 +17,19 @@ from proxy.rawget import BodyError, RecordReader, parse_head
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
 
+# The override is deprecated in pytest-asyncio 1.5 in favour of a conftest-wide hook; it is kept
+# module-local here on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test on both loops: the proxy runs uvloop, whose transports differ from asyncio's."""
+    import uvloop
+
+    return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
+
+
 class RawServer:
     """Calls ``handler(reader, writer, n)`` for the n-th request head of any connection."""
 

@@ -5,6 +5,7 @@ rclone verifies signatures, so a wrong one shows as None here, not as a silent f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote_plus
@@ -16,6 +17,19 @@ from proxy.upstream import Upstream
 from tests.servers import S3Server
 
 ODD_KEYS = ["plain", "n/data/a b+c=d&e", "n/data/ünï cødé/%41~*", "n/data/(x)!'$,;@:", "n/x/deep/er", "top"]
+
+
+# The override is deprecated in pytest-asyncio 1.5 in favour of a conftest-wide hook; it is kept
+# module-local here on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test on both loops: the proxy runs uvloop, whose transports differ from asyncio's."""
+    import uvloop
+
+    return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
 
 
 def started(server: S3Server, secret: str | None = None) -> Upstream:
@@ -159,3 +173,69 @@ async def test_fast_put_stores_what_botocore_would(fast_upstream: Upstream, upst
             assert head[field] == expected[field], (key, field)
         assert raw.get_object(Bucket=bucket, Key=key)["Body"].read() == body
     assert await fast_upstream.fast_put(bucket, "k", b"x", {"CacheControl": "no-cache"}) is None  # botocore's job
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+async def test_fast_paths_over_tls(tmp_path: Any) -> None:
+    """An https upstream (rclone with a self-signed certificate): every fast path works over TLS,
+    and with verification on, the unknown certificate is refused (None: botocore decides)."""
+    import http.client
+    import ssl
+
+    from proxy.tls import make_self_signed
+    from tests.servers import RcloneS3Server
+
+    cert, key = make_self_signed(tmp_path / "tls")
+
+    class TLSRclone(RcloneS3Server):
+        @property
+        def endpoint_url(self) -> str:
+            return f"https://{self.host}:{self.port}"
+
+        def _ready(self) -> bool:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=1,
+                                               context=ssl._create_unverified_context())
+            try:
+                conn.request("GET", "/")
+                return conn.getresponse().status > 0
+            except OSError:
+                return False
+            finally:
+                conn.close()
+
+    with TLSRclone(tmp_path / "up", extra_args=["--cert", str(cert), "--key", str(key)]) as server:
+        raw = make_tls_client(server)
+        raw.create_bucket(Bucket="tls-bucket")
+        stored = bytes(range(256)) * 9000
+        raw.put_object(Bucket="tls-bucket", Key="n/data/x", Body=stored)
+        for verify in (False, True):
+            upstream = Upstream(UpstreamConfig(endpoint_url=server.endpoint_url, region="us-east-1",
+                                               addressing_style="path", access_key_id=server.access_key,
+                                               secret_access_key=server.secret_key, verify_tls=verify))
+            await upstream.start()
+            try:
+                got = await upstream.get_records("tls-bucket", "n/data/x", None, "", 1 << 20)
+                tail = await upstream.fast_range("tls-bucket", "n/data/x", "bytes=-10", "")
+                if not verify:
+                    assert got is not None and tail == stored[-10:]
+                    data = bytearray()
+                    async for piece in got[1]:
+                        data += piece
+                    assert data == stored
+                    assert (await upstream.fast_list("tls-bucket", [], True) or {}).get("KeyCount") == 1
+                    head = await upstream.fast_head("tls-bucket", "n/data/x")
+                    assert head is not None and head["ContentLength"] == len(stored)
+                else:
+                    assert got is None and tail is None
+            finally:
+                await upstream.close()
+
+
+def make_tls_client(server: S3Server) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=server.endpoint_url, aws_access_key_id=server.access_key,
+                        aws_secret_access_key=server.secret_key, region_name="us-east-1", verify=False,
+                        config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                                      response_checksum_validation="when_required"))
