@@ -1,4 +1,9 @@
-"""The real bucket, behind one small interface (aiobotocore). Knows nothing of encryption."""
+"""The real bucket, behind one small interface. Knows nothing of encryption.
+
+aiobotocore does every operation; the requests made most (HEAD, data GETs, trailer reads, LIST
+pages, small PUTs) also have a fast path signed here (``proxy.s3.signer``) that falls back to the
+botocore call on any answer it does not expect, so errors are mapped and retried in one place.
+"""
 
 from __future__ import annotations
 
