@@ -3,7 +3,7 @@
 aiohttp hands a response body over in the pieces the socket gave (64-256 KiB each, a new
 ``bytes`` per read), and reading one 1 MiB record joins them: on a GET the event loop copied
 every byte once more, and the record framer copied it again. Here an
-:class:`asyncio.BufferedProtocol` receives the body directly into record-sized buffers that are
+:class:`asyncio.BufferedProtocol` receives the body directly into a record-sized buffer that is
 reused, on kept-alive connections. Only what this needs of HTTP/1.1 is here: a GET, a response
 with a Content-Length. Anything else (an error status, a chunked body, a dropped connection
 before the head) returns None, and the caller asks botocore, which maps errors and retries.
@@ -235,28 +235,17 @@ class RecordReader:
         return None
 
     async def pieces(self, conn: _Connection, piece_size: int) -> AsyncIterator[memoryview]:
-        """The body in ``piece_size`` buffers, two of them reused in turn: the next is read while
-        the caller works on the one it has."""
-        buffers = [bytearray(piece_size), bytearray(piece_size)]
-        index = 0
-
-        async def fill(buf: bytearray) -> int:
-            async with asyncio.timeout(self.read_timeout):
-                return await conn.readinto(buf)
-
-        pending: asyncio.Task[int] | None = asyncio.ensure_future(fill(buffers[0]))
+        """The body in ``piece_size`` pieces, all read into one buffer: a piece is valid until the
+        next is asked for. (The kernel's socket buffer keeps the upstream sending meanwhile.)"""
+        buffer = bytearray(piece_size)
         try:
-            while pending is not None:
-                n = await pending
+            while conn.has_more:
+                async with asyncio.timeout(self.read_timeout):
+                    n = await conn.readinto(buffer)
                 if n == 0:
                     break
-                current = buffers[index]
-                index ^= 1
-                pending = asyncio.ensure_future(fill(buffers[index])) if conn.has_more else None
-                yield memoryview(current)[:n]
+                yield memoryview(buffer)[:n]
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
             self.release(conn)
 
     async def read_body(self, conn: _Connection, length: int) -> bytearray:

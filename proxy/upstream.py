@@ -310,7 +310,7 @@ class Upstream:
 
     async def get_records(self, bucket: str, key: str, spec: str | None, etag: str,
                           piece_size: int) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
-        """GetObject read in place into ``piece_size`` buffers that are reused (see
+        """GetObject read in place into one reused ``piece_size`` buffer (see
         ``proxy.rawget``): each piece is valid only until the next one is asked for. None when
         the fast path cannot serve it; the caller then uses ``get_stream``."""
         if self._records is None:
