@@ -102,6 +102,11 @@ class PartEncryptor:
     the plaintext is never copied or held, and the memory per part in flight is the one record
     being filled (the record of a full chunk is only ever returned whole, after its HMAC).
 
+    With ``part_size`` (the part's plaintext length, known from its Content-Length) every record's
+    length is known when it starts, so records are returned piece by piece as their plaintext
+    arrives instead of whole: the memory per part in flight is then the piece, not a 1 MiB record.
+    The stored bytes are the same either way.
+
     `iv_source` and `clock` exist for known-answer tests only; production uses the
     defaults (os.urandom IVs, current time).
     """
@@ -114,8 +119,11 @@ class PartEncryptor:
         chunk_size: int = CHUNK_SIZE,
         iv_source: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], int] = _now,
+        part_size: int | None = None,
     ) -> None:
         _check_chunk_size(chunk_size)
+        if part_size is not None and part_size < 0:
+            raise ValueError("part size must not be negative")
         if not 0 <= part_number <= 0xFFFFFFFF:
             raise ValueError("part number must fit in u32")
         self._sk = object_keys.signing_key
@@ -137,6 +145,8 @@ class PartEncryptor:
         self._chunks = 0
         self._stored = 0
         self._finished = False
+        self._part_size = part_size
+        self._m = 0  # streaming: plaintext bytes of the open record
 
     def _seal_many(self, sources: list[tuple[Buffer, ...]], sizes: list[int]) -> bytearray:
         out = bytearray(sum(sizes) + RECORD_OVERHEAD * len(sizes))
@@ -209,8 +219,61 @@ class PartEncryptor:
         self._stored += size
         return rec
 
+    def _stream(self, mv: memoryview) -> bytearray:
+        """Streaming mode: encrypt ``mv`` into the stored bytes it makes final, opening and
+        closing records on the way (their lengths are known from the part size)."""
+        n, C = len(mv), self.chunk_size
+        out = bytearray(n + RECORD_OVERHEAD * (n // C + 2) + BLOCK_SIZE)
+        o = memoryview(out)
+        w = pos = 0
+        while pos < n:
+            if self._cbc is None:
+                w += self._open_sized(o[w:])
+            take = min(self._m - self._plen, n - pos)
+            w2 = w + self._cbc.update_into(mv[pos : pos + take], o[w:])
+            self._mac.update(o[w:w2])
+            w, pos = w2, pos + take
+            self._plen += take
+            if self._plen == self._m:
+                w += self._close_sized(o[w:])
+        o.release()
+        del out[w:]
+        return out
+
+    def _open_sized(self, o: memoryview) -> int:
+        """Write the start of the next record (its length known) into ``o``; bytes written."""
+        assert self._part_size is not None
+        m = min(self.chunk_size, self._part_size - self._chunks * self.chunk_size)
+        iv = self._iv(16)
+        _PREFIX.pack_into(o, 0, record_geometry(m)[0], FERNET_VERSION, self._clock())
+        o[13:29] = iv
+        self._cbc = Cipher(algorithms.AES(self._ek), modes.CBC(iv)).encryptor()
+        w = 4 + TOKEN_PREFIX_SIZE
+        w += self._cbc.update_into(_BINDING.pack(self.part_number, self._chunks), o[w:])
+        self._mac = hmac.HMAC(self._sk, hashes.SHA256())
+        self._mac.update(o[4:w])
+        self._m, self._plen = m, 0
+        return w
+
+    def _close_sized(self, o: memoryview) -> int:
+        """Pad and authenticate the open record into ``o``; bytes written."""
+        m = self._m
+        w = self._cbc.update_into(_PADS[BLOCK_SIZE - (m + HEADER_SIZE) % BLOCK_SIZE], o)
+        self._cbc.finalize()
+        self._mac.update(o[:w])
+        o[w : w + HMAC_SIZE] = self._mac.finalize()
+        end = w + HMAC_SIZE
+        k = record_geometry(m)[2]
+        o[end : end + k] = bytes(k)
+        self._cbc = self._mac = None
+        self._plen = 0
+        self._chunks += 1
+        self._stored += RECORD_OVERHEAD + m
+        return end + k
+
     def update(self, data: Buffer) -> bytearray:
-        """Add plaintext; return the records of the chunks it completed (maybe none)."""
+        """Add plaintext; return the records of the chunks it completed (maybe none), or in
+        streaming mode (``part_size``) the stored bytes it made final."""
         if self._finished:
             raise ValueError("update() after finish()")
         mv = memoryview(data)
@@ -221,6 +284,10 @@ class PartEncryptor:
             return bytearray()
         self._md5.update(mv)
         self._size += n
+        if self._part_size is not None:
+            if self._size > self._part_size:
+                raise ValueError(f"more than the part's {self._part_size} bytes")
+            return self._stream(mv)
         C = self.chunk_size
         done: list[bytearray] = []
         pos = 0
@@ -246,6 +313,8 @@ class PartEncryptor:
         if self._finished:
             raise ValueError("finish() called twice")
         self._finished = True
+        if self._part_size is not None and self._size != self._part_size:
+            raise ValueError(f"the part ended after {self._size} of its {self._part_size} bytes")
         if self._rmv is not None:
             return self._close()
         if self._chunks > 0:

@@ -180,7 +180,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the plaintext ETag."""
         master = self.keyring.primary
         salt = new_salt()
-        encryptor = PartEncryptor(derive_object_keys(master, salt), 1)
+        encryptor = PartEncryptor(derive_object_keys(master, salt), 1, part_size=length)
         trailer_len = len(build_trailer(master, salt, key, [PartInfo(1, length, bytes(16))], single_put=True))
         stored_size = part_stored_size(length) + trailer_len
 

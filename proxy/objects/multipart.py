@@ -69,7 +69,7 @@ class MultipartObjects(ObjectsCore):
         if body.length is None:
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
         master = self.keyring.get(state.key_id)
-        encryptor = PartEncryptor(derive_object_keys(master, state.salt), number)
+        encryptor = PartEncryptor(derive_object_keys(master, state.salt), number, part_size=body.length)
         stored_size = part_stored_size(body.length)
 
         async def stored() -> AsyncIterator[Chunk]:

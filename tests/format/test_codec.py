@@ -169,3 +169,50 @@ def test_buffered_mode_limit() -> None:
     dec = ObjectDecryptor(RING, None, chunk_size=16, max_buffer=1000)
     with pytest.raises(FormatError, match="trailer first"):
         dec.feed(stored)
+
+
+def _counter_ivs() -> "tuple[object, object]":
+    ivs = iter(range(10**9))
+    return (lambda n: next(ivs).to_bytes(n, "big")), (lambda: 1_700_000_000)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(0, 600),
+    C=st.sampled_from([1, 3, 16, 17, 64, 100]),
+    pieces=st.lists(st.integers(1, 250), min_size=1, max_size=8),
+    part_number=st.integers(1, 10_000),
+)
+def test_streaming_encryptor_stores_the_same_bytes(size: int, C: int, pieces: list[int], part_number: int) -> None:
+    """With the part size known, records come out piece by piece, and their bytes are exactly
+    those of the whole-record encryptor (same IVs and clock), so every other test covers them."""
+    data = random.Random(size * 7919 + C).randbytes(size)
+    keys = derive_object_keys(RING.primary, bytes(16))
+    outputs = []
+    for part_size in (None, size):
+        iv_source, clock = _counter_ivs()
+        enc = PartEncryptor(keys, part_number, chunk_size=C, iv_source=iv_source, clock=clock,  # type: ignore[arg-type]
+                            part_size=part_size)
+        stored, pos, i = bytearray(), 0, 0
+        while pos < size:
+            step = pieces[i % len(pieces)]
+            out = enc.update(data[pos : pos + step])
+            if part_size is not None:  # never more than what the piece completes
+                assert len(out) <= step + 85 * (step // C + 2)
+            stored += out
+            pos, i = pos + step, i + 1
+        stored += enc.finish()
+        assert enc.stored_size == len(stored) == part_stored_size(size, C)
+        outputs.append((bytes(stored), enc.md5))
+    assert outputs[0] == outputs[1]
+
+
+def test_streaming_encryptor_refuses_a_wrong_length() -> None:
+    keys = derive_object_keys(RING.primary, bytes(16))
+    longer = PartEncryptor(keys, 1, part_size=10)
+    with pytest.raises(ValueError, match="more than"):
+        longer.update(b"x" * 11)
+    shorter = PartEncryptor(keys, 1, part_size=10)
+    shorter.update(b"x" * 9)
+    with pytest.raises(ValueError, match="ended after 9"):
+        shorter.finish()
