@@ -97,15 +97,17 @@ class PartInfo:
 class PartEncryptor:
     """Encrypts one part's plaintext, streaming, holding at most one chunk record of it.
 
-    A chunk is encrypted as its plaintext arrives, straight into the buffer of its record (AES-CBC
-    and the HMAC are both incremental), and the record is returned once the chunk is complete. So
-    the plaintext is never copied or held, and the memory per part in flight is the one record
-    being filled (the record of a full chunk is only ever returned whole, after its HMAC).
+    A chunk is encrypted as its plaintext arrives (AES-CBC and the HMAC are both incremental), so
+    the plaintext is never copied or held. Without ``part_size`` it goes straight into the buffer
+    of its record, and the record is returned whole once the chunk is complete (its length field
+    is only known then: a part's last chunk is short); the memory per part in flight is the one
+    record being filled.
 
     With ``part_size`` (the part's plaintext length, known from its Content-Length) every record's
     length is known when it starts, so records are returned piece by piece as their plaintext
-    arrives instead of whole: the memory per part in flight is then the piece, not a 1 MiB record.
-    The stored bytes are the same either way.
+    arrives: the memory per part in flight is then the piece, not a 1 MiB record. The stored bytes
+    are the same either way (the MAC still covers the whole token: a reader verifies a record
+    before it uses any of it).
 
     `iv_source` and `clock` exist for known-answer tests only; production uses the
     defaults (os.urandom IVs, current time).
