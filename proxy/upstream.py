@@ -308,6 +308,10 @@ class Upstream:
                              if name.startswith("x-amz-meta-")},
                 "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers}}
 
+    async def head(self, bucket: str, key: str) -> dict[str, Any]:
+        """HeadObject: the fast path, else botocore (which maps and retries)."""
+        return await self.fast_head(bucket, key) or await self.call("head_object", Bucket=bucket, Key=key)
+
     async def get_records(self, bucket: str, key: str, spec: str | None, etag: str,
                           piece_size: int) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
         """GetObject read in place into one reused ``piece_size`` buffer (see

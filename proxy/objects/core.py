@@ -188,8 +188,7 @@ class ObjectsCore(PassthroughService):
         if upstream_etag.strip('"') and not self._heads_lack_etags:
             await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
             return
-        head = await self.upstream.fast_head(bucket, key) or await self.upstream.call("head_object", Bucket=bucket,
-                                                                                       Key=key)
+        head = await self.upstream.head(bucket, key)
         if int(head.get("ContentLength", -1)) != stored_size:
             raise S3Error("InternalError", f"the upstream stored {head.get('ContentLength')} bytes of "
                           f"{key!r}, not the {stored_size} sent", 500)
@@ -268,9 +267,8 @@ class ObjectsCore(PassthroughService):
     async def _head(self, bucket: str, key: str, *, full: bool = False) -> tuple[dict[str, Any], View]:
         """The stored object's HEAD and its view; ``full`` asks botocore for every field (a copy
         carries them over), else the fast HEAD's ETag, size, time, metadata and headers do."""
-        reply = None if full else await self.upstream.fast_head(bucket, key)
-        if reply is None:
-            reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+        reply = await (self.upstream.call("head_object", Bucket=bucket, Key=key) if full
+                       else self.upstream.head(bucket, key))
         if not reply.get("ETag", "").strip('"'):
             self._heads_lack_etags = True
         view = await self.view_of(bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)),
