@@ -177,16 +177,37 @@ class PartEncryptor:
         """
         rec = bytearray(RECORD_OVERHEAD + self.chunk_size)
         mv = memoryview(rec)
+        self._rec, self._rmv, self._w, self._plen = rec, mv, self._start_record(mv, 0), 0
+        return mv
+
+    def _start_record(self, o: memoryview, L: int) -> int:
+        """Write the record's length field ``L``, token prefix, IV and encrypted binding header
+        into ``o``, and start its CBC and HMAC; bytes written."""
         iv = self._iv(16)
-        _PREFIX.pack_into(mv, 0, 0, FERNET_VERSION, self._clock())
-        mv[13:29] = iv
+        _PREFIX.pack_into(o, 0, L, FERNET_VERSION, self._clock())
+        o[13:29] = iv
         self._cbc = Cipher(algorithms.AES(self._ek), modes.CBC(iv)).encryptor()
         w = 4 + TOKEN_PREFIX_SIZE
-        w += self._cbc.update_into(_BINDING.pack(self.part_number, self._chunks), mv[w:])
+        w += self._cbc.update_into(_BINDING.pack(self.part_number, self._chunks), o[w:])
         self._mac = hmac.HMAC(self._sk, hashes.SHA256())
-        self._mac.update(mv[4:w])
-        self._rec, self._rmv, self._w, self._plen = rec, mv, w, 0
-        return mv
+        self._mac.update(o[4:w])
+        return w
+
+    def _seal_record(self, o: memoryview, m: int) -> int:
+        """Pad and finish the open record of ``m`` plaintext bytes into ``o`` (its HMAC and zero
+        filler), and count it; bytes written."""
+        w = self._cbc.update_into(_PADS[BLOCK_SIZE - (m + HEADER_SIZE) % BLOCK_SIZE], o)
+        self._cbc.finalize()
+        self._mac.update(o[:w])
+        o[w : w + HMAC_SIZE] = self._mac.finalize()
+        end = w + HMAC_SIZE
+        k = record_geometry(m)[2]
+        o[end : end + k] = bytes(k)
+        self._cbc = self._mac = None
+        self._plen = 0
+        self._chunks += 1
+        self._stored += RECORD_OVERHEAD + m
+        return end + k
 
     def _add(self, mv: memoryview, data: memoryview) -> None:
         """Encrypt ``data`` (at most what the open chunk still takes) into the open record."""
@@ -200,25 +221,13 @@ class PartEncryptor:
         """Pad, authenticate and return the open record (``RECORD_OVERHEAD + m`` bytes)."""
         rec, mv, m = self._rec, self._rmv, self._plen
         assert rec is not None and mv is not None
-        L, tl, k = record_geometry(m)
-        mv[0:4] = L.to_bytes(4, "big")
-        w = self._w
-        w2 = w + self._cbc.update_into(_PADS[BLOCK_SIZE - (m + HEADER_SIZE) % BLOCK_SIZE], mv[w:])
-        self._cbc.finalize()
-        self._mac.update(mv[w:w2])
-        mv[w2 : w2 + HMAC_SIZE] = self._mac.finalize()
-        end = w2 + HMAC_SIZE
-        if k:
-            mv[end : end + k] = bytes(k)
-        assert end - 4 == tl and end + k == RECORD_OVERHEAD + m
+        mv[0:4] = record_geometry(m)[0].to_bytes(4, "big")  # known only now: the last chunk is short
+        size = self._w + self._seal_record(mv[self._w:], m)
+        assert size == RECORD_OVERHEAD + m
         mv.release()
-        self._rec = self._rmv = self._cbc = self._mac = None
-        self._plen = 0
-        self._chunks += 1
-        size = RECORD_OVERHEAD + m
+        self._rec = self._rmv = None
         if size < len(rec):
             del rec[size:]
-        self._stored += size
         return rec
 
     def _stream(self, mv: memoryview) -> bytearray:
@@ -237,7 +246,7 @@ class PartEncryptor:
             w, pos = w2, pos + take
             self._plen += take
             if self._plen == self._m:
-                w += self._close_sized(o[w:])
+                w += self._seal_record(o[w:], self._m)
         o.release()
         del out[w:]
         return out
@@ -246,32 +255,8 @@ class PartEncryptor:
         """Write the start of the next record (its length known) into ``o``; bytes written."""
         assert self._part_size is not None
         m = min(self.chunk_size, self._part_size - self._chunks * self.chunk_size)
-        iv = self._iv(16)
-        _PREFIX.pack_into(o, 0, record_geometry(m)[0], FERNET_VERSION, self._clock())
-        o[13:29] = iv
-        self._cbc = Cipher(algorithms.AES(self._ek), modes.CBC(iv)).encryptor()
-        w = 4 + TOKEN_PREFIX_SIZE
-        w += self._cbc.update_into(_BINDING.pack(self.part_number, self._chunks), o[w:])
-        self._mac = hmac.HMAC(self._sk, hashes.SHA256())
-        self._mac.update(o[4:w])
         self._m, self._plen = m, 0
-        return w
-
-    def _close_sized(self, o: memoryview) -> int:
-        """Pad and authenticate the open record into ``o``; bytes written."""
-        m = self._m
-        w = self._cbc.update_into(_PADS[BLOCK_SIZE - (m + HEADER_SIZE) % BLOCK_SIZE], o)
-        self._cbc.finalize()
-        self._mac.update(o[:w])
-        o[w : w + HMAC_SIZE] = self._mac.finalize()
-        end = w + HMAC_SIZE
-        k = record_geometry(m)[2]
-        o[end : end + k] = bytes(k)
-        self._cbc = self._mac = None
-        self._plen = 0
-        self._chunks += 1
-        self._stored += RECORD_OVERHEAD + m
-        return end + k
+        return self._start_record(o, record_geometry(m)[0])
 
     def update(self, data: Buffer) -> bytearray:
         """Add plaintext; return the records of the chunks it completed (maybe none), or in
