@@ -31,9 +31,13 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 
 UpstreamOutcome = Literal["ok", "error", "retry"]
+# tampered: a record, trailer or MAC failed; truncated: the object ends early; wrong-object: written
+# under another name; unknown-key: a key id the proxy lacks; unexpected-plaintext: not ours and
+# not declared legacy; manifest: a manifest whose MAC is missing or wrong; seed-mismatch: an object
+# of the old in-Medusa encryption that disagrees with its manifest.
 IntegrityKind = Literal[
-    "decrypt", "trailer_missing", "trailer_invalid", "key_mismatch", "unknown_key",
-    "truncated", "tamper",
+    "tampered", "truncated", "wrong-object", "unknown-key", "unexpected-plaintext", "manifest",
+    "seed-mismatch",
 ]
 
 
@@ -161,7 +165,7 @@ class Metrics:
         if nbytes > 0:
             self.bytes_decrypted.inc(nbytes)
 
-    def integrity_failure(self, kind: IntegrityKind | str) -> None:
+    def integrity_failure(self, kind: IntegrityKind) -> None:
         self.integrity_failures.labels(kind=kind).inc()
 
     # -- cache ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from tests.medusa_helpers import (
     small_layout,
 )
 from tests.servers import ProxyProcess, S3Server
+from tests.test_objects import cutoff_after, wait_past
 
 PART = 5 * MiB  # multi_part_upload_threshold = multipart_chunksize = 5MB (Medusa: MiB)
 FQDN = "node1.test"
@@ -300,13 +301,16 @@ def test_differential_counts(upstream: S3Server, bucket: str,
 # ------------------------------------------------------------------------------------
 
 def test_plaintext_backups_restore_through_proxy(
-        upstream: S3Server, bucket: str, proxy: ProxyProcess,
-        medusa_proxy_storage: dict[str, Any], medusa_raw_storage: dict[str, Any],
-        raw_client: Any, snapshot: FakeSnapshot, tmp_path: Path) -> None:
-    snap, tmp, raw, via = snapshot, tmp_path / "t", raw_client, medusa_proxy_storage
+        upstream: S3Server, bucket: str, make_proxy: Callable[..., ProxyProcess],
+        medusa_raw_storage: dict[str, Any], raw_client: Any, snapshot: FakeSnapshot, tmp_path: Path) -> None:
+    snap, tmp, raw = snapshot, tmp_path / "t", raw_client
     p_full = backup(medusa_raw_storage, "plain-full", snap, tmp)
     p_diff = backup(medusa_raw_storage, "plain-diff", snap, tmp, mode="differential")
     assert counts(p_full) == counts(p_diff) == (17, 0, 0)
+    # The operator declares everything written so far older than encryption.
+    cutoff = cutoff_after(raw, bucket)
+    wait_past(cutoff)
+    via = proxy_storage(make_proxy(encryption={"legacy_plaintext_before": cutoff}), bucket)
     original = copy_snapshot(snap, tmp_path / "snapshot-original")
     assert keys_containing(raw, bucket, snap.marker, prefix=f"{FQDN}/data/") \
         == nonempty(snap, f"{FQDN}/data/")  # really plaintext

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.test_objects import MIB, payload
+from tests.test_objects import MIB, cutoff_after, payload
 
 KEY = "node1/bk0/data/ks1/t-1/nb-1-big-Data.db"
 
@@ -40,7 +40,8 @@ def test_seed_objects_read_through_proxy(make_proxy: Any, raw_client: Any, bucke
     fernet, key_file = seed_fernet
     data = payload(size, size)
     raw_client.put_object(Bucket=bucket, Key=KEY, Body=seed_object(fernet, data))
-    client = make_proxy(encryption={"seed_key_files": [key_file]}).client()
+    client = make_proxy(encryption={"seed_key_files": [key_file],
+                                    "legacy_plaintext_before": cutoff_after(raw_client, bucket, KEY)}).client()
     head = client.head_object(Bucket=bucket, Key=KEY)
     assert (head["ContentLength"], head["ETag"].strip('"')) == (size, hashlib.md5(data).hexdigest())
     assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == data
@@ -71,7 +72,8 @@ def test_seed_manifest_restored_with_hex_md5(make_proxy: Any, raw_client: Any, b
         "source_size": len(data), "source_MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
     }]}]).encode()
     raw_client.put_object(Bucket=bucket, Key="node1/bk0/meta/manifest.json", Body=manifest)
-    client = make_proxy(encryption={"seed_key_files": [key_file]}).client()
+    cutoff = cutoff_after(raw_client, bucket, "node1/bk0/meta/manifest.json")
+    client = make_proxy(encryption={"seed_key_files": [key_file], "legacy_plaintext_before": cutoff}).client()
     seen = json.loads(client.get_object(Bucket=bucket, Key="node1/bk0/meta/manifest.json")["Body"].read())
     entry = seen[0]["objects"][0]
     assert entry == {"path": KEY, "MD5": hashlib.md5(data).hexdigest(), "size": len(data)}

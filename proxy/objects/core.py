@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from proxy.cache import CachedView, StateStore, version_of
@@ -21,7 +22,7 @@ from proxy.format.codec import (
 )
 from proxy.format.constants import TRAILER_PROBE
 from proxy.format.detect import classify
-from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
+from proxy.format.errors import FormatError, TamperedError, TruncatedError, UnknownKeyError, WrongObjectError
 from proxy.format.seed import (
     SeedDecryptor,
     fernet_keys_from_ring,
@@ -30,7 +31,7 @@ from proxy.format.seed import (
 )
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keys import KeyRing, MasterKey
-from proxy.metrics import Metrics
+from proxy.metrics import IntegrityKind, Metrics
 from proxy.policy import Policy
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
@@ -102,8 +103,36 @@ def cached_view(view: View) -> CachedView:
     return CachedView(view.kind, view.size, view.etag, view.trailer.record if view.trailer is not None else None)
 
 
-def integrity_error(key: str, exc: Exception) -> S3Error:
-    return S3Error("InternalError", f"the stored object {key!r} failed its integrity check: {exc}", 500)
+class IntegrityRefusal(S3Error):
+    """A stored object refused because it is not a verified object of ours (nor declared legacy)."""
+
+
+def integrity_error(key: str, reason: object) -> IntegrityRefusal:
+    return IntegrityRefusal("InternalError", f"the stored object {key!r} failed its integrity check: {reason}", 500)
+
+
+#: How a listing shows an object that failed verification: no object has a negative size, and
+#: no S3 or Medusa ETag has zero parts, so neither can match what Medusa recorded.
+DAMAGED_SIZE = -1
+DAMAGED_ETAG = '"00000000000000000000000000000000-0"'
+
+
+def mark_damaged(entry: dict[str, Any]) -> None:
+    """Show a listing entry that failed verification as damaged (see ``DAMAGED_SIZE``)."""
+    log.warning("listing shows %r as damaged (size %d)", entry["Key"], DAMAGED_SIZE,
+                extra={"event": "listed_damaged"})
+    entry["Size"], entry["ETag"] = DAMAGED_SIZE, DAMAGED_ETAG
+
+
+def integrity_kind(exc: Exception) -> IntegrityKind:
+    """The ``kind`` label of ``integrity_failures_total`` for a refused object."""
+    if isinstance(exc, UnknownKeyError):
+        return "unknown-key"
+    if isinstance(exc, WrongObjectError):
+        return "wrong-object"
+    if isinstance(exc, TruncatedError):
+        return "truncated"
+    return "tampered"
 
 class ObjectsCore(PassthroughService):
     """State and helpers shared by the encrypted operations."""
@@ -165,9 +194,10 @@ class ObjectsCore(PassthroughService):
         cached = found.get((key, version))
         self.metrics.cache_lookup(hit=cached is not None)
         if cached is not None:
+            self.recheck_legacy(key, cached.kind, last_modified)
             trailer = Trailer.parse(cached.trailer) if cached.trailer else None
             return View(cached.kind, cached.size, cached.etag, trailer)
-        view = await self._inspect(bucket, key, etag, size)
+        view = await self._inspect(bucket, key, etag, size, last_modified)
         await self._remember(bucket, key, version, view)
         return view
 
@@ -194,10 +224,14 @@ class ObjectsCore(PassthroughService):
                           f"{key!r}, not the {stored_size} sent", 500)
         await self._remember(bucket, key, version_of(head.get("ETag"), stored_size, head.get("LastModified")), view)
 
-    async def _inspect(self, bucket: str, key: str, etag: str, size: int) -> View:
-        """Read the trailer (one suffix range) and decide: ours, legacy plaintext, or tampered."""
+    async def _inspect(self, bucket: str, key: str, etag: str, size: int, last_modified: object) -> View:
+        """Read the trailer (one suffix range) and decide: ours and verified, declared legacy, or refused.
+
+        Anything that is not a verified object of ours is served only when the operator declared
+        it older than encryption (``legacy_plaintext_before``); no byte pattern decides that.
+        """
         if size == 0:
-            return self._legacy(key, size, etag)
+            return self._unverified(key, size, etag, last_modified, "an empty object")
         async with self._lookups:
             tail = await read_range(self.upstream, bucket, key, etag, tail_spec(size))
             try:
@@ -205,14 +239,7 @@ class ObjectsCore(PassthroughService):
             except TamperedError as exc:
                 raise self._integrity(key, exc) from None
             except FormatError:
-                head = tail if size <= len(tail) else await read_range(self.upstream, bucket, key, etag, "bytes=0-15")
-                kind = classify(head[:16], tail[-16:])
-                if kind == "legacy-plaintext":
-                    return self._legacy(key, size, etag)
-                if kind == "seed-fernet" and self.seed_keys:
-                    return await self._seed_view(bucket, key, etag, size)
-                raise self._integrity(key, FormatError(f"stored object looks {kind} but has no valid trailer")) \
-                    from None
+                return await self._without_trailer(bucket, key, etag, size, last_modified, tail)
             if record_len > len(tail):
                 tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{record_len}")
         try:
@@ -224,6 +251,59 @@ class ObjectsCore(PassthroughService):
         except FormatError as exc:
             raise self._integrity(key, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
+
+    async def _without_trailer(self, bucket: str, key: str, etag: str, size: int, last_modified: object,
+                               tail: bytes) -> View:
+        """An object with no trailer of ours: the seed's old format or plaintext, both only when
+        declared legacy; one that starts like our records lost its trailer and is refused."""
+        head = tail if size <= len(tail) else await read_range(self.upstream, bucket, key, etag, "bytes=0-15")
+        kind = classify(head[:16], tail[-16:])
+        if kind == "tampered":
+            raise self._integrity(key, TamperedError("stored object starts like an encrypted one but has no "
+                                                     "valid trailer"))
+        if kind == "seed-fernet" and self.seed_keys:
+            self._require_legacy(key, last_modified, "an object of the old in-Medusa encryption")
+            return await self._seed_view(bucket, key, etag, size)
+        return self._unverified(key, size, etag, last_modified, "not encrypted")
+
+    def legacy_allowed(self, last_modified: object) -> bool:
+        """True when the upstream says the object was written before ``legacy_plaintext_before``.
+
+        The upstream sets Last-Modified itself on every write, so a bucket writer cannot backdate
+        what it plants; an object with no usable time is not legacy.
+        """
+        cutoff = self.config.encryption.legacy_plaintext_before
+        if cutoff is None:
+            return False
+        if isinstance(last_modified, str):
+            try:
+                last_modified = datetime.fromisoformat(last_modified)
+            except ValueError:
+                return False
+        if not isinstance(last_modified, datetime) or last_modified.tzinfo is None:
+            return False
+        return last_modified < cutoff
+
+    def _require_legacy(self, key: str, last_modified: object, what: str) -> None:
+        """Refuse (unexpected-plaintext) an object that is not ours unless it is declared legacy."""
+        if self.legacy_allowed(last_modified):
+            return
+        cutoff = self.config.encryption.legacy_plaintext_before
+        declared = f"was written at {last_modified}, after" if cutoff else "and no"
+        reason = f"{what} {declared} legacy_plaintext_before{f' ({cutoff.isoformat()})' if cutoff else ''}"
+        self.metrics.integrity_failure("unexpected-plaintext")
+        log.error("integrity check failed for %r: %s", key, reason,
+                  extra={"event": "integrity_failure", "kind": "unexpected-plaintext"})
+        raise integrity_error(key, reason)
+
+    def recheck_legacy(self, key: str, kind: str, last_modified: object) -> None:
+        """A cached view of an object that is not ours obeys today's cutoff, not the one it was cached under."""
+        if kind != "encrypted":
+            self._require_legacy(key, last_modified, "not encrypted")
+
+    def _unverified(self, key: str, size: int, etag: str, last_modified: object, what: str) -> View:
+        self._require_legacy(key, last_modified, what)
+        return View("plaintext", size, etag.strip('"'))
 
     async def _seed_view(self, bucket: str, key: str, etag: str, size: int) -> View:
         """An object of the old in-Medusa encryption: its exact size and plaintext MD5.
@@ -253,15 +333,10 @@ class ObjectsCore(PassthroughService):
                     return old
         return key
 
-    def _legacy(self, key: str, size: int, etag: str) -> View:
-        if not self.config.encryption.serve_legacy_plaintext:
-            raise S3Error("AccessDenied", f"{key!r} is not encrypted and serve_legacy_plaintext is off", 403)
-        return View("plaintext", size, etag.strip('"'))
-
-    def _integrity(self, key: str, exc: Exception) -> S3Error:
-        kind = "unknown-key" if isinstance(exc, UnknownKeyError) else type(exc).__name__
+    def _integrity(self, key: str, exc: Exception) -> IntegrityRefusal:
+        kind = integrity_kind(exc)
         self.metrics.integrity_failure(kind)
-        log.error("integrity check failed for %r: %s", key, exc)
+        log.error("integrity check failed for %r: %s", key, exc, extra={"event": "integrity_failure", "kind": kind})
         return integrity_error(key, exc)
 
     async def _head(self, bucket: str, key: str, *, full: bool = False) -> tuple[dict[str, Any], View]:

@@ -29,7 +29,7 @@ from proxy.format.trailer import Trailer
 from proxy.keys import KeyRing, derive_object_keys
 from proxy.manifest import is_manifest_key
 from proxy.metrics import Metrics
-from proxy.objects.core import View, cached_view, if_match
+from proxy.objects.core import IntegrityRefusal, View, cached_view, if_match, mark_damaged
 from proxy.objects.manifests import ManifestObjects
 from proxy.objects.multipart import MultipartObjects
 from proxy.s3 import xml
@@ -57,12 +57,21 @@ class EncryptedService(ManifestObjects, MultipartObjects):
     """Every S3 operation with the encryption policy applied."""
 
     async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
-        """Replace stored sizes and ETags with the plaintext view, resolving misses concurrently."""
+        """Replace stored sizes and ETags with the plaintext view, resolving misses concurrently.
+
+        An entry that fails verification does not fail the page: it is listed as ``DAMAGED``
+        (a size and ETag no object can have), so Medusa's verify names it and a differential
+        backup uploads the file again; GET and HEAD of it stay refused.
+        """
         manifests = [entry for entry in contents if is_manifest_key(entry["Key"])]
         wanted = [entry for entry in contents if self.policy.encrypts(entry["Key"])]
         for entry in manifests:
-            view, _ = await self._manifest_view(bucket, entry["Key"], entry.get("ETag", ""),
-                                                int(entry.get("Size", 0)), entry.get("LastModified"))
+            try:
+                view, _ = await self._manifest_view(bucket, entry["Key"], entry.get("ETag", ""),
+                                                    int(entry.get("Size", 0)), entry.get("LastModified"))
+            except IntegrityRefusal:
+                mark_damaged(entry)
+                continue
             entry["Size"], entry["ETag"] = view.size, quote_etag(view.etag)
         if not wanted:
             return
@@ -76,10 +85,17 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         async def resolve(entry: dict[str, Any]) -> None:
             hit = cached.get((entry["Key"], version(entry)))
             self.metrics.cache_lookup(hit=hit is not None)
-            if hit is None:
-                view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""), int(entry.get("Size", 0)))
-                hit = cached_view(view)
-                learned.append((entry["Key"], version(entry), hit))
+            try:
+                if hit is not None:
+                    self.recheck_legacy(entry["Key"], hit.kind, entry.get("LastModified"))
+                else:
+                    view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""),
+                                               int(entry.get("Size", 0)), entry.get("LastModified"))
+                    hit = cached_view(view)
+                    learned.append((entry["Key"], version(entry), hit))
+            except IntegrityRefusal:
+                mark_damaged(entry)
+                return
             entry["Size"], entry["ETag"] = hit.size, quote_etag(hit.etag)
 
         await asyncio.gather(*(resolve(entry) for entry in wanted))
