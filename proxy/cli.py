@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from proxy import __version__
@@ -62,11 +63,20 @@ def _preflight(config: Config) -> list[str]:
     return problems
 
 
+def _warnings(config: Config) -> list[str]:
+    """What is allowed but probably a mistake: one readable line each."""
+    cutoff = config.encryption.legacy_plaintext_before
+    if config.encryption.enabled and cutoff is not None and cutoff > datetime.now(UTC):
+        return [f"warning: encryption.legacy_plaintext_before ({cutoff.isoformat()}) is in the future: "
+                "unencrypted objects written until then, by anyone, will be served"]
+    return []
+
+
 def _ready_to_start(config: Config) -> bool:
-    """Print every preflight problem, one line each; True when there is none."""
+    """Print every preflight problem and warning, one line each; True when there is no problem."""
     problems = _preflight(config)
-    for problem in problems:
-        print(f"medusa-crypt-proxy: {problem}", file=sys.stderr)
+    for line in problems + _warnings(config):
+        print(f"medusa-crypt-proxy: {line}", file=sys.stderr)
     return not problems
 
 
@@ -92,6 +102,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         ring = KeyRing.from_files(config.encryption.key_files)
         key_ids = ", ".join(key.key_id_hex for key in ring.keys)
         print(f"keys: {key_ids} (primary {ring.primary.key_id_hex})")
+        cutoff = config.encryption.legacy_plaintext_before
+        print("unencrypted objects under encrypted keys: " + (
+            f"served when written before {cutoff.isoformat()}" if cutoff else "refused"))
     print(f"config ok: listening on {config.listen.host}:{config.listen.port}, "
           f"{len(config.clients)} client credential(s), upstream "
           f"{config.upstream.endpoint_url or 'AWS S3'}")
