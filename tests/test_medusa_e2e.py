@@ -77,6 +77,11 @@ def list_backups(storage: dict[str, Any], tmp: Path) -> dict[str, Any]:
     return run_medusa("list", {"storage": storage}, tmp_dir=tmp)
 
 
+def listed_entry(client: Any, bucket: str, key: str) -> tuple[int, str]:
+    entry = client.list_objects_v2(Bucket=bucket, Prefix=key)["Contents"][0]
+    return entry["Size"], entry["ETag"]
+
+
 def counts(result: dict[str, Any]) -> tuple[int, int, int]:
     return result["uploaded"], result["reuploaded"], result["kept"]
 
@@ -183,6 +188,9 @@ def test_full_backup_verify_list_download(upstream: S3Server, bucket: str, proxy
     v = verify(storage, "full-a", tmp, md5=False, check=False)
     assert not v["ok"]
     assert v["errors"] == [f"  - [{data}{bad}] Blob different"], v["output"]
+    # the planted object is refused, yet listing the backups still works
+    assert [b["name"] for b in list_backups(storage, tmp)["backups"]] == ["full-a"]
+    assert listed_entry(client, bucket, data + bad) == (-1, '"00000000000000000000000000000000-0"')
 
 
 # ------------------------------------------------------------------------------------
