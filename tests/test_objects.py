@@ -260,6 +260,17 @@ def test_legacy_plaintext_objects_still_served(make_proxy: Any, raw_client: Any,
     assert got["Body"].read() == data[10:20]
 
 
+def test_fresh_proxy_reports_the_same_view(make_proxy: Any, bucket: str) -> None:
+    first = make_proxy()
+    client = first.client()
+    for i, size in enumerate([0, 10, MIB, 2 * MIB + 7]):
+        client.put_object(Bucket=bucket, Key=f"n/data/{i}", Body=os.urandom(size))
+    before = client.list_objects_v2(Bucket=bucket)["Contents"]
+    second = make_proxy()  # its own, empty cache
+    after = second.client().list_objects_v2(Bucket=bucket)["Contents"]
+    assert [(o["Key"], o["Size"], o["ETag"]) for o in after] == [(o["Key"], o["Size"], o["ETag"]) for o in before]
+
+
 def test_plaintext_refused_by_default(proxy_client: Any, raw_client: Any, bucket: str) -> None:
     raw_client.put_object(Bucket=bucket, Key=DATA_KEY, Body=b"old plaintext")
     with pytest.raises(ClientError) as err:
