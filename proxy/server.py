@@ -9,20 +9,21 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from proxy import __version__
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import ClientCredential, Config, ConfigError, load_config
 from proxy.logs import log_request
 from proxy.metrics import Metrics
 from proxy.objects import build_encrypted_service
 from proxy.s3.body import PIECE
 from proxy.s3.errors import S3Error
 from proxy.s3.frontend import Frontend
-from proxy.s3.routing import bucket_and_key, route
+from proxy.s3.routing import ClientScope, bucket_and_key, route
 from proxy.tls import server_ssl_context
 from proxy.upstream import Upstream
 
@@ -188,6 +189,13 @@ async def _reject(http: web.Request, state: State, err: S3Error) -> web.StreamRe
     return response
 
 
+def client_scopes(clients: list[ClientCredential]) -> Callable[[str], ClientScope | None]:
+    """Access key id -> that client's scope (None for a client that may touch everything)."""
+    scopes = {c.access_key_id: ClientScope(frozenset(c.buckets), c.prefix) for c in clients
+              if c.buckets or c.prefix}
+    return scopes.get
+
+
 def make_app(config: Config, upstream: Upstream | None = None) -> web.Application:
     """The aiohttp application; the upstream client starts with the app."""
     metrics = Metrics()
@@ -199,7 +207,8 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
     observe = _observer(metrics)
     frontend = Frontend(
         service,
-        credentials=config.client_secret,  # replaced on SIGHUP (see _reload)
+        credentials=config.client_secret,  # replaced on SIGHUP (see _reload), as are the scopes
+        scopes=client_scopes(config.clients),
         virtual_suffixes=config.listen.virtual_host_suffixes,
         max_skew_seconds=config.limits.max_clock_skew_seconds,
         observe=observe,
@@ -394,6 +403,7 @@ def _reload(app: web.Application, config_path: str | os.PathLike[str] | None) ->
         "encryption": state.config.encryption.model_copy(update={"key_files": new.encryption.key_files}),
     })
     state.frontend.credentials = applied.client_secret
+    state.frontend.scopes = client_scopes(applied.clients)
     state.config = applied
     key_ids = list(getattr(state.service, "key_ids", []))
     state.metrics.set_build_info(__version__, key_ids)

@@ -23,6 +23,7 @@ from proxy.s3.headers import (
     reject_sse_c,
     response_override_params,
 )
+from proxy.s3.routing import ClientScope
 from proxy.upstream import Upstream, reply_headers
 
 # Pieces of a streamed body: the codec hands out fresh bytearrays, which are sent without a copy.
@@ -47,6 +48,9 @@ class Request:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     body: Body | None = None
+    # The client's scope when it is limited (the front end checked the URL and headers against
+    # it); what only the service sees, DeleteObjects' keys and ListBuckets' names, is checked here.
+    scope: ClientScope | None = None
 
 
 @dataclass
@@ -106,7 +110,12 @@ class PassthroughService:
     # --- buckets -------------------------------------------------------------------------
 
     async def list_buckets(self, request: Request) -> Reply:
-        return Reply.xml(xml.list_buckets(await self.upstream.call("list_buckets")))
+        reply = await self.upstream.call("list_buckets")
+        if request.scope is not None:
+            scope = request.scope
+            reply = {**reply, "Buckets": [b for b in reply.get("Buckets") or ()
+                                          if scope.allows_bucket(b.get("Name", ""))]}
+        return Reply.xml(xml.list_buckets(reply))
 
     async def head_bucket(self, request: Request) -> Reply:
         reply = await self.upstream.call("head_bucket", Bucket=request.bucket)
@@ -233,6 +242,9 @@ class PassthroughService:
             objects, quiet = xml.parse_delete(payload)
         except xml.MalformedXMLError as exc:
             raise S3Error("MalformedXML", str(exc), 400) from None
+        if request.scope is not None:  # one key out of scope refuses the request: nothing is deleted
+            for obj in objects:
+                request.scope.check_key(request.bucket or "", obj.key)
         entries: list[dict[str, Any]] = []
         for obj in objects:
             entry: dict[str, Any] = {"Key": obj.key}

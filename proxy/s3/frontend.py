@@ -5,23 +5,26 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from proxy.s3.body import RequestBody
 from proxy.s3.errors import S3Error
-from proxy.s3.routing import Route, bucket_and_key, route
+from proxy.s3.routing import ClientScope, Route, bucket_and_key, check_scope, route
 from proxy.s3.sigv4 import AuthResult, verify_request
-from proxy.service import Reply, Request
+from proxy.service import Reply, Request, parse_copy_source
 
 log = logging.getLogger("proxy.access")
 
 CredentialLookup = Callable[[str], "str | None"]
+# Access key id -> what that client may touch; None (or an empty scope): everything.
+ScopeLookup = Callable[[str], "ClientScope | None"]
 
 
 class Service(Protocol):
@@ -45,9 +48,11 @@ class Frontend:
         virtual_suffixes: Iterable[str],
         max_skew_seconds: int = 900,
         observe: RequestObserver | None = None,
+        scopes: ScopeLookup | None = None,
     ) -> None:
         self.service = service
         self.credentials = credentials
+        self.scopes = scopes
         self.virtual_suffixes = tuple(virtual_suffixes)
         self.max_skew_seconds = max_skew_seconds
         self.observe = observe
@@ -62,11 +67,16 @@ class Frontend:
         except S3Error as err:
             fields["error"] = err.code
             response = await self.error_response(http, err, request_id)
-        except Exception:
-            log.exception("internal error", extra={"request_id": request_id})
-            internal = S3Error("InternalError", "We encountered an internal error. Please try again.", 500)
-            fields["error"] = internal.code
-            response = await self.error_response(http, internal, request_id)
+        except Exception as exc:
+            if _broken_framing(exc):
+                # aiohttp's parser refused the body (a bad chunk): the client's fault, and the
+                # exception quotes the client's bytes, so it is not logged.
+                failure = S3Error("IncompleteBody", "The request body is not valid HTTP framing.", 400)
+            else:
+                log.exception("internal error", extra={"request_id": request_id})
+                failure = S3Error("InternalError", "We encountered an internal error. Please try again.", 500)
+            fields["error"] = failure.code
+            response = await self.error_response(http, failure, request_id)
         fields["status"] = response.status
         fields["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
         if self.observe is not None:
@@ -79,7 +89,8 @@ class Frontend:
             return None
         raw_path, _, raw_query = http.raw_path.partition("?")
         try:
-            self._authenticate(http, raw_path, raw_query)
+            auth = self._authenticate(http, raw_path, raw_query)
+            self._check_scope(http, auth, raw_query)
         except S3Error as err:
             response = await self.error_response(http, err, secrets.token_hex(8).upper())
             response.force_close()
@@ -98,6 +109,25 @@ class Frontend:
             max_skew_seconds=self.max_skew_seconds,
         )
 
+    def _scope(self, auth: AuthResult) -> ClientScope | None:
+        scope = self.scopes(auth.access_key_id) if self.scopes is not None else None
+        return scope if scope is not None and scope.restricted else None
+
+    def _check_scope(self, http: web.Request, auth: AuthResult, raw_query: str) -> None:
+        """Before ``100 Continue``: refuse a request outside the client's scope (routing errors
+        are left to the handler, which reports them)."""
+        scope = self._scope(auth)
+        if scope is None:
+            return
+        bucket, key = bucket_and_key(http.raw_path, http.host, self.virtual_suffixes)
+        query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        try:
+            target = route(http.method, bucket, key, query, http.headers)
+            source = _copy_source(target, http.headers)
+        except S3Error:
+            return
+        check_scope(target, query, scope, source)
+
     async def _handle(
         self, http: web.Request, request_id: str, fields: dict[str, Any]
     ) -> web.StreamResponse:
@@ -114,10 +144,13 @@ class Frontend:
         auth = self._authenticate(http, raw_path, raw_query)
         if isinstance(target, S3Error):
             raise target
+        scope = self._scope(auth)
+        if scope is not None:
+            check_scope(target, query, scope, _copy_source(target, http.headers))
         body = None
         if target.operation in _BODY_OPERATIONS or http.can_read_body:
             body = RequestBody(http.content, http.headers, auth)
-        request = Request(target.operation, target.bucket, target.key, query, http.headers, body)
+        request = Request(target.operation, target.bucket, target.key, query, http.headers, body, scope)
         reply = await self.service.handle(request)
         response = await self._reply(http, reply, request_id, fields)
         if body is not None:
@@ -173,3 +206,22 @@ class Frontend:
             # The client's body was not read; reusing the connection would parse it as a request.
             response.force_close()
         return response
+
+
+def _copy_source(target: Route, headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """The (bucket, key) a copy reads, parsed exactly as the service will parse it."""
+    if target.operation not in ("CopyObject", "UploadPartCopy"):
+        return None
+    return parse_copy_source(headers.get("x-amz-copy-source", ""))
+
+
+def _broken_framing(exc: BaseException) -> bool:
+    """Whether aiohttp's HTTP parser raised ``exc`` (or what led to it) over the request's bytes."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        if isinstance(current, HttpProcessingError):
+            return True
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return False

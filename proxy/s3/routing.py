@@ -108,3 +108,90 @@ def _object_operation(method: str, query: Mapping[str, str], headers: Mapping[st
     if method == "DELETE":
         return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
     raise S3Error("NotImplemented", f"{method} on an object with these parameters is not supported", 501)
+
+
+# --- client scopes ---------------------------------------------------------------------------
+
+# Operations on a bucket's objects: the key in the URL must be in scope.
+_KEY_OPERATIONS = frozenset({
+    "GetObject", "HeadObject", "PutObject", "DeleteObject", "CreateMultipartUpload", "UploadPart",
+    "CompleteMultipartUpload", "AbortMultipartUpload", "ListParts",
+})
+# ... and the copy source (``x-amz-copy-source``) too.
+_COPY_OPERATIONS = frozenset({"CopyObject", "UploadPartCopy"})
+# Listings: the ``prefix`` parameter must be inside the scope's prefix.
+_LIST_OPERATIONS = frozenset({"ListObjects", "ListObjectsV2", "ListMultipartUploads"})
+# The bucket must be in scope; nothing about keys is named (DeleteObjects names its keys in the
+# body, checked by the service where the body is parsed: ``ClientScope.check_key``).
+_BUCKET_OPERATIONS = frozenset({"HeadBucket", "GetBucketLocation", "DeleteObjects"})
+# Whole-bucket changes: the bucket in scope and no prefix restriction.
+_WHOLE_BUCKET_OPERATIONS = frozenset({"CreateBucket", "DeleteBucket"})
+# Every operation ``route`` can name has a rule above; any other is refused to a scoped client.
+SCOPED_OPERATIONS = (_KEY_OPERATIONS | _COPY_OPERATIONS | _LIST_OPERATIONS | _BUCKET_OPERATIONS
+                     | _WHOLE_BUCKET_OPERATIONS | {"ListBuckets"})
+
+
+@dataclass(frozen=True)
+class ClientScope:
+    """What one client may touch: some buckets (empty: every bucket) and keys under a prefix.
+
+    Key checks are on the literal key as the client sent it (URL-decoded), as an IAM resource
+    ``arn:aws:s3:::bucket/prefix*`` would be; a key with a ``.`` or ``..`` path segment is refused
+    as well, so an upstream that maps keys to file paths cannot resolve one outside the scope.
+    """
+
+    buckets: frozenset[str] = frozenset()
+    prefix: str = ""
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.buckets or self.prefix)
+
+    def allows_bucket(self, bucket: str) -> bool:
+        return not self.buckets or bucket in self.buckets
+
+    def allows_key(self, bucket: str, key: str) -> bool:
+        return self.allows_bucket(bucket) and key.startswith(self.prefix) and not _dot_segment(key)
+
+    def allows_listing(self, bucket: str, prefix: str) -> bool:
+        """A listing of ``bucket`` under ``prefix`` (S3's ``prefix`` parameter, '' when absent)."""
+        return self.allows_bucket(bucket) and prefix.startswith(self.prefix) and not _dot_segment(prefix)
+
+    def check_key(self, bucket: str, key: str) -> None:
+        """Raise AccessDenied unless the key is in scope."""
+        if not self.allows_key(bucket, key):
+            raise S3Error.access_denied()
+
+
+def _dot_segment(key: str) -> bool:
+    return any(segment in (".", "..") for segment in key.split("/"))
+
+
+def check_scope(target: Route, query: Mapping[str, str], scope: ClientScope,
+                copy_source: tuple[str, str] | None = None) -> None:
+    """Raise AccessDenied when a routed request reaches outside the client's scope.
+
+    ``copy_source`` is the (bucket, key) a CopyObject or UploadPartCopy reads, parsed as the
+    service parses it. ListBuckets is always allowed (the service shows only the buckets in
+    scope) and DeleteObjects' keys are checked where its body is parsed; everything else is
+    decided here.
+    """
+    if not scope.restricted or target.operation == "ListBuckets":
+        return
+    bucket, key = target.bucket or "", target.key or ""
+    operation = target.operation
+    if operation in _KEY_OPERATIONS:
+        allowed = scope.allows_key(bucket, key)
+    elif operation in _COPY_OPERATIONS:
+        allowed = (scope.allows_key(bucket, key) and copy_source is not None
+                   and scope.allows_key(*copy_source))
+    elif operation in _LIST_OPERATIONS:
+        allowed = scope.allows_listing(bucket, query.get("prefix", ""))
+    elif operation in _BUCKET_OPERATIONS:
+        allowed = scope.allows_bucket(bucket)
+    elif operation in _WHOLE_BUCKET_OPERATIONS:
+        allowed = scope.allows_bucket(bucket) and not scope.prefix
+    else:
+        allowed = False  # an operation without a rule is refused, never let through
+    if not allowed:
+        raise S3Error.access_denied()
