@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -83,6 +85,37 @@ class PartState:
     held: bytes | None
 
 
+PRIVATE_MODE = 0o600  # the cache holds object names, sizes, ETags and trailers: owner only
+
+
+def _private_file(path: str) -> None:
+    """Create the database file owner-only, or make an existing one so.
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the database file's permissions, so they
+    are owner-only from their first byte too.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_MODE)
+    try:
+        _make_private(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _make_private(file: int | str, name: str) -> None:
+    """chmod 600 a file (descriptor or path) unless it is already; warn if that is not allowed."""
+    try:
+        mode = stat.S_IMODE(os.stat(file).st_mode)
+    except FileNotFoundError:
+        return
+    if mode == PRIVATE_MODE:
+        return
+    try:
+        os.chmod(file, PRIVATE_MODE)
+    except PermissionError:  # not the owner: it still works, but others may read it
+        log.warning("cache file %s has mode %o and cannot be made owner-only (chmod 600 it)", name, mode)
+
+
 RECENT_VIEWS = 4096  # views also kept in memory: the HEAD and GETs that follow a write hit them
 
 
@@ -104,11 +137,15 @@ class StateStore:
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _private_file(self.path)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            if self.path != ":memory:":
+                # New ones get the database file's mode; ones left by an older version may not have it.
+                for suffix in ("-wal", "-shm"):
+                    _make_private(self.path + suffix, self.path + suffix)
             self._db = db
         return self._db
 

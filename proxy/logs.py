@@ -9,6 +9,9 @@
   written, messages, extra fields and tracebacks alike. It is a safety net: callers must
   still never pass secrets or body bytes to a logger.
 - `log_request(logger, **fields)` writes the one access-log line per request.
+- aiohttp's own loggers get `ClientBytesFilter`: their exceptions quote what the client sent
+  (the HTTP parser's errors carry the bad request line, header or chunk), so they are logged
+  as type, status and the parser's reason, with the frames but without the message.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import IO, Any, Literal
 
@@ -130,7 +134,81 @@ class TextFormatter(logging.Formatter):
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + redact(self.formatException(record.exc_info))
+        elif record.exc_text:
+            line += "\n" + redact(record.exc_text)
         return line
+
+
+# aiohttp's loggers: "Error handling request from ..." is logged with the parser's exception,
+# whose message quotes the client's bytes (``Invalid character in chunk size: b'...'``).
+AIOHTTP_LOGGERS = ("aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server",
+                   "aiohttp.web", "aiohttp.websocket")
+MAX_FOREIGN_MESSAGE = 300  # characters of an aiohttp log message that are kept
+# llhttp's errors read "<reason>:\n\n  b'<the bytes>'\n  ^": the reason is a fixed phrase.
+_PARSER_REASON = re.compile(r"([A-Za-z][A-Za-z ,_-]{0,79}):\n\n  b['\"]")
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception as its type, HTTP status and (llhttp's errors) reason; never its message."""
+    text = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+        text += f" ({code})"
+    message = getattr(exc, "message", None)
+    reason = _PARSER_REASON.match(message) if isinstance(message, str) else None
+    if reason is not None:
+        text += f": {reason.group(1)}"
+    return text
+
+
+def safe_traceback(exc: BaseException) -> str:
+    """The frames of ``exc`` and of the exceptions that led to it, each shown by its type only."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    blocks = [
+        "Traceback (most recent call last):\n" + "".join(traceback.format_tb(e.__traceback__))
+        + describe_exception(e)
+        for e in reversed(chain)
+    ]
+    return "\n\nwhich led to:\n\n".join(blocks)
+
+
+class ClientBytesFilter(logging.Filter):
+    """Keeps the client's bytes out of a library's log lines (installed on aiohttp's loggers).
+
+    An exception is replaced by its type, HTTP status and frames (``safe_traceback``), bytes
+    arguments by their length, and the message is cut to ``MAX_FOREIGN_MESSAGE`` characters.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(f"<{len(a)} bytes>" if isinstance(a, bytes | bytearray | memoryview) else a
+                                for a in record.args)
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            message += f": {describe_exception(exc)}"
+            record.exc_text = safe_traceback(exc)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = None  # already formatted by someone else, with the message
+        if len(message) > MAX_FOREIGN_MESSAGE:
+            message = message[:MAX_FOREIGN_MESSAGE] + f"... ({len(message)} characters)"
+        record.msg, record.args = message, None
+        return True
+
+
+def _install_filters() -> None:
+    for name in AIOHTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ClientBytesFilter) for f in logger.filters):
+            logger.addFilter(ClientBytesFilter())
 
 
 class _ProxyHandler(logging.StreamHandler[IO[str]]):
@@ -156,6 +234,7 @@ def setup_logging(
     root.setLevel(numeric)
     # aiohttp's own access log duplicates ours; botocore is chatty at DEBUG and logs headers.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    _install_filters()
     for noisy in ("botocore", "aiobotocore", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.INFO))
     logging.captureWarnings(True)
