@@ -8,15 +8,20 @@ Secrets are read from files (``*_file`` fields) so that they need not sit in the
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "MCP_"
+
+log = logging.getLogger("proxy.config")
 
 
 class ConfigError(Exception):
@@ -32,12 +37,17 @@ class _Model(BaseModel):
 
 
 def _read_secret(path: str, what: str) -> str:
+    """A secret from a file; warn (once, without the secret) if group/other can access the file."""
     try:
+        mode = os.stat(path).st_mode
         value = Path(path).read_text().strip()
     except OSError as exc:
         raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from None
     if not value:
         raise ValueError(f"{what} file {path} is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s file %s is accessible by group/other (mode %o); chmod 600 it",
+                    what, path, stat.S_IMODE(mode))
     return value
 
 
@@ -54,11 +64,17 @@ class TLS(_Model):
 
 
 class ClientCredential(_Model):
-    """SigV4 credentials a client (Medusa) signs its requests with."""
+    """SigV4 credentials a client (Medusa) signs its requests with, and what it may touch.
+
+    ``buckets`` empty (the default) means every bucket the upstream credentials reach; ``prefix``
+    empty (the default) means every key. A request outside them is refused with AccessDenied.
+    """
 
     access_key_id: str = Field(min_length=1)
     secret_access_key: str | None = Field(default=None, repr=False)
     secret_access_key_file: str | None = None
+    buckets: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    prefix: str = ""
 
     @model_validator(mode="after")
     def _load_secret(self) -> ClientCredential:
@@ -115,18 +131,37 @@ class Encryption(_Model):
     # Keys of the old in-Medusa Fernet encryption (key_secret_base64 written to a file), so
     # backups made with it stay restorable through the proxy. Read only, never used to write.
     seed_key_files: list[str] = Field(default_factory=list)
-    # Glob patterns (fnmatch, ``*`` crosses ``/``) over object keys. A key matching an
+    # Which keys are encrypted follows Medusa's key layout (proxy/policy.py): its metadata and
+    # index files are stored as they are, manifests rewritten, everything else encrypted. These
+    # glob patterns (fnmatch, ``*`` crosses ``/``) override it: a key matching an
     # ``encrypted_patterns`` entry is always encrypted; otherwise a key matching a
-    # ``plaintext_patterns`` entry is stored as it is; everything else is encrypted.
-    encrypted_patterns: list[str] = Field(default_factory=lambda: ["*/data/*"])
-    plaintext_patterns: list[str] = Field(
-        default_factory=lambda: ["index/*", "*/index/*", "*/meta/*"]
-    )
-    # Serve objects that carry no encryption marker (written before encryption was enabled).
-    serve_legacy_plaintext: bool = True
+    # ``plaintext_patterns`` entry is stored as it is (a manifest stays a rewritten manifest).
+    # Empty by default. The pre-layout defaults, ["*/data/*"] and ["index/*", "*/index/*",
+    # "*/meta/*"], still work when set explicitly (docs/OPERATIONS.md, section 10).
+    encrypted_patterns: list[str] = Field(default_factory=list)
+    plaintext_patterns: list[str] = Field(default_factory=list)
+    # Objects under an encrypting key that are not verified objects of ours (plaintext, or the
+    # seed's old format) are served only when the upstream's Last-Modified is before this time:
+    # the operator declares them older than encryption. None (the default) refuses them all.
+    legacy_plaintext_before: datetime | None = None
     # Backups moved outside the proxy: an object stored under ``to_prefix + rest`` whose trailer
     # names ``from_prefix + rest`` is accepted. Anything else under another name is refused.
     accept_moved: list[MovedPrefix] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "serve_legacy_plaintext" in data:
+            raise ValueError("serve_legacy_plaintext was replaced by legacy_plaintext_before: the RFC 3339 time "
+                             "before which unencrypted objects are served (see docs/SECURITY.md)")
+        return data
+
+    @field_validator("legacy_plaintext_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, for example 2026-11-01T00:00:00Z")
+        return value
 
     @model_validator(mode="after")
     def _need_keys(self) -> Encryption:
@@ -144,6 +179,9 @@ class Limits(_Model):
     drain_timeout: float = Field(default=30.0, ge=0)
     max_clock_skew_seconds: int = Field(default=900, ge=1)
     crypto_threads: int = Field(default=2, ge=1)
+    # Largest manifest rewritten and authenticated (held in memory, about twice its size); a
+    # larger body named like a manifest is stored as an ordinary encrypted object.
+    max_manifest_bytes: int = Field(default=64 << 20, ge=1)
 
 
 class Logging(_Model):

@@ -487,7 +487,7 @@ def test_metrics_move_after_real_requests(
     client = proxy.client(**MEDUSA_CLIENT_CONFIG)
     body = os.urandom(300_000)
     client.put_object(Bucket=bucket, Key="node1/data/a.db", Body=body)
-    client.put_object(Bucket=bucket, Key="node1/meta/plain.json", Body=b"{}")
+    client.put_object(Bucket=bucket, Key="node1/bk1/meta/tokenmap.json", Body=b"{}")
     assert client.head_object(Bucket=bucket, Key="node1/data/a.db")["ContentLength"] == len(body)
     assert client.get_object(Bucket=bucket, Key="node1/data/a.db")["Body"].read() == body
     other.client(**MEDUSA_CLIENT_CONFIG).put_object(Bucket=bucket, Key="node1/data/b.db", Body=b"b" * 1000)

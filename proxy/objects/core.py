@@ -32,7 +32,7 @@ from proxy.format.seed import (
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keys import KeyRing, MasterKey
 from proxy.metrics import IntegrityKind, Metrics
-from proxy.policy import Policy
+from proxy.policy import Kind, Policy
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     quote_etag,
@@ -150,6 +150,11 @@ class ObjectsCore(PassthroughService):
         self._pool = ThreadPoolExecutor(config.limits.crypto_threads, thread_name_prefix="crypto")
         self._lookups = asyncio.Semaphore(COLD_LOOKUPS)
         self._heads_lack_etags = False  # see _remember_written
+
+    def stores_encrypted(self, key: str) -> bool:
+        """Whether a body written to ``key`` by multipart or copy is stored in our format: all but
+        plaintext keys, since a manifest's MAC needs its whole body in one PUT."""
+        return self.policy.kind(key) is not Kind.PLAINTEXT
 
     @property
     def key_ids(self) -> list[str]:

@@ -27,7 +27,6 @@ from proxy.format.seed import (
 )
 from proxy.format.trailer import Trailer
 from proxy.keys import KeyRing, derive_object_keys
-from proxy.manifest import is_manifest_key
 from proxy.metrics import Metrics
 from proxy.objects.core import IntegrityRefusal, View, cached_view, if_match, mark_damaged
 from proxy.objects.manifests import ManifestObjects
@@ -63,7 +62,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         (a size and ETag no object can have), so Medusa's verify names it and a differential
         backup uploads the file again; GET and HEAD of it stay refused.
         """
-        manifests = [entry for entry in contents if is_manifest_key(entry["Key"])]
+        manifests = [entry for entry in contents if self.policy.is_manifest(entry["Key"])]
         wanted = [entry for entry in contents if self.policy.encrypts(entry["Key"])]
         for entry in manifests:
             try:
@@ -105,7 +104,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
 
     async def head_object(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
-        if is_manifest_key(key):
+        if self.policy.is_manifest(key):
             reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
             view, _ = await self._manifest_view(bucket, key, reply.get("ETag", ""),
                                                 int(reply.get("ContentLength", 0)), reply.get("LastModified"))
@@ -123,9 +122,11 @@ class EncryptedService(ManifestObjects, MultipartObjects):
 
     async def get_object(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
-        if is_manifest_key(key):
-            return await self._get_manifest(request, bucket, key)
-        if not self.policy.encrypts(key):
+        if self.policy.is_manifest(key):
+            served = await self._get_manifest(request, bucket, key)
+            if served is not None:
+                return served  # else: stored as an encrypted object, served as one below
+        elif not self.policy.encrypts(key):
             return await super().get_object(request)
         if request.query.get("partNumber"):
             raise S3Error("NotImplemented", "GET by partNumber is not supported for encrypted objects", 501)
@@ -179,7 +180,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
 
     async def put_object(self, request: Request) -> Reply:
         key = request.key or ""
-        if is_manifest_key(key) and not self.policy.encrypts(key):
+        if self.policy.is_manifest(key):
             return await self._put_manifest(request, request.bucket or "", key)
         if not self.policy.encrypts(key):
             return await super().put_object(request)

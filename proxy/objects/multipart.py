@@ -39,7 +39,7 @@ class MultipartObjects(ObjectsCore):
 
     async def create_multipart_upload(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
-        if not self.policy.encrypts(key):
+        if not self.stores_encrypted(key):
             return await super().create_multipart_upload(request)
         reject_sse_c(request.headers)
         master = self.keyring.primary
@@ -52,7 +52,7 @@ class MultipartObjects(ObjectsCore):
 
     async def _upload(self, request: Request) -> UploadState | None:
         """The proxy's state for an encrypted upload; None for a passthrough key."""
-        if not self.policy.encrypts(request.key or ""):
+        if not self.stores_encrypted(request.key or ""):
             return None
         state = await self.store.get_upload(request.query["uploadId"])
         if state is None or state.bucket != request.bucket or state.key != request.key:
@@ -92,7 +92,7 @@ class MultipartObjects(ObjectsCore):
         return Reply(200, {"ETag": quote_etag(part.md5.hex())})
 
     async def upload_part_copy(self, request: Request) -> Reply:
-        if self.policy.encrypts(request.key or ""):
+        if self.stores_encrypted(request.key or ""):
             raise S3Error("NotImplemented", "UploadPartCopy into an encrypted object is not supported; "
                           "copy with CopyObject or upload the part", 501)
         return await super().upload_part_copy(request)
@@ -146,7 +146,7 @@ class MultipartObjects(ObjectsCore):
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
         reply = await super().abort_multipart_upload(request)
-        if self.policy.encrypts(request.key or "") and await self.store.get_upload(request.query["uploadId"]):
+        if self.stores_encrypted(request.key or "") and await self.store.get_upload(request.query["uploadId"]):
             await self.store.drop_upload(request.query["uploadId"])
             self.metrics.multipart_finished()
         return reply
