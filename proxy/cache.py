@@ -15,13 +15,14 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("proxy.cache")
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS views (
 );
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL,
-    key_id BLOB NOT NULL, salt BLOB NOT NULL
+    key_id BLOB NOT NULL, salt BLOB NOT NULL,
+    created REAL, touched REAL, completing INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS parts (
     upload_id TEXT NOT NULL, part_number INTEGER NOT NULL,
@@ -44,18 +46,65 @@ CREATE TABLE IF NOT EXISTS parts (
 );
 """
 
+# Columns added to ``uploads`` after its first version (a cache file from then gets them on open;
+# its uploads count as created and touched at that moment).
+_UPLOAD_COLUMNS = {"created": "REAL", "touched": "REAL", "completing": "INTEGER NOT NULL DEFAULT 0"}
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(uploads)")}
+    missing = [name for name in _UPLOAD_COLUMNS if name not in have]
+    if not missing:
+        return
+    with db:
+        db.execute("BEGIN")
+        for name in missing:
+            db.execute(f"ALTER TABLE uploads ADD COLUMN {name} {_UPLOAD_COLUMNS[name]}")
+        now = time.time()
+        db.execute("UPDATE uploads SET created=? WHERE created IS NULL", (now,))
+        db.execute("UPDATE uploads SET touched=? WHERE touched IS NULL", (now,))
+
 
 def version_of(etag: str | None, size: int, last_modified: object) -> str:
     """What identifies one stored version: its ETag, or size and time when there is none.
 
-    Times are cut to whole seconds: LIST gives milliseconds, HEAD's HTTP date only seconds.
+    Times are cut to whole seconds: LIST gives milliseconds, HEAD's HTTP date only seconds. Such a
+    version does not name one write (see ``settled``). (``mtime:`` since the settling rule:
+    ``lm:`` entries of older versions of the proxy may have been learned too soon, so they are
+    never looked up again.)
     """
     etag = (etag or "").strip('"')
     if etag:
         return f"etag:{etag}:{size}"
     if isinstance(last_modified, datetime):
         last_modified = int(last_modified.timestamp())
-    return f"lm:{last_modified}:{size}"
+    return f"mtime:{last_modified}:{size}"
+
+
+#: A version named by size and Last-Modified (an upstream without ETags, e.g. ``rclone serve s3
+#: --etag-hash ''``) is only cached when it was learned this long after its Last-Modified second
+#: ended, plus the time a write of its size takes at ``SETTLE_RATE``. Last-Modified has a 1 s
+#: resolution and is the time a write *began* (rclone: the PUT's start, or CreateMultipartUpload's
+#: for a multipart object), so two writes of the same size begun in the same second (two proxies,
+#: or two clients of one) have the same version: a view learned before the later one finished would
+#: be served for it forever (the old ETag on HEAD and LIST, and every GET refused by the chunk MACs).
+#: Seen once settled, an object keeps its version until it is written again, which gives it a new
+#: Last-Modified, unless a write of the same size begun in that same second finishes later still:
+#: slower than ``SETTLE_RATE``. The margin also absorbs the proxy's clock running ahead of the
+#: upstream's by up to a few seconds.
+SETTLE_SECONDS = 5.0
+SETTLE_RATE = 10e6  # bytes per second
+
+
+def settled(version: str, learned_at: float) -> bool:
+    """Whether a view of ``version`` learned at ``learned_at`` (``time.time()``) may be cached."""
+    if not version.startswith("mtime:"):
+        return True  # an ETag names the stored bytes
+    try:
+        _, stamp, size = version.split(":")
+        return learned_at >= int(stamp) + 1 + SETTLE_SECONDS + int(size) / SETTLE_RATE
+    except ValueError:  # no usable time: never
+        return False
 
 
 @dataclass(frozen=True)
@@ -73,6 +122,9 @@ class UploadState:
     key: str
     key_id: bytes
     salt: bytes
+    created: float = 0.0  # time.time() of CreateMultipartUpload (0: now, when stored)
+    touched: float = 0.0  # of the last thing done to it (created, a part stored, Complete begun)
+    completing: bool = False  # a Complete was begun: the upstream may have completed it already
 
 
 @dataclass(frozen=True)
@@ -142,6 +194,7 @@ class StateStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            _migrate(db)
             if self.path != ":memory:":
                 # New ones get the database file's mode; ones left by an older version may not have it.
                 for suffix in ("-wal", "-shm"):
@@ -216,15 +269,27 @@ class StateStore:
             found.update(stored)
         return found
 
-    async def put_view(self, bucket: str, key: str, version: str, view: CachedView) -> None:
-        await self.put_views(bucket, [(key, version, view)])
+    async def put_view(self, bucket: str, key: str, version: str, view: CachedView, *,
+                       learned_at: float | None = None) -> None:
+        await self.put_views(bucket, [(key, version, view)], learned_at=learned_at)
 
-    async def put_views(self, bucket: str, items: Iterable[tuple[str, str, CachedView]]) -> None:
+    async def put_views(self, bucket: str, items: Iterable[tuple[str, str, CachedView]], *,
+                        learned_at: float | None = None) -> None:
         """Remember views (in memory now, on disk behind, in one transaction: a cold listing
-        brings a thousand at once)."""
-        rows = list(items)
-        for key, version, view in rows:
-            self._keep(bucket, key, version, view)
+        brings a thousand at once).
+
+        ``learned_at`` (default: now) is when the views were read from the bucket; one of a version
+        that had not ``settled`` then is not kept (the key's older entry is dropped all the same).
+        """
+        when = time.time() if learned_at is None else learned_at
+        rows: list[tuple[str, str, CachedView | None]] = []
+        for key, version, view in items:
+            if settled(version, when):
+                self._keep(bucket, key, version, view)
+                rows.append((key, version, view))
+            else:
+                self._recent.pop((bucket, key), None)
+                rows.append((key, version, None))
 
         def store(db: sqlite3.Connection) -> None:
             with db:
@@ -232,10 +297,11 @@ class StateStore:
                 for key, version, view in rows:
                     # One version per key is enough: an overwrite makes older entries useless.
                     db.execute("DELETE FROM views WHERE bucket=? AND key=?", (bucket, key))
-                    db.execute(
-                        "INSERT INTO views VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (bucket, key, version, view.kind, view.size, view.etag, view.trailer),
-                    )
+                    if view is not None:
+                        db.execute(
+                            "INSERT INTO views VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (bucket, key, version, view.kind, view.size, view.etag, view.trailer),
+                        )
 
         if rows:
             self._behind(store)
@@ -257,25 +323,62 @@ class StateStore:
         return await self._run(lambda db: int(db.execute("SELECT count(*) FROM views").fetchone()[0]))
 
     # --- multipart uploads ---------------------------------------------------------------
+    # Every write here is awaited (and committed to the WAL) before the client gets its answer:
+    # a part the client was told is stored is in the file even if the process is killed next.
+
+    _UPLOAD_FIELDS = "upload_id, bucket, key, key_id, salt, created, touched, completing"
+
+    @staticmethod
+    def _upload_row(row: Any) -> UploadState:
+        upload_id, bucket, key, key_id, salt, created, touched, completing = row
+        return UploadState(upload_id, bucket, key, key_id, salt, float(created or 0.0), float(touched or 0.0),
+                           bool(completing))
 
     async def put_upload(self, state: UploadState) -> None:
+        now = time.time()
+        created = state.created or now
         await self._run(lambda db: db.execute(
-            "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
-            (state.upload_id, state.bucket, state.key, state.key_id, state.salt),
+            "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (state.upload_id, state.bucket, state.key, state.key_id, state.salt, created,
+             state.touched or created, int(state.completing)),
         ))
 
     async def get_upload(self, upload_id: str) -> UploadState | None:
         row = await self._run(lambda db: db.execute(
-            "SELECT upload_id, bucket, key, key_id, salt FROM uploads WHERE upload_id=?", (upload_id,)
+            f"SELECT {self._UPLOAD_FIELDS} FROM uploads WHERE upload_id=?", (upload_id,)
         ).fetchone())
-        return UploadState(*row) if row is not None else None
+        return self._upload_row(row) if row is not None else None
+
+    async def list_uploads(self, *, bucket: str | None = None, idle_since: float | None = None) -> list[UploadState]:
+        """Uploads in the state (of ``bucket``), only those untouched since ``idle_since`` when given."""
+        clauses: list[str] = []
+        args: list[object] = []
+        if bucket is not None:
+            clauses.append("bucket=?")
+            args.append(bucket)
+        if idle_since is not None:
+            clauses.append("touched<?")
+            args.append(idle_since)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT {self._UPLOAD_FIELDS} FROM uploads{where} ORDER BY touched", args).fetchall())
+        return [self._upload_row(row) for row in rows]
 
     async def put_part(self, upload_id: str, part: PartState) -> None:
+        def store(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN")
+                db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (upload_id, part.part_number, part.size, part.md5, part.stored_size,
+                            part.upstream_etag, part.held))
+                db.execute("UPDATE uploads SET touched=? WHERE upload_id=?", (time.time(), upload_id))
+
+        await self._run(store)
+
+    async def mark_completing(self, upload_id: str) -> None:
+        """A Complete is about to reach the upstream: a retry must first look for its object."""
         await self._run(lambda db: db.execute(
-            "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (upload_id, part.part_number, part.size, part.md5, part.stored_size,
-             part.upstream_etag, part.held),
-        ))
+            "UPDATE uploads SET completing=1, touched=? WHERE upload_id=?", (time.time(), upload_id)))
 
     async def get_parts(self, upload_id: str) -> dict[int, PartState]:
         rows = await self._run(lambda db: db.execute(
@@ -286,8 +389,10 @@ class StateStore:
 
     async def drop_upload(self, upload_id: str) -> None:
         def drop(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
-            db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+            with db:
+                db.execute("BEGIN")
+                db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
+                db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
 
         await self._run(drop)
 

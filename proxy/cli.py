@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tls_selfsigned)
 
     _add_offline_tools(sub)
+    from proxy import stale_uploads
+
+    stale_uploads.register(sub)  # abort-stale-uploads
     return parser
 
 

@@ -103,8 +103,17 @@ class Upstream(_Model):
     session_token: str | None = Field(default=None, repr=False)
     profile: str | None = None
     verify_tls: bool = True
+    # Every upstream request is bounded three ways (docs/OPERATIONS.md, "Timeouts"): connecting
+    # (connect_timeout); silence, i.e. no byte received, or none of a streamed body taken, for
+    # read_timeout; and, for requests without a streamed body, the whole call including the
+    # fast path's fallback and botocore's retries (request_timeout; long_request_timeout for
+    # CompleteMultipartUpload, CopyObject and UploadPartCopy, which S3 may work on for minutes).
+    # Streamed bodies (PUT and UploadPart above 1 MiB, GET bodies) have no total bound: a slow but
+    # moving transfer is not cut, a stopped one is after read_timeout.
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=120.0, gt=0)
+    request_timeout: float = Field(default=300.0, gt=0)
+    long_request_timeout: float = Field(default=1800.0, gt=0)
     max_pool_connections: int = Field(default=64, ge=1)
     max_attempts: int = Field(default=3, ge=1)
 
@@ -179,6 +188,14 @@ class Limits(_Model):
     drain_timeout: float = Field(default=30.0, ge=0)
     max_clock_skew_seconds: int = Field(default=900, ge=1)
     crypto_threads: int = Field(default=2, ge=1)
+    # Client connections (docs/OPERATIONS.md, "Timeouts"): a request head must be complete this
+    # long after its first byte, or the connection is closed.
+    header_timeout: float = Field(default=60.0, gt=0)
+    # An idle connection (before its first request, between requests) is closed after this.
+    keepalive_timeout: float = Field(default=75.0, gt=0)
+    # No request body byte received, or no response byte taken by the client, for this long: the
+    # request fails (400 RequestTimeout while reading; the connection is cut while answering).
+    body_timeout: float = Field(default=120.0, gt=0)
     # Largest manifest rewritten and authenticated (held in memory, about twice its size); a
     # larger body named like a manifest is stored as an ordinary encrypted object.
     max_manifest_bytes: int = Field(default=64 << 20, ge=1)

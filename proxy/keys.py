@@ -29,6 +29,7 @@ __all__ = [
     "MasterKey",
     "ObjectKeys",
     "UnknownKeyError",
+    "derive_manifest_key",
     "derive_object_keys",
     "generate_key_file",
     "key_id",
@@ -105,6 +106,21 @@ def derive_object_keys(master_raw32: bytes | MasterKey, salt16: bytes) -> Object
         key_id=key_id(raw),
         salt=bytes(salt16),
     )
+
+
+#: HKDF info of the per-manifest MAC key (docs/FORMAT.md, "Authenticated manifests").
+MANIFEST_HKDF_INFO = b"medusa-crypt-proxy/manifest/v1"
+
+
+def derive_manifest_key(master_raw32: bytes | MasterKey, salt16: bytes) -> bytes:
+    """The 32-byte MAC key of one stored manifest: HKDF-SHA256 of the master key with the
+    manifest's random salt (its own info label, so it never equals an object's key)."""
+    raw = master_raw32.raw if isinstance(master_raw32, MasterKey) else master_raw32
+    if len(raw) != 32:
+        raise ValueError("a master key is 32 bytes")
+    if len(salt16) != SALT_SIZE:
+        raise ValueError(f"a salt is {SALT_SIZE} bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt16, info=MANIFEST_HKDF_INFO).derive(raw)
 
 
 def parse_fernet_key(text: bytes | str) -> MasterKey:

@@ -35,6 +35,19 @@ UpstreamOutcome = Literal["ok", "error", "retry"]
 # under another name; unknown-key: a key id the proxy lacks; unexpected-plaintext: not ours and
 # not declared legacy; manifest: a manifest whose MAC is missing or wrong; seed-mismatch: an object
 # of the old in-Medusa encryption that disagrees with its manifest.
+# upstream_connect: no connection within connect_timeout; upstream_read: silence for read_timeout
+# (nothing received, or a streamed body not taken); upstream_deadline: a call without a streamed
+# body not finished within request_timeout; client_header: a request head not complete within
+# header_timeout; client_body: no request body byte for body_timeout; client_send: a response not
+# read by its client for body_timeout; client_idle: a connection idle for keepalive_timeout.
+TimeoutKind = Literal[
+    "upstream_connect", "upstream_read", "upstream_deadline", "client_header", "client_body", "client_send",
+    "client_idle",
+]
+TIMEOUT_KINDS: tuple[TimeoutKind, ...] = (
+    "upstream_connect", "upstream_read", "upstream_deadline", "client_header", "client_body", "client_send",
+    "client_idle",
+)
 IntegrityKind = Literal[
     "tampered", "truncated", "wrong-object", "unknown-key", "unexpected-plaintext", "manifest",
     "seed-mismatch",
@@ -117,8 +130,16 @@ class Metrics:
             "Always 1; labels give the proxy version and the key ids in use (primary first).",
             ["version", "key_ids"], registry=r,
         )
+        self.timeouts = Counter(
+            _name("timeouts"),
+            "Waits cut by a timeout, by kind (upstream_connect, upstream_read, upstream_deadline, "
+            "client_header, client_body, client_send, client_idle).",
+            ["kind"], registry=r,
+        )
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result=result)
+        for kind in TIMEOUT_KINDS:
+            self.timeouts.labels(kind=kind)
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -154,6 +175,10 @@ class Metrics:
         self.upstream_requests.labels(operation=operation, outcome=outcome).inc()
         if error_code is not None:
             self.upstream_errors.labels(code=error_code).inc()
+
+    def timeout(self, kind: TimeoutKind) -> None:
+        """Count one wait cut by a timeout (see ``TimeoutKind``)."""
+        self.timeouts.labels(kind=kind).inc()
 
     # -- crypto --------------------------------------------------------------------------------
 

@@ -47,10 +47,11 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
     from proxy.config import ConfigError, load_upstream_config
     from proxy.keys import KeyRing
     from proxy.upstream import Upstream
-    from proxy.verify_bucket import verify_bucket
+    from proxy.verify_bucket import load_options, verify_bucket
 
     try:
         upstream_config = load_upstream_config(args.config)
+        options = load_options(args.config)
     except ConfigError as err:
         for problem in err.problems:
             print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
@@ -62,7 +63,7 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
         await upstream.start()
         try:
             report = await verify_bucket(upstream, args.bucket, prefix=args.prefix, backup=args.backup,
-                                         keyring=keyring)
+                                         keyring=keyring, options=options)
         finally:
             await upstream.close()
         return report.ok
@@ -90,7 +91,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--bucket", required=True)
     p.add_argument("--prefix", default="", help="Medusa's storage prefix, with its trailing slash")
     p.add_argument("--backup", help="only this backup")
-    p.add_argument("--key-file", action="append", help="also verify trailers and plaintext sizes/ETags")
+    p.add_argument("--key-file", action="append",
+                   help="also verify manifest MACs, trailers and plaintext sizes/ETags (the config's "
+                        "encryption.seed_key_files, legacy_plaintext_before and accept_moved apply)")
     p.set_defaults(func=cmd_verify_bucket)
 
     p = sub.add_parser("inspect", help="show an object's format, key id, sizes and ETag (no key)")

@@ -7,6 +7,11 @@ every byte once more, and the record framer copied it again. Here an
 reused, on kept-alive connections. Only what this needs of HTTP/1.1 is here: a GET, a response
 with a Content-Length. Anything else (an error status, a chunked body, a dropped connection
 before the head) returns None, and the caller asks botocore, which maps errors and retries.
+
+Every wait is bounded: connecting by ``connect_timeout``, the response head by ``read_timeout``,
+and the body by ``read_timeout`` of silence (no byte at all, however long the whole body takes).
+A wait that runs out raises :class:`RawTimeout` and closes the connection: a connection is put
+back in the pool only after its whole response was read.
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ _SCRATCH = 64 << 10
 
 class BodyError(Exception):
     """The body ended or failed before Content-Length bytes arrived."""
+
+
+class RawTimeout(TimeoutError):
+    """A wait on the upstream ran out; ``kind`` is ``upstream_connect`` or ``upstream_read``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,9 @@ class _Connection(asyncio.BufferedProtocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._progress = 0.0  # loop time of the last body bytes received
+        self._timer: asyncio.TimerHandle | None = None
         self._scratch = bytearray(_SCRATCH)
         self._head = bytearray()
         self._head_waiter: asyncio.Future[Head | None] | None = None
@@ -77,6 +93,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio subclasses
+        self._loop = asyncio.get_running_loop()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._target is None:
@@ -91,6 +108,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self._filled += nbytes
         self.remaining -= nbytes
+        self._progress = self._loop.time() if self._loop is not None else 0.0
         if self._filled == len(self._target) or self.remaining == 0:
             self._pause()
             _resolve(self._waiter, None)
@@ -139,8 +157,10 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         return await self._head_waiter
 
-    async def readinto(self, buf: bytearray) -> int:
-        """Fill ``buf`` with the next body bytes; fewer only at the end of the body."""
+    async def readinto(self, buf: bytearray, timeout: float) -> int:
+        """Fill ``buf`` with the next body bytes; fewer only at the end of the body.
+
+        RawTimeout (and the connection closed) once no byte has come for ``timeout`` seconds."""
         target = memoryview(buf)
         taken = min(len(self._leftover), len(target))
         if taken:
@@ -151,13 +171,31 @@ class _Connection(asyncio.BufferedProtocol):
         if self.closed or self.transport is None:
             raise BodyError("upstream connection lost")
         self._target, self._filled = target, taken
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        self._progress = loop.time()
         self.transport.resume_reading()
+        # One timer per call, moved on only when it fires early: received bytes just note the time.
+        self._timer = loop.call_at(self._progress + timeout, self._check_progress, waiter, timeout)
         try:
-            await self._waiter
+            await waiter
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._target, self._waiter = None, None
         return self._filled
+
+    def _check_progress(self, waiter: asyncio.Future[None], timeout: float) -> None:
+        self._timer = None
+        if waiter.done() or self._loop is None:
+            return
+        due = self._progress + timeout
+        if self._loop.time() < due:  # bytes came meanwhile: look again when the newest is that old
+            self._timer = self._loop.call_at(due, self._check_progress, waiter, timeout)
+            return
+        waiter.set_exception(RawTimeout("upstream_read", f"no body byte from the upstream for {timeout:g}s"))
+        self.close()
 
     @property
     def has_more(self) -> bool:
@@ -197,9 +235,13 @@ class RecordReader:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._connect_timeout):
-            _, conn = await loop.create_connection(_Connection, self.endpoint.host or "",
-                                                   self.endpoint.port or 0, ssl=self._ssl)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(_Connection, self.endpoint.host or "",
+                                                       self.endpoint.port or 0, ssl=self._ssl)
+        except TimeoutError:
+            raise RawTimeout("upstream_connect",
+                             f"no connection to the upstream within {self._connect_timeout:g}s") from None
         return conn
 
     async def open(self, target: str, headers: Mapping[str, str]) -> tuple[Head, _Connection] | None:
@@ -220,6 +262,10 @@ class RecordReader:
             try:
                 async with asyncio.timeout(self.read_timeout):
                     head = await conn.request(raw)
+            except TimeoutError:
+                conn.close()
+                raise RawTimeout("upstream_read",
+                                 f"no answer from the upstream within {self.read_timeout:g}s") from None
             except BaseException:
                 conn.close()
                 raise
@@ -240,8 +286,7 @@ class RecordReader:
         buffer = bytearray(piece_size)
         try:
             while conn.has_more:
-                async with asyncio.timeout(self.read_timeout):
-                    n = await conn.readinto(buffer)
+                n = await conn.readinto(buffer, self.read_timeout)
                 if n == 0:
                     break
                 yield memoryview(buffer)[:n]
@@ -252,8 +297,7 @@ class RecordReader:
         """The whole body of an opened response (a small one: a trailer, a whole small object)."""
         body = bytearray(length)
         try:
-            async with asyncio.timeout(self.read_timeout):
-                got = await conn.readinto(body) if length else 0
+            got = await conn.readinto(body, self.read_timeout) if length else 0
         finally:
             self.release(conn)
         if got != length:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy import __version__
 from proxy.config import ClientCredential, Config, ConfigError, load_config
@@ -135,6 +136,8 @@ def _observer(metrics: Metrics) -> Any:
         operation = str(fields.get("operation") or "Unknown")
         fields["operation"] = operation
         status = int(fields.get("status") or 0)
+        if fields.get("error") == "RequestTimeout":  # only proxy.s3.body raises it: the client's body stalled
+            metrics.timeout("client_body")
         metrics.observe_request(operation, status, float(fields.get("duration_ms") or 0) / 1000)
         metrics.add_client_bytes(received=int(fields.get("bytes_in") or 0),
                                  sent=int(fields.get("bytes_out") or 0))
@@ -212,6 +215,7 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
         virtual_suffixes=config.listen.virtual_host_suffixes,
         max_skew_seconds=config.limits.max_clock_skew_seconds,
         observe=observe,
+        body_timeout=config.limits.body_timeout,
     )
     state = State(config, upstream, service, frontend, metrics, observe)
     app = web.Application(client_max_size=0)
@@ -259,6 +263,155 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
     return app
 
 
+@dataclass(frozen=True)
+class ClientTimeouts:
+    """What ``ClientConnection`` enforces beyond aiohttp's own keep-alive timeout."""
+
+    header: float  # a request head complete within this of its first byte
+    send: float  # a response not read by its client for this long: the connection is cut
+    metrics: Metrics | None = None
+
+
+class ClientConnection(web_protocol.RequestHandler):
+    """aiohttp's connection handler with the client-side bounds aiohttp has no option for.
+
+    aiohttp closes a connection idle for ``keepalive_timeout`` (from its start, and after each
+    response); that stays aiohttp's (only counted here). Added:
+
+    - header timeout: a request head still incomplete ``header`` seconds after its first byte
+      closes the connection (a client trickling its head holds a connection, not a slot);
+    - send timeout: a client that reads nothing of its response for ``send`` seconds (the
+      transport's buffer stays full) gets its connection cut, so the request ends and frees its
+      concurrency slot;
+    - a bad chunk in the body of the request being read: aiohttp's C parser queues the error as a
+      new message instead of failing that body, whose read would wait until the client went
+      away; it is handed to the request (which answers 400 IncompleteBody) and the connection is
+      closed after the answer.
+
+    Timers are moved lazily (each fires at most once per timeout to look again), so reads and
+    writes only note the time. This leans on aiohttp internals (``_waiter``, ``_messages``,
+    ``_current_request``, ``_process_keepalive``); tests/test_timeouts.py pins each behaviour.
+    """
+
+    __slots__ = ("_head_timer", "_limits", "_send_since", "_send_timer")
+
+    def __init__(self, manager: web.Server, limits: ClientTimeouts, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_since: float | None = None
+
+    def _count(self, kind: Any) -> None:
+        if self._limits.metrics is not None:
+            self._limits.metrics.timeout(kind)
+
+    # --- the request head --------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        waiter = self._waiter
+        if self._messages or self._current_request is not None:
+            self._stop_head_timer()
+            if self._current_request is not None and self._messages:
+                self._hand_over_parse_error()
+        elif data and self._head_timer is None and (
+                (waiter is not None and not waiter.done()) or self._request_count == 0):
+            # Bytes of a request head, not all of it yet: the head's clock starts.
+            self._head_timer = self._loop.call_later(self._limits.header, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport is None or self._force_close or self._messages or self._current_request is not None:
+            return
+        self._count("client_header")
+        self.force_close()
+
+    def _process_keepalive(self) -> None:
+        open_before = self.transport is not None and not self._force_close
+        super()._process_keepalive()
+        if open_before and self._force_close:
+            self._count("client_header" if self._head_timer is not None else "client_idle")
+            self._stop_head_timer()
+
+    def _hand_over_parse_error(self) -> None:
+        """A parse error queued while the current request's body is unfinished is that body's."""
+        request = self._current_request
+        if request is None or request.content.is_eof():
+            return
+        for index, (message, _) in enumerate(self._messages):
+            exc = getattr(message, "exc", None)  # aiohttp's _ErrInfo; a request has no .exc
+            if isinstance(exc, HttpProcessingError):
+                del self._messages[index]
+                request.content.set_exception(exc)
+                request.content.feed_eof()  # nothing left to linger over
+                self.close()  # after the answer: the rest of the bytes cannot be parsed
+                return
+
+    # --- the response ------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._send_since = now = self._loop.time()
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_at(now + self._limits.send, self._check_send)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._send_since = None
+
+    def _check_send(self) -> None:
+        self._send_timer = None
+        since = self._send_since
+        if since is None or self.transport is None:
+            return
+        due = since + self._limits.send
+        if self._loop.time() < due:
+            self._send_timer = self._loop.call_at(due, self._check_send)
+            return
+        self._count("client_send")
+        self.transport.abort()  # the buffered response cannot be flushed: no graceful close
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().connection_lost(exc)
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, making ``ClientConnection`` handlers."""
+
+    def __init__(self, *args: Any, limits: ClientTimeouts, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self, self.limits, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """``web.AppRunner`` whose connections are ``ClientConnection``s."""
+
+    __slots__ = ("_limits",)
+
+    def __init__(self, app: web.Application, *, limits: ClientTimeouts, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # starts and freezes the app
+        return _Server(server.request_handler, request_factory=server.request_factory,
+                       handler_cancellation=server.handler_cancellation, loop=asyncio.get_running_loop(),
+                       limits=self._limits, **server._kwargs)
+
+
 CACHE_COUNT_SECONDS = 1.0
 
 
@@ -297,8 +450,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
     """
     ALLOCATOR.limit_arenas()
     app = make_app(config)
-    runner = web.AppRunner(
+    limits = config.limits
+    runner = _Runner(
         app,
+        limits=ClientTimeouts(limits.header_timeout, limits.body_timeout, app["state"].metrics),
         handle_signals=False,
         access_log=None,
         auto_decompress=False,
@@ -307,6 +462,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
         # the memory target at the same throughput (see the commit that set it; 1 MiB reads gave
         # 277 MiB for 4 clients x (PUT+GET), 256 KiB 174-186 MiB).
         read_bufsize=PIECE,
+        # An idle connection (before its first request, between requests) is closed after this;
+        # ClientConnection adds the header and send timeouts aiohttp has no option for.
+        keepalive_timeout=limits.keepalive_timeout,
         # Requests are drained before runner.cleanup() (see below); what is left then is cut.
         shutdown_timeout=CUT_TIMEOUT_SECONDS,
     )

@@ -3,29 +3,39 @@
 aiobotocore does every operation; the requests made most (HEAD, data GETs, trailer reads, LIST
 pages, small PUTs) also have a fast path signed here (``proxy.s3.signer``) that falls back to the
 botocore call on any answer it does not expect, so errors are mapped and retried in one place.
+
+Every call is bounded (docs/OPERATIONS.md, "Timeouts"): by ``connect_timeout`` and ``read_timeout``
+(silence) on every path, and, when it has no streamed body, by ``request_timeout`` as a whole
+(fast path, fallback and botocore's retries together), since a server that trickles bytes never
+trips a read timeout. A call that times out fails with 503 ServiceUnavailable; a fast path that
+times out does not fall back (the upstream is silent, not strange: asking again would only hold
+the client for longer; the client retries). A connection that timed out is closed, never pooled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiobotocore.session
 import aiohttp
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
-from proxy.rawget import BodyError, RecordReader
+from proxy.rawget import BodyError, RawTimeout, RecordReader
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
 
 if TYPE_CHECKING:
-    from proxy.metrics import Metrics
+    from proxy.metrics import Metrics, TimeoutKind
+
+T = TypeVar("T")
 
 # Upstream reply headers a client may see. Everything else (request ids, upstream checksums of
 # the stored bytes, hop-by-hop headers) stays here: a client must never get a checksum of bytes
@@ -51,8 +61,60 @@ FORWARDED_HEADERS = (
     "x-amz-mp-parts-count",
 )
 
+# S3 may work on these for minutes (it sends whitespace meanwhile): long_request_timeout bounds them.
+LONG_OPERATIONS = frozenset({"complete_multipart_upload", "copy_object", "upload_part_copy"})
+# upstream_errors_total codes of the timeouts (botocore's exception names where it has one).
+_TIMEOUT_CODES = {"upstream_connect": "ConnectTimeoutError", "upstream_read": "ReadTimeoutError",
+                  "upstream_deadline": "DeadlineExceeded"}
+
 _HEAD_STATUS_CODES = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed",
                       "304": "NotModified", "400": "InvalidRequest", "416": "InvalidRange"}
+
+
+class Silence:
+    """Cancels a task once the upstream has kept it waiting ``timeout`` seconds in one go.
+
+    ``upstream()`` starts the upstream's turn (connecting, 100 Continue, taking a piece of the
+    body, answering), ``source()`` the source's (the client's body, the encryptor), whose waits do
+    not count. One timer per call, moved on only when it fires early: a turn costs two attribute
+    stores. ``fired`` tells the cancellation it caused from any other.
+    """
+
+    __slots__ = ("fired", "handle", "loop", "since", "task", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.fired = False
+        self.since: float | None = None
+        self.handle: asyncio.TimerHandle | None = None
+        self.upstream()
+
+    def upstream(self) -> None:
+        self.since = now = self.loop.time()
+        if self.handle is None:
+            self.handle = self.loop.call_at(now + self.timeout, self._check)
+
+    def source(self) -> None:
+        self.since = None
+
+    def _check(self) -> None:
+        self.handle = None
+        if self.since is None:
+            return  # the source's turn: the next upstream turn arms the timer again
+        due = self.since + self.timeout
+        if self.loop.time() < due:
+            self.handle = self.loop.call_at(due, self._check)
+        elif self.task is not None and not self.task.done():
+            self.fired = True
+            self.task.cancel()
+
+    def close(self) -> None:
+        self.since = None
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
 
 
 class StreamingBody:
@@ -60,11 +122,13 @@ class StreamingBody:
 
     botocore's parameter validation wants a file-like object; aiohttp sends any async iterable
     chunk by chunk. An error raised by the source is kept in ``error`` because botocore replaces
-    it with UnseekableStreamError when it tries to rewind for a retry.
+    it with UnseekableStreamError when it tries to rewind for a retry. With ``silence``, the time
+    aiohttp takes to send each piece (and, after the last, to get the answer) is the upstream's.
     """
 
-    def __init__(self, source: AsyncIterable[bytes | bytearray]) -> None:
+    def __init__(self, source: AsyncIterable[bytes | bytearray], silence: Silence | None = None) -> None:
         self._source = source
+        self._silence = silence
         self.error: BaseException | None = None
         self.sent = 0
 
@@ -72,13 +136,22 @@ class StreamingBody:
         raise RuntimeError("StreamingBody is read asynchronously")
 
     async def _iterate(self) -> AsyncIterator[memoryview]:
+        silence = self._silence
         try:
+            if silence is not None:
+                silence.source()
             async for piece in self._source:
                 self.sent += len(piece)
+                if silence is not None:
+                    silence.upstream()
                 # A memoryview: aiohttp slices each piece to the declared length, which copies
                 # a bytearray (1 MiB per record) but not a view.
                 yield memoryview(piece)
                 del piece
+                if silence is not None:
+                    silence.source()
+            if silence is not None:
+                silence.upstream()  # the answer
         except BaseException as exc:
             self.error = exc
             raise
@@ -110,6 +183,17 @@ def operation_name(method: str) -> str:
     return name
 
 
+def timeout_kind(exc: BaseException) -> TimeoutKind | None:
+    """Which timeout ``exc`` is (botocore's, aiohttp's, the record reader's), or None."""
+    if isinstance(exc, RawTimeout):
+        return "upstream_connect" if exc.kind == "upstream_connect" else "upstream_read"
+    if isinstance(exc, ConnectTimeoutError | aiohttp.ConnectionTimeoutError):
+        return "upstream_connect"
+    if isinstance(exc, ReadTimeoutError | TimeoutError):  # aiohttp's ServerTimeoutError is one
+        return "upstream_read"
+    return None
+
+
 def _retries(response: Any) -> int:
     try:
         return int(response["ResponseMetadata"].get("RetryAttempts") or 0)
@@ -135,13 +219,13 @@ class Upstream:
         self._records: RecordReader | None = None
         self._streaming_client: Any = None
 
-    def _boto_config(self, max_attempts: int) -> BotoConfig:
+    def _boto_config(self, retries: dict[str, Any]) -> BotoConfig:
         return BotoConfig(
             region_name=self.cfg.region,
             connect_timeout=self.cfg.connect_timeout,
             read_timeout=self.cfg.read_timeout,
             max_pool_connections=self.cfg.max_pool_connections,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            retries={**retries, "mode": "standard"},
             # The proxy authenticates its own bytes with the Fernet format; payload signing
             # would hash every byte again (22% of PUT throughput, measured).
             s3={"addressing_style": self.cfg.addressing_style, "payload_signing_enabled": False},
@@ -166,12 +250,13 @@ class Upstream:
                 aws_session_token=self.cfg.session_token,
             )
         self._client = await self._stack.enter_async_context(
-            session.create_client("s3", config=self._boto_config(self.cfg.max_attempts), **kwargs)
+            session.create_client("s3", config=self._boto_config({"max_attempts": self.cfg.max_attempts}), **kwargs)
         )
         # Streamed bodies cannot be replayed, so their requests are not retried here: the client
-        # (s3transfer, Medusa) retries the whole request.
+        # (s3transfer, Medusa) retries the whole request. (botocore's max_attempts counts retries:
+        # 1 would make it try to rewind the body and fail with UnseekableStreamError.)
         self._streaming_client = await self._stack.enter_async_context(
-            session.create_client("s3", config=self._boto_config(1), **kwargs)
+            session.create_client("s3", config=self._boto_config({"total_max_attempts": 1}), **kwargs)
         )
 
         endpoint = URL(self.cfg.endpoint_url or "")
@@ -201,12 +286,51 @@ class Upstream:
         return sign_request(method, self._endpoint, path, query, headers,
                             Credentials(frozen.access_key, frozen.secret_key, frozen.token), self.cfg.region)
 
+    # --- bounds --------------------------------------------------------------------------
+
+    def deadline_of(self, operation: str) -> float:
+        """The whole-call bound of ``operation`` (calls without a streamed body)."""
+        return self.cfg.long_request_timeout if operation in LONG_OPERATIONS else self.cfg.request_timeout
+
+    def _timed_out(self, operation: str, kind: TimeoutKind, deadline: float = 0.0, sent: int = 0) -> S3Error:
+        """Count a timeout of ``operation`` and the S3 error the client gets for it."""
+        if self.metrics is not None:
+            self.metrics.timeout(kind)
+        self._failed(operation, _TIMEOUT_CODES[kind], sent=sent)
+        if kind == "upstream_connect":
+            message = f"The upstream bucket could not be reached within {self.cfg.connect_timeout:g}s."
+        elif kind == "upstream_read":
+            message = f"The upstream bucket did not answer in time (nothing for {self.cfg.read_timeout:g}s)."
+        else:
+            message = f"The upstream bucket did not finish the request within {deadline:g}s."
+        return S3Error("ServiceUnavailable", message + " Please retry.", 503)
+
+    async def _bounded(self, operation: str, work: Awaitable[T], deadline: float | None = None) -> T:
+        """``work`` within the whole-call bound of ``operation``; a timeout that escapes ``work``
+        unmapped is mapped here, so none reaches the client as an internal error."""
+        limit = self.deadline_of(operation) if deadline is None else deadline
+        timer = asyncio.timeout(limit)
+        try:
+            async with timer:
+                return await work
+        except TimeoutError as exc:
+            if timer.expired():
+                raise self._timed_out(operation, "upstream_deadline", limit) from None
+            raise self._timed_out(operation, timeout_kind(exc) or "upstream_read") from None
+
+    # --- fast paths ----------------------------------------------------------------------
+
     async def fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
         """A small (ranged) GET without botocore's per-request machinery, on the record
         reader's connections (the cheapest request the proxy makes: a cold listing makes one per
         object). Any answer but 200/206 returns None, and the caller asks botocore, which maps
-        errors and retries properly.
+        errors and retries properly; a timeout is a 503 S3Error.
         """
+        if self._records is None:
+            return None
+        return await self._bounded("get_object", self._fast_range(bucket, key, spec, etag))
+
+    async def _fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
         headers = {"range": spec} if spec is not None else {}
         if etag.strip('"'):
             headers["if-match"] = etag
@@ -218,7 +342,9 @@ class Upstream:
             if opened is None:
                 return None
             data = bytes(await self._records.read_body(opened[1], opened[0].length))
-        except (OSError, TimeoutError, BodyError):
+        except RawTimeout as exc:
+            raise self._timed_out("get_object", timeout_kind(exc) or "upstream_read") from None
+        except (OSError, BodyError):
             return None
         self._ok("get_object", None, received=len(data))
         return data
@@ -228,8 +354,15 @@ class Upstream:
 
         ``query`` holds the S3 query parameters; keys are asked URL-encoded and come back decoded,
         in the shape botocore gives. Anything but a 200 with a parseable page returns None, and
-        the caller asks botocore.
+        the caller asks botocore; a timeout is a 503 S3Error.
         """
+        if self._fast is None:
+            return None
+        operation = "list_objects_v2" if v2 else "list_objects"
+        return await self._bounded(operation, self._fast_list(bucket, query, v2, operation))
+
+    async def _fast_list(self, bucket: str, query: list[tuple[str, str]], v2: bool,
+                         operation: str) -> dict[str, Any] | None:
         query = [*query, ("encoding-type", "url")]
         if v2:
             query.append(("list-type", "2"))
@@ -241,21 +374,27 @@ class Upstream:
                 if reply.status != 200:
                     return None
                 body = await reply.read()
-        except (aiohttp.ClientError, TimeoutError):
+        except TimeoutError as exc:  # aiohttp's ServerTimeoutError is a TimeoutError
+            raise self._timed_out(operation, timeout_kind(exc) or "upstream_read") from None
+        except aiohttp.ClientError:
             return None
         try:
             page = xml.parse_list_objects(body)
         except ValueError:
             return None
-        self._ok("list_objects_v2" if v2 else "list_objects", None)
+        self._ok(operation, None)
         return page
 
     async def fast_put(self, bucket: str, key: str, body: bytes, params: dict[str, Any]) -> dict[str, Any] | None:
         """PutObject of a small body held in memory, without botocore (about 1.5 ms of CPU per
         PUT). Only user metadata and Content-Type are carried; with any other parameter, or on
-        any answer but 200, it returns None and the caller asks botocore (a PUT can be repeated)."""
-        if not set(params) <= {"Metadata", "ContentType"}:
+        any answer but 200, it returns None and the caller asks botocore (a PUT can be repeated);
+        a timeout is a 503 S3Error."""
+        if not set(params) <= {"Metadata", "ContentType"} or self._fast is None:
             return None
+        return await self._bounded("put_object", self._fast_put(bucket, key, body, params))
+
+    async def _fast_put(self, bucket: str, key: str, body: bytes, params: dict[str, Any]) -> dict[str, Any] | None:
         headers = {f"x-amz-meta-{name.lower()}": value for name, value in params.get("Metadata", {}).items()}
         if "ContentType" in params:
             headers["content-type"] = params["ContentType"]
@@ -270,7 +409,9 @@ class Upstream:
                 if reply.status != 200:
                     return None
                 etag = reply.headers.get("ETag", "")
-        except (aiohttp.ClientError, TimeoutError):
+        except TimeoutError as exc:
+            raise self._timed_out("put_object", timeout_kind(exc) or "upstream_read", sent=len(body)) from None
+        except aiohttp.ClientError:
             return None
         self._ok("put_object", None, sent=len(body))
         return {"ETag": etag}
@@ -279,7 +420,12 @@ class Upstream:
         """HeadObject without botocore (about 1.5 ms of CPU less per HEAD, and one is made before
         every GET of an encrypted object): ETag, ContentLength, LastModified, Metadata and the
         headers, in botocore's shape. 404 is NoSuchKey; any other non-200 returns None, and the
-        caller asks botocore."""
+        caller asks botocore; a timeout is a 503 S3Error."""
+        if self._fast is None:
+            return None
+        return await self._bounded("head_object", self._fast_head(bucket, key))
+
+    async def _fast_head(self, bucket: str, key: str) -> dict[str, Any] | None:
         request = await self._signed("HEAD", object_path(bucket, key), [], {})
         if request is None or self._fast is None:
             return None
@@ -290,7 +436,9 @@ class Upstream:
                 for name, value in reply.headers.items():
                     lower = name.lower()
                     headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
-        except (aiohttp.ClientError, TimeoutError):
+        except TimeoutError as exc:
+            raise self._timed_out("head_object", timeout_kind(exc) or "upstream_read") from None
+        except aiohttp.ClientError:
             return None
         if status == 404:
             self._failed("head_object", "NoSuchKey")
@@ -309,26 +457,21 @@ class Upstream:
                 "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers}}
 
     async def head(self, bucket: str, key: str) -> dict[str, Any]:
-        """HeadObject: the fast path, else botocore (which maps and retries)."""
-        return await self.fast_head(bucket, key) or await self.call("head_object", Bucket=bucket, Key=key)
+        """HeadObject: the fast path, else botocore (which maps and retries), within one deadline."""
+        return await self._bounded("head_object", self._head(bucket, key))
+
+    async def _head(self, bucket: str, key: str) -> dict[str, Any]:
+        return await self._fast_head(bucket, key) or await self._call("head_object", Bucket=bucket, Key=key)
 
     async def get_records(self, bucket: str, key: str, spec: str | None, etag: str,
                           piece_size: int) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
         """GetObject read in place into one reused ``piece_size`` buffer (see
         ``proxy.rawget``): each piece is valid only until the next one is asked for. None when
-        the fast path cannot serve it; the caller then uses ``get_stream``."""
+        the fast path cannot serve it; the caller then uses ``get_stream``. The answer's head is
+        bounded by ``request_timeout``, the body by ``read_timeout`` of silence."""
         if self._records is None:
             return None
-        headers = {"range": spec} if spec is not None else {}
-        if etag.strip('"'):
-            headers["if-match"] = etag
-        request = await self._signed("GET", object_path(bucket, key), [], headers)
-        if request is None:
-            return None
-        try:
-            opened = await self._records.open(request.url.raw_path_qs, request.headers)
-        except (OSError, TimeoutError):
-            return None
+        opened = await self._bounded("get_object", self._open_records(bucket, key, spec, etag))
         if opened is None:
             return None
         head, conn = opened
@@ -337,12 +480,28 @@ class Upstream:
                  "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": head.headers}}
         return reply, self._counted(self._records.pieces(conn, piece_size))
 
+    async def _open_records(self, bucket: str, key: str, spec: str | None, etag: str) -> Any:
+        headers = {"range": spec} if spec is not None else {}
+        if etag.strip('"'):
+            headers["if-match"] = etag
+        request = await self._signed("GET", object_path(bucket, key), [], headers)
+        if request is None or self._records is None:
+            return None
+        try:
+            return await self._records.open(request.url.raw_path_qs, request.headers)
+        except RawTimeout as exc:
+            raise self._timed_out("get_object", timeout_kind(exc) or "upstream_read") from None
+        except OSError:
+            return None
+
     async def _counted(self, pieces: AsyncIterator[memoryview]) -> AsyncIterator[memoryview]:
         received = 0
         try:
             async for piece in pieces:
                 received += len(piece)
                 yield piece
+        except RawTimeout as exc:
+            raise self._timed_out("get_object", timeout_kind(exc) or "upstream_read") from None
         finally:
             if self.metrics is not None and received:
                 self.metrics.add_upstream_bytes(received=received)
@@ -382,8 +541,22 @@ class Upstream:
         if self.metrics is not None and sent:
             self.metrics.add_upstream_bytes(sent=sent)
 
+    def _unreachable(self, operation: str, exc: BotoCoreError, sent: int = 0) -> S3Error:
+        """botocore gave up on the connection (after its retries): 503, timeouts counted as such."""
+        kind = timeout_kind(exc)
+        if kind is not None:
+            return self._timed_out(operation, kind, sent=sent)
+        self._failed(operation, type(exc).__name__, sent=sent)
+        return S3Error("ServiceUnavailable", f"upstream unreachable: {exc}", 503)
+
+    # --- botocore ------------------------------------------------------------------------
+
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """Call one S3 operation by its botocore snake_case name; errors become S3Error."""
+        """Call one S3 operation by its botocore snake_case name; errors become S3Error. The
+        whole call, botocore's retries included, is bounded by ``deadline_of(operation)``."""
+        return await self._bounded(operation, self._call(operation, **params))
+
+    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         body = params.get("Body")
         sent = len(body) if isinstance(body, bytes | bytearray | memoryview) else 0
         try:
@@ -393,8 +566,7 @@ class Upstream:
             self._failed(operation, err.code, exc.response, sent)
             raise err from None
         except BotoCoreError as exc:
-            self._failed(operation, type(exc).__name__)
-            raise S3Error("ServiceUnavailable", f"upstream unreachable: {exc}", 503) from None
+            raise self._unreachable(operation, exc) from None
         # A GetObject body is read by the caller; count what the bucket is sending.
         received = int(result.get("ContentLength") or 0) if operation == "get_object" else 0
         self._ok(operation, result, sent, received)
@@ -406,13 +578,23 @@ class Upstream:
         """PutObject/UploadPart with a streamed body of known length.
 
         If ``body`` raises, the upstream request is cut short, so the upstream never stores a
-        partial object, and the body's own exception is re-raised.
+        partial object, and the body's own exception is re-raised. There is no bound on the
+        whole transfer; the upstream keeping it waiting ``read_timeout`` in one go (to connect,
+        to say 100 Continue, to take a piece of the body, to answer) fails it with 503.
         """
-        stream = StreamingBody(body)
+        silence = Silence(self.cfg.read_timeout)
+        stream = StreamingBody(body, silence)
         try:
             result: dict[str, Any] = await getattr(self._streaming_client, operation)(
                 Body=stream, ContentLength=length, **params
             )
+        except asyncio.CancelledError:
+            if silence.fired and silence.task is not None and silence.task.uncancel() == 0:
+                if stream.error is not None:
+                    self._aborted(stream.sent)
+                    raise stream.error from None
+                raise self._timed_out(operation, "upstream_read", sent=stream.sent) from None
+            raise
         except ClientError as exc:
             if stream.error is not None:
                 self._aborted(stream.sent)
@@ -424,26 +606,41 @@ class Upstream:
             if stream.error is not None:
                 self._aborted(stream.sent)
                 raise stream.error from None
+            if isinstance(exc, BotoCoreError):
+                raise self._unreachable(operation, exc, stream.sent) from None
             self._failed(operation, type(exc).__name__, sent=stream.sent)
             raise S3Error("ServiceUnavailable", f"upstream request failed: {exc}", 503) from None
+        finally:
+            silence.close()
         self._ok(operation, result, sent=stream.sent)
         return result
 
     async def read(self, *, limit: int | None = None, **params: Any) -> bytes:
-        """GetObject of something small (a trailer, a manifest), whole; S3Error past ``limit``."""
-        reply = await self.call("get_object", **params)
+        """GetObject of something small (a trailer, a manifest), whole; S3Error past ``limit``.
+        Bounded by ``request_timeout`` as a whole, the body included."""
+        return await self._bounded("get_object", self._read(limit, **params))
+
+    async def _read(self, limit: int | None, **params: Any) -> bytes:
+        reply = await self._call("get_object", **params)
         body = reply["Body"]
         try:
             if limit is not None and int(reply.get("ContentLength", 0)) > limit:
                 raise S3Error("InternalError", f"{params.get('Key')!r} is larger than {limit} bytes", 500)
             data: bytes = await body.read()
+        except BotoCoreError as exc:  # the body broke off or stalled (after the answer's head)
+            raise self._unreachable("get_object", exc) from None
+        except aiohttp.ClientError as exc:
+            self._failed("get_object", type(exc).__name__)
+            raise S3Error("ServiceUnavailable", f"upstream connection failed: {exc}", 503) from None
         finally:
             body.close()
         return data
 
     async def get_stream(self, **params: Any) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
-        """GetObject; returns the reply and an iterator over the body in large pieces."""
-        reply = await self._get(**params)
+        """GetObject; returns the reply and an iterator over the body in large pieces. The
+        answer's head is bounded by ``request_timeout``, the body by ``read_timeout`` of silence
+        (botocore's, per socket read)."""
+        reply = await self._bounded("get_object", self._get(**params))
         body = reply.pop("Body")
         metrics = self.metrics
 
@@ -453,6 +650,8 @@ class Upstream:
                 async for piece in body.iter_chunks(256 << 10):  # read(n) lets aiohttp buffer 2n
                     received += len(piece)
                     yield piece
+            except ReadTimeoutError:
+                raise self._timed_out("get_object", "upstream_read") from None
             finally:
                 body.close()
                 if metrics is not None and received:
@@ -469,8 +668,7 @@ class Upstream:
             self._failed("get_object", err.code, exc.response)
             raise err from None
         except BotoCoreError as exc:
-            self._failed("get_object", type(exc).__name__)
-            raise S3Error("ServiceUnavailable", f"upstream unreachable: {exc}", 503) from None
+            raise self._unreachable("get_object", exc) from None
         self._ok("get_object", result)
         return result
 

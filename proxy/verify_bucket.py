@@ -1,25 +1,78 @@
 """``verify-bucket``: check a bucket's backups against its own manifests, with or without the key.
 
-Without the key, every manifest entry's ``size``/``MD5`` (the stored object's, after the proxy's
-rewrite) is compared with what the bucket reports. With the key, each encrypted object's trailer
-is also verified and its plaintext size and ETag compared with ``source_size``/``source_MD5``.
+For every indexed manifest (``index/backup_index/<backup>/manifest_<fqdn>.json``) and the node's
+own copy (``<fqdn>/<backup>/meta/manifest.json``):
+
+* With the key, the manifest's MAC is checked first: a manifest without one (unless declared
+  legacy by ``encryption.legacy_plaintext_before``), with a wrong one (edited, or moved to
+  another name), or under an unknown key is a problem, and its entries are not trusted further.
+* Every entry's ``size``/``MD5`` (the stored object's, after the proxy's rewrite) is compared
+  with what the bucket reports: a swapped or rolled-back object shows here, even without the key.
+* With the key, each object of ours must have a valid trailer naming this key (or its accepted
+  old name, ``encryption.accept_moved``) and the plaintext size and ETag in ``source_size``/
+  ``source_MD5``. Objects of the old in-Medusa encryption must fit ``source_size``, and with
+  ``encryption.seed_key_files`` they are decrypted and must match ``source_size`` and
+  ``source_MD5`` (records dropped or reordered).
+
+What it cannot see: a whole backup rolled back consistently (older manifests and their objects
+together) and deleted backups that the index no longer names.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
 from typing import Any
 
-from proxy.format.errors import FormatError
+from pydantic import ValidationError
+
+from proxy.config import ConfigError, Encryption, Limits, _apply_env, _read_yaml
+from proxy.format.detect import classify
+from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
+from proxy.format.manifest_mac import ManifestSealError, find_seal, verify_manifest
+from proxy.format.seed import SeedDecryptor, fernet_keys_from_ring, seed_plaintext_size, source_md5_hex
+from proxy.format.trailer import Trailer, parse_footer
 from proxy.keys import KeyRing
-from proxy.manifest import SOURCE_MD5, SOURCE_SIZE, stored_entries
-from proxy.objects import read_trailer
+from proxy.manifest import SOURCE_MD5, SOURCE_SIZE, NotAManifest, iter_entries
+from proxy.objects.core import read_range, tail_spec
 from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
 
 INDEX = "index/backup_index/"
+BATCH = 256  # entries checked concurrently
+
+
+@dataclass(frozen=True)
+class Options:
+    """What verify-bucket takes from the proxy's config (``encryption`` and ``limits``)."""
+
+    seed_keys: tuple[bytes, ...] = ()
+    legacy_before: datetime | None = None
+    accept_moved: tuple[tuple[str, str], ...] = ()
+    max_manifest_bytes: int = Limits().max_manifest_bytes
+
+
+def load_options(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Options:
+    """The options in a config file; a config with only an ``upstream`` section gives the defaults."""
+    data = _read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(["config: the top level must be a mapping"])
+    data = _apply_env(data, os.environ if environ is None else environ)
+    section = data.get("encryption") or {}
+    try:
+        encryption = Encryption.model_validate({"enabled": False, **section} if "key_files" not in section
+                                               else section)
+        limits = Limits.model_validate(data.get("limits") or {})
+    except ValidationError as exc:
+        raise ConfigError([f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+    seed_keys = (tuple(fernet_keys_from_ring(KeyRing.from_files(encryption.seed_key_files)))
+                 if encryption.seed_key_files else ())
+    return Options(seed_keys, encryption.legacy_plaintext_before,
+                   tuple((m.from_prefix, m.to_prefix) for m in encryption.accept_moved), limits.max_manifest_bytes)
 
 
 @dataclass
@@ -27,10 +80,30 @@ class Report:
     manifests: int = 0
     objects: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def problem(self, key: str, reason: object) -> None:
+        self.problems.append(f"{key}: {reason}")
+
+    def note(self, key: str, reason: object) -> None:
+        self.notes.append(f"{key}: {reason}")
+
+
+@dataclass
+class _Run:
+    upstream: Upstream
+    bucket: str
+    keyring: KeyRing | None
+    options: Options
+    report: Report
+    say: Callable[[str], None]
+    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
+    checked: set[tuple[str, ...]] = field(default_factory=set)
+    seed_unchecked: bool = False
 
 
 async def _list(upstream: Upstream, bucket: str, prefix: str) -> list[dict[str, Any]]:
@@ -44,26 +117,45 @@ async def _list(upstream: Upstream, bucket: str, prefix: str) -> list[dict[str, 
         params["ContinuationToken"] = page["NextContinuationToken"]
 
 
+def node_manifest_key(prefix: str, index_key: str) -> str | None:
+    """The node's copy, ``<prefix><fqdn>/<backup>/meta/manifest.json``, of an indexed manifest
+    ``<prefix>index/backup_index/<backup>/manifest_<fqdn>.json``."""
+    backup, _, name = index_key[len(prefix + INDEX):].partition("/")
+    if not backup or not name.startswith("manifest_") or not name.endswith(".json"):
+        return None
+    return f"{prefix}{name[len('manifest_'):-len('.json')]}/{backup}/meta/manifest.json"
+
+
+def _names(key: str, options: Options) -> list[str]:
+    """``key`` and its accepted old names (backups moved outside the proxy)."""
+    return [key] + [old + key[len(new):] for old, new in options.accept_moved if key.startswith(new)]
+
+
+def _written_as(key: str, written: str, options: Options) -> str:
+    return written if written in _names(key, options) else key
+
+
 async def verify_bucket(upstream: Upstream, bucket: str, *, prefix: str = "", backup: str | None = None,
-                        keyring: KeyRing | None = None, say: Callable[[str], None] = print) -> Report:
-    """Check every indexed manifest (``index/backup_index/<backup>/manifest_<node>.json``)."""
+                        keyring: KeyRing | None = None, options: Options | None = None,
+                        say: Callable[[str], None] = print) -> Report:
+    """Check every indexed manifest, the node's copy of it, and every object they name."""
     report = Report()
+    run = _Run(upstream, bucket, keyring, options or Options(), report, say)
     index = prefix + INDEX + (f"{backup}/" if backup else "")
-    manifests = [o["Key"] for o in await _list(upstream, bucket, index)
-                 if o["Key"].rsplit("/", 1)[-1].startswith("manifest_")]
-    if not manifests:
+    listed = [o for o in await _list(upstream, bucket, index)
+              if o["Key"].rsplit("/", 1)[-1].startswith("manifest_")]
+    if not listed:
         report.problems.append(f"no manifest found under {index}")
-    checked: set[str] = set()
-    limit = asyncio.Semaphore(16)
-    for manifest_key in manifests:
-        report.manifests += 1
-        entries = stored_entries(await upstream.read(Bucket=bucket, Key=manifest_key))
-        say(f"{manifest_key}: {len(entries)} objects")
-        await asyncio.gather(*(
-            _check(upstream, bucket, entry, keyring, report, limit)
-            for entry in entries if entry["path"] not in checked
-        ))
-        checked.update(entry["path"] for entry in entries)
+    for listing in listed:
+        await _verify_manifest(run, listing["Key"], required=True)
+        node_key = node_manifest_key(prefix, listing["Key"])
+        if node_key is not None:
+            await _verify_manifest(run, node_key, required=False)
+    if run.seed_unchecked:
+        report.notes.append("objects of the old in-Medusa encryption were checked against their stored size "
+                            "only: give encryption.seed_key_files to decrypt them")
+    for note in report.notes:
+        say(f"NOTE {note}")
     for problem in report.problems:
         say(f"PROBLEM {problem}")
     say(f"checked {report.objects} objects in {report.manifests} manifests: "
@@ -71,30 +163,170 @@ async def verify_bucket(upstream: Upstream, bucket: str, *, prefix: str = "", ba
     return report
 
 
-async def _check(upstream: Upstream, bucket: str, entry: dict[str, Any], keyring: KeyRing | None,
-                 report: Report, limit: asyncio.Semaphore) -> None:
-    path = entry["path"]
-    async with limit:
+async def _verify_manifest(run: _Run, key: str, *, required: bool) -> None:
+    """One manifest: its MAC (with the key), then every object it names."""
+    report, options = run.report, run.options
+    try:
+        head = await run.upstream.call("head_object", Bucket=run.bucket, Key=key)
+    except S3Error as err:
+        if required or err.code not in ("NoSuchKey", "NotFound", "404"):
+            report.problem(key, f"{err.code} ({err.message})")
+        else:
+            report.note(key, "missing: only the index's copy of this manifest was checked")
+        return
+    size = int(head.get("ContentLength", 0))
+    if size > 4 * options.max_manifest_bytes:
+        report.problem(key, f"{size} bytes: too large to check (limits.max_manifest_bytes)")
+        return
+    data = await run.upstream.read(Bucket=run.bucket, Key=key, IfMatch=head["ETag"]) if head.get("ETag") \
+        else await run.upstream.read(Bucket=run.bucket, Key=key)
+    report.manifests += 1
+    try:
+        seal = find_seal(data)
+    except ManifestSealError as exc:
+        report.problem(key, f"{exc}; its objects are not checked")
+        return
+    plaintext_values = False
+    if seal is not None:
+        if run.keyring is not None:
+            try:
+                verify_manifest(run.keyring, data, _names(key, options))
+            except (ManifestSealError, UnknownKeyError) as exc:
+                report.problem(key, f"{exc}; its objects are not checked")
+                return
+        text = data[:seal.body_len] + b"]"
+    elif classify(data[:16], data[-16:], len(data)) != "legacy-plaintext":
+        # Not a manifest the proxy could rewrite, stored as an encrypted object: its entries
+        # carry Medusa's plaintext values.
+        if run.keyring is None:
+            report.note(key, "stored encrypted (the proxy could not rewrite it): its objects are checked "
+                             "only with the key")
+            return
+        try:
+            trailer = Trailer.from_tail(data)
+            text = _decrypt(run.keyring, data, _written_as(key, trailer.object_key, options))
+        except FormatError as exc:
+            report.problem(key, f"{exc}; its objects are not checked")
+            return
+        plaintext_values = True
+    else:
+        cutoff = options.legacy_before
+        modified = head.get("LastModified")
+        legacy = cutoff is not None and isinstance(modified, datetime) and modified < cutoff
+        if run.keyring is not None and not legacy:
+            declared = f"written at {modified}, after legacy_plaintext_before ({cutoff})" if cutoff \
+                else "no legacy_plaintext_before is set"
+            report.problem(key, f"manifest has no MAC ({declared}); its objects are not checked")
+            return
+        report.note(key, "no MAC: written before legacy_plaintext_before" if legacy
+                    else "no MAC (checked without the key)")
+        text = data
+    try:
+        count = await _check_entries(run, text.decode("utf-8"), plaintext_values)
+    except (UnicodeDecodeError, NotAManifest) as exc:
+        report.problem(key, f"not a Medusa manifest ({exc})")
+        return
+    run.say(f"{key}: {count} objects")
+
+
+def _decrypt(keyring: KeyRing, data: bytes, object_key: str) -> bytes:
+    from proxy.format.codec import decrypt_object
+
+    return bytes(decrypt_object(keyring, data, object_key))
+
+
+async def _check_entries(run: _Run, text: str, plaintext_values: bool) -> int:
+    """Check the objects a manifest names, a batch at a time; the number of entries."""
+    entries: Iterator[dict[str, Any]] = (entry for _, _, entry in iter_entries(text))
+    count = 0
+    while batch := list(islice(entries, BATCH)):
+        count += len(batch)
+        fresh = []
+        for entry in batch:
+            ident = (str(plaintext_values), *(str(entry.get(name)) for name in
+                                              ("path", "size", "MD5", SOURCE_SIZE, SOURCE_MD5)))
+            if ident not in run.checked:
+                run.checked.add(ident)
+                fresh.append(entry)
+        await asyncio.gather(*(_check(run, entry, plaintext_values) for entry in fresh))
+    return count
+
+
+async def _check(run: _Run, entry: dict[str, Any], plaintext_values: bool) -> None:
+    path, report = entry["path"], run.report
+    async with run.limit:
         report.objects += 1
         try:
-            head = await upstream.call("head_object", Bucket=bucket, Key=path)
+            head = await run.upstream.call("head_object", Bucket=run.bucket, Key=path)
         except S3Error as err:
-            report.problems.append(f"{path}: {err.code} ({err.message})")
+            report.problem(path, f"{err.code} ({err.message})")
             return
         size, etag = int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
-        if size != entry.get("size") or (etag and etag != entry.get("MD5")):
-            report.problems.append(f"{path}: the bucket has size {size} ETag {etag}, the manifest says "
-                                   f"size {entry.get('size')} MD5 {entry.get('MD5')}")
+        if not plaintext_values and (size != entry.get("size") or (etag and etag != entry.get("MD5"))):
+            report.problem(path, f"the bucket has size {size} ETag {etag}, the manifest says size "
+                                 f"{entry.get('size')} MD5 {entry.get('MD5')}")
             return
-        if keyring is None or SOURCE_SIZE not in entry:
+        if run.keyring is None:
             return
+        expected: tuple[Any, Any] | None = (
+            (entry.get("size"), entry.get("MD5")) if plaintext_values
+            else (entry[SOURCE_SIZE], entry.get(SOURCE_MD5)) if SOURCE_SIZE in entry else None
+        )
         try:
-            trailer = await read_trailer(upstream, bucket, path, etag, size)
-            trailer.verify(keyring)
-            trailer.check_object_key(path)
+            await _check_content(run, path, etag, size, expected, plaintext_values)
         except (FormatError, S3Error) as exc:
-            report.problems.append(f"{path}: {exc}")
+            report.problem(path, exc)
+
+
+async def _check_content(run: _Run, path: str, etag: str, size: int, expected: tuple[Any, Any] | None,
+                         plaintext_values: bool) -> None:
+    """With the key: the object's own description of itself against the manifest's."""
+    assert run.keyring is not None
+    upstream, bucket, report = run.upstream, run.bucket, run.report
+    tail = await read_range(upstream, bucket, path, etag, tail_spec(size)) if size else b""
+    head = tail if size <= len(tail) else await read_range(upstream, bucket, path, etag, "bytes=0-15")
+    kind = classify(head[:16], tail[-16:], size)
+    if kind == "encrypted":
+        record_len = parse_footer(tail)
+        if record_len > len(tail):
+            tail = await read_range(upstream, bucket, path, etag, f"bytes=-{record_len}")
+        trailer = Trailer.from_tail(tail)
+        trailer.verify(run.keyring)
+        trailer.check_object_key(_written_as(path, trailer.object_key, run.options))
+        if trailer.object_stored_size != size:
+            raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
+        if expected is None:
+            report.problem(path, f"an encrypted object, but the manifest records no {SOURCE_SIZE}/{SOURCE_MD5}")
+        elif (trailer.plaintext_size, trailer.etag) != (expected[0], _md5_hex(expected[1])):
+            report.problem(path, f"plaintext size {trailer.plaintext_size} ETag {trailer.etag}, the manifest says "
+                                 f"{expected[0]} {expected[1]}")
+    elif kind == "seed-fernet":
+        if expected is None or not isinstance(expected[0], int):
+            report.problem(path, f"an object of the old in-Medusa encryption, but the manifest records no "
+                                 f"{SOURCE_SIZE}/{SOURCE_MD5}")
             return
-        if (trailer.plaintext_size, trailer.etag) != (entry[SOURCE_SIZE], entry[SOURCE_MD5]):
-            report.problems.append(f"{path}: plaintext size {trailer.plaintext_size} ETag {trailer.etag}, the "
-                                   f"manifest says {entry[SOURCE_SIZE]} {entry[SOURCE_MD5]}")
+        seed_plaintext_size(size, expected[0])
+        if not run.options.seed_keys:
+            run.seed_unchecked = True
+            return
+        decryptor = SeedDecryptor(list(run.options.seed_keys), expected_size=expected[0], expected_md5=expected[1])
+        _, pieces = await upstream.get_stream(Bucket=bucket, Key=path, **({"IfMatch": f'"{etag}"'} if etag else {}))
+        async for piece in pieces:
+            decryptor.feed(piece)
+        decryptor.finish()
+    elif kind == "tampered":
+        raise TamperedError("starts like an encrypted object but has no valid trailer")
+    elif plaintext_values:
+        if expected is not None and (size != expected[0] or (etag and etag != expected[1])):
+            report.problem(path, f"the bucket has size {size} ETag {etag}, the manifest says size "
+                                 f"{expected[0]} MD5 {expected[1]}")
+    elif expected is not None:
+        report.problem(path, f"the manifest records {SOURCE_SIZE} (an encrypted object) but the object is "
+                             "not encrypted")
+
+
+def _md5_hex(value: Any) -> Any:
+    try:
+        return source_md5_hex(value)
+    except (ValueError, AttributeError):
+        return value

@@ -17,7 +17,7 @@ MARKER = b"PLAINTEXT-MARKER-awscli"
 SIZE = 20_000_000
 PREFIX = "node1/backup1"
 DATA_KEY = f"{PREFIX}/data/ks1/table-1/nb-1-big-Data.db"
-META_KEY = f"{PREFIX}/meta/manifest.json"
+META_KEY = f"{PREFIX}/meta/tokenmap.json"  # plaintext metadata (a manifest.json would be sealed)
 
 
 def payload(size: int) -> bytes:
@@ -50,11 +50,11 @@ def test_aws_cli_cp_ls_head_rm(aws_cli: str, proxy: ProxyProcess, raw_client: An
     meta = b'{"files": ["nb-1-big-Data.db"]}'
     src = tmp_path / "Data.db"
     src.write_bytes(data)
-    (tmp_path / "manifest.json").write_bytes(meta)
+    (tmp_path / "tokenmap.json").write_bytes(meta)
 
     # Up: 20 MB is over the CLI's 8 MB threshold, so a multipart upload with 8 MiB parts.
     run_aws(aws_cli, proxy, tmp_path, "s3", "cp", str(src), f"s3://{bucket}/{DATA_KEY}")
-    run_aws(aws_cli, proxy, tmp_path, "s3", "cp", str(tmp_path / "manifest.json"),
+    run_aws(aws_cli, proxy, tmp_path, "s3", "cp", str(tmp_path / "tokenmap.json"),
             f"s3://{bucket}/{META_KEY}")
     stored = raw_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read()
     assert len(stored) > SIZE and MARKER not in stored

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from proxy.format.manifest_mac import find_seal
 from proxy.manifest import Stored, is_manifest_key, object_paths, restore, rewrite
 from tests.test_objects import MIB, payload, raw_bytes
 
@@ -91,7 +92,15 @@ def test_manifest_through_proxy(proxy_client: Any, raw_client: Any, bucket: str)
     # Medusa copies the manifest into the index by GET then PUT: the same rewrite again.
     index_key = "index/backup_index/bk1/manifest_node1.json"
     proxy_client.put_object(Bucket=bucket, Key=index_key, Body=got_body(proxy_client, bucket, key))
-    assert raw_bytes(raw_client, bucket, index_key) == raw_bytes(raw_client, bucket, key)
+    assert unsealed(raw_bytes(raw_client, bucket, index_key)) == unsealed(raw_bytes(raw_client, bucket, key))
+    assert got_body(proxy_client, bucket, index_key) == body
+
+
+def unsealed(stored: bytes) -> bytes:
+    """The manifest as the proxy rewrote it, without its MAC element (which names its key)."""
+    seal = find_seal(stored)
+    assert seal is not None
+    return stored[:seal.body_len] + b"]"
 
 
 def got_body(client: Any, bucket: str, key: str) -> bytes:
@@ -99,10 +108,11 @@ def got_body(client: Any, bucket: str, key: str) -> bytes:
     return data
 
 
-def test_not_a_manifest_is_stored_unchanged(proxy_client: Any, raw_client: Any, bucket: str) -> None:
+def test_not_a_manifest_is_stored_encrypted(proxy_client: Any, raw_client: Any, bucket: str) -> None:
+    """Stored as it is, it would be an unauthenticated manifest (refused after the cutoff)."""
     key = "node1/bk1/meta/manifest.json"
     proxy_client.put_object(Bucket=bucket, Key=key, Body=b"{broken")
-    assert raw_bytes(raw_client, bucket, key) == b"{broken"
+    assert raw_bytes(raw_client, bucket, key).endswith(b"MCPTEND1")
     assert got_body(proxy_client, bucket, key) == b"{broken"
 
 

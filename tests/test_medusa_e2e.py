@@ -122,8 +122,9 @@ def check_plaintext_metadata(raw: Any, bucket: str, name: str, snap: FakeSnapsho
     assert FQDN in json.loads(get(meta + "tokenmap.json"))
     assert json.loads(get(meta + "server_version.json"))
     for key in (meta + "manifest.json", f"index/backup_index/{name}/manifest_{FQDN}.json"):
-        manifest = json.loads(get(key))  # plaintext JSON (whether or not rewritten)
-        paths = sorted(o["path"] for t in manifest for o in t["objects"])
+        manifest = json.loads(get(key))  # plaintext JSON, its last element the proxy's MAC
+        assert set(manifest[-1]) == {"medusa_crypt_proxy"}
+        paths = sorted(o["path"] for t in manifest[:-1] for o in t["objects"])
         assert [p.split("/data/", 1)[1] for p in paths] == sorted(snap.files)
     index = f"index/backup_index/{name}/"
     assert get(index + f"schema_{FQDN}.cql").startswith(b"CREATE KEYSPACE ks1")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from proxy.cache import CachedView, StateStore, version_of
+from proxy.cache import CachedView, StateStore, settled, version_of
 from proxy.config import Config
 from proxy.format.codec import (
     ObjectDecryptor,
@@ -107,6 +108,19 @@ class IntegrityRefusal(S3Error):
     """A stored object refused because it is not a verified object of ours (nor declared legacy)."""
 
 
+class ObjectChanged(S3Error):
+    """The stored object was overwritten or deleted between the HEAD (or listing) that named its
+    version and the read of its trailer: retryable, and no integrity failure."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("InternalError", f"the stored object {key!r} changed while it was read; "
+                         "please try again", 500)
+
+
+#: Times a HEAD (or a listing's lookup) starts again on an object that changed under it.
+CHANGE_ATTEMPTS = 3
+
+
 def integrity_error(key: str, reason: object) -> IntegrityRefusal:
     return IntegrityRefusal("InternalError", f"the stored object {key!r} failed its integrity check: {reason}", 500)
 
@@ -193,7 +207,10 @@ class ObjectsCore(PassthroughService):
     # --- the plaintext view --------------------------------------------------------------
 
     async def view_of(self, bucket: str, key: str, etag: str, size: int, last_modified: object) -> View:
-        """The plaintext view of one stored version: cache first, else the bucket itself."""
+        """The plaintext view of one stored version: cache first, else the bucket itself.
+
+        ObjectChanged when the object is no longer that version (the caller HEADs it again).
+        """
         version = version_of(etag, size, last_modified)
         found = await self.store.get_views(bucket, [(key, version)])
         cached = found.get((key, version))
@@ -202,51 +219,99 @@ class ObjectsCore(PassthroughService):
             self.recheck_legacy(key, cached.kind, last_modified)
             trailer = Trailer.parse(cached.trailer) if cached.trailer else None
             return View(cached.kind, cached.size, cached.etag, trailer)
-        view = await self._inspect(bucket, key, etag, size, last_modified)
-        await self._remember(bucket, key, version, view)
+        learned_at = time.time()  # before the read: what it finds is at least this recent
+        view = await self._inspect(bucket, key, etag, size, last_modified, follow=False)
+        await self._remember(bucket, key, version, view, learned_at=learned_at)
         return view
 
     async def forget(self, bucket: str, keys: list[str]) -> None:
         await self.store.forget_views(bucket, keys)
 
-    async def _remember(self, bucket: str, key: str, version: str, view: View) -> None:
-        await self.store.put_view(bucket, key, version, cached_view(view))
+    async def _remember(self, bucket: str, key: str, version: str, view: View, *,
+                        learned_at: float | None = None) -> None:
+        """Cache a view (one of a size + Last-Modified version only once settled: ``proxy.cache.settled``)."""
+        await self.store.put_view(bucket, key, version, cached_view(view), learned_at=learned_at)
 
     async def _remember_written(self, bucket: str, key: str, upstream_etag: str, stored_size: int,
                                 view: View) -> None:
         """Cache what was just written, so the HEAD every client makes next costs no trailer read.
 
-        The cache key must be the one the next HEAD will compute. An upstream that gives no ETag,
-        or gives one on PUT but none on HEAD (``rclone serve s3 --etag-hash ''``: seen once, it is
-        remembered), identifies the version by size and Last-Modified: one HEAD tells them.
+        The cache key must be the one the next HEAD will compute: the upstream's ETag. An upstream
+        that gives no ETag, or gives one on PUT but none on HEAD (``rclone serve s3 --etag-hash
+        ''``: seen once, it is remembered), names versions by size and Last-Modified, and a view
+        learned as the write ends has not settled (``proxy.cache.settled``: another write of the
+        same size begun in the same second may end later), so nothing is cached: the next lookup
+        reads the trailer. (A HEAD here used to learn that version; it also made the PUT fail with
+        NoSuchKey or a size mismatch when another client deleted or overwrote the key meanwhile.)
         """
         if upstream_etag.strip('"') and not self._heads_lack_etags:
             await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
-            return
-        head = await self.upstream.head(bucket, key)
-        if int(head.get("ContentLength", -1)) != stored_size:
-            raise S3Error("InternalError", f"the upstream stored {head.get('ContentLength')} bytes of "
-                          f"{key!r}, not the {stored_size} sent", 500)
-        await self._remember(bucket, key, version_of(head.get("ETag"), stored_size, head.get("LastModified")), view)
 
-    async def _inspect(self, bucket: str, key: str, etag: str, size: int, last_modified: object) -> View:
+    async def _inspect(self, bucket: str, key: str, etag: str, size: int, last_modified: object, *,
+                       follow: bool = True) -> View:
         """Read the trailer (one suffix range) and decide: ours and verified, declared legacy, or refused.
 
         Anything that is not a verified object of ours is served only when the operator declared
         it older than encryption (``legacy_plaintext_before``); no byte pattern decides that.
+
+        Another client or proxy may overwrite or delete the object between the HEAD or listing
+        that named this version and the trailer read: with an ETag the read is guarded (412; but
+        ``rclone serve s3`` ignores If-Match), else it meets another object's trailer (another size)
+        or none, or is cut off. A HEAD then tells a change from damage: a change is no integrity
+        failure.
+        With ``follow`` (a listing's lookup) the view of what is stored now is returned (ObjectChanged
+        if it is gone: the client lists again); without, ObjectChanged (the caller HEADs again).
         """
+        for _ in range(CHANGE_ATTEMPTS):
+            try:
+                return await self._inspect_version(bucket, key, etag, size, last_modified)
+            except ObjectChanged:
+                if not follow:
+                    raise
+            except S3Error as err:
+                if follow and err.code == "NoSuchKey":
+                    raise ObjectChanged(key) from None
+                raise
+            try:
+                head = await self.upstream.head(bucket, key)
+            except S3Error as err:
+                if err.code == "NoSuchKey":
+                    raise ObjectChanged(key) from None
+                raise
+            etag, size = head.get("ETag", ""), int(head.get("ContentLength", 0))
+            last_modified = head.get("LastModified")
+        raise ObjectChanged(key)
+
+    async def _inspect_version(self, bucket: str, key: str, etag: str, size: int, last_modified: object) -> View:
+        """``_inspect`` of the version named; ObjectChanged when the object is no longer it."""
         if size == 0:
             return self._unverified(key, size, etag, last_modified, "an empty object")
-        async with self._lookups:
-            tail = await read_range(self.upstream, bucket, key, etag, tail_spec(size))
-            try:
-                record_len = parse_footer(tail)
-            except TamperedError as exc:
-                raise self._integrity(key, exc) from None
-            except FormatError:
-                return await self._without_trailer(bucket, key, etag, size, last_modified, tail)
-            if record_len > len(tail):
-                tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{record_len}")
+        guarded = bool(etag.strip('"'))
+        try:
+            async with self._lookups:
+                tail = await read_range(self.upstream, bucket, key, etag, tail_spec(size))
+                try:
+                    record_len = parse_footer(tail)
+                except TamperedError as exc:
+                    raise await self._refusal(bucket, key, etag, size, last_modified, exc) from None
+                except FormatError:
+                    return await self._without_trailer(bucket, key, etag, size, last_modified, tail)
+                if record_len > len(tail):
+                    tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{record_len}")
+        except S3Error as err:
+            if isinstance(err, ObjectChanged | IntegrityRefusal):
+                raise
+            if guarded and (err.code == "PreconditionFailed" or err.status == 412):
+                raise ObjectChanged(key) from None
+            if err.code == "InvalidRange" and await self._changed(bucket, key, etag, size, last_modified):
+                raise ObjectChanged(key) from None  # rclone refuses a suffix as long as the (new) object
+            raise
+        except Exception as exc:
+            # A read cut off (rclone cuts a GET of a file deleted or replaced meanwhile): a change
+            # is retried, anything else goes on as it was (a timeout at once: no more waiting).
+            if not isinstance(exc, TimeoutError) and await self._changed(bucket, key, etag, size, last_modified):
+                raise ObjectChanged(key) from None
+            raise
         try:
             trailer = Trailer.from_tail(tail)
             trailer.verify(self.keyring)
@@ -254,8 +319,29 @@ class ObjectsCore(PassthroughService):
             if trailer.object_stored_size != size:
                 raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
         except FormatError as exc:
-            raise self._integrity(key, exc) from None
+            raise await self._refusal(bucket, key, etag, size, last_modified, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
+
+    async def _changed(self, bucket: str, key: str, etag: str, size: int, last_modified: object) -> bool:
+        """Whether the stored object may no longer be the version named: its HEAD names another, or
+        none, or names it by size and Last-Modified before that has settled (``proxy.cache.settled``:
+        other writes of that size may have begun in that second, one may have replaced it and
+        another brought the size back)."""
+        try:
+            head = await self.upstream.head(bucket, key)
+        except S3Error as err:
+            if err.code == "NoSuchKey":
+                return True
+            raise
+        now = version_of(head.get("ETag"), int(head.get("ContentLength", -1)), head.get("LastModified"))
+        return now != version_of(etag, size, last_modified) or not settled(now, time.time())
+
+    async def _refusal(self, bucket: str, key: str, etag: str, size: int, last_modified: object,
+                       exc: Exception) -> S3Error:
+        """The integrity failure ``exc``, unless the read met another version (ObjectChanged)."""
+        if await self._changed(bucket, key, etag, size, last_modified):
+            return ObjectChanged(key)
+        return self._integrity(key, exc)
 
     async def _without_trailer(self, bucket: str, key: str, etag: str, size: int, last_modified: object,
                                tail: bytes) -> View:
@@ -347,13 +433,20 @@ class ObjectsCore(PassthroughService):
     async def _head(self, bucket: str, key: str, *, full: bool = False) -> tuple[dict[str, Any], View]:
         """The stored object's HEAD and its view; ``full`` asks botocore for every field (a copy
         carries them over), else the fast HEAD's ETag, size, time, metadata and headers do."""
-        reply = await (self.upstream.call("head_object", Bucket=bucket, Key=key) if full
-                       else self.upstream.head(bucket, key))
-        if not reply.get("ETag", "").strip('"'):
-            self._heads_lack_etags = True
-        view = await self.view_of(bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)),
-                                  reply.get("LastModified"))
-        return reply, view
+        for attempt in range(1, CHANGE_ATTEMPTS + 1):
+            reply = await (self.upstream.call("head_object", Bucket=bucket, Key=key) if full
+                           else self.upstream.head(bucket, key))
+            if not reply.get("ETag", "").strip('"'):
+                self._heads_lack_etags = True
+            try:
+                view = await self.view_of(bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)),
+                                          reply.get("LastModified"))
+            except ObjectChanged:
+                if attempt == CHANGE_ATTEMPTS:
+                    raise
+                continue  # overwritten or deleted meanwhile: the HEAD says what is there now
+            return reply, view
+        raise AssertionError("unreachable")
 
     async def _encrypting(self, encryptor: PartEncryptor, source: AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
         """The complete records of ``source``'s plaintext (the caller adds ``finish()``)."""
@@ -379,9 +472,29 @@ class ObjectsCore(PassthroughService):
         assert view.trailer is not None
         return ObjectDecryptor.with_trailer(self.keyring, view.trailer, self.written_as(key, view.trailer))
 
+    async def _received(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``pieces`` of a stored body; one that breaks off (cut, reset, timed out) is counted in
+        ``upstream_errors_total`` before the error goes on (the client then gets a short read)."""
+        try:
+            while True:
+                try:
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    code = "Timeout" if isinstance(exc, TimeoutError) else "IncompleteBody"
+                    self.metrics.upstream_errors.labels(code=code).inc()
+                    raise
+                yield piece
+                del piece
+        finally:
+            close = getattr(pieces, "aclose", None)
+            if close is not None:
+                await close()  # the upstream connection goes now, not when collected
+
     async def _decrypting(self, key: str, pieces: AsyncIterator[bytes], decryptor: Any) -> AsyncIterator[Chunk]:
         try:
-            async for piece in pieces:
+            async for piece in self._received(pieces):
                 out = await self._crypt(decryptor.feed, piece)
                 del piece
                 if out:

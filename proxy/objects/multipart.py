@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -30,11 +34,19 @@ from proxy.service import (
     part_number,
 )
 
+log = logging.getLogger("proxy.objects")
+
 MIN_PART = 5 << 20  # S3 refuses smaller parts except the last one
 MAX_PARTS = 10000
+# An encrypted upload in this proxy's state untouched this long is aborted (S3 lifecycle rules
+# usually abort incomplete uploads after a day); the state is swept at start and then this often.
+STALE_UPLOAD_SECONDS = 24 * 3600
+SWEEP_INTERVAL_SECONDS = 3600
 
 
 class MultipartObjects(ObjectsCore):
+    _sweeper: asyncio.Task[None] | None = None
+
     # --- multipart -----------------------------------------------------------------------
 
     async def create_multipart_upload(self, request: Request) -> Reply:
@@ -128,13 +140,28 @@ class MultipartObjects(ObjectsCore):
             if final_number > MAX_PARTS:
                 raise S3Error("InvalidArgument", "the proxy needs one more part for its trailer; "
                               "use at most 9999 parts", 400)
-        reply = await self.upstream.call("upload_part", Bucket=state.bucket, Key=state.key,
-                                         UploadId=state.upload_id, PartNumber=final_number, Body=final_body)
-        upstream_parts.append({"PartNumber": final_number, "ETag": reply["ETag"]})
-        done = await self.upstream.call(
-            "complete_multipart_upload", Bucket=state.bucket, Key=state.key, UploadId=state.upload_id,
-            MultipartUpload={"Parts": upstream_parts},
-        )
+        # An earlier Complete of this upload may have reached the upstream and lost its answer (the
+        # proxy was killed, the client gave up waiting): then its object may be stored already.
+        done = await self._completed_object(state, trailer) if state.completing else None
+        if done is None:
+            await self.store.mark_completing(state.upload_id)
+            try:
+                reply = await self.upstream.call("upload_part", Bucket=state.bucket, Key=state.key,
+                                                 UploadId=state.upload_id, PartNumber=final_number,
+                                                 Body=final_body)
+                upstream_parts.append({"PartNumber": final_number, "ETag": reply["ETag"]})
+                done = await self.upstream.call(
+                    "complete_multipart_upload", Bucket=state.bucket, Key=state.key, UploadId=state.upload_id,
+                    MultipartUpload={"Parts": upstream_parts},
+                )
+            except S3Error as err:
+                # A concurrent (or lost) Complete may have finished it meanwhile: the upstream then
+                # answers NoSuchUpload (rclone, AWS) or an error (moto's 500 for a part after it).
+                done = await self._completed_object(state, trailer)
+                if done is None:
+                    if err.code == "NoSuchUpload":  # gone upstream: it can never complete
+                        await self.store.drop_upload(state.upload_id)
+                    raise
         await self.store.drop_upload(state.upload_id)
         self.metrics.multipart_finished()
         parsed = Trailer.from_tail(trailer)
@@ -144,12 +171,83 @@ class MultipartObjects(ObjectsCore):
         return Reply.xml(xml.complete_multipart(done.get("Location", ""), state.bucket, state.key,
                                                 quote_etag(parsed.etag)))
 
+    async def _completed_object(self, state: UploadState, trailer: bytes) -> dict[str, str] | None:
+        """The stored object's upstream reply when an earlier Complete of this very upload stored it.
+
+        It is when its verified trailer is exactly the one this Complete would write: the same salt
+        (random per upload), key and parts. Anything else (no object, another one, a tampered one)
+        gives None.
+        """
+        try:
+            head, view = await self._head(state.bucket, state.key)
+        except S3Error:
+            return None
+        if view.trailer is None or view.trailer.record != trailer:
+            return None
+        log.info("Complete of %r (upload %s): an earlier Complete already stored it (its answer was lost)",
+                 state.key, state.upload_id, extra={"event": "complete_recovered", "upload_id": state.upload_id})
+        return {"ETag": head.get("ETag", "")}
+
     async def abort_multipart_upload(self, request: Request) -> Reply:
-        reply = await super().abort_multipart_upload(request)
-        if self.stores_encrypted(request.key or "") and await self.store.get_upload(request.query["uploadId"]):
-            await self.store.drop_upload(request.query["uploadId"])
-            self.metrics.multipart_finished()
+        upload_id = request.query["uploadId"]
+        try:
+            reply = await super().abort_multipart_upload(request)
+        except S3Error as err:
+            # Gone upstream (aborted or completed elsewhere): the state is of no use either.
+            if err.code == "NoSuchUpload" and self.stores_encrypted(request.key or ""):
+                await self._forget_upload(upload_id)
+            raise
+        if self.stores_encrypted(request.key or ""):
+            await self._forget_upload(upload_id)
         return reply
+
+    async def _forget_upload(self, upload_id: str) -> None:
+        if await self.store.get_upload(upload_id) is not None:
+            await self.store.drop_upload(upload_id)
+            self.metrics.multipart_finished()
+
+    # --- uploads nobody finishes -----------------------------------------------------------
+
+    async def start(self) -> None:
+        await super().start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await super().close()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.abort_idle_uploads(STALE_UPLOAD_SECONDS)
+            except Exception as exc:  # the bucket may be down: try again next time
+                log.warning("stale upload sweep failed: %s", exc, extra={"event": "stale_upload_sweep_failed"})
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+
+    async def abort_idle_uploads(self, idle_seconds: float) -> int:
+        """Abort upstream, and forget, the encrypted uploads of this proxy's state untouched for
+        ``idle_seconds``: no other proxy can complete them (they lack the state), and a client that
+        still wanted one would have sent a part or its Complete. Returns how many were dropped."""
+        dropped = 0
+        for state in await self.store.list_uploads(idle_since=time.time() - idle_seconds):
+            try:
+                await self.upstream.call("abort_multipart_upload", Bucket=state.bucket, Key=state.key,
+                                         UploadId=state.upload_id)
+            except S3Error as err:
+                if err.code != "NoSuchUpload":  # already gone (completed, aborted): just forget it
+                    log.warning("cannot abort stale upload %s of %r: %s %s", state.upload_id, state.key,
+                                err.code, err.message, extra={"event": "stale_upload_abort_failed"})
+                    continue
+            await self.store.drop_upload(state.upload_id)
+            dropped += 1
+            idle_hours = (time.time() - state.touched) / 3600
+            log.info("aborted stale upload %s of %r in bucket %s (idle %.1f h)", state.upload_id, state.key,
+                     state.bucket, idle_hours, extra={"event": "stale_upload_aborted", "upload_id": state.upload_id})
+        return dropped
 
     async def list_parts(self, request: Request) -> Reply:
         state = await self._upload(request)

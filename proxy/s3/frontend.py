@@ -49,8 +49,10 @@ class Frontend:
         max_skew_seconds: int = 900,
         observe: RequestObserver | None = None,
         scopes: ScopeLookup | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self.service = service
+        self.body_timeout = body_timeout  # no request body byte for this long: RequestTimeout
         self.credentials = credentials
         self.scopes = scopes
         self.virtual_suffixes = tuple(virtual_suffixes)
@@ -149,7 +151,7 @@ class Frontend:
             check_scope(target, query, scope, _copy_source(target, http.headers))
         body = None
         if target.operation in _BODY_OPERATIONS or http.can_read_body:
-            body = RequestBody(http.content, http.headers, auth)
+            body = RequestBody(http.content, http.headers, auth, self.body_timeout)
         request = Request(target.operation, target.bucket, target.key, query, http.headers, body, scope)
         reply = await self.service.handle(request)
         response = await self._reply(http, reply, request_id, fields)
