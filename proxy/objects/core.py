@@ -346,15 +346,18 @@ class ObjectsCore(PassthroughService):
     async def _without_trailer(self, bucket: str, key: str, etag: str, size: int, last_modified: object,
                                tail: bytes) -> View:
         """An object with no trailer of ours: the seed's old format or plaintext, both only when
-        declared legacy; one that starts like our records lost its trailer and is refused."""
+        declared legacy; one that starts like our records lost its trailer and is refused. (Unless
+        the reads met another version than the one named: ObjectChanged, see ``_inspect``.)"""
         head = tail if size <= len(tail) else await read_range(self.upstream, bucket, key, etag, "bytes=0-15")
         kind = classify(head[:16], tail[-16:])
         if kind == "tampered":
-            raise self._integrity(key, TamperedError("stored object starts like an encrypted one but has no "
-                                                     "valid trailer"))
+            raise await self._refusal(bucket, key, etag, size, last_modified, TamperedError(
+                "stored object starts like an encrypted one but has no valid trailer"))
         if kind == "seed-fernet" and self.seed_keys:
             self._require_legacy(key, last_modified, "an object of the old in-Medusa encryption")
             return await self._seed_view(bucket, key, etag, size)
+        if not self.legacy_allowed(last_modified) and await self._changed(bucket, key, etag, size, last_modified):
+            raise ObjectChanged(key)
         return self._unverified(key, size, etag, last_modified, "not encrypted")
 
     def legacy_allowed(self, last_modified: object) -> bool:
