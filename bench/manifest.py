@@ -10,6 +10,7 @@ a proxy process of its own (the cache file is kept unless the phase says "cold")
 
   idle   the proxy's RSS once started and ready (VmRSS)
   peak   its peak RSS during the phase (VmHWM), and peak / idle
+  time   wall seconds of the phase, and the proxy's CPU seconds (utime + stime)
   reads  upstream GETs the phase made (from /metrics): a warm LIST must make none
 
 Phases: PUT (rewrite + seal; the data files' views are cached), GET (warm: the view is cached, the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -52,11 +54,16 @@ def status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def upstream_gets(proxy: ProxyProcess) -> float:
     with urllib.request.urlopen(proxy.endpoint_url + "/metrics", timeout=10) as reply:
         text = reply.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("medusa_crypt_proxy_upstream_requests_total{") and 'operation="get_object"' in line)
+               if line.startswith("medusa_crypt_proxy_upstream_requests_total{") and 'operation="GetObject"' in line)
 
 
 def entries_for(size: int, objects: int | None) -> list[dict[str, Any]]:
@@ -126,19 +133,20 @@ class Bench:
             client = proxy.client(max_pool_connections=4, read_timeout=600, **MEDUSA)
             time.sleep(0.5)
             idle = status_kib(pid, "VmRSS")
-            reads = upstream_gets(proxy)
+            reads, cpu = upstream_gets(proxy), cpu_seconds(pid)
             started = time.monotonic()
             result = action(client)
             seconds = time.monotonic() - started
             peak = status_kib(pid, "VmHWM")
-            reads = upstream_gets(proxy) - reads
+            reads, cpu = upstream_gets(proxy) - reads, cpu_seconds(pid) - cpu
         finally:
             proxy.stop()
         row = {"phase": name, "idle_mib": idle / 1024, "peak_mib": peak / 1024, "ratio": peak / idle,
-               "seconds": seconds, "upstream_gets": reads}
+               "seconds": seconds, "cpu_seconds": cpu, "upstream_gets": reads}
         self.results.append(row)
         print(f"{name:<12} idle {row['idle_mib']:6.0f} MiB  peak {row['peak_mib']:6.0f} MiB  "
-              f"peak/idle {row['ratio']:5.2f}  {seconds:6.2f}s  upstream GETs {reads:.0f}", flush=True)
+              f"peak/idle {row['ratio']:5.2f}  {seconds:6.2f}s (proxy CPU {cpu:6.2f}s)  upstream GETs {reads:.0f}",
+              flush=True)
         return result
 
     def run(self) -> None:

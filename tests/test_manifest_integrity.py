@@ -84,8 +84,16 @@ def test_listing_a_known_manifest_reads_nothing(proxy: ProxyProcess, bucket: str
         assert listed_size(client, bucket, NODE_KEY) == len(body)
         client.head_object(Bucket=bucket, Key=INDEX_KEY)
     _, after = scrape(proxy)
-    assert metric(after, "upstream_requests_total", operation="get_object") == \
-        metric(before, "upstream_requests_total", operation="get_object")
+    assert metric(after, "upstream_requests_total", operation="GetObject") == \
+        metric(before, "upstream_requests_total", operation="GetObject")
+    # The same with an empty cache reads each manifest once (and remembers it).
+    proxy.restart(cache={"path": str(proxy.tmp_path / "empty-cache.sqlite")})
+    _, before = scrape(proxy)
+    for _ in range(3):
+        assert listed_size(client, bucket, NODE_KEY) == len(body)
+    _, after = scrape(proxy)
+    assert metric(after, "upstream_requests_total", operation="GetObject") == \
+        metric(before, "upstream_requests_total", operation="GetObject") + 1
 
 
 def _edit_entry(stored: bytes) -> bytes:
@@ -285,3 +293,65 @@ def test_verify_bucket_reports_a_rolled_back_object(proxy: ProxyProcess, raw_cli
     assert code == 1
     assert [p for p in problems(output) if p.startswith(f"PROBLEM {victim}: the bucket has size")], output
     assert verify(proxy, bucket, with_key=False)[0] == 1  # the stored ETag shows it even without the key
+
+
+@pytest.mark.parametrize("damage", ["reordered", "dropped"])
+def test_verify_bucket_reports_a_damaged_seed_object(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
+                                                     bucket: str, tmp_path: Any, damage: str) -> None:
+    """A backup of the old in-Medusa encryption whose object lost or reordered whole records (the
+    format cannot tell) while its manifest kept the original source_size/source_MD5."""
+    import base64
+
+    from cryptography.fernet import Fernet
+
+    from proxy.format.seed import seed_record_size
+    from tests.test_objects import cutoff_after
+    from tests.test_seed_proxy import seed_object
+
+    seed_key = Fernet.generate_key()
+    key_path = tmp_path / "seed.key"
+    key_path.write_bytes(seed_key)
+    key_path.chmod(0o600)
+    data = payload(3 * MIB + 100, 5)
+    genuine = seed_object(Fernet(seed_key), data)
+    record = seed_record_size(MIB)  # three full records, then a short one
+    records = [genuine[i * record:(i + 1) * record] for i in range(3)] + [genuine[3 * record:]]
+    stored = (records[1] + records[0] + records[2] + records[3] if damage == "reordered"
+              else records[0] + records[1] + records[3])
+    path = "node1/bk0/data/ks1/t-1/nb-1-big-Data.db"
+    raw_client.put_object(Bucket=bucket, Key=path, Body=stored)
+    manifest = json.dumps([{"keyspace": "ks1", "columnfamily": "t-1", "objects": [{
+        "path": path, "MD5": hashlib.md5(stored).hexdigest(), "size": len(stored),
+        "source_size": len(data), "source_MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
+    }]}]).encode()
+    raw_client.put_object(Bucket=bucket, Key="index/backup_index/bk0/manifest_node1.json", Body=manifest)
+    cutoff = cutoff_after(raw_client, bucket)
+    proxy = make_proxy(start=False, encryption={"seed_key_files": [str(key_path)], "legacy_plaintext_before": cutoff})
+    code, output = verify(proxy, bucket)
+    assert code == 1, output
+    reason = "records reordered" if damage == "reordered" else "does not fit stored size"
+    assert any(p.startswith(f"PROBLEM {path}: ") and reason in p for p in problems(output)), output
+    assert "no MAC: written before legacy_plaintext_before" in output
+
+
+def test_moved_backup_is_accepted_with_accept_moved(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
+                                                    bucket: str) -> None:
+    """Backups moved to another prefix outside the proxy: accepted only where the operator says so."""
+    client = make_proxy().client(**MEDUSA_CLIENT_CONFIG)
+    body = medusa_manifest([("old/node1/data/ks1/t-1/a-Data.db", "ab" * 16, 3)])
+    client.put_object(Bucket=bucket, Key="old/" + NODE_KEY, Body=body)
+    raw_client.put_object(Bucket=bucket, Key="new/" + NODE_KEY, Body=raw_bytes(raw_client, bucket, "old/" + NODE_KEY))
+    assert_refused(client, bucket, "new/" + NODE_KEY)
+    moved = make_proxy(encryption={"accept_moved": [{"from_prefix": "old/", "to_prefix": "new/"}]})
+    assert get(moved.client(**MEDUSA_CLIENT_CONFIG), bucket, "new/" + NODE_KEY) == body
+
+
+@pytest.mark.parametrize(("prefix", "index_key", "node_key"), [
+    ("", "index/backup_index/bk1/manifest_node1.example.com.json", "node1.example.com/bk1/meta/manifest.json"),
+    ("p/q/", "p/q/index/backup_index/b/manifest_n.json", "p/q/n/b/meta/manifest.json"),
+    ("", "index/backup_index/bk1/tokenmap_n.json", None),
+])
+def test_node_manifest_key(prefix: str, index_key: str, node_key: str | None) -> None:
+    from proxy.verify_bucket import node_manifest_key
+
+    assert node_manifest_key(prefix, index_key) == node_key

@@ -342,3 +342,48 @@ def test_walk_gives_entry_spans() -> None:
     spans = [(text[s:e], entry) for s, e, entry in iter_entries(text)]
     assert spans == [('{"path": "a"}', {"path": "a"}),
                      ('{"path": "b", "size": [1, {"z": null}]}', {"path": "b", "size": [1, {"z": None}]})]
+
+
+def reference_restore(body: bytes) -> bytes:
+    """The restore as the proxy did it before the walk: json.loads, change, json.dumps."""
+    from proxy.manifest import _medusa_md5
+
+    document = json.loads(body)
+    for section in document:
+        for entry in section["objects"]:
+            if "source_size" in entry and "source_MD5" in entry:
+                entry["size"] = entry.pop("source_size")
+                entry["MD5"] = _medusa_md5(entry.pop("source_MD5"))
+    return json.dumps(document).encode()
+
+
+def test_restore_agrees_with_the_json_reference() -> None:
+    """The fast path (canonical rewritten entries) and the general one give json's answer."""
+    import base64
+    import random
+
+    rng = random.Random(7)
+    md5 = hashlib.md5(b"z")
+    shapes: list[dict[str, Any]] = [
+        {"path": "a/b", "MD5": "e" * 32, "size": 5, "source_size": 3, "source_MD5": md5.hexdigest()},
+        {"path": "a/b", "MD5": "e" * 32, "size": 5, "source_size": 3, "source_MD5": md5.hexdigest() + "-12"},
+        {"path": "a/b", "MD5": "e" * 32, "size": 5, "source_size": 0, "source_MD5": md5.hexdigest().upper()},
+        {"path": "a/b", "MD5": "e", "size": 5, "source_size": 3, "source_MD5": base64.b64encode(md5.digest()).decode()},
+        {"path": "\u00e9t\u00e9/\"q\"\\/\n", "MD5": "e" * 32, "size": 5, "source_size": 3,
+         "source_MD5": md5.hexdigest()},
+        {"path": "a", "MD5": "e" * 32, "size": 5, "source_size": 10 ** 30, "source_MD5": md5.hexdigest()},
+        {"path": "a", "MD5": "e" * 32, "size": -5, "source_size": -1, "source_MD5": md5.hexdigest()},
+        {"path": "a", "size": 5, "MD5": "e" * 32, "source_size": 3, "source_MD5": md5.hexdigest()},
+        {"path": "a", "MD5": "e" * 32, "size": 5, "extra": [1, {"b": None}], "source_size": 3,
+         "source_MD5": md5.hexdigest()},
+        {"path": "a", "source_size": 3, "source_MD5": md5.hexdigest()},
+        {"path": "a", "MD5": "e" * 32, "size": 5.5, "source_size": 3.25, "source_MD5": md5.hexdigest()},
+        {"path": "a", "MD5": "e" * 32, "size": 5},
+        {"path": "a", "MD5": "e" * 32, "size": 5, "source_size": 3},
+        {"path": "\x7f~ ", "MD5": "e" * 32, "size": 5, "source_size": 3, "source_MD5": md5.hexdigest()},
+    ]
+    for _ in range(20):
+        objects = [dict(rng.choice(shapes)) for _ in range(rng.randrange(0, 12))]
+        body = medusa([{"keyspace": "k", "columnfamily": "t", "objects": objects},
+                       {"keyspace": "k", "columnfamily": "u", "objects": objects[::-1], "x": {"y": [1]}}])
+        assert restore(body) == reference_restore(body)

@@ -54,7 +54,7 @@ log = logging.getLogger("proxy.objects")
 #: Cached view kinds of a manifest: authenticated, or unauthenticated and declared legacy.
 MANIFEST_KIND = "manifest"
 LEGACY_KIND = "plaintext"
-LIST_CONCURRENCY = 8  # listings in flight while finding a manifest's stored objects
+PAGES_IN_FLIGHT = 8  # listing pages fetched or being resolved at once, for a manifest's stored objects
 _BODY_PIECE = 1 << 20
 
 
@@ -122,8 +122,10 @@ class ManifestObjects(ObjectsCore):
         await self._remember_written(bucket, key, reply.get("ETag", ""), len(out), View(MANIFEST_KIND, length, etag))
         return Reply(200, {"ETag": quote_etag(etag)})
 
-    def _encrypted_paths(self, text: str) -> set[str]:
-        return {path for path in iter_paths(text) if self.policy.encrypts(path)}
+    def _encrypted_paths(self, text: str) -> dict[str, str]:
+        """The encrypted paths a manifest names (each mapped to itself: the string is reused as
+        the key of the result, rather than a copy made by every listing page)."""
+        return {path: path for path in iter_paths(text) if self.policy.encrypts(path)}
 
     def _rewrite_and_seal(self, key: str, text: str, stored: dict[str, Stored], out: bytearray) -> None:
         rewrite_into(text, stored, out)
@@ -137,34 +139,35 @@ class ManifestObjects(ObjectsCore):
         etag = await self._put_encrypted(bucket, key, source, length, params)
         return Reply(200, {"ETag": quote_etag(etag)})
 
-    async def _stored_objects(self, bucket: str, wanted: set[str]) -> dict[str, Stored]:
-        """Stored size and upstream ETag of the objects of ours among ``wanted``.
+    async def _stored_objects(self, bucket: str, wanted: dict[str, str]) -> dict[str, Stored]:
+        """Stored size and upstream ETag of the objects of ours among ``wanted`` (which is left
+        holding the paths missing from the bucket).
 
         One listing per directory, a page at a time: the views of a page are looked up in one
         cache query and its misses resolved concurrently, so memory follows the page, not the
         manifest.
         """
         result: dict[str, Stored] = {}
-        listed: set[str] = set()
-        listings = asyncio.Semaphore(LIST_CONCURRENCY)
+        missing = wanted  # found keys are taken out as the listings find them
+        pages = asyncio.Semaphore(PAGES_IN_FLIGHT)
 
         async def directory(prefix: str) -> None:
             token: str | None = None
             while True:
-                async with listings:
+                async with pages:  # a page is held until resolved: at most PAGES_IN_FLIGHT alive
                     page = await self._list_page(bucket, prefix, token)
-                entries = [o for o in page.get("Contents", []) if o["Key"] in wanted]
-                listed.update(o["Key"] for o in entries)
-                await self._ours_among(bucket, entries, result)
-                token = page.get("NextContinuationToken")
-                if not page.get("IsTruncated") or not token:
+                    found = [(missing.pop(o["Key"]), o) for o in page.get("Contents", []) if o["Key"] in missing]
+                    token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+                    del page
+                    await self._ours_among(bucket, found, result)
+                    del found
+                if not token:
                     return
 
         prefixes = {path.rpartition("/")[0] + "/" if "/" in path else "" for path in wanted}
         await asyncio.gather(*(directory(prefix) for prefix in sorted(prefixes)))
-        if len(listed) < len(wanted):
-            log.warning("manifest names %d object(s) missing from the bucket, e.g. %r", len(wanted) - len(listed),
-                        min(wanted - listed))
+        if missing:
+            log.warning("manifest names %d object(s) missing from the bucket, e.g. %r", len(missing), min(missing))
         return result
 
     async def _list_page(self, bucket: str, prefix: str, token: str | None) -> dict[str, Any]:
@@ -179,34 +182,43 @@ class ManifestObjects(ObjectsCore):
             params["ContinuationToken"] = token
         return await self.upstream.call("list_objects_v2", **params)
 
-    async def _ours_among(self, bucket: str, entries: list[dict[str, Any]], result: dict[str, Stored]) -> None:
+    async def _ours_among(self, bucket: str, found: list[tuple[str, dict[str, Any]]],
+                          result: dict[str, Stored]) -> None:
         """Add the listed objects that verify as ours (or of the old in-Medusa format) to ``result``."""
-        if not entries:
+        if not found:
             return
 
         def version(entry: dict[str, Any]) -> str:
             return version_of(entry.get("ETag"), int(entry.get("Size", 0)), entry.get("LastModified"))
 
-        cached = await self.store.get_views(bucket, [(e["Key"], version(e)) for e in entries])
-        learned: list[tuple[str, str, CachedView]] = []
+        def keep(path: str, entry: dict[str, Any], view: CachedView) -> None:
+            if view.kind in ("encrypted", "seed"):
+                result[path] = Stored(int(entry["Size"]), str(entry.get("ETag", "")).strip('"'))
 
-        async def resolve(entry: dict[str, Any]) -> None:
+        cached = await self.store.get_views(bucket, [(e["Key"], version(e)) for _, e in found])
+        misses = []
+        for path, entry in found:
             hit = cached.get((entry["Key"], version(entry)))
             self.metrics.cache_lookup(hit=hit is not None)
             if hit is None:
-                try:
-                    view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""), int(entry["Size"]),
-                                               entry.get("LastModified"))
-                except IntegrityRefusal:
-                    log.warning("the manifest keeps Medusa's values for %r, which fails verification",
-                                entry["Key"], extra={"event": "manifest_entry_refused"})
-                    return
-                hit = cached_view(view)
-                learned.append((entry["Key"], version(entry), hit))
-            if hit.kind in ("encrypted", "seed"):
-                result[entry["Key"]] = Stored(int(entry["Size"]), str(entry.get("ETag", "")).strip('"'))
+                misses.append((path, entry))
+            else:
+                keep(path, entry, hit)
+        del cached
+        learned: list[tuple[str, str, CachedView]] = []
 
-        await asyncio.gather(*(resolve(entry) for entry in entries))
+        async def resolve(path: str, entry: dict[str, Any]) -> None:
+            try:
+                view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""), int(entry["Size"]),
+                                           entry.get("LastModified"))
+            except IntegrityRefusal:
+                log.warning("the manifest keeps Medusa's values for %r, which fails verification",
+                            entry["Key"], extra={"event": "manifest_entry_refused"})
+                return
+            learned.append((entry["Key"], version(entry), cached_view(view)))
+            keep(path, entry, learned[-1][2])
+
+        await asyncio.gather(*(resolve(path, entry) for path, entry in misses))
         await self.store.put_views(bucket, learned)
 
     # --- the view ------------------------------------------------------------------------
