@@ -196,17 +196,11 @@ def _objects(text: str, pos: int, restoring: bool) -> _Walk:
         if match is not None:
             end = match.end()
             yield pos, end, f'{{"path": {match[1]}, "MD5": {match[3]}, "size": {match[2]}}}'
-            pos = _ws(text, end)
-            if text.startswith(",", pos):
-                pos = _ws(text, pos + 1)
-                continue
-            if not text.startswith("]", pos):
-                raise NotAManifest(f"expected ',' or ']' in an objects list at character {pos}")
-            return pos + 1
-        entry, end = _value(text, pos, 4)
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise NotAManifest(f"an entry is not an object with a string path at character {pos}")
-        yield pos, end, entry
+        else:
+            entry, end = _value(text, pos, 4)
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                raise NotAManifest(f"an entry is not an object with a string path at character {pos}")
+            yield pos, end, entry
         pos = _ws(text, end)
         if text.startswith(",", pos):
             pos = _ws(text, pos + 1)

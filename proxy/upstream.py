@@ -331,16 +331,10 @@ class Upstream:
         return await self._bounded("get_object", self._fast_range(bucket, key, spec, etag))
 
     async def _fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
-        headers = {"range": spec} if spec is not None else {}
-        if etag.strip('"'):
-            headers["if-match"] = etag
-        request = await self._signed("GET", object_path(bucket, key), [], headers)
-        if request is None or self._records is None:
+        opened = await self._open_records(bucket, key, spec, etag)
+        if opened is None or self._records is None:
             return None
         try:
-            opened = await self._records.open(request.url.raw_path_qs, request.headers)
-            if opened is None:
-                return None
             data = bytes(await self._records.read_body(opened[1], opened[0].length))
         except RawTimeout as exc:
             raise self._timed_out("get_object", timeout_kind(exc) or "upstream_read") from None
