@@ -68,7 +68,9 @@ _TIMEOUT_CODES = {"upstream_connect": "ConnectTimeoutError", "upstream_read": "R
                   "upstream_deadline": "DeadlineExceeded"}
 
 _HEAD_STATUS_CODES = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed",
-                      "304": "NotModified", "400": "InvalidRequest", "416": "InvalidRange"}
+                      "304": "NotModified", "400": "InvalidRequest", "416": "InvalidRange",
+                      "405": "MethodNotAllowed", "500": "InternalError", "501": "NotImplemented",
+                      "503": "ServiceUnavailable"}
 
 
 class Silence:
@@ -166,7 +168,8 @@ def client_error_to_s3(exc: ClientError) -> S3Error:
     meta = exc.response.get("ResponseMetadata", {})
     status = int(meta.get("HTTPStatusCode") or 500)
     code = str(err.get("Code") or "InternalError")
-    code = _HEAD_STATUS_CODES.get(code, code)
+    if code.isdigit():  # a HEAD answer has no body: botocore names the error by its status
+        code = _HEAD_STATUS_CODES.get(code) or ("InternalError" if status >= 500 else "InvalidRequest")
     message = str(err.get("Message") or f"upstream answered {status}")
     return S3Error(code, message, status)
 
@@ -199,6 +202,11 @@ def _retries(response: Any) -> int:
         return int(response["ResponseMetadata"].get("RetryAttempts") or 0)
     except (KeyError, TypeError, AttributeError, ValueError):
         return 0
+
+
+def _without_expect_header(params: dict[str, Any], **_: Any) -> None:
+    """botocore handler: send the body without waiting for 100 Continue."""
+    params["headers"].pop("Expect", None)
 
 
 class Upstream:
@@ -252,6 +260,9 @@ class Upstream:
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", config=self._boto_config({"max_attempts": self.cfg.max_attempts}), **kwargs)
         )
+        # aiohttp stops its read timeout at a 100 Continue, so an upstream that says it and then
+        # nothing would hold a call until request_timeout; this client's bodies are small anyway.
+        self._client.meta.events.register_last("before-call.s3", _without_expect_header)
         # Streamed bodies cannot be replayed, so their requests are not retried here: the client
         # (s3transfer, Medusa) retries the whole request. (botocore's max_attempts counts retries:
         # 1 would make it try to rewind the body and fail with UnseekableStreamError.)

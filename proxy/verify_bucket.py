@@ -87,7 +87,9 @@ class Report:
         return not self.problems
 
     def problem(self, key: str, reason: object) -> None:
-        self.problems.append(f"{key}: {reason}")
+        line = f"{key}: {reason}"
+        if line not in self.problems:  # the node's and the index's copies name the same objects
+            self.problems.append(line)
 
     def note(self, key: str, reason: object) -> None:
         self.notes.append(f"{key}: {reason}")

@@ -22,9 +22,15 @@ a seeded random share of the requests no rule took.  Kinds:
   truncate      send the head and ``at`` body bytes (default half), then close the connection
   delay         sleep ``seconds`` before every body piece forwarded, both directions
 
-It records what it did: ``events`` (one ``Event`` per request: method, path, query, action
-"forward" or the fault's kind, the status the client got), ``connections`` (accepted so far) and
-``open_connections``.  It runs its own event loop in a thread; use it as a context manager.
+``clear()`` removes every rule and the chaos.  ``add`` returns the ``Fault``, whose ``matched`` and
+``fired`` count what it saw and did.  It records what it did: ``events`` (one ``Event`` per request,
+appended when its head arrives: method, path, query, action "forward" or the fault's kind, the status
+the client was sent), ``faulted(kind=None)`` (the events it faulted), ``connections`` (accepted so
+far) and ``open_connections``.  It runs its own event loop in a thread; use it as a context manager:
+
+    with FaultInjector(upstream.endpoint_url) as injector:
+        injector.add("reset_before", method="PUT", query="partNumber=1")  # the first such request
+        injector.chaos(0.1, ["reset_before", "error503"], seed=7)        # 1 in 10 of the others
 """
 
 from __future__ import annotations
@@ -195,6 +201,8 @@ class _Link:
 
 
 class FaultInjector:
+    """The forwarder (see the module doc): ``url`` in front, ``target_url`` behind."""
+
     def __init__(self, target_url: str) -> None:
         target = urlsplit(target_url)
         self.target = (target.hostname or "127.0.0.1", target.port or 80)

@@ -447,7 +447,7 @@ CLIENT_ACCESS_KEY = "medusa"
 CLIENT_SECRET_KEY = "secret-for-tests"
 
 
-def proxy_config(upstream: S3Server, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+def proxy_config(upstream: S3Server, tmp_path: Path, /, **overrides: Any) -> dict[str, Any]:
     """A proxy config in front of upstream with a fresh key file and cache in tmp_path.
 
     Top-level keys in overrides replace the defaults; dict values are merged one level deep.

@@ -229,6 +229,32 @@ def test_encrypted_manifest_swapped_is_refused(proxy: ProxyProcess, raw_client: 
 # --- verify-bucket -------------------------------------------------------------------------
 
 
+def test_copied_manifest_is_sealed_for_its_new_key(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
+    """A CopyObject of a manifest (the seal names the key) reads back as written at the new key,
+    with its metadata; a copy of a tampered one is refused, and the conditions name the source."""
+    client = proxy.client(**MEDUSA_CLIENT_CONFIG)
+    body = backup(client, bucket, keys=(NODE_KEY,))
+    client.put_object(Bucket=bucket, Key=NODE_KEY, Body=body, Metadata={"who": "medusa"})
+    etag = client.head_object(Bucket=bucket, Key=NODE_KEY)["ETag"]
+    copy_key = "node1/bk2/meta/manifest.json"
+    copied = client.copy_object(Bucket=bucket, Key=copy_key, CopySource={"Bucket": bucket, "Key": NODE_KEY},
+                                CopySourceIfMatch=etag)
+    assert copied["CopyObjectResult"]["ETag"] == etag == f'"{hashlib.md5(body).hexdigest()}"'
+    assert get(client, bucket, copy_key) == body
+    assert client.head_object(Bucket=bucket, Key=copy_key)["Metadata"] == {"who": "medusa"}
+    assert raw_bytes(raw_client, bucket, copy_key) != raw_bytes(raw_client, bucket, NODE_KEY)  # sealed anew
+    with pytest.raises(ClientError) as err:
+        client.copy_object(Bucket=bucket, Key=copy_key, CopySource={"Bucket": bucket, "Key": NODE_KEY},
+                           CopySourceIfNoneMatch=etag)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    raw_client.put_object(Bucket=bucket, Key=NODE_KEY, Body=_edit_entry(raw_bytes(raw_client, bucket, NODE_KEY)))
+    with pytest.raises(ClientError) as err:
+        client.copy_object(Bucket=bucket, Key="node1/bk3/meta/manifest.json",
+                           CopySource={"Bucket": bucket, "Key": NODE_KEY})
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert get(client, bucket, copy_key) == body  # the good copy stands
+
+
 def verify(proxy: ProxyProcess, bucket: str, with_key: bool = True) -> tuple[int, str]:
     key_file = proxy.config["encryption"]["key_files"][0]
     result = run_verify_bucket(proxy, bucket, *(("--key-file", key_file) if with_key else ()))

@@ -5,9 +5,8 @@ model allows), no integrity failure in the proxy's metrics, and no leaks: client
 again, file descriptors other than sockets back to the start, upstream connections within the pool,
 threads bounded, RSS grown by less than a generous bound.
 
-Reads that fail the way the proxy fails a read racing a write of the same key (bench/soak.py
-``race_signature``, known bugs described in bench/README.md "Soak") are counted apart: when there
-are some, and nothing else went wrong, the test is an expected failure naming them.
+A read that raced a write of its key may be cut short (bench/soak.py ``cut_short``: rclone cuts
+the read of a file replaced meanwhile), never answered with an error or other bytes.
 """
 
 from __future__ import annotations
@@ -56,10 +55,7 @@ def test_short_soak(upstream: str, tmp_path: Path) -> None:
         assert end.upstream_conns <= 2 * UPSTREAM_POOL, "upstream connections beyond the pools"
         assert end.threads <= start.threads + 16, "threads leaked"
         assert end.rss_mb - start.rss_mb < RSS_GROWTH_MB, f"RSS grew {start.rss_mb:.0f} -> {end.rss_mb:.0f} MB"
-    if result.races:
-        # Each racing GET can count one integrity failure (decrypting a new object with the
-        # trailer of the one it replaced); any more is another problem.
-        assert result.integrity_failures <= result.races, result.race_samples
-        pytest.xfail(f"{result.races} read(s) failed racing a write of their key (known proxy bugs, "
-                     f"bench/README.md 'Soak'): {result.race_samples[:3]}")
+    assert result.races == 0, result.race_samples
     assert result.integrity_failures == 0
+    if upstream == "moto":  # it serves a GET whole from the version it began with
+        assert result.cut_reads == 0

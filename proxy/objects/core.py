@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -476,18 +476,20 @@ class ObjectsCore(PassthroughService):
         return ObjectDecryptor.with_trailer(self.keyring, view.trailer, self.written_as(key, view.trailer))
 
     async def _received(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``pieces`` of a stored body; one that breaks off (cut, reset, timed out) is counted in
-        ``upstream_errors_total`` before the error goes on (the client then gets a short read)."""
+        """``pieces`` of a stored body; one that breaks off (cut short, reset) is counted in
+        ``upstream_errors_total`` as IncompleteBody and is a 503 (a short read, once the client has
+        the headers)."""
         try:
             while True:
                 try:
                     piece = await anext(pieces)
                 except StopAsyncIteration:
                     return
+                except S3Error:
+                    raise  # counted where it was raised (a timeout: proxy.upstream)
                 except Exception as exc:
-                    code = "Timeout" if isinstance(exc, TimeoutError) else "IncompleteBody"
-                    self.metrics.upstream_errors.labels(code=code).inc()
-                    raise
+                    self.metrics.upstream_errors.labels(code="IncompleteBody").inc()
+                    raise S3Error("ServiceUnavailable", "The upstream bucket's answer broke off.", 503) from exc
                 yield piece
                 del piece
         finally:
@@ -495,7 +497,11 @@ class ObjectsCore(PassthroughService):
             if close is not None:
                 await close()  # the upstream connection goes now, not when collected
 
-    async def _decrypting(self, key: str, pieces: AsyncIterator[bytes], decryptor: Any) -> AsyncIterator[Chunk]:
+    async def _decrypting(self, bucket: str, key: str, head: Mapping[str, Any], pieces: AsyncIterator[bytes],
+                          decryptor: Any) -> AsyncIterator[Chunk]:
+        """The plaintext of ``pieces``, the stored body of the version ``head`` named. A body that fails
+        its check is an integrity failure unless that version was replaced meanwhile (ObjectChanged:
+        a write raced the read; the client, whose body is cut short, retries)."""
         try:
             async for piece in self._received(pieces):
                 out = await self._crypt(decryptor.feed, piece)
@@ -509,5 +515,6 @@ class ObjectsCore(PassthroughService):
                 self.metrics.add_decrypted(len(out))
                 yield out
         except FormatError as exc:
-            raise self._integrity(key, exc) from None
+            raise await self._refusal(bucket, key, str(head.get("ETag", "")), int(head.get("ContentLength", 0)),
+                                      head.get("LastModified"), exc) from None
 

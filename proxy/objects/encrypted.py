@@ -7,7 +7,8 @@ of the plaintext; the stored format is ``proxy.format``'s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from proxy.cache import CachedView, StateStore, version_of
@@ -130,6 +131,16 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             return await super().get_object(request)
         if request.query.get("partNumber"):
             raise S3Error("NotImplemented", "GET by partNumber is not supported for encrypted objects", 501)
+        for _ in range(_GET_ATTEMPTS - 1):
+            with contextlib.suppress(_Overwritten):
+                return await self._get_current(request, bucket, key)
+        try:
+            return await self._get_current(request, bucket, key)
+        except _Overwritten:
+            raise S3Error("ServiceUnavailable", f"{key!r} kept changing while it was read", 503) from None
+
+    async def _get_current(self, request: Request, bucket: str, key: str) -> Reply:
+        """GET of the version the HEAD found; _Overwritten if another replaced it before the GET."""
         head, view = await self._head(bucket, key)
         check_conditions(request.headers, view.etag, head["LastModified"])
         wanted = parse_range(request.headers.get("range"), view.size)
@@ -138,7 +149,8 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         if view.kind == "plaintext":
             if wanted is not None:
                 params["Range"] = f"bytes={wanted.first}-{wanted.last}"
-            reply, pieces = await self.upstream.get_stream(**params)
+            with _overwritten_on_412():
+                reply, pieces = await self.upstream.get_stream(**params)
             return self._get_reply(reply, view, wanted, pieces)
         decryptor: Any
         if wanted is None:
@@ -152,8 +164,9 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
             params["Range"] = stored.http_range
             decryptor = RangeDecryptor(self.keyring, view.trailer, stored, self.written_as(key, view.trailer))
-        reply, pieces = await self._stored_stream(params, view)
-        return self._get_reply(reply, view, wanted, self._decrypting(key, pieces, decryptor))
+        with _overwritten_on_412():
+            reply, pieces = await self._stored_stream(params, view)
+        return self._get_reply(reply, view, wanted, self._decrypting(bucket, key, head, pieces, decryptor))
 
     async def _stored_stream(self, params: dict[str, Any], view: View) -> tuple[dict[str, Any], AsyncIterator[Any]]:
         """The stored bytes to decrypt: read in place a record at a time when the request is a
@@ -228,6 +241,8 @@ class EncryptedService(ManifestObjects, MultipartObjects):
     async def copy_object(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        if self.policy.is_manifest(key) or self.policy.is_manifest(src_key):
+            return await self._copy_manifest(request, src_bucket, src_key)
         if not self.policy.encrypts(key) and not self.policy.encrypts(src_key):
             return await super().copy_object(request)
         reject_sse_c(request.headers)
@@ -258,6 +273,28 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         done = await self.upstream.call("head_object", Bucket=bucket, Key=key)
         return Reply.xml(xml.copy_object_result(quote_etag(etag), done["LastModified"]))
 
+    async def _copy_manifest(self, request: Request, src_bucket: str, src_key: str) -> Reply:
+        """A manifest's seal names its key, so a copy is a read of the source as Medusa wrote it
+        (verified) and a PUT of that to the destination (sealed for it); the copy-source
+        conditions apply to the source as a GET's own would."""
+        conditions = {name[len("x-amz-copy-source-"):].lower(): value for name, value in request.headers.items()
+                      if name.lower().startswith("x-amz-copy-source-if-")}
+        read = Request("GetObject", src_bucket, src_key, {}, conditions, scope=request.scope)
+        try:
+            source = await self.get_object(read)
+        except S3Error as err:
+            if err.status != 304:
+                raise
+            raise S3Error("PreconditionFailed") from None  # a copy has no "not modified"
+        headers = {k: v for k, v in request.headers.items() if not k.lower().startswith("x-amz-copy-source")}
+        if request.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
+            headers.update({k: v for k, v in source.headers.items()
+                            if k.lower() == "content-type" or k.lower().startswith("x-amz-meta-")})
+        written = await self.put_object(Request("PutObject", request.bucket, request.key, {}, headers,
+                                                _ReplyBody(source), scope=request.scope))
+        done = await self.upstream.call("head_object", Bucket=request.bucket or "", Key=request.key or "")
+        return Reply.xml(xml.copy_object_result(written.headers["ETag"], done["LastModified"]))
+
     async def _plain_head(self, bucket: str, key: str) -> tuple[dict[str, Any], View]:
         reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
         return reply, View("plaintext", int(reply["ContentLength"]), reply.get("ETag", "").strip('"'))
@@ -280,7 +317,46 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(str(head.get("ETag", ""))))
         if view.kind == "plaintext":
             return pieces
-        return self._decrypting(key, pieces, self._whole_decryptor(key, view))
+        return self._decrypting(bucket, key, head, pieces, self._whole_decryptor(key, view))
+
+
+class _ReplyBody:
+    """A reply's body as a request's (proxy.service.Body): what a copy reads, it writes."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.length: int | None = reply.length
+        self._pieces = reply.body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if isinstance(self._pieces, bytes):
+            yield self._pieces
+        else:
+            async for piece in self._pieces:
+                yield bytes(piece)
+
+    async def read_all(self, limit: int) -> bytes:
+        if (self.length or 0) > limit:
+            raise S3Error("EntityTooLarge", f"the body is larger than {limit} bytes", 400)
+        return b"".join([piece async for piece in self])
+
+
+# A GET reads the version its HEAD found (If-Match on the stored ETag); a write landing in between
+# makes the upstream answer 412, and the GET starts over on the new version.
+_GET_ATTEMPTS = 3
+
+
+class _Overwritten(Exception):
+    """The stored object changed between the HEAD and the GET of one read."""
+
+
+@contextlib.contextmanager
+def _overwritten_on_412() -> Iterator[None]:
+    try:
+        yield
+    except S3Error as err:
+        if err.code == "PreconditionFailed":
+            raise _Overwritten from None
+        raise
 
 
 def build_encrypted_service(config: Config, upstream: Upstream, metrics: Metrics) -> PassthroughService:

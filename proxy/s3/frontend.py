@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
@@ -222,6 +222,8 @@ def _broken_framing(exc: BaseException) -> bool:
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and all(current is not e for e in seen):
+        if isinstance(current, ClientError):
+            return False  # aiohttp's client: the upstream's answer broke off, not the request
         if isinstance(current, HttpProcessingError):
             return True
         seen.append(current)
