@@ -48,11 +48,8 @@ def injector(upstream: S3Server) -> Iterator[FaultInjector]:
 
 
 def proxy_through(make_proxy: Callable[..., ProxyProcess], injector: FaultInjector, **upstream: Any) -> ProxyProcess:
-    """A proxy whose upstream is the injector.  (``make_proxy(upstream={...})`` cannot be used:
-    ``tests.servers.proxy_config`` takes its server as a parameter named ``upstream``.)"""
-    proxy = make_proxy(start=False)
-    proxy.config["upstream"] = {**proxy.config["upstream"], "endpoint_url": injector.url, **TIMEOUTS, **upstream}
-    return proxy.start()
+    """A proxy whose upstream is the injector, with short timeouts."""
+    return make_proxy(upstream={"endpoint_url": injector.url, **TIMEOUTS, **upstream})
 
 
 @pytest.fixture

@@ -242,12 +242,9 @@ def stall(upstream: S3Server) -> Iterator[StallServer]:
 
 
 def stalled_proxy(make_proxy: Callable[..., ProxyProcess], endpoint: str, **overrides: Any) -> ProxyProcess:
-    """A proxy with short upstream timeouts in front of ``endpoint``. (``make_proxy(upstream=...)``
-    cannot be used: ``proxy_config`` takes the upstream server as its argument of that name.)"""
-    proxy = make_proxy(start=False, **overrides)
-    proxy.config["upstream"] = {**proxy.config["upstream"], "endpoint_url": endpoint, "connect_timeout": 1.0,
-                                "read_timeout": READ, "request_timeout": DEADLINE, "long_request_timeout": DEADLINE}
-    return proxy.start()
+    """A proxy with short upstream timeouts in front of ``endpoint``."""
+    return make_proxy(upstream={"endpoint_url": endpoint, "connect_timeout": 1.0, "read_timeout": READ,
+                                "request_timeout": DEADLINE, "long_request_timeout": DEADLINE}, **overrides)
 
 
 def client(proxy: ProxyProcess) -> Any:
