@@ -868,12 +868,16 @@ def _client(proxy: ProxyProcess, faults: bool) -> Any:
                         max_pool_connections=4)
 
 
-def _settle(opts: SoakOptions, proxies: list[ProxyProcess], port: int) -> list[ProcSample]:
-    """Wait (up to settle_timeout) until no client connection is left open on any proxy."""
+def _settle(opts: SoakOptions, proxies: list[ProxyProcess], port: int,
+            start: list[ProcSample]) -> list[ProcSample]:
+    """Wait (up to settle_timeout) until no client connection is left open on any proxy and no
+    socket beyond those at the start and the upstream pool (connections being closed still hold
+    their descriptor for a moment); a leak outlasts the wait."""
     deadline = time.monotonic() + opts.settle_timeout
     while True:
         samples = [sample_process(proxy_pid(p), p.port, port) for p in proxies]
-        if all(s.client_conns == 0 for s in samples) or time.monotonic() > deadline:
+        if all(s.client_conns == 0 and s.sockets <= b.sockets + s.upstream_conns + 2
+               for s, b in zip(samples, start, strict=True)) or time.monotonic() > deadline:
             return samples
         time.sleep(0.5)
 
@@ -931,7 +935,7 @@ def _run(opts: SoakOptions, upstream: S3Server, injector: Any, proxies: list[Pro
     for c in clients:
         with contextlib.suppress(Exception):
             c.close()
-    end_samples = _settle(opts, proxies, port)
+    end_samples = _settle(opts, proxies, port, start_samples)
     stats = []
     for n, proxy in enumerate(proxies):
         peak[n] = max(peak[n], end_samples[n].hwm_mb)

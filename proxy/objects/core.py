@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -498,7 +498,7 @@ class ObjectsCore(PassthroughService):
                 await close()  # the upstream connection goes now, not when collected
 
     async def _decrypting(self, bucket: str, key: str, head: Mapping[str, Any], pieces: AsyncIterator[bytes],
-                          decryptor: Any) -> AsyncIterator[Chunk]:
+                          decryptor: Any) -> AsyncGenerator[Chunk, None]:
         """The plaintext of ``pieces``, the stored body of the version ``head`` named. A body that fails
         its check is an integrity failure unless that version was replaced meanwhile (ObjectChanged:
         a write raced the read; the client, whose body is cut short, retries)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from proxy.cache import CachedView, StateStore, version_of
@@ -29,7 +29,7 @@ from proxy.format.seed import (
 from proxy.format.trailer import Trailer
 from proxy.keys import KeyRing, derive_object_keys
 from proxy.metrics import Metrics
-from proxy.objects.core import IntegrityRefusal, View, cached_view, if_match, mark_damaged
+from proxy.objects.core import IntegrityRefusal, ObjectChanged, View, cached_view, if_match, mark_damaged
 from proxy.objects.manifests import ManifestObjects
 from proxy.objects.multipart import MultipartObjects
 from proxy.s3 import xml
@@ -149,7 +149,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         if view.kind == "plaintext":
             if wanted is not None:
                 params["Range"] = f"bytes={wanted.first}-{wanted.last}"
-            with _overwritten_on_412():
+            with _overwritten_on_refusal():
                 reply, pieces = await self.upstream.get_stream(**params)
             return self._get_reply(reply, view, wanted, pieces)
         decryptor: Any
@@ -164,9 +164,10 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
             params["Range"] = stored.http_range
             decryptor = RangeDecryptor(self.keyring, view.trailer, stored, self.written_as(key, view.trailer))
-        with _overwritten_on_412():
+        with _overwritten_on_refusal():
             reply, pieces = await self._stored_stream(params, view)
-        return self._get_reply(reply, view, wanted, self._decrypting(bucket, key, head, pieces, decryptor))
+            plaintext = await _started(self._decrypting(bucket, key, head, pieces, decryptor))
+        return self._get_reply(reply, view, wanted, plaintext)
 
     async def _stored_stream(self, params: dict[str, Any], view: View) -> tuple[dict[str, Any], AsyncIterator[Any]]:
         """The stored bytes to decrypt: read in place a record at a time when the request is a
@@ -350,13 +351,46 @@ class _Overwritten(Exception):
 
 
 @contextlib.contextmanager
-def _overwritten_on_412() -> Iterator[None]:
+def _overwritten_on_refusal() -> Iterator[None]:
+    """412 to the proxy's If-Match, or 416 to a range mapped on the size the HEAD gave (the
+    client's range was checked against that view; an upstream without ETags cannot refuse by
+    If-Match and refuses the range of a shorter new version instead): the object changed."""
     try:
         yield
+    except ObjectChanged:
+        raise _Overwritten from None
     except S3Error as err:
-        if err.code == "PreconditionFailed":
+        if err.code in ("PreconditionFailed", "InvalidRange"):
             raise _Overwritten from None
         raise
+
+
+async def _started(pieces: AsyncGenerator[Chunk, None]) -> _Started:
+    """``pieces`` with its first piece already read, so that a change of the object found in the
+    first record (an upstream without ETags serves the new version to a GET of the old) starts
+    the GET over instead of cutting an answer under way."""
+    return _Started(await anext(pieces, None), pieces)
+
+
+class _Started:
+    """An async iterator: a piece already read, then the rest; ``aclose`` stops the rest at once
+    (the upstream read with it), started or not."""
+
+    def __init__(self, first: Chunk | None, rest: AsyncGenerator[Chunk, None]) -> None:
+        self._first, self._rest = first, rest
+
+    def __aiter__(self) -> _Started:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        first, self._first = self._first, None
+        if first is not None:
+            return first
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        self._first = None
+        await self._rest.aclose()
 
 
 def build_encrypted_service(config: Config, upstream: Upstream, metrics: Metrics) -> PassthroughService:

@@ -176,9 +176,9 @@ class Frontend:
         response = web.StreamResponse(status=reply.status, headers=headers)
         if reply.length is not None:
             response.content_length = reply.length
-        await response.prepare(http)
         sent = 0
         try:
+            await response.prepare(http)
             async for piece in reply.body:
                 await response.write(piece)
                 sent += len(piece)
@@ -193,6 +193,10 @@ class Frontend:
             if http.transport is not None:
                 http.transport.abort()
             return response
+        finally:
+            close = getattr(reply.body, "aclose", None)
+            if close is not None:  # a client gone (cancelled) or an error: the upstream read stops now
+                await close()
         fields["bytes_out"] = sent
         await response.write_eof()
         return response
