@@ -26,7 +26,7 @@ from proxy.format import (
     new_salt,
     part_stored_size,
 )
-from proxy.keys import KeyRing, MasterKey, derive_object_keys
+from proxy.format.keys import KeyRing, MasterKey, derive_object_keys
 
 C = CHUNK_SIZE
 

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from proxy.format import encrypt_object  # noqa: E402
-from proxy.keys import KeyRing  # noqa: E402
+from proxy.keyfiles import load_key_ring  # noqa: E402
 from tests.servers import ProxyProcess, RcloneS3Server, generate_fernet_key_file, proxy_config  # noqa: E402
 
 MiB = 1 << 20
@@ -98,7 +98,7 @@ class Bench:
         self.upstream = RcloneS3Server(root / "upstream")
         self.bucket = "bench"
         key_file = generate_fernet_key_file(root / "proxy" / "keys" / "test.key")  # proxy_config's
-        self.ring = KeyRing.from_files([key_file])
+        self.ring = load_key_ring([key_file])
         started = time.monotonic()
         self.entries = entries_for(args.size_mib * MiB, args.objects)
         self.body = sections(self.entries)

@@ -39,14 +39,14 @@ def _run(coro: object) -> None:
 
 def _preflight(config: Config) -> list[str]:
     """What would stop the daemon, found before it starts: one readable line each."""
-    from proxy.keys import KeyRing
+    from proxy.keyfiles import load_key_ring
 
     problems = []
     if config.encryption.enabled:
         for what, files in (("key", config.encryption.key_files), ("seed key", config.encryption.seed_key_files)):
             try:
                 if files:
-                    KeyRing.from_files(files)
+                    load_key_ring(files)
             except (OSError, ValueError) as exc:
                 problems.append(f"{what} error: {exc}")
         cache_dir = Path(config.cache.path).parent
@@ -93,13 +93,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from proxy.keyfiles import load_key_ring
+
     config = _load(args.config)
-    from proxy.keys import KeyRing
 
     if not _ready_to_start(config):
         return EXIT_CONFIG
     if config.encryption.enabled:
-        ring = KeyRing.from_files(config.encryption.key_files)
+        ring = load_key_ring(config.encryption.key_files)
         key_ids = ", ".join(key.key_id_hex for key in ring.keys)
         print(f"keys: {key_ids} (primary {ring.primary.key_id_hex})")
         cutoff = config.encryption.legacy_plaintext_before
@@ -112,7 +113,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from proxy.keys import generate_key_file
+    from proxy.keyfiles import generate_key_file
 
     try:
         key_id = generate_key_file(args.out)

@@ -31,7 +31,7 @@ def run_demo(port: int, workdir: str | None) -> int:
         return 2
     from proxy.cli import _run
     from proxy.config import parse_config
-    from proxy.keys import generate_key_file
+    from proxy.keyfiles import generate_key_file
     from proxy.logs import setup_logging
     from proxy.server import serve
 

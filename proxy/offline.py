@@ -18,6 +18,7 @@ from proxy.format.codec import ObjectDecryptor, PartEncryptor, build_trailer, ne
 from proxy.format.constants import CHUNK_SIZE, SINGLE_PUT_PART_NUMBER, TRAILER_PROBE
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError
+from proxy.format.keys import KeyRing, derive_object_keys
 from proxy.format.seed import (
     SeedDecryptor,
     SeedObjectInfo,
@@ -25,7 +26,6 @@ from proxy.format.seed import (
     seed_plaintext_size_bounds,
 )
 from proxy.format.trailer import Trailer, parse_footer
-from proxy.keys import KeyRing, derive_object_keys
 
 __all__ = ["decrypt_file", "encrypt_file", "inspect_file", "read_trailer"]
 

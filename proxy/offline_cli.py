@@ -8,20 +8,20 @@ import sys
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
-    from proxy.keys import KeyRing
+    from proxy.keyfiles import load_key_ring
     from proxy.offline import encrypt_file
 
-    encrypt_file(KeyRing.from_files(args.key_file), args.input, args.output, args.object_key)
+    encrypt_file(load_key_ring(args.key_file), args.input, args.output, args.object_key)
     return 0
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from proxy.format.errors import FormatError
-    from proxy.keys import KeyRing
+    from proxy.keyfiles import load_key_ring
     from proxy.offline import decrypt_file
 
     try:
-        decrypt_file(KeyRing.from_files(args.key_file), args.input, args.output, args.object_key)
+        decrypt_file(load_key_ring(args.key_file), args.input, args.output, args.object_key)
     except FormatError as exc:
         print(f"medusa-crypt-proxy: {args.input}: {exc}", file=sys.stderr)
         return 1
@@ -45,7 +45,7 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
     import asyncio
 
     from proxy.config import ConfigError, load_upstream_config
-    from proxy.keys import KeyRing
+    from proxy.keyfiles import load_key_ring
     from proxy.upstream import Upstream
     from proxy.verify_bucket import load_options, verify_bucket
 
@@ -56,7 +56,7 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
         return 2
-    keyring = KeyRing.from_files(args.key_file) if args.key_file else None
+    keyring = load_key_ring(args.key_file) if args.key_file else None
 
     async def run() -> bool:
         upstream = Upstream(upstream_config)

@@ -33,10 +33,11 @@ from pydantic import ValidationError
 from proxy.config import ConfigError, Encryption, Limits, _apply_env, _read_yaml
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
+from proxy.format.keys import KeyRing
 from proxy.format.manifest_mac import ManifestSealError, find_seal, verify_manifest
 from proxy.format.seed import SeedDecryptor, fernet_keys_from_ring, seed_plaintext_size, source_md5_hex
 from proxy.format.trailer import Trailer, parse_footer
-from proxy.keys import KeyRing
+from proxy.keyfiles import load_key_ring
 from proxy.manifest import SOURCE_MD5, SOURCE_SIZE, NotAManifest, iter_entries
 from proxy.objects.core import read_range, tail_spec
 from proxy.s3.errors import S3Error
@@ -69,7 +70,7 @@ def load_options(path: str | os.PathLike[str], environ: Mapping[str, str] | None
         limits = Limits.model_validate(data.get("limits") or {})
     except ValidationError as exc:
         raise ConfigError([f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
-    seed_keys = (tuple(fernet_keys_from_ring(KeyRing.from_files(encryption.seed_key_files)))
+    seed_keys = (tuple(fernet_keys_from_ring(load_key_ring(encryption.seed_key_files)))
                  if encryption.seed_key_files else ())
     return Options(seed_keys, encryption.legacy_plaintext_before,
                    tuple((m.from_prefix, m.to_prefix) for m in encryption.accept_moved), limits.max_manifest_bytes)

@@ -31,8 +31,9 @@ from urllib.parse import quote
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
+from proxy.format.keys import KeyRing
 from proxy.format.trailer import Trailer
-from proxy.keys import KeyRing
+from proxy.keyfiles import load_key_ring
 from proxy.offline import decrypt_file
 from tests.faults import FaultInjector
 from tests.servers import REPO_ROOT, ProxyProcess, _clean_env, proxy_config
@@ -128,7 +129,7 @@ def raw_parts(raw_client: Any, bucket: str, key: str, upload_id: str) -> list[tu
 
 
 def keyring(tmp_path: Path) -> KeyRing:
-    return KeyRing.from_files([tmp_path / "keys" / "test.key"])
+    return load_key_ring([tmp_path / "keys" / "test.key"])
 
 
 def assert_verifies(raw_client: Any, bucket: str, key: str, expected: bytes, tmp_path: Path,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from proxy.format.errors import UnknownKeyError
+from proxy.format.keys import MANIFEST_HKDF_INFO, MasterKey, derive_manifest_key, derive_object_keys, key_id
 from proxy.format.manifest_mac import (
     SEAL_SIZE,
     ManifestSealError,
@@ -24,7 +25,6 @@ from proxy.format.manifest_mac import (
     seal_in_place,
     verify_manifest,
 )
-from proxy.keys import MANIFEST_HKDF_INFO, MasterKey, derive_manifest_key, derive_object_keys, key_id
 from proxy.manifest import (
     MAX_DEPTH,
     PIECE,

@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import __version__
-from proxy.keys import load_key_file
+from proxy.keyfiles import load_key_file
 from tests.conftest import MEDUSA_CLIENT_CONFIG
 from tests.servers import (
     REGION,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from proxy import keys as _keys
+from proxy.format import keys as _keys
 from proxy.format.constants import (
     BLOCK_SIZE,
     CHUNK_SIZE,
@@ -45,7 +45,7 @@ from proxy.format.token import open_record_into, record_geometry, seal_record_in
 from proxy.format.trailer import Trailer, encode_trailer
 
 if TYPE_CHECKING:
-    from proxy.keys import KeyRing, MasterKey, ObjectKeys
+    from proxy.format.keys import KeyRing, MasterKey, ObjectKeys
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",

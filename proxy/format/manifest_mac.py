@@ -24,12 +24,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from proxy import keys as _keys
+from proxy.format import keys as _keys
 from proxy.format.constants import KEY_ID_SIZE, SALT_SIZE
 from proxy.format.errors import TamperedError
 
 if TYPE_CHECKING:
-    from proxy.keys import KeyRing, MasterKey
+    from proxy.format.keys import KeyRing, MasterKey
 
 __all__ = [
     "MAC_CONTEXT",

@@ -42,7 +42,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from proxy.format.errors import FormatError, TamperedError, TruncatedError
 
 if TYPE_CHECKING:
-    from proxy.keys import KeyRing
+    from proxy.format.keys import KeyRing
 
 __all__ = [
     "SEED_CHUNK_SIZE",

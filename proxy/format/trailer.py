@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac
 
-from proxy import keys as _keys
+from proxy.format import keys as _keys
 from proxy.format.constants import (
     CHUNK_SIZE,
     FOOTER_MAGIC,
@@ -37,7 +37,7 @@ from proxy.format.errors import (
 from proxy.format.layout import Layout, Run
 
 if TYPE_CHECKING:
-    from proxy.keys import KeyRing, ObjectKeys
+    from proxy.format.keys import KeyRing, ObjectKeys
 
 __all__ = ["Trailer", "encode_trailer", "parse_footer", "verify_trailer"]
 

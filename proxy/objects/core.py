@@ -24,6 +24,7 @@ from proxy.format.codec import (
 from proxy.format.constants import TRAILER_PROBE
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError, TamperedError, TruncatedError, UnknownKeyError, WrongObjectError
+from proxy.format.keys import KeyRing, MasterKey
 from proxy.format.seed import (
     SeedDecryptor,
     fernet_keys_from_ring,
@@ -31,7 +32,7 @@ from proxy.format.seed import (
     seed_last_record_range,
 )
 from proxy.format.trailer import Trailer, parse_footer
-from proxy.keys import KeyRing, MasterKey
+from proxy.keyfiles import load_key_ring
 from proxy.metrics import IntegrityKind, Metrics
 from proxy.policy import Kind, Policy
 from proxy.s3.errors import S3Error
@@ -160,7 +161,7 @@ class ObjectsCore(PassthroughService):
         self.store = store
         self.policy = Policy(config.encryption.encrypted_patterns, config.encryption.plaintext_patterns)
         seed_files = config.encryption.seed_key_files
-        self.seed_keys = fernet_keys_from_ring(KeyRing.from_files(seed_files)) if seed_files else []
+        self.seed_keys = fernet_keys_from_ring(load_key_ring(seed_files)) if seed_files else []
         self._pool = ThreadPoolExecutor(config.limits.crypto_threads, thread_name_prefix="crypto")
         self._lookups = asyncio.Semaphore(COLD_LOOKUPS)
         self._heads_lack_etags = False  # see _remember_written
@@ -189,7 +190,7 @@ class ObjectsCore(PassthroughService):
         keep the key they started with (looked up by id), objects stay readable with theirs.
         """
         files = list(self.config.encryption.key_files if key_files is None else key_files)
-        ring = KeyRing.from_files(files)  # raises: the caller logs and keeps the old ring
+        ring = load_key_ring(files)  # raises: the caller logs and keeps the old ring
         self.keyring = ring
         from proxy import __version__
 

@@ -21,13 +21,14 @@ from proxy.format.codec import (
     build_trailer,
     new_salt,
 )
+from proxy.format.keys import derive_object_keys
 from proxy.format.layout import part_stored_size, record_size
 from proxy.format.seed import (
     SeedRangeDecryptor,
     seed_stored_range,
 )
 from proxy.format.trailer import Trailer
-from proxy.keys import KeyRing, derive_object_keys
+from proxy.keyfiles import load_key_ring
 from proxy.metrics import Metrics
 from proxy.objects.core import IntegrityRefusal, ObjectChanged, View, cached_view, if_match, mark_damaged
 from proxy.objects.manifests import ManifestObjects
@@ -396,5 +397,5 @@ class _Started:
 def build_encrypted_service(config: Config, upstream: Upstream, metrics: Metrics) -> PassthroughService:
     if not config.encryption.enabled:
         return PassthroughService(upstream)
-    keyring = KeyRing.from_files(config.encryption.key_files)
+    keyring = load_key_ring(config.encryption.key_files)
     return EncryptedService(config, upstream, metrics, keyring, StateStore(config.cache.path))

@@ -16,9 +16,9 @@ from proxy.format.codec import (
     build_trailer,
     new_salt,
 )
+from proxy.format.keys import derive_object_keys
 from proxy.format.layout import part_stored_size
 from proxy.format.trailer import Trailer
-from proxy.keys import derive_object_keys
 from proxy.objects.core import ObjectsCore, View
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error

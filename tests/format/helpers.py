@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 
 from proxy.format import ObjectDecryptor, Trailer, encrypt_object
-from proxy.keys import KeyRing, MasterKey
+from proxy.format.keys import KeyRing, MasterKey
 
 RAW_A = bytes(range(32))
 RAW_B = bytes(range(32, 64))

@@ -20,7 +20,7 @@ from proxy.format import (
     plaintext_size_from_stored,
 )
 from proxy.format.errors import FormatError
-from proxy.keys import derive_object_keys
+from proxy.format.keys import derive_object_keys
 from tests.format.helpers import RING, RING_AB, make, pattern, rnd_sizes, stream_decrypt
 
 C = CHUNK_SIZE

@@ -11,17 +11,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from proxy.format.errors import FormatError
-from proxy.keys import (
-    KeyFileError,
+from proxy.format.keys import (
+    InvalidKeyError,
     KeyRing,
     MasterKey,
     UnknownKeyError,
     derive_object_keys,
-    generate_key_file,
     key_id,
-    load_key_file,
     parse_fernet_key,
 )
+from proxy.keyfiles import KeyFileError, generate_key_file, load_key_file, load_key_ring
 
 RAW = bytes(range(32))
 
@@ -55,10 +54,10 @@ def test_no_key_material_in_reprs() -> None:
 def test_parse_and_files(tmp_path, caplog) -> None:
     key = base64.urlsafe_b64encode(RAW)
     assert parse_fernet_key(b"  " + key + b"\n\n").raw == RAW
-    with pytest.raises(KeyFileError) as ei:
+    with pytest.raises(InvalidKeyError) as ei:
         parse_fernet_key(key[:-4])
     assert key[:-4].decode() not in str(ei.value)
-    with pytest.raises(KeyFileError):
+    with pytest.raises(InvalidKeyError):
         parse_fernet_key("not base64 at all!!")
     p = tmp_path / "k1"
     kid = generate_key_file(p)
@@ -94,11 +93,11 @@ def test_from_files(tmp_path) -> None:
         p = tmp_path / f"k{i}"
         generate_key_file(p)
         paths.append(p)
-    ring = KeyRing.from_files(paths)
+    ring = load_key_ring(paths)
     assert ring.primary == load_key_file(paths[0]) and len(ring) == 2
 
 
-@pytest.mark.parametrize("first", ["proxy.keys", "proxy.format", "proxy.format.trailer"])
+@pytest.mark.parametrize("first", ["proxy.keyfiles", "proxy.format.keys", "proxy.format", "proxy.format.trailer"])
 def test_import_order(first: str) -> None:
-    code = f"import {first}; import proxy.keys, proxy.format; proxy.format.ObjectDecryptor"
+    code = f"import {first}; import proxy.keyfiles, proxy.format.keys, proxy.format; proxy.format.ObjectDecryptor"
     subprocess.run([sys.executable, "-c", code], check=True)

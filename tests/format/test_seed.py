@@ -12,6 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from proxy.format import TamperedError, TruncatedError, classify
+from proxy.format.keys import KeyRing, MasterKey
 from proxy.format.seed import (
     SEED_CHUNK_SIZE,
     SEED_FULL_RECORD_SIZE,
@@ -26,7 +27,6 @@ from proxy.format.seed import (
     seed_token_size,
     source_md5_hex,
 )
-from proxy.keys import KeyRing, MasterKey
 from proxy.offline import decrypt_file, inspect_file
 from tests.format.helpers import RAW_A, RAW_B, RING, RING_B, pattern
 

@@ -6,6 +6,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from proxy.format.errors import TamperedError
+from proxy.format.keys import derive_object_keys
 from proxy.format.token import (
     decrypt_token,
     encrypt_token,
@@ -13,7 +14,6 @@ from proxy.format.token import (
     record_geometry,
     seal_record,
 )
-from proxy.keys import derive_object_keys
 
 KEYS = derive_object_keys(bytes(range(32)), bytes(16))
 SK, EK = KEYS.signing_key, KEYS.encryption_key

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from proxy.format import Trailer, decrypt_object, encrypt_object
-from proxy.keys import derive_object_keys, key_id
+from proxy.format.keys import derive_object_keys, key_id
 from tests.format.helpers import RAW_A, RING, pattern
 
 PATH = Path(__file__).parent / "vectors" / "vectors.json"

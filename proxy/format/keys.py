@@ -1,7 +1,7 @@
-"""Key ring: Fernet master keys from files, key ids, per-object HKDF keys.
+"""Master keys, key ids and the keys derived from them (docs/FORMAT.md, "Keys").
 
-Pure and synchronous. Key material never appears in reprs, logs or exceptions;
-only the 8-byte key id (a hash of the key) is shown.
+Pure: no files (``proxy.keyfiles`` reads and writes key files). Key material never appears in
+reprs, logs or exceptions; only the 8-byte key id (a hash of the key) is shown.
 """
 
 from __future__ import annotations
@@ -9,14 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
-import os
-import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -24,24 +19,21 @@ from proxy.format.constants import HKDF_INFO, KEY_ID_CONTEXT, KEY_ID_SIZE, SALT_
 from proxy.format.errors import UnknownKeyError
 
 __all__ = [
-    "KeyFileError",
+    "MANIFEST_HKDF_INFO",
+    "InvalidKeyError",
     "KeyRing",
     "MasterKey",
     "ObjectKeys",
     "UnknownKeyError",
     "derive_manifest_key",
     "derive_object_keys",
-    "generate_key_file",
     "key_id",
-    "load_key_file",
     "parse_fernet_key",
 ]
 
-log = logging.getLogger(__name__)
 
-
-class KeyFileError(ValueError):
-    """A key file is missing, unreadable or does not hold a Fernet key (no key material shown)."""
+class InvalidKeyError(ValueError):
+    """Text that is not a Fernet key (no key material shown)."""
 
 
 def key_id(raw32: bytes) -> bytes:
@@ -131,42 +123,10 @@ def parse_fernet_key(text: bytes | str) -> MasterKey:
     try:
         raw = base64.urlsafe_b64decode(stripped)
     except (binascii.Error, ValueError):
-        raise KeyFileError("not a Fernet key (invalid url-safe base64)") from None
+        raise InvalidKeyError("not a Fernet key (invalid url-safe base64)") from None
     if len(stripped) != 44 or len(raw) != 32:
-        raise KeyFileError("not a Fernet key (expected 44 base64 characters encoding 32 bytes)")
+        raise InvalidKeyError("not a Fernet key (expected 44 base64 characters encoding 32 bytes)")
     return MasterKey(raw)
-
-
-def load_key_file(path: str | os.PathLike[str]) -> MasterKey:
-    """Read one Fernet key file; warn (once, without key material) if group/other can read it."""
-    p = Path(path)
-    try:
-        st = p.stat()
-        data = p.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"cannot read key file {p}: {e.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning(
-            "key file %s is accessible by group/other (mode %o); chmod 600 it",
-            p,
-            stat.S_IMODE(st.st_mode),
-        )
-    try:
-        return parse_fernet_key(data)
-    except KeyFileError as e:
-        raise KeyFileError(f"key file {p}: {e}") from None
-
-
-def generate_key_file(path: str | os.PathLike[str]) -> str:
-    """Write a new random Fernet key with mode 0600, refusing to overwrite; return its key id."""
-    key = Fernet.generate_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key + b"\n")
-    finally:
-        os.close(fd)
-    return parse_fernet_key(key).key_id_hex
 
 
 class KeyRing:
@@ -179,11 +139,6 @@ class KeyRing:
         self._by_id: dict[bytes, MasterKey] = {}
         for k in self._keys:
             self._by_id.setdefault(k.key_id, k)
-
-    @classmethod
-    def from_files(cls, paths: Iterable[str | os.PathLike[str]]) -> KeyRing:
-        """Load key files in order; the first becomes the primary (encrypting) key."""
-        return cls([load_key_file(p) for p in paths])
 
     @property
     def primary(self) -> MasterKey:

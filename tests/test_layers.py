@@ -1,0 +1,53 @@
+"""The package's layers, checked on the code (docs/ARCHITECTURE.md): what each layer may import,
+and no import cycle that only works by accident of import order (each module imports alone)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
+MODULES = sorted(
+    ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    for path in PACKAGE.rglob("*.py")
+    if path.name != "__main__.py"  # runs the command line
+)
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in it (functions and TYPE_CHECKING blocks too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "proxy")
+    return names
+
+
+def test_the_format_is_pure() -> None:
+    """``proxy.format`` (bytes at rest) needs the standard library and cryptography only: no
+    asyncio, no HTTP, nothing else of the proxy."""
+    allowed_third_party = {"cryptography"}
+    for path in (PACKAGE / "format").glob("*.py"):
+        for name in imported(path):
+            top = name.split(".")[0]
+            if top == "proxy":
+                assert name.startswith("proxy.format"), f"{path.name} imports {name}"
+            else:
+                assert top in allowed_third_party or top in sys.stdlib_module_names, f"{path.name} imports {name}"
+                assert top != "asyncio", f"{path.name} imports asyncio"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_imports_alone(module: str) -> None:
+    """A fresh interpreter imports ``module`` first: a cycle that depends on another module having
+    been imported before fails here."""
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                            cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
