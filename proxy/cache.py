@@ -395,6 +395,3 @@ class StateStore:
                 db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
 
         await self._run(drop)
-
-    async def count_uploads(self) -> int:
-        return await self._run(lambda db: int(db.execute("SELECT count(*) FROM uploads").fetchone()[0]))

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from typing import IO, Any, Literal
 
 LogFormat = Literal["json", "text"]
-ACCESS_LOGGER = "medusa_crypt_proxy.access"
 REDACTED = "[REDACTED]"
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.

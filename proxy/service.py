@@ -7,12 +7,11 @@ sees HTTP connections, and the object format lives in ``proxy.format``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import unquote
+from collections.abc import Mapping
+from typing import Any
 
 from proxy.s3 import xml
+from proxy.s3.api import Body, Handler, Reply, Request, parse_copy_source
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     INTERNAL_META_PREFIX,
@@ -23,49 +22,7 @@ from proxy.s3.headers import (
     reject_sse_c,
     response_override_params,
 )
-from proxy.s3.routing import ClientScope
 from proxy.upstream import Upstream, reply_headers
-
-# Pieces of a streamed body: the codec hands out fresh bytearrays, which are sent without a copy.
-Chunk = bytes | bytearray
-
-
-class Body(Protocol):
-    """A verified request body: iterate it once, or read it whole when it is small."""
-
-    length: int | None
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    async def read_all(self, limit: int) -> bytes: ...
-
-
-@dataclass
-class Request:
-    operation: str
-    bucket: str | None
-    key: str | None
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    body: Body | None = None
-    # The client's scope when it is limited (the front end checked the URL and headers against
-    # it); what only the service sees, DeleteObjects' keys and ListBuckets' names, is checked here.
-    scope: ClientScope | None = None
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | AsyncIterator[Chunk] = b""
-    length: int | None = None
-
-    @classmethod
-    def xml(cls, payload: bytes, status: int = 200) -> Reply:
-        return cls(status, {"Content-Type": "application/xml"}, payload)
-
-
-Handler = Callable[[Request], Awaitable[Reply]]
 
 MAX_XML_BODY = 4 << 20
 
@@ -332,11 +289,7 @@ class PassthroughService:
         if marker is not None:
             params["PartNumberMarker"] = marker
         reply = await self.upstream.call("list_parts", **params)
-        await self.adjust_parts(request, reply.get("Parts", []))
         return Reply.xml(xml.list_parts(reply))
-
-    async def adjust_parts(self, request: Request, parts: list[dict[str, Any]]) -> None:
-        """Turn stored part sizes and ETags into the client's view (nothing in passthrough)."""
 
     async def list_multipart_uploads(self, request: Request) -> Reply:
         q = request.query
@@ -383,12 +336,3 @@ def part_number(query: Mapping[str, str]) -> int:
     if number is None:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000", 400)
     return number
-
-
-def parse_copy_source(value: str) -> tuple[str, str]:
-    """``/bucket/key`` or ``bucket/key``, URL-encoded; version ids are not supported."""
-    source = unquote(value.split("?versionId=", 1)[0]).lstrip("/")
-    bucket, _, key = source.partition("/")
-    if not bucket or not key:
-        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key", 400)
-    return bucket, key

@@ -717,11 +717,6 @@ class ObjectDecryptor:
         """The verified trailer, once known."""
         return self._trailer
 
-    @property
-    def stored_offset(self) -> int:
-        """Stored bytes consumed as complete records so far."""
-        return self._framer.offset
-
 
 class RangeDecryptor:
     """Decrypts the records of a StoredRange (fetched with its http_range) and trims them."""
@@ -737,7 +732,6 @@ class RangeDecryptor:
     ) -> None:
         self._keys = trailer.verify(keyring) if object_keys is None else object_keys
         trailer.check_object_key(expected_object_key)
-        self._range = stored_range
         self._records = iter(stored_range.records)
         self._remaining = len(stored_range.records)
         self._framer = _Framer(max_chunk_l(trailer.chunk_size))

@@ -35,14 +35,12 @@ from proxy.format.trailer import Trailer, parse_footer
 from proxy.keyfiles import load_key_ring
 from proxy.metrics import IntegrityKind, Metrics
 from proxy.policy import Kind, Policy
+from proxy.s3.api import Chunk
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     quote_etag,
 )
-from proxy.service import (
-    Chunk,
-    PassthroughService,
-)
+from proxy.service import PassthroughService
 from proxy.upstream import Upstream
 
 log = logging.getLogger("proxy.objects")

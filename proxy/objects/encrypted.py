@@ -34,6 +34,7 @@ from proxy.objects.core import IntegrityRefusal, ObjectChanged, View, cached_vie
 from proxy.objects.manifests import ManifestObjects
 from proxy.objects.multipart import MultipartObjects
 from proxy.s3 import xml
+from proxy.s3.api import Chunk, Reply, Request, parse_copy_source
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     INTERNAL_META_PREFIX,
@@ -42,15 +43,7 @@ from proxy.s3.headers import (
     reject_sse_c,
     response_override_params,
 )
-from proxy.service import (
-    SMALL_BODY,
-    Chunk,
-    PassthroughService,
-    Reply,
-    Request,
-    parse_copy_source,
-    visible_headers,
-)
+from proxy.service import SMALL_BODY, PassthroughService, visible_headers
 from proxy.upstream import Upstream
 
 
@@ -323,7 +316,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
 
 
 class _ReplyBody:
-    """A reply's body as a request's (proxy.service.Body): what a copy reads, it writes."""
+    """A reply's body as a request's (proxy.s3.api.Body): what a copy reads, it writes."""
 
     def __init__(self, reply: Reply) -> None:
         self.length: int | None = reply.length

@@ -37,17 +37,13 @@ from proxy.manifest import (
     rewrite_into,
 )
 from proxy.objects.core import IntegrityRefusal, ObjectsCore, View, cached_view, if_match, integrity_error
+from proxy.s3.api import Chunk, Reply, Request
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     object_params,
     quote_etag,
 )
-from proxy.service import (
-    Chunk,
-    Reply,
-    Request,
-    visible_headers,
-)
+from proxy.service import visible_headers
 
 log = logging.getLogger("proxy.objects")
 

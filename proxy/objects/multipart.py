@@ -21,23 +21,18 @@ from proxy.format.layout import part_stored_size
 from proxy.format.trailer import Trailer
 from proxy.objects.core import ObjectsCore, View
 from proxy.s3 import xml
+from proxy.s3.api import Chunk, Reply, Request
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     object_params,
     quote_etag,
     reject_sse_c,
 )
-from proxy.service import (
-    Chunk,
-    Reply,
-    Request,
-    part_number,
-)
+from proxy.service import part_number
 
 log = logging.getLogger("proxy.objects")
 
 MIN_PART = 5 << 20  # S3 refuses smaller parts except the last one
-MAX_PARTS = 10000
 # An encrypted upload in this proxy's state untouched this long is aborted (S3 lifecycle rules
 # usually abort incomplete uploads after a day); the state is swept at start and then this often.
 STALE_UPLOAD_SECONDS = 24 * 3600
@@ -137,7 +132,7 @@ class MultipartObjects(ObjectsCore):
         else:
             upstream_parts.append({"PartNumber": last.part_number, "ETag": last.upstream_etag})
             final_number, final_body = last.part_number + 1, trailer
-            if final_number > MAX_PARTS:
+            if final_number > xml.MAX_PARTS:
                 raise S3Error("InvalidArgument", "the proxy needs one more part for its trailer; "
                               "use at most 9999 parts", 400)
         # An earlier Complete of this upload may have reached the upstream and lost its answer (the

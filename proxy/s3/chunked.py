@@ -99,7 +99,6 @@ class AwsChunkedDecoder:
         self._hasher: hashlib._Hash | None = None
         self._held: list[memoryview] = []
         self._declared = 0  # sum of chunk sizes announced so far
-        self.decoded_bytes = 0  # payload bytes returned so far
         self._trailer_lines: list[str] = []
         self._trailers: dict[str, str] = {}
         self._trailer_signature: str | None = None
@@ -125,7 +124,6 @@ class AwsChunkedDecoder:
                     self._held.append(piece)
                 else:
                     out.append(piece)
-                    self.decoded_bytes += take
                 if self._remaining == 0:
                     self._state = _State.DATA_CRLF
             elif state is _State.DATA_CRLF:
@@ -205,7 +203,6 @@ class AwsChunkedDecoder:
         if self._hasher is not None:
             self._verify_chunk(self._hasher.hexdigest())
             out.extend(self._held)
-            self.decoded_bytes += sum(len(p) for p in self._held)
             self._held = []
             self._hasher = None
         self._state = _State.HEADER

@@ -14,11 +14,11 @@ from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from proxy.s3.api import Reply, Request, parse_copy_source
 from proxy.s3.body import RequestBody
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import ClientScope, Route, bucket_and_key, check_scope, route
 from proxy.s3.sigv4 import AuthResult, verify_request
-from proxy.service import Reply, Request, parse_copy_source
 
 log = logging.getLogger("proxy.access")
 

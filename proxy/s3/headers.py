@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from proxy.s3.errors import S3Error
@@ -84,11 +84,6 @@ def response_override_params(query: Mapping[str, str]) -> dict[str, Any]:
     return {param: query[name] for name, param in _RESPONSE_OVERRIDES.items() if name in query}
 
 
-def response_overrides(query: Mapping[str, str]) -> dict[str, str]:
-    """Headers a GET's ``response-*`` query parameters replace (presigned downloads use them)."""
-    return {name[len("response-"):]: query[name] for name in _RESPONSE_OVERRIDES if name in query}
-
-
 def parse_http_date(value: str) -> datetime:
     try:
         return parsedate_to_datetime(value)
@@ -97,10 +92,6 @@ def parse_http_date(value: str) -> datetime:
             return datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise S3Error("InvalidArgument", f"not an HTTP date: {value!r}", 400) from None
-
-
-def http_date(value: datetime) -> str:
-    return format_datetime(value, usegmt=True)
 
 
 def quote_etag(etag: str) -> str:
