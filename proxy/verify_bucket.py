@@ -184,11 +184,27 @@ async def _verify_manifest(run: _Run, key: str, *, required: bool) -> None:
     data = await run.upstream.read(Bucket=run.bucket, Key=key, IfMatch=head["ETag"]) if head.get("ETag") \
         else await run.upstream.read(Bucket=run.bucket, Key=key)
     report.manifests += 1
+    found = _manifest_text(run, key, head, data)
+    if found is None:
+        return
+    text, plaintext_values = found
+    try:
+        count = await _check_entries(run, text.decode("utf-8"), plaintext_values)
+    except (UnicodeDecodeError, NotAManifest) as exc:
+        report.problem(key, f"not a Medusa manifest ({exc})")
+        return
+    run.say(f"{key}: {count} objects")
+
+
+def _manifest_text(run: _Run, key: str, head: Mapping[str, Any], data: bytes) -> tuple[bytes, bool] | None:
+    """The manifest's JSON as Medusa's entries can be read from it, and whether those carry
+    Medusa's plaintext values (a manifest stored encrypted); None when it is reported instead."""
+    report, options = run.report, run.options
     try:
         seal = find_seal(data)
     except ManifestSealError as exc:
         report.problem(key, f"{exc}; its objects are not checked")
-        return
+        return None
     plaintext_values = False
     if seal is not None:
         if run.keyring is not None:
@@ -196,7 +212,7 @@ async def _verify_manifest(run: _Run, key: str, *, required: bool) -> None:
                 verify_manifest(run.keyring, data, _names(key, options))
             except (ManifestSealError, UnknownKeyError) as exc:
                 report.problem(key, f"{exc}; its objects are not checked")
-                return
+                return None
         text = data[:seal.body_len] + b"]"
     elif classify(data[:16], data[-16:], len(data)) != "legacy-plaintext":
         # Not a manifest the proxy could rewrite, stored as an encrypted object: its entries
@@ -204,13 +220,13 @@ async def _verify_manifest(run: _Run, key: str, *, required: bool) -> None:
         if run.keyring is None:
             report.note(key, "stored encrypted (the proxy could not rewrite it): its objects are checked "
                              "only with the key")
-            return
+            return None
         try:
             trailer = Trailer.from_tail(data)
             text = _decrypt(run.keyring, data, _written_as(key, trailer.object_key, options))
         except FormatError as exc:
             report.problem(key, f"{exc}; its objects are not checked")
-            return
+            return None
         plaintext_values = True
     else:
         cutoff = options.legacy_before
@@ -220,16 +236,11 @@ async def _verify_manifest(run: _Run, key: str, *, required: bool) -> None:
             declared = f"written at {modified}, after legacy_plaintext_before ({cutoff})" if cutoff \
                 else "no legacy_plaintext_before is set"
             report.problem(key, f"manifest has no MAC ({declared}); its objects are not checked")
-            return
+            return None
         report.note(key, "no MAC: written before legacy_plaintext_before" if legacy
                     else "no MAC (checked without the key)")
         text = data
-    try:
-        count = await _check_entries(run, text.decode("utf-8"), plaintext_values)
-    except (UnicodeDecodeError, NotAManifest) as exc:
-        report.problem(key, f"not a Medusa manifest ({exc})")
-        return
-    run.say(f"{key}: {count} objects")
+    return text, plaintext_values
 
 
 def _decrypt(keyring: KeyRing, data: bytes, object_key: str) -> bytes:
@@ -290,33 +301,9 @@ async def _check_content(run: _Run, path: str, etag: str, size: int, expected: t
     head = tail if size <= len(tail) else await read_range(upstream, bucket, path, etag, "bytes=0-15")
     kind = classify(head[:16], tail[-16:], size)
     if kind == "encrypted":
-        record_len = parse_footer(tail)
-        if record_len > len(tail):
-            tail = await read_range(upstream, bucket, path, etag, f"bytes=-{record_len}")
-        trailer = Trailer.from_tail(tail)
-        trailer.verify(run.keyring)
-        trailer.check_object_key(_written_as(path, trailer.object_key, run.options))
-        if trailer.object_stored_size != size:
-            raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
-        if expected is None:
-            report.problem(path, f"an encrypted object, but the manifest records no {SOURCE_SIZE}/{SOURCE_MD5}")
-        elif (trailer.plaintext_size, trailer.etag) != (expected[0], _md5_hex(expected[1])):
-            report.problem(path, f"plaintext size {trailer.plaintext_size} ETag {trailer.etag}, the manifest says "
-                                 f"{expected[0]} {expected[1]}")
+        await _check_encrypted(run, path, etag, size, tail, expected)
     elif kind == "seed-fernet":
-        if expected is None or not isinstance(expected[0], int):
-            report.problem(path, f"an object of the old in-Medusa encryption, but the manifest records no "
-                                 f"{SOURCE_SIZE}/{SOURCE_MD5}")
-            return
-        seed_plaintext_size(size, expected[0])
-        if not run.options.seed_keys:
-            run.seed_unchecked = True
-            return
-        decryptor = SeedDecryptor(list(run.options.seed_keys), expected_size=expected[0], expected_md5=expected[1])
-        _, pieces = await upstream.get_stream(Bucket=bucket, Key=path, **({"IfMatch": f'"{etag}"'} if etag else {}))
-        async for piece in pieces:
-            decryptor.feed(piece)
-        decryptor.finish()
+        await _check_seed(run, path, etag, size, expected)
     elif kind == "tampered":
         raise TamperedError("starts like an encrypted object but has no valid trailer")
     elif plaintext_values:
@@ -326,6 +313,44 @@ async def _check_content(run: _Run, path: str, etag: str, size: int, expected: t
     elif expected is not None:
         report.problem(path, f"the manifest records {SOURCE_SIZE} (an encrypted object) but the object is "
                              "not encrypted")
+
+
+async def _check_encrypted(run: _Run, path: str, etag: str, size: int, tail: bytes,
+                           expected: tuple[Any, Any] | None) -> None:
+    """An object of ours: its trailer verifies, names it, and gives the manifest's plaintext values."""
+    assert run.keyring is not None
+    record_len = parse_footer(tail)
+    if record_len > len(tail):
+        tail = await read_range(run.upstream, run.bucket, path, etag, f"bytes=-{record_len}")
+    trailer = Trailer.from_tail(tail)
+    trailer.verify(run.keyring)
+    trailer.check_object_key(_written_as(path, trailer.object_key, run.options))
+    if trailer.object_stored_size != size:
+        raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
+    if expected is None:
+        run.report.problem(path, f"an encrypted object, but the manifest records no {SOURCE_SIZE}/{SOURCE_MD5}")
+    elif (trailer.plaintext_size, trailer.etag) != (expected[0], _md5_hex(expected[1])):
+        run.report.problem(path, f"plaintext size {trailer.plaintext_size} ETag {trailer.etag}, the manifest says "
+                                 f"{expected[0]} {expected[1]}")
+
+
+async def _check_seed(run: _Run, path: str, etag: str, size: int, expected: tuple[Any, Any] | None) -> None:
+    """An object of the old in-Medusa encryption: its size fits, and with its keys it decrypts to
+    the manifest's plaintext size and MD5."""
+    if expected is None or not isinstance(expected[0], int):
+        run.report.problem(path, f"an object of the old in-Medusa encryption, but the manifest records no "
+                                 f"{SOURCE_SIZE}/{SOURCE_MD5}")
+        return
+    seed_plaintext_size(size, expected[0])
+    if not run.options.seed_keys:
+        run.seed_unchecked = True
+        return
+    decryptor = SeedDecryptor(list(run.options.seed_keys), expected_size=expected[0], expected_md5=expected[1])
+    _, pieces = await run.upstream.get_stream(Bucket=run.bucket, Key=path,
+                                              **({"IfMatch": f'"{etag}"'} if etag else {}))
+    async for piece in pieces:
+        decryptor.feed(piece)
+    decryptor.finish()
 
 
 def _md5_hex(value: Any) -> Any:

@@ -135,21 +135,7 @@ class Trailer:
     def parse(cls, record_bytes: bytes | bytearray | memoryview) -> Trailer:
         """Parse a whole trailer record (from its u32 L to the end of the footer); no key."""
         rec = bytes(record_bytes)
-        n = len(rec)
-        if n < TRAILER_FIXED_SIZE:
-            raise TruncatedError(f"trailer record of {n} bytes is too short")
-        if n > MAX_TRAILER_RECORD:
-            raise TamperedError(f"trailer record of {n} bytes is too long")
-        L = int.from_bytes(rec[0:4], "big")
-        flen, fmagic = _FOOTER.unpack(rec[-FOOTER_SIZE:])
-        if fmagic != FOOTER_MAGIC:
-            raise TamperedError("trailer footer magic missing")
-        if n != L + 4 or flen != n:
-            raise TamperedError(
-                f"trailer framing inconsistent (L={L}, footer length={flen}, record={n} bytes)"
-            )
-        body = rec[4 : n - HMAC_SIZE - FOOTER_SIZE]
-        mac = rec[n - HMAC_SIZE - FOOTER_SIZE : n - FOOTER_SIZE]
+        body, mac = _framed(rec)
         if body[:4] != TRAILER_MAGIC:
             raise TamperedError("trailer body magic missing")
         (
@@ -182,18 +168,7 @@ class Trailer:
             object_key = body[pos:].decode("utf-8")
         except UnicodeDecodeError:
             raise TamperedError("trailer object key is not UTF-8") from None
-        if not 1 <= chunk_size <= CHUNK_SIZE:
-            raise TamperedError(f"trailer chunk size {chunk_size} out of range")
-        try:
-            layout = Layout(runs, chunk_size)
-        except ValueError as e:
-            raise TamperedError(f"trailer part layout invalid: {e}") from None
-        if layout.plaintext_size != plaintext_size or layout.chunk_count != chunk_count:
-            raise TamperedError("trailer sizes disagree with its part layout")
-        if etag_parts == 0 and layout.part_count != 1:
-            raise TamperedError("trailer says single PUT but lists several parts")
-        if etag_parts not in (0, layout.part_count):
-            raise TamperedError("trailer ETag part count disagrees with its part layout")
+        layout = _checked_layout(runs, chunk_size, plaintext_size, chunk_count, etag_parts)
         return cls(
             version=version,
             flags=flags,
@@ -275,3 +250,37 @@ def verify_trailer(keyring: KeyRing, trailer: Trailer) -> ObjectKeys:
     except InvalidSignature:
         raise TamperedError("trailer MAC mismatch (trailer modified)") from None
     return keys
+
+
+def _framed(rec: bytes) -> tuple[bytes, bytes]:
+    """A trailer record's body and MAC, once its length field, footer and size agree."""
+    n = len(rec)
+    if n < TRAILER_FIXED_SIZE:
+        raise TruncatedError(f"trailer record of {n} bytes is too short")
+    if n > MAX_TRAILER_RECORD:
+        raise TamperedError(f"trailer record of {n} bytes is too long")
+    L = int.from_bytes(rec[0:4], "big")
+    flen, fmagic = _FOOTER.unpack(rec[-FOOTER_SIZE:])
+    if fmagic != FOOTER_MAGIC:
+        raise TamperedError("trailer footer magic missing")
+    if n != L + 4 or flen != n:
+        raise TamperedError(f"trailer framing inconsistent (L={L}, footer length={flen}, record={n} bytes)")
+    return rec[4 : n - HMAC_SIZE - FOOTER_SIZE], rec[n - HMAC_SIZE - FOOTER_SIZE : n - FOOTER_SIZE]
+
+
+def _checked_layout(runs: tuple[Run, ...], chunk_size: int, plaintext_size: int, chunk_count: int,
+                    etag_parts: int) -> Layout:
+    """The part layout the runs describe, once it agrees with the trailer's other fields."""
+    if not 1 <= chunk_size <= CHUNK_SIZE:
+        raise TamperedError(f"trailer chunk size {chunk_size} out of range")
+    try:
+        layout = Layout(runs, chunk_size)
+    except ValueError as e:
+        raise TamperedError(f"trailer part layout invalid: {e}") from None
+    if layout.plaintext_size != plaintext_size or layout.chunk_count != chunk_count:
+        raise TamperedError("trailer sizes disagree with its part layout")
+    if etag_parts == 0 and layout.part_count != 1:
+        raise TamperedError("trailer says single PUT but lists several parts")
+    if etag_parts not in (0, layout.part_count):
+        raise TamperedError("trailer ETag part count disagrees with its part layout")
+    return layout

@@ -285,7 +285,6 @@ class ObjectsCore(PassthroughService):
         """``_inspect`` of the version named; ObjectChanged when the object is no longer it."""
         if size == 0:
             return self._unverified(key, size, etag, last_modified, "an empty object")
-        guarded = bool(etag.strip('"'))
         try:
             async with self._lookups:
                 tail = await read_range(self.upstream, bucket, key, etag, tail_spec(size))
@@ -297,20 +296,11 @@ class ObjectsCore(PassthroughService):
                     return await self._without_trailer(bucket, key, etag, size, last_modified, tail)
                 if record_len > len(tail):
                     tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{record_len}")
-        except S3Error as err:
-            if isinstance(err, ObjectChanged | IntegrityRefusal):
-                raise
-            if guarded and (err.code == "PreconditionFailed" or err.status == 412):
-                raise ObjectChanged(key) from None
-            if err.code == "InvalidRange" and await self._changed(bucket, key, etag, size, last_modified):
-                raise ObjectChanged(key) from None  # rclone refuses a suffix as long as the (new) object
-            raise
         except Exception as exc:
-            # A read cut off (rclone cuts a GET of a file deleted or replaced meanwhile): a change
-            # is retried, anything else goes on as it was (a timeout at once: no more waiting).
-            if not isinstance(exc, TimeoutError) and await self._changed(bucket, key, etag, size, last_modified):
-                raise ObjectChanged(key) from None
-            raise
+            failure = await self._read_failure(bucket, key, etag, size, last_modified, exc)
+            if failure is exc:
+                raise
+            raise failure from None
         try:
             trailer = Trailer.from_tail(tail)
             trailer.verify(self.keyring)
@@ -320,6 +310,25 @@ class ObjectsCore(PassthroughService):
         except FormatError as exc:
             raise await self._refusal(bucket, key, etag, size, last_modified, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
+
+    async def _read_failure(self, bucket: str, key: str, etag: str, size: int, last_modified: object,
+                            exc: Exception) -> Exception:
+        """What a failed read of a version's trailer means: ObjectChanged when the object changed
+        meanwhile, else ``exc`` itself."""
+        if isinstance(exc, ObjectChanged | IntegrityRefusal):
+            return exc
+        if isinstance(exc, S3Error):
+            if etag.strip('"') and (exc.code == "PreconditionFailed" or exc.status == 412):
+                return ObjectChanged(key)
+            if exc.code != "InvalidRange":  # rclone refuses a suffix as long as the (new) object
+                return exc
+        elif isinstance(exc, TimeoutError):
+            return exc  # at once: no more waiting
+        # A read cut off (rclone cuts a GET of a file deleted or replaced meanwhile), a range
+        # refused: a change is retried, anything else goes on as it was.
+        if await self._changed(bucket, key, etag, size, last_modified):
+            return ObjectChanged(key)
+        return exc
 
     async def _changed(self, bucket: str, key: str, etag: str, size: int, last_modified: object) -> bool:
         """Whether the stored object may no longer be the version named: its HEAD names another, or

@@ -115,44 +115,56 @@ class AwsChunkedDecoder:
         while pos < end:
             state = self._state
             if state is _State.DATA:
-                take = min(self._remaining, end - pos)
-                piece = view[pos : pos + take]
-                pos += take
-                self._remaining -= take
-                if self._hasher is not None:
-                    self._hasher.update(piece)
-                    self._held.append(piece)
-                else:
-                    out.append(piece)
-                if self._remaining == 0:
-                    self._state = _State.DATA_CRLF
+                pos = self._take_data(view, pos, end, out)
             elif state is _State.DATA_CRLF:
-                if data[pos] != b"\r\n"[self._crlf]:
-                    raise _framing("aws-chunked: chunk data is not followed by CRLF")
-                pos += 1
-                self._crlf += 1
-                if self._crlf == 2:
-                    self._crlf = 0
-                    self._end_chunk(out)
+                pos = self._take_crlf(data, pos, out)
             elif state is _State.DONE:
                 raise _framing("aws-chunked: data after the end of the body")
             else:
-                newline = data.find(b"\n", pos)
-                stop = end if newline < 0 else newline + 1
-                if len(self._line) + (stop - pos) > self._max_line:
-                    raise _framing("aws-chunked: framing line too long")
-                self._line += view[pos:stop]
-                pos = stop
-                if newline >= 0:
-                    line = bytes(self._line)
-                    self._line.clear()
-                    if not line.endswith(b"\r\n"):
-                        raise _framing("aws-chunked: framing line not terminated by CRLF")
-                    if state is _State.HEADER:
-                        self._on_chunk_header(line[:-2])
-                    else:
-                        self._on_trailer_line(line[:-2])
+                pos = self._take_line(view, data, pos, end, state)
         return out
+
+    def _take_data(self, view: memoryview, pos: int, end: int, out: list[memoryview | bytes]) -> int:
+        """Payload bytes of the current chunk (held back until its signature checks, if signed)."""
+        take = min(self._remaining, end - pos)
+        piece = view[pos : pos + take]
+        self._remaining -= take
+        if self._hasher is not None:
+            self._hasher.update(piece)
+            self._held.append(piece)
+        else:
+            out.append(piece)
+        if self._remaining == 0:
+            self._state = _State.DATA_CRLF
+        return pos + take
+
+    def _take_crlf(self, data: bytes, pos: int, out: list[memoryview | bytes]) -> int:
+        """One byte of the CRLF after a chunk's data; the chunk ends with it."""
+        if data[pos] != b"\r\n"[self._crlf]:
+            raise _framing("aws-chunked: chunk data is not followed by CRLF")
+        self._crlf += 1
+        if self._crlf == 2:
+            self._crlf = 0
+            self._end_chunk(out)
+        return pos + 1
+
+    def _take_line(self, view: memoryview, data: bytes, pos: int, end: int, state: _State) -> int:
+        """Bytes of a framing line (a chunk header or a trailer line), handled once complete."""
+        newline = data.find(b"\n", pos)
+        stop = end if newline < 0 else newline + 1
+        if len(self._line) + (stop - pos) > self._max_line:
+            raise _framing("aws-chunked: framing line too long")
+        self._line += view[pos:stop]
+        if newline >= 0:
+            line = bytes(self._line)
+            self._line.clear()
+            if not line.endswith(b"\r\n"):
+                raise _framing("aws-chunked: framing line not terminated by CRLF")
+            if state is _State.HEADER:
+                self._on_chunk_header(line[:-2])
+            else:
+                self._on_trailer_line(line[:-2])
+        return stop
 
     def finish(self) -> dict[str, str]:
         """Call at the end of the body: checks completeness and returns the trailers.

@@ -399,10 +399,50 @@ def verify_request(
     ``query`` is either the raw query string (preferred: byte exact) or the decoded pairs in
     order with blank values kept. ``region``, if given, must be the scope's region; by default
     any region is accepted (clients sign with whatever region they were configured with).
-    Raises :class:`S3Error` with the code S3 would answer.
+    Raises :class:`S3Error` with the code S3 would answer, checking in S3's order: the
+    credential, the clock, the signed headers, then the signature.
     """
     hdrs = collect_headers(headers)
     pairs = _parse_query(query)
+    claim = _claim_of(hdrs, pairs)
+    parsed = claim.parsed
+    payload_mode, payload_sha256 = _payload_mode(claim.payload_value)
+    _check_scope(parsed, region, claim.presigned)
+    secret = lookup(parsed.access_key_id)
+    if secret is None:
+        raise S3Error.of("InvalidAccessKeyId", AWSAccessKeyId=parsed.access_key_id)
+    _check_clock(claim, now if now.tzinfo is not None else now.replace(tzinfo=UTC), max_skew_seconds)
+    _check_signed_headers(parsed, hdrs, claim.presigned)
+    scope = f"{parsed.date}/{parsed.region}/{parsed.service}/aws4_request"
+    signing_key = derive_signing_key(secret, parsed.date, parsed.region, parsed.service)
+    _check_signature(method, raw_path, claim, hdrs, scope, signing_key)
+    return AuthResult(
+        access_key_id=parsed.access_key_id,
+        payload_mode=payload_mode,
+        payload_sha256=payload_sha256,
+        seed_signature=parsed.signature.lower(),
+        signing_key=signing_key,
+        scope=scope,
+        amz_date=parsed.amz_date,
+        region=parsed.region,
+        signed_headers=tuple(parsed.signed_headers),
+        presigned=claim.presigned,
+    )
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """What a request says about its signature, before any of it is checked."""
+
+    parsed: _Parsed
+    presigned: bool
+    expires: int  # seconds, presigned URLs only
+    payload_value: str  # x-amz-content-sha256 (or the query's), as sent
+    pairs: list[tuple[bytes, bytes]]  # the query to sign (without X-Amz-Signature)
+
+
+def _claim_of(hdrs: dict[str, list[str]], pairs: list[tuple[bytes, bytes]]) -> _Claim:
+    """The signature a request carries: in its Authorization header or its query (presigned)."""
     params = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs}
     authorization = hdrs.get("authorization")
     presigned = "X-Amz-Algorithm" in params or "X-Amz-Credential" in params
@@ -413,31 +453,24 @@ def verify_request(
             "Authorization",
             authorization[0],
         )
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-
     if presigned:
         parsed, expires = _parse_presigned(params)
-        pairs = [(k, v) for k, v in pairs if k != b"X-Amz-Signature"]
-        payload_value = params.get("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD")
-    elif authorization:
-        if len(authorization) > 1:
-            raise _malformed_auth("more than one Authorization header.")
-        parsed = _parse_authorization(authorization[0], hdrs)
-        expires = 0
-        if "x-amz-content-sha256" not in hdrs:
-            raise S3Error.invalid_request(
-                "Missing required header for this request: x-amz-content-sha256"
-            )
-        payload_value = hdrs["x-amz-content-sha256"][0].strip()
-    else:
+        return _Claim(parsed, True, expires, params.get("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD"),
+                      [(k, v) for k, v in pairs if k != b"X-Amz-Signature"])
+    if not authorization:
         raise S3Error.access_denied()
+    if len(authorization) > 1:
+        raise _malformed_auth("more than one Authorization header.")
+    parsed = _parse_authorization(authorization[0], hdrs)
+    if "x-amz-content-sha256" not in hdrs:
+        raise S3Error.invalid_request("Missing required header for this request: x-amz-content-sha256")
+    return _Claim(parsed, False, 0, hdrs["x-amz-content-sha256"][0].strip(), pairs)
 
-    payload_mode, payload_sha256 = _payload_mode(payload_value)
+
+def _check_scope(parsed: _Parsed, region: str | None, presigned: bool) -> None:
+    """The credential scope's region (when one is required) and date (that of X-Amz-Date)."""
     if region is not None and parsed.region != region:
-        raise _malformed_auth(
-            f"the region '{parsed.region}' is wrong; expecting '{region}'", region
-        )
+        raise _malformed_auth(f"the region '{parsed.region}' is wrong; expecting '{region}'", region)
     if parsed.date != parsed.amz_date[:8]:
         message = (
             f"Invalid credential date \"{parsed.date}\". This date is not the same as "
@@ -445,25 +478,25 @@ def verify_request(
         )
         raise _query_error(message) if presigned else _malformed_auth(message)
 
-    secret = lookup(parsed.access_key_id)
-    if secret is None:
-        raise S3Error.of("InvalidAccessKeyId", AWSAccessKeyId=parsed.access_key_id)
 
-    # Time checks: S3 answers these before looking at the signature.
+def _check_clock(claim: _Claim, now: datetime, max_skew_seconds: float) -> None:
+    """X-Amz-Date within the allowed skew (or, presigned, the URL not expired nor early). S3
+    answers these before it looks at the signature."""
+    parsed = claim.parsed
     try:
         request_time = _parse_amz_date(parsed.amz_date)
     except ValueError:
         raise S3Error.access_denied("AWS authentication requires a valid Date or x-amz-date "
                                     "header") from None
     skew = timedelta(seconds=max_skew_seconds)
-    if presigned:
+    if claim.presigned:
         if request_time - now > skew:
             raise S3Error.access_denied("Request is not valid yet")
-        if now > request_time + timedelta(seconds=expires):
+        if now > request_time + timedelta(seconds=claim.expires):
             raise S3Error.access_denied(
                 "Request has expired",
-                **{"X-Amz-Expires": str(expires),
-                   "Expires": _iso(request_time + timedelta(seconds=expires)),
+                **{"X-Amz-Expires": str(claim.expires),
+                   "Expires": _iso(request_time + timedelta(seconds=claim.expires)),
                    "ServerTime": _iso(now)},
             )
     elif abs(now - request_time) > skew:
@@ -474,8 +507,10 @@ def verify_request(
             MaxAllowedSkewMilliseconds=str(int(max_skew_seconds * 1000)),
         )
 
-    # S3 requires host, and x-amz-content-sha256 for header auth, to be signed, and refuses
-    # x-amz-* headers that are present but unsigned (they could be added by anyone).
+
+def _check_signed_headers(parsed: _Parsed, hdrs: dict[str, list[str]], presigned: bool) -> None:
+    """S3 requires host, and x-amz-content-sha256 for header auth, to be signed, and refuses
+    x-amz-* headers that are present but unsigned (they could be added by anyone)."""
     signed_set = set(parsed.signed_headers)
     if "host" not in signed_set:
         raise S3Error.access_denied("Header 'host' must be signed", HeadersNotSigned="host")
@@ -495,38 +530,25 @@ def verify_request(
             HeadersNotSigned=", ".join(unsigned),
         )
 
-    scope = f"{parsed.date}/{parsed.region}/{parsed.service}/aws4_request"
-    signing_key = derive_signing_key(secret, parsed.date, parsed.region, parsed.service)
-    query_string = canonical_query(pairs)
-    matched = False
+
+def _check_signature(method: str, raw_path: str, claim: _Claim, hdrs: dict[str, list[str]], scope: str,
+                     signing_key: bytes) -> None:
+    """The signature over the canonical request, for each spelling of the path a client may
+    have signed; SignatureDoesNotMatch names the first."""
+    parsed = claim.parsed
+    query_string = canonical_query(claim.pairs)
     first_canonical = first_sts = ""
     for uri in _candidate_uris(raw_path):
-        canonical = canonical_request(
-            method, uri, query_string, hdrs, parsed.signed_headers, payload_value
-        )
+        canonical = canonical_request(method, uri, query_string, hdrs, parsed.signed_headers, claim.payload_value)
         sts = string_to_sign(parsed.amz_date, scope, canonical)
         if not first_sts:
             first_canonical, first_sts = canonical, sts
         if signatures_equal(sign(signing_key, sts), parsed.signature):
-            matched = True
-            break
-    if not matched:
-        raise S3Error.of(
-            "SignatureDoesNotMatch",
-            AWSAccessKeyId=parsed.access_key_id,
-            StringToSign=first_sts,
-            SignatureProvided=parsed.signature,
-            CanonicalRequest=first_canonical,
-        )
-    return AuthResult(
-        access_key_id=parsed.access_key_id,
-        payload_mode=payload_mode,
-        payload_sha256=payload_sha256,
-        seed_signature=parsed.signature.lower(),
-        signing_key=signing_key,
-        scope=scope,
-        amz_date=parsed.amz_date,
-        region=parsed.region,
-        signed_headers=tuple(parsed.signed_headers),
-        presigned=presigned,
+            return
+    raise S3Error.of(
+        "SignatureDoesNotMatch",
+        AWSAccessKeyId=parsed.access_key_id,
+        StringToSign=first_sts,
+        SignatureProvided=parsed.signature,
+        CanonicalRequest=first_canonical,
     )

@@ -587,36 +587,45 @@ def parse_complete_multipart(body: bytes, *, max_bytes: int = MAX_COMPLETE_BODY)
             raise MalformedXMLError(f"unexpected element <{name}> in CompleteMultipartUpload")
         if len(parts) >= MAX_PARTS:
             raise MalformedXMLError(f"more than {MAX_PARTS} parts")
-        number: int | None = None
-        etag: str | None = None
-        checksums: dict[str, str] = {}
-        for sub_name, sub in _children(child):
-            text = _leaf_text(sub, sub_name)
-            if sub_name == "PartNumber":
-                if number is not None:
-                    raise MalformedXMLError("duplicate <PartNumber> in <Part>")
-                stripped = text.strip()
-                if not stripped.isascii() or not stripped.isdigit() or len(stripped) > 9:
-                    raise MalformedXMLError(f"invalid PartNumber {text!r}")
-                number = int(stripped)
-            elif sub_name == "ETag":
-                if etag is not None:
-                    raise MalformedXMLError("duplicate <ETag> in <Part>")
-                etag = text.strip().strip('"')
-            elif _CHECKSUM_NAME.fullmatch(sub_name):
-                if sub_name in checksums:
-                    raise MalformedXMLError(f"duplicate <{sub_name}> in <Part>")
-                checksums[sub_name] = text.strip()
-            else:
-                raise MalformedXMLError(f"unexpected element <{sub_name}> in <Part>")
-        if number is None:
-            raise MalformedXMLError("<Part> without <PartNumber>")
-        if etag is None:
-            raise MalformedXMLError("<Part> without <ETag>")
-        parts.append(CompletedPart(number, etag, checksums))
+        parts.append(_completed_part(child))
     if not parts:
         raise MalformedXMLError("CompleteMultipartUpload lists no parts")
     return parts
+
+
+def _completed_part(element: ET.Element) -> CompletedPart:
+    """One ``<Part>``: exactly one PartNumber and ETag, any ``Checksum*``."""
+    number: int | None = None
+    etag: str | None = None
+    checksums: dict[str, str] = {}
+    for name, sub in _children(element):
+        text = _leaf_text(sub, name)
+        if name == "PartNumber":
+            if number is not None:
+                raise MalformedXMLError("duplicate <PartNumber> in <Part>")
+            number = _part_number(text)
+        elif name == "ETag":
+            if etag is not None:
+                raise MalformedXMLError("duplicate <ETag> in <Part>")
+            etag = text.strip().strip('"')
+        elif _CHECKSUM_NAME.fullmatch(name):
+            if name in checksums:
+                raise MalformedXMLError(f"duplicate <{name}> in <Part>")
+            checksums[name] = text.strip()
+        else:
+            raise MalformedXMLError(f"unexpected element <{name}> in <Part>")
+    if number is None:
+        raise MalformedXMLError("<Part> without <PartNumber>")
+    if etag is None:
+        raise MalformedXMLError("<Part> without <ETag>")
+    return CompletedPart(number, etag, checksums)
+
+
+def _part_number(text: str) -> int:
+    stripped = text.strip()
+    if not stripped.isascii() or not stripped.isdigit() or len(stripped) > 9:
+        raise MalformedXMLError(f"invalid PartNumber {text!r}")
+    return int(stripped)
 
 
 def is_ascending(parts: Sequence[CompletedPart]) -> bool:
@@ -638,39 +647,48 @@ def parse_delete(body: bytes, *, max_bytes: int = MAX_DELETE_BODY) -> tuple[list
         if name == "Quiet":
             if quiet is not None:
                 raise MalformedXMLError("duplicate <Quiet>")
-            value = _leaf_text(child, name).strip().lower()
-            if value not in ("true", "false"):
-                raise MalformedXMLError(f"<Quiet> must be true or false, got {value!r}")
-            quiet = value == "true"
+            quiet = _quiet(child)
         elif name == "Object":
             if len(objects) >= MAX_DELETE_KEYS:
                 raise MalformedXMLError(f"more than {MAX_DELETE_KEYS} keys in Delete")
-            key: str | None = None
-            version_id: str | None = None
-            seen_version = False
-            for sub_name, sub in _children(child):
-                text = _leaf_text(sub, sub_name)
-                if sub_name == "Key":
-                    if key is not None:
-                        raise MalformedXMLError("duplicate <Key> in <Object>")
-                    key = text
-                elif sub_name == "VersionId":
-                    if seen_version:
-                        raise MalformedXMLError("duplicate <VersionId> in <Object>")
-                    seen_version = True
-                    version_id = text.strip() or None
-                elif sub_name in ("ETag", "LastModifiedTime", "Size"):
-                    raise MalformedXMLError(f"conditional delete (<{sub_name}>) not supported")
-                else:
-                    raise MalformedXMLError(f"unexpected element <{sub_name}> in <Object>")
-            if key is None:
-                raise MalformedXMLError("<Object> without <Key>")
-            objects.append(ObjectIdentifier(key, version_id))
+            objects.append(_object_identifier(child))
         else:
             raise MalformedXMLError(f"unexpected element <{name}> in Delete")
     if not objects:
         raise MalformedXMLError("Delete lists no objects")
     return objects, bool(quiet)
+
+
+def _quiet(element: ET.Element) -> bool:
+    value = _leaf_text(element, "Quiet").strip().lower()
+    if value not in ("true", "false"):
+        raise MalformedXMLError(f"<Quiet> must be true or false, got {value!r}")
+    return value == "true"
+
+
+def _object_identifier(element: ET.Element) -> ObjectIdentifier:
+    """One ``<Object>`` of a Delete: its Key, verbatim, and VersionId (empty -> None)."""
+    key: str | None = None
+    version_id: str | None = None
+    seen_version = False
+    for name, sub in _children(element):
+        text = _leaf_text(sub, name)
+        if name == "Key":
+            if key is not None:
+                raise MalformedXMLError("duplicate <Key> in <Object>")
+            key = text
+        elif name == "VersionId":
+            if seen_version:
+                raise MalformedXMLError("duplicate <VersionId> in <Object>")
+            seen_version = True
+            version_id = text.strip() or None
+        elif name in ("ETag", "LastModifiedTime", "Size"):
+            raise MalformedXMLError(f"conditional delete (<{name}>) not supported")
+        else:
+            raise MalformedXMLError(f"unexpected element <{name}> in <Object>")
+    if key is None:
+        raise MalformedXMLError("<Object> without <Key>")
+    return ObjectIdentifier(key, version_id)
 
 
 # --------------------------------------------------------------------------- upstream listings
