@@ -43,8 +43,16 @@ MiB = 1 << 20
 MEDUSA = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
 FQDN = "node1.example.com"
 BACKUP = "bk1"
-COMPONENTS = ["Data.db", "Index.db", "Filter.db", "Statistics.db", "Summary.db", "TOC.txt", "Digest.crc32",
-              "CompressionInfo.db"]
+COMPONENTS = [
+    "Data.db",
+    "Index.db",
+    "Filter.db",
+    "Statistics.db",
+    "Summary.db",
+    "TOC.txt",
+    "Digest.crc32",
+    "CompressionInfo.db",
+]
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -62,8 +70,11 @@ def cpu_seconds(pid: int) -> float:
 def upstream_gets(proxy: ProxyProcess) -> float:
     with urllib.request.urlopen(proxy.endpoint_url + "/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("medusa_crypt_proxy_upstream_requests_total{") and 'operation="GetObject"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("medusa_crypt_proxy_upstream_requests_total{") and 'operation="GetObject"' in line
+    )
 
 
 def entries_for(size: int, objects: int | None) -> list[dict[str, Any]]:
@@ -75,8 +86,12 @@ def entries_for(size: int, objects: int | None) -> list[dict[str, Any]]:
         table = f"table_{i // 8 % 300}-{hashlib.md5(str(i // 8 % 300).encode()).hexdigest()}"
         path = f"{FQDN}/data/ks{i // 8 % 300 % 7}/{table}/nb-{i // 8}-big-{COMPONENTS[i % 8]}"
         data = hashlib.sha256(path.encode()).digest() * 4
-        entry = {"path": path, "MD5": hashlib.md5(data).hexdigest(), "size": len(data),
-                 "_data": data if objects is None or i < objects else None}
+        entry = {
+            "path": path,
+            "MD5": hashlib.md5(data).hexdigest(),
+            "size": len(data),
+            "_data": data if objects is None or i < objects else None,
+        }
         total += len(json.dumps({k: v for k, v in entry.items() if k != "_data"})) + 2
         out.append(entry)
         i += 1
@@ -86,10 +101,10 @@ def entries_for(size: int, objects: int | None) -> list[dict[str, Any]]:
 def sections(entries: list[dict[str, Any]]) -> bytes:
     tables: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
-        tables.setdefault(entry["path"].split("/")[3], []).append(
-            {k: v for k, v in entry.items() if k != "_data"})
-    return json.dumps([{"keyspace": "ks", "columnfamily": name, "objects": objs}
-                       for name, objs in tables.items()]).encode()
+        tables.setdefault(entry["path"].split("/")[3], []).append({k: v for k, v in entry.items() if k != "_data"})
+    return json.dumps(
+        [{"keyspace": "ks", "columnfamily": name, "objects": objs} for name, objs in tables.items()]
+    ).encode()
 
 
 class Bench:
@@ -113,8 +128,11 @@ class Bench:
             written += 1
         for entry in self.entries:
             entry.pop("_data")
-        print(f"manifest {len(self.body) / MiB:.1f} MiB, {len(self.entries)} entries, {written} data files "
-              f"written in {time.monotonic() - started:.0f}s", flush=True)
+        print(
+            f"manifest {len(self.body) / MiB:.1f} MiB, {len(self.entries)} entries, {written} data files "
+            f"written in {time.monotonic() - started:.0f}s",
+            flush=True,
+        )
         self.upstream.start()  # after the files: rclone caches the directories it has listed
         self.config = proxy_config(self.upstream, root / "proxy")
         self.results: list[dict[str, Any]] = []
@@ -141,12 +159,21 @@ class Bench:
             reads, cpu = upstream_gets(proxy) - reads, cpu_seconds(pid) - cpu
         finally:
             proxy.stop()
-        row = {"phase": name, "idle_mib": idle / 1024, "peak_mib": peak / 1024, "ratio": peak / idle,
-               "seconds": seconds, "cpu_seconds": cpu, "upstream_gets": reads}
+        row = {
+            "phase": name,
+            "idle_mib": idle / 1024,
+            "peak_mib": peak / 1024,
+            "ratio": peak / idle,
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "upstream_gets": reads,
+        }
         self.results.append(row)
-        print(f"{name:<12} idle {row['idle_mib']:6.0f} MiB  peak {row['peak_mib']:6.0f} MiB  "
-              f"peak/idle {row['ratio']:5.2f}  {seconds:6.2f}s (proxy CPU {cpu:6.2f}s)  upstream GETs {reads:.0f}",
-              flush=True)
+        print(
+            f"{name:<12} idle {row['idle_mib']:6.0f} MiB  peak {row['peak_mib']:6.0f} MiB  "
+            f"peak/idle {row['ratio']:5.2f}  {seconds:6.2f}s (proxy CPU {cpu:6.2f}s)  upstream GETs {reads:.0f}",
+            flush=True,
+        )
         return result
 
     def run(self) -> None:
@@ -197,8 +224,12 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=32, help="size of the manifest (default 32 MiB)")
-    parser.add_argument("--objects", type=int, default=None,
-                        help="data files that exist (default: every entry's); the others are missing")
+    parser.add_argument(
+        "--objects",
+        type=int,
+        default=None,
+        help="data files that exist (default: every entry's); the others are missing",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mcp-manifest-") as tmp:

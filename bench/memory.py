@@ -87,8 +87,10 @@ def main() -> int:
         print(f"FAILED: {errors[0]!r}")
         return 1
     total = 2 * args.clients * args.size_mib * MIB
-    print(f"{args.clients} clients x {args.size_mib} MiB PUT then GET, verified: {seconds:.1f}s "
-          f"({total / seconds / 1e6:.0f} MB/s through the proxy)")
+    print(
+        f"{args.clients} clients x {args.size_mib} MiB PUT then GET, verified: {seconds:.1f}s "
+        f"({total / seconds / 1e6:.0f} MB/s through the proxy)"
+    )
     print(f"proxy RSS idle {idle / 1024:.0f} MiB, peak (VmHWM) {peak / 1024:.0f} MiB")
     return 0
 

@@ -82,10 +82,14 @@ class CryptRcloneServer(RcloneS3Server):
 
     def _env(self) -> dict[str, str]:
         env = _clean_env()
-        password = subprocess.run([rclone_binary(), "obscure", "bench-secret"], check=True,
-                                  capture_output=True, text=True).stdout.strip()
-        env.update(RCLONE_CONFIG_MYCRYPT_TYPE="crypt", RCLONE_CONFIG_MYCRYPT_REMOTE=str(self.data_dir),
-                   RCLONE_CONFIG_MYCRYPT_PASSWORD=password)
+        password = subprocess.run(
+            [rclone_binary(), "obscure", "bench-secret"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        env.update(
+            RCLONE_CONFIG_MYCRYPT_TYPE="crypt",
+            RCLONE_CONFIG_MYCRYPT_REMOTE=str(self.data_dir),
+            RCLONE_CONFIG_MYCRYPT_PASSWORD=password,
+        )
         return env
 
     def _command(self, port: int) -> list[str]:
@@ -145,9 +149,12 @@ class Stack:
         self.clients["proxy"] = self.client("proxy")
 
     def client(self, target: str, pool: int = 64) -> Any:
-        kwargs: dict[str, Any] = dict(request_checksum_calculation="when_required",
-                                      response_checksum_validation="when_required",
-                                      max_pool_connections=pool, read_timeout=600)
+        kwargs: dict[str, Any] = dict(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=pool,
+            read_timeout=600,
+        )
         if target == "proxy":
             return self.proxy.client(**kwargs)
         server = self.upstream if target == "direct" else self.peer
@@ -211,13 +218,13 @@ class RepeatReader(io.RawIOBase):
         while self._pos < end:
             at = self._pos % base_len
             take = min(end - self._pos, base_len - at)
-            out += self._base[at:at + take]
+            out += self._base[at : at + take]
             self._pos += take
         return bytes(out)
 
     def readinto(self, b: Any) -> int:
         data = self.read(len(b))
-        b[:len(data)] = data
+        b[: len(data)] = data
         return len(data)
 
 
@@ -246,8 +253,9 @@ class NullSink:
 
 
 def transfer_config(part: int) -> TransferConfig:
-    return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=CONCURRENCY,
-                          use_threads=True)
+    return TransferConfig(
+        multipart_threshold=part, multipart_chunksize=part, max_concurrency=CONCURRENCY, use_threads=True
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -310,9 +318,23 @@ class Bench:
             return
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         out = self.profile_dir / f"{name}.txt"
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(self.stack.proxy_pid), "--threads",
-                                "--format", "raw", "--rate", "200", "-o", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.stack.proxy_pid),
+                "--threads",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.5)
         try:
             yield
@@ -348,8 +370,10 @@ class Bench:
                     client.delete_object(Bucket=bucket, Key=key)
                     puts.setdefault(target, []).append(size / put_s / 1e6)
                     gets.setdefault(target, []).append(size / get_s / 1e6)
-                    self.log(f"{name} parts rep {rep} {target}: PUT {puts[target][-1]:.0f} MB/s, "
-                             f"GET {gets[target][-1]:.0f} MB/s")
+                    self.log(
+                        f"{name} parts rep {rep} {target}: PUT {puts[target][-1]:.0f} MB/s, "
+                        f"GET {gets[target][-1]:.0f} MB/s"
+                    )
             self.results[f"put_{name}"] = {"MBps": puts, "cpu_s_per_GiB": cpu_put}
             self.results[f"get_{name}"] = {"MBps": gets, "cpu_s_per_GiB": cpu_get}
 
@@ -382,8 +406,9 @@ class Bench:
                     client.delete_object(Bucket=bucket, Key=key)
                 puts.setdefault(target, []).append(size * count / put_s / 1e6)
                 gets.setdefault(target, []).append(size * count / get_s / 1e6)
-                self.log(f"64MiB single rep {rep} {target}: PUT {puts[target][-1]:.0f} MB/s, "
-                         f"GET {gets[target][-1]:.0f} MB/s")
+                self.log(
+                    f"64MiB single rep {rep} {target}: PUT {puts[target][-1]:.0f} MB/s, GET {gets[target][-1]:.0f} MB/s"
+                )
         self.results["put_single_64MiB"] = {"MBps": puts, "cpu_s_per_GiB": cpu_put}
         self.results["get_single_64MiB"] = {"MBps": gets, "cpu_s_per_GiB": cpu_get}
 
@@ -396,18 +421,21 @@ class Bench:
         rng = random.Random(6)
         for target in TARGETS:
             client, bucket = self.stack.clients[target], self.stack.buckets[target]
-            client.upload_fileobj(RepeatReader(self.base, size), bucket, "node1/data/ks/tbl/ranged",
-                                  Config=transfer_config(50 * MiB))
+            client.upload_fileobj(
+                RepeatReader(self.base, size), bucket, "node1/data/ks/tbl/ranged", Config=transfer_config(50 * MiB)
+            )
         for rep, order in rotations(self.args.reps):
             offsets = [rng.randrange(0, size - MiB) for _ in range(n)]
             for target in order:
                 client, bucket = self.stack.clients[target], self.stack.buckets[target]
-                before = self.stack.metric("medusa_crypt_proxy_upstream_bytes_received_total") \
-                    if target == "proxy" else 0.0
+                before = (
+                    self.stack.metric("medusa_crypt_proxy_upstream_bytes_received_total") if target == "proxy" else 0.0
+                )
 
                 def one(offset: int, client: Any = client, bucket: str = bucket) -> None:
-                    reply = client.get_object(Bucket=bucket, Key="node1/data/ks/tbl/ranged",
-                                              Range=f"bytes={offset}-{offset + MiB - 1}")
+                    reply = client.get_object(
+                        Bucket=bucket, Key="node1/data/ks/tbl/ranged", Range=f"bytes={offset}-{offset + MiB - 1}"
+                    )
                     data = reply["Body"].read()
                     assert len(data) == MiB
 
@@ -420,10 +448,12 @@ class Bench:
                     upstream_per_req.append((after - before) / n)
                 self.log(f"ranged rep {rep} {target}: {rates[target][-1]:.0f} req/s")
         for target in TARGETS:
-            self.stack.clients[target].delete_object(Bucket=self.stack.buckets[target],
-                                                     Key="node1/data/ks/tbl/ranged")
-        self.results["ranged_1MiB"] = {"req_per_s": rates, "proxy_upstream_bytes_per_req": upstream_per_req,
-                                       "concurrency": CONCURRENCY}
+            self.stack.clients[target].delete_object(Bucket=self.stack.buckets[target], Key="node1/data/ks/tbl/ranged")
+        self.results["ranged_1MiB"] = {
+            "req_per_s": rates,
+            "proxy_upstream_bytes_per_req": upstream_per_req,
+            "concurrency": CONCURRENCY,
+        }
 
     # --- small objects ---------------------------------------------------------------------------
 
@@ -471,8 +501,11 @@ class Bench:
         body = self.base[:1024]
         t = time.perf_counter()
         with cf.ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"node1/data/ks/tbl/f-{i:06d}",
-                                                      Body=body), range(n)))
+            list(
+                pool.map(
+                    lambda i: client.put_object(Bucket=bucket, Key=f"node1/data/ks/tbl/f-{i:06d}", Body=body), range(n)
+                )
+            )
         fill = n / (time.perf_counter() - t)
         self.log(f"list: {n} encrypted 1 KiB objects written at {fill:.0f} PUT/s (16 threads)")
 
@@ -492,11 +525,15 @@ class Bench:
                 cold.append(list_all(self.stack.clients["proxy"]))
             with self.profiled(f"list-warm-proxy-{rep}"):
                 warm.append(list_all(self.stack.clients["proxy"]))
-            self.log(f"list rep {rep}: direct {direct[-1]:.2f} s, proxy cold {cold[-1]:.2f} s, "
-                     f"warm {warm[-1]:.2f} s")
+            self.log(f"list rep {rep}: direct {direct[-1]:.2f} s, proxy cold {cold[-1]:.2f} s, warm {warm[-1]:.2f} s")
         shutil.rmtree(self.stack.upstream.bucket_path(bucket), ignore_errors=True)
-        self.results["list"] = {"objects": n, "direct_s": direct, "proxy_cold_s": cold, "proxy_warm_s": warm,
-                                "fill_put_per_s": fill}
+        self.results["list"] = {
+            "objects": n,
+            "direct_s": direct,
+            "proxy_cold_s": cold,
+            "proxy_warm_s": warm,
+            "fill_put_per_s": fill,
+        }
 
     # --- memory ----------------------------------------------------------------------------------
 
@@ -511,8 +548,7 @@ class Bench:
         reset_peak(pid_of())
         t = time.perf_counter()
         with cf.ThreadPoolExecutor(streams) as pool:
-            list(pool.map(lambda k: client.upload_fileobj(RepeatReader(self.base, size), bucket, k, Config=cfg),
-                          keys))
+            list(pool.map(lambda k: client.upload_fileobj(RepeatReader(self.base, size), bucket, k, Config=cfg), keys))
         out["concurrent_put_MBps"] = streams * size / (time.perf_counter() - t) / 1e6
         out["concurrent_put_peak"] = proc_status(pid_of(), "VmHWM")
         reset_peak(pid_of())
@@ -523,8 +559,10 @@ class Bench:
         out["concurrent_get_peak"] = proc_status(pid_of(), "VmHWM")
         for k in keys:
             client.delete_object(Bucket=bucket, Key=k)
-        self.log(f"rss: 8 concurrent PUT peak {out['concurrent_put_peak'] / 1e6:.0f} MB, "
-                 f"GET peak {out['concurrent_get_peak'] / 1e6:.0f} MB")
+        self.log(
+            f"rss: 8 concurrent PUT peak {out['concurrent_put_peak'] / 1e6:.0f} MB, "
+            f"GET peak {out['concurrent_get_peak'] / 1e6:.0f} MB"
+        )
         for big in (size, self.args.big_size):
             key = "node1/data/ks/tbl/rss-big"
             reset_peak(pid_of())
@@ -539,10 +577,15 @@ class Bench:
                 pass
             stream_peak = proc_status(pid_of(), "VmHWM")
             client.delete_object(Bucket=bucket, Key=key)
-            out[f"object_{big // MiB}MiB"] = {"put_peak": put_peak, "get_peak": get_peak,
-                                              "single_stream_get_peak": stream_peak}
-            self.log(f"rss: {big // MiB} MiB object: PUT peak {put_peak / 1e6:.0f} MB, GET peak "
-                     f"{get_peak / 1e6:.0f} MB, one-stream GET peak {stream_peak / 1e6:.0f} MB")
+            out[f"object_{big // MiB}MiB"] = {
+                "put_peak": put_peak,
+                "get_peak": get_peak,
+                "single_stream_get_peak": stream_peak,
+            }
+            self.log(
+                f"rss: {big // MiB} MiB object: PUT peak {put_peak / 1e6:.0f} MB, GET peak "
+                f"{get_peak / 1e6:.0f} MB, one-stream GET peak {stream_peak / 1e6:.0f} MB"
+            )
         self.results["rss"] = out
 
 
@@ -564,16 +607,41 @@ def summarize(results: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]
         mbps = {t: med(v) for t, v in results[name]["MBps"].items()}
         cpu = {t: med(v) for t, v in results[name]["cpu_s_per_GiB"].items()}
         p, d, c = mbps.get("proxy", 0), mbps.get("direct", 0), mbps.get("crypt", 0)
-        results[name]["median"] = {"MBps": mbps, "cpu_s_per_GiB": cpu, "proxy/direct": ratio(p, d),
-                                   "proxy/crypt": ratio(p, c)}
-        rows.append([name, f"{d:.0f}", f"{p:.0f}", f"{c:.0f}", f"{ratio(p, d):.2f}", f"{ratio(p, c):.2f}",
-                     f"{cpu.get('proxy', 0):.2f} ({cpu.get('proxy_loop', 0):.2f})", f"{cpu.get('crypt', 0):.2f}",
-                     f"{cpu.get('direct_all', 0):.1f}/{cpu.get('proxy_all', 0):.1f}/{cpu.get('crypt_all', 0):.1f}"])
+        results[name]["median"] = {
+            "MBps": mbps,
+            "cpu_s_per_GiB": cpu,
+            "proxy/direct": ratio(p, d),
+            "proxy/crypt": ratio(p, c),
+        }
+        rows.append(
+            [
+                name,
+                f"{d:.0f}",
+                f"{p:.0f}",
+                f"{c:.0f}",
+                f"{ratio(p, d):.2f}",
+                f"{ratio(p, c):.2f}",
+                f"{cpu.get('proxy', 0):.2f} ({cpu.get('proxy_loop', 0):.2f})",
+                f"{cpu.get('crypt', 0):.2f}",
+                f"{cpu.get('direct_all', 0):.1f}/{cpu.get('proxy_all', 0):.1f}/{cpu.get('crypt_all', 0):.1f}",
+            ]
+        )
     throughput = [r for r in rows]
     table: list[list[str]] = []
     if throughput:
-        table.append(["MB/s (median)", "direct", "proxy", "rclone-crypt", "proxy/direct", "proxy/crypt",
-                      "proxy CPU s/GiB (loop)", "crypt CPU s/GiB", "all CPU s/GiB d/p/c"])
+        table.append(
+            [
+                "MB/s (median)",
+                "direct",
+                "proxy",
+                "rclone-crypt",
+                "proxy/direct",
+                "proxy/crypt",
+                "proxy CPU s/GiB (loop)",
+                "crypt CPU s/GiB",
+                "all CPU s/GiB d/p/c",
+            ]
+        )
         table += throughput
     if "ranged_1MiB" in results:
         r = results["ranged_1MiB"]
@@ -581,16 +649,27 @@ def summarize(results: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]
         up = med(r["proxy_upstream_bytes_per_req"])
         r["median"] = {"req_per_s": rps, "proxy_upstream_bytes_per_req": up}
         table.append([])
-        table.append(["ranged 1 MiB GET", "direct", "proxy", "rclone-crypt", "proxy/direct", "proxy/crypt",
-                      "upstream B/req", ""])
-        table.append(["req/s (4 threads)", f"{rps['direct']:.0f}", f"{rps['proxy']:.0f}", f"{rps['crypt']:.0f}",
-                      f"{ratio(rps['proxy'], rps['direct']):.2f}", f"{ratio(rps['proxy'], rps['crypt']):.2f}",
-                      f"{up:.0f}", ""])
+        table.append(
+            ["ranged 1 MiB GET", "direct", "proxy", "rclone-crypt", "proxy/direct", "proxy/crypt", "upstream B/req", ""]
+        )
+        table.append(
+            [
+                "req/s (4 threads)",
+                f"{rps['direct']:.0f}",
+                f"{rps['proxy']:.0f}",
+                f"{rps['crypt']:.0f}",
+                f"{ratio(rps['proxy'], rps['direct']):.2f}",
+                f"{ratio(rps['proxy'], rps['crypt']):.2f}",
+                f"{up:.0f}",
+                "",
+            ]
+        )
     if "small_4KiB" in results:
         s = results["small_4KiB"]
         table.append([])
-        table.append(["4 KiB latency ms", "direct p50/p99", "proxy p50/p99", "crypt p50/p99",
-                      "proxy-direct p50", "", "", ""])
+        table.append(
+            ["4 KiB latency ms", "direct p50/p99", "proxy p50/p99", "crypt p50/p99", "proxy-direct p50", "", "", ""]
+        )
         for op in ("put", "head", "get", "put_head"):
             cells = [f"{s[t][op]['p50_ms']:.2f}/{s[t][op]['p99_ms']:.2f}" for t in TARGETS]
             added = s["proxy"][op]["p50_ms"] - s["direct"][op]["p50_ms"]
@@ -601,21 +680,50 @@ def summarize(results: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]
         d, w, c = med(r["direct_s"]), med(r["proxy_warm_s"]), med(r["proxy_cold_s"])
         r["median"] = {"direct_s": d, "proxy_warm_s": w, "proxy_cold_s": c}
         table.append([])
-        table.append([f"LIST {r['objects']} objects", "direct s", "proxy warm s", "proxy cold s", "warm/direct",
-                      "cold/direct", "", ""])
+        table.append(
+            [
+                f"LIST {r['objects']} objects",
+                "direct s",
+                "proxy warm s",
+                "proxy cold s",
+                "warm/direct",
+                "cold/direct",
+                "",
+                "",
+            ]
+        )
         table.append(["", f"{d:.2f}", f"{w:.2f}", f"{c:.2f}", f"{ratio(w, d):.2f}", f"{ratio(c, d):.2f}", "", ""])
         targets["cold_list_over_direct"] = ratio(c, d)
     if "rss" in results:
         r = results["rss"]
         table.append([])
         table.append(["proxy peak RSS MB", "PUT", "GET (ranged parts)", "GET (one stream)", "", "", "", ""])
-        table.append(["8 concurrent", f"{r['concurrent_put_peak'] / 1e6:.0f}", f"{r['concurrent_get_peak'] / 1e6:.0f}",
-                      "", f"{r['concurrent_put_MBps']:.0f} MB/s", f"{r['concurrent_get_MBps']:.0f} MB/s", "", ""])
+        table.append(
+            [
+                "8 concurrent",
+                f"{r['concurrent_put_peak'] / 1e6:.0f}",
+                f"{r['concurrent_get_peak'] / 1e6:.0f}",
+                "",
+                f"{r['concurrent_put_MBps']:.0f} MB/s",
+                f"{r['concurrent_get_MBps']:.0f} MB/s",
+                "",
+                "",
+            ]
+        )
         for k, v in r.items():
             if k.startswith("object_"):
-                table.append([k.replace("object_", "one object "), f"{v['put_peak'] / 1e6:.0f}",
-                              f"{v['get_peak'] / 1e6:.0f}", f"{v['single_stream_get_peak'] / 1e6:.0f}",
-                              "", "", "", ""])
+                table.append(
+                    [
+                        k.replace("object_", "one object "),
+                        f"{v['put_peak'] / 1e6:.0f}",
+                        f"{v['get_peak'] / 1e6:.0f}",
+                        f"{v['single_stream_get_peak'] / 1e6:.0f}",
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
         peaks = [r["concurrent_put_peak"], r["concurrent_get_peak"]]
         targets["peak_rss_8_concurrent_MB"] = max(peaks) / 1e6
         objs = [v for k, v in r.items() if k.startswith("object_")]
@@ -675,10 +783,12 @@ def render(table: list[list[str]], targets: dict[str, Any]) -> str:
 
 def git_commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "proxy"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "proxy"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -689,8 +799,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller objects and fewer repetitions (minutes)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
-    parser.add_argument("--upstream-etag", choices=("none", "md5"), default="none",
-                        help='upstream rclone ETags: none (--etag-hash "", default) or md5 (rclone default)')
+    parser.add_argument(
+        "--upstream-etag",
+        choices=("none", "md5"),
+        default="none",
+        help='upstream rclone ETags: none (--etag-hash "", default) or md5 (rclone default)',
+    )
     parser.add_argument("--crypto-threads", type=int, help="the proxy's limits.crypto_threads")
     parser.add_argument("--profile", metavar="DIR", help="py-spy record the proxy during PUT/GET and LIST runs (raw)")
     parser.add_argument("--out", help="JSON output (default bench/results/run-<time>.json)")
@@ -711,8 +825,14 @@ def main() -> int:
     bench = Bench(stack, args)
     try:
         for section in sections:
-            {"put": bench.put_get, "single": bench.single, "ranged": bench.ranged, "small": bench.small,
-             "list": bench.listing, "rss": bench.rss}[section]()
+            {
+                "put": bench.put_get,
+                "single": bench.single,
+                "ranged": bench.ranged,
+                "small": bench.small,
+                "list": bench.listing,
+                "rss": bench.rss,
+            }[section]()
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -720,18 +840,27 @@ def main() -> int:
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(bench.results, default=str))
     table, targets = summarize(bench.results)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), "quick": quick,
-            "reps": args.reps, "object_size": args.size, "upstream_etag": args.upstream_etag,
-            "crypto_threads": args.crypto_threads, "seconds": round(time.time() - started),
-            "cpus": os.cpu_count(), "put_limit_MBps": PUT_LIMIT_MBS}
-    print(f"medusa-crypt-proxy bench {meta['date']} commit {meta['commit']} "
-          f"({'quick, ' if quick else ''}{args.reps} rep(s), objects {args.size // MiB} MiB, "
-          f"upstream ETags {args.upstream_etag}, {meta['seconds']} s)")
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": git_commit(),
+        "quick": quick,
+        "reps": args.reps,
+        "object_size": args.size,
+        "upstream_etag": args.upstream_etag,
+        "crypto_threads": args.crypto_threads,
+        "seconds": round(time.time() - started),
+        "cpus": os.cpu_count(),
+        "put_limit_MBps": PUT_LIMIT_MBS,
+    }
+    print(
+        f"medusa-crypt-proxy bench {meta['date']} commit {meta['commit']} "
+        f"({'quick, ' if quick else ''}{args.reps} rep(s), objects {args.size // MiB} MiB, "
+        f"upstream ETags {args.upstream_etag}, {meta['seconds']} s)"
+    )
     print(render(table, targets))
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "targets": targets, "results": bench.results}, indent=1,
-                              default=str))
+    out.write_text(json.dumps({"meta": meta, "targets": targets, "results": bench.results}, indent=1, default=str))
     print(f"JSON: {out}")
     return 0
 

@@ -87,8 +87,16 @@ DEFAULT_FAULT_KINDS = ("reset_before", "error500", "error503")
 
 #: Operation weights (relative).
 OPS: dict[str, float] = {
-    "put_small": 18, "put_large": 4, "multipart": 2, "multipart_abort": 0.5,
-    "get": 20, "range": 18, "head": 18, "list": 5, "delete": 5, "delete_many": 1,
+    "put_small": 18,
+    "put_large": 4,
+    "multipart": 2,
+    "multipart_abort": 0.5,
+    "get": 20,
+    "range": 18,
+    "head": 18,
+    "list": 5,
+    "delete": 5,
+    "delete_many": 1,
 }
 OWN_DATA_KEYS = 6
 SHARED_DATA_KEYS = 6
@@ -149,8 +157,9 @@ class Model:
             writes = self._writes[key]
             if len(writes) > 8:
                 old = now - PRUNE_AFTER
-                self._writes[key] = [w for w in writes
-                                     if not any(x.ok and x.start > w.end and x.end < old for x in writes)]
+                self._writes[key] = [
+                    w for w in writes if not any(x.ok and x.start > w.end and x.end < old for x in writes)
+                ]
 
     def acceptable(self, key: str, start: float, end: float) -> list[Version | None]:
         """The versions a read of ``key`` that ran from ``start`` to ``end`` may see (None: absent)."""
@@ -168,10 +177,12 @@ class Model:
     def overlapped(self, key: str, start: float, end: float) -> bool:
         """Whether a write of ``key`` (or of a key under it, for a listing's prefix) ran during [start, end]."""
         with self._lock:
-            return any(w.start < end and w.end > start
-                       for name, writes in self._writes.items() if name == key or (key.endswith("/")
-                                                                                    and name.startswith(key))
-                       for w in writes)
+            return any(
+                w.start < end and w.end > start
+                for name, writes in self._writes.items()
+                if name == key or (key.endswith("/") and name.startswith(key))
+                for w in writes
+            )
 
     def history(self, key: str) -> list[Version]:
         """Every version written to ``key`` that the model still remembers (also superseded ones)."""
@@ -288,9 +299,17 @@ def sample_process(pid: int, listen_port: int, upstream_port: int) -> ProcSample
         else:
             other += 1
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return ProcSample(rss_mb=_status_kb(pid, "VmRSS") * 1024 / 1e6, hwm_mb=_status_kb(pid, "VmHWM") * 1024 / 1e6,
-                      fds=fds, sockets=sockets, client_conns=client, upstream_conns=upstream, other_conns=other,
-                      threads=_status_kb(pid, "Threads"), cpu_s=(int(stat[11]) + int(stat[12])) / CLK_TCK)
+    return ProcSample(
+        rss_mb=_status_kb(pid, "VmRSS") * 1024 / 1e6,
+        hwm_mb=_status_kb(pid, "VmHWM") * 1024 / 1e6,
+        fds=fds,
+        sockets=sockets,
+        client_conns=client,
+        upstream_conns=upstream,
+        other_conns=other,
+        threads=_status_kb(pid, "Threads"),
+        cpu_s=(int(stat[11]) + int(stat[12])) / CLK_TCK,
+    )
 
 
 def proxy_pid(proxy: ProxyProcess) -> int:
@@ -458,8 +477,15 @@ def race_signature(exc: BaseException) -> bool:
     unnoticed): 412 PreconditionFailed to a GET without conditions, 400 IncompleteBody for a
     read the upstream cut, 500 for a change that outlasts the proxy's retries."""
     if isinstance(exc, ClientError):
-        return error_code(exc) in ("PreconditionFailed", "412", "InternalError", "500", "IncompleteBody",
-                                   "ServiceUnavailable", "503")
+        return error_code(exc) in (
+            "PreconditionFailed",
+            "412",
+            "InternalError",
+            "500",
+            "IncompleteBody",
+            "ServiceUnavailable",
+            "503",
+        )
     return False
 
 
@@ -470,8 +496,17 @@ def describe(versions: list[Version | None]) -> str:
 class Client(threading.Thread):
     """One client: weighted random operations until the deadline, every answer checked."""
 
-    def __init__(self, number: int, s3: Any, model: Model, tally: Tally, deadline: float, seed: int,
-                 plain_etags: bool, suffix_quirk: bool = False) -> None:
+    def __init__(
+        self,
+        number: int,
+        s3: Any,
+        model: Model,
+        tally: Tally,
+        deadline: float,
+        seed: int,
+        plain_etags: bool,
+        suffix_quirk: bool = False,
+    ) -> None:
         super().__init__(name=f"soak-client-{number}", daemon=True)
         self.number = number
         self.s3 = s3
@@ -598,8 +633,9 @@ class Client(threading.Thread):
             completing = True
             ok = False
             try:
-                reply = self.s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload,
-                                                          MultipartUpload={"Parts": done})
+                reply = self.s3.complete_multipart_upload(
+                    Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload={"Parts": done}
+                )
                 ok = True
             finally:
                 self.model.finish(key, write, ok)
@@ -649,8 +685,9 @@ class Client(threading.Thread):
 
     # --- reads -----------------------------------------------------------------------------------
 
-    def _check_view(self, op: str, key: str, versions: list[Version | None], size: int | None,
-                    etag: str | None) -> None:
+    def _check_view(
+        self, op: str, key: str, versions: list[Version | None], size: int | None, etag: str | None
+    ) -> None:
         """A HEAD's or listing's (size, ETag), or (None, None) for absent, against the model."""
         if size is None:
             if None not in versions:
@@ -692,8 +729,9 @@ class Client(threading.Thread):
             return 0, 0
         md5 = single_etag(body)
         if not any(v is not None and v.size == len(body) and v.md5 == md5 for v in versions):
-            self.tally.failure("get", key, f"{len(body)} bytes md5 {md5} are none of: {describe(versions)}"
-                               f"{self.older(key, body, 0)}")
+            self.tally.failure(
+                "get", key, f"{len(body)} bytes md5 {md5} are none of: {describe(versions)}{self.older(key, body, 0)}"
+            )
         return 0, len(body)
 
     def _range_spec(self, size: int) -> RangeSpec:
@@ -732,8 +770,9 @@ class Client(threading.Thread):
                     return 0, 0
                 continue
             wanted = resolve_range(spec, v.size)
-            if wanted is None or (self.suffix_quirk and self.is_plain(key) and spec[0] is None
-                                  and (spec[1] or 0) >= v.size):
+            if wanted is None or (
+                self.suffix_quirk and self.is_plain(key) and spec[0] is None and (spec[1] or 0) >= v.size
+            ):
                 if status == "416":
                     return 0, 0
                 if wanted is None:
@@ -798,7 +837,7 @@ def bytes_of(version: Version, first: int, end: int) -> bytes:
     for seed, size in parts:
         if offset < end and offset + size > first:
             data = content(seed, size)
-            out += data[max(0, first - offset):min(size, end - offset)]
+            out += data[max(0, first - offset) : min(size, end - offset)]
         offset += size
     return bytes(out)
 
@@ -863,21 +902,29 @@ def stack(opts: SoakOptions, root: Path) -> Iterator[tuple[S3Server, Any, list[P
 
 
 def _client(proxy: ProxyProcess, faults: bool) -> Any:
-    return proxy.client(request_checksum_calculation="when_required", response_checksum_validation="when_required",
-                        retries={"max_attempts": 5 if faults else 2, "mode": "standard"}, read_timeout=120,
-                        max_pool_connections=4)
+    return proxy.client(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": 5 if faults else 2, "mode": "standard"},
+        read_timeout=120,
+        max_pool_connections=4,
+    )
 
 
-def _settle(opts: SoakOptions, proxies: list[ProxyProcess], port: int,
-            start: list[ProcSample]) -> list[ProcSample]:
+def _settle(opts: SoakOptions, proxies: list[ProxyProcess], port: int, start: list[ProcSample]) -> list[ProcSample]:
     """Wait (up to settle_timeout) until no client connection is left open on any proxy and no
     socket beyond those at the start and the upstream pool (connections being closed still hold
     their descriptor for a moment); a leak outlasts the wait."""
     deadline = time.monotonic() + opts.settle_timeout
     while True:
         samples = [sample_process(proxy_pid(p), p.port, port) for p in proxies]
-        if all(s.client_conns == 0 and s.sockets <= b.sockets + s.upstream_conns + 2
-               for s, b in zip(samples, start, strict=True)) or time.monotonic() > deadline:
+        if (
+            all(
+                s.client_conns == 0 and s.sockets <= b.sockets + s.upstream_conns + 2
+                for s, b in zip(samples, start, strict=True)
+            )
+            or time.monotonic() > deadline
+        ):
             return samples
         time.sleep(0.5)
 
@@ -906,10 +953,15 @@ def _run(opts: SoakOptions, upstream: S3Server, injector: Any, proxies: list[Pro
     load: list[float] = [os.getloadavg()[0]]
     began = time.monotonic()
     deadline = began + opts.seconds
-    workers = [Client(n, clients[n], model, tally, deadline, opts.seed, plain_etags, opts.upstream == "rclone")
-               for n in range(opts.clients)]
-    log(opts, f"{opts.upstream}: {opts.clients} clients x {opts.seconds:.0f} s through {len(proxies)} "
-              f"prox{'ies' if len(proxies) > 1 else 'y'}{f', faults {opts.faults:.1%}' if opts.faults else ''}")
+    workers = [
+        Client(n, clients[n], model, tally, deadline, opts.seed, plain_etags, opts.upstream == "rclone")
+        for n in range(opts.clients)
+    ]
+    log(
+        opts,
+        f"{opts.upstream}: {opts.clients} clients x {opts.seconds:.0f} s through {len(proxies)} "
+        f"prox{'ies' if len(proxies) > 1 else 'y'}{f', faults {opts.faults:.1%}' if opts.faults else ''}",
+    )
     for worker in workers:
         worker.start()
     next_report = began + 60
@@ -924,9 +976,12 @@ def _run(opts: SoakOptions, upstream: S3Server, injector: Any, proxies: list[Pro
             with tally.lock:
                 count = sum(len(v) for v in tally.latencies.values())
                 errors, failures, races = tally.errors, tally.failures, tally.races
-            log(opts, f"  {time.monotonic() - began:4.0f} s: {count} ops, {errors} errors, {races} read races, "
-                      f"{failures} checker "
-                      f"failures, proxy RSS {', '.join(f'{p:.0f}' for p in peak)} MB peak, load {load[-1]:.2f}")
+            log(
+                opts,
+                f"  {time.monotonic() - began:4.0f} s: {count} ops, {errors} errors, {races} read races, "
+                f"{failures} checker "
+                f"failures, proxy RSS {', '.join(f'{p:.0f}' for p in peak)} MB peak, load {load[-1]:.2f}",
+            )
         if time.monotonic() > deadline + 600:
             tally.error("soak", "", RuntimeError("clients still running 10 minutes after the deadline"))
             break
@@ -943,21 +998,38 @@ def _run(opts: SoakOptions, upstream: S3Server, injector: Any, proxies: list[Pro
     by_op: dict[str, dict[str, float]] = {}
     for op, values in sorted(tally.latencies.items()):
         ordered = sorted(values)
-        by_op[op] = {"count": len(values), "per_s": len(values) / elapsed,
-                     "p50_ms": 1000 * statistics.median(ordered),
-                     "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
+        by_op[op] = {
+            "count": len(values),
+            "per_s": len(values) / elapsed,
+            "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        }
     ops = sum(len(v) for v in tally.latencies.values())
     faulted = len(injector.faulted()) if injector is not None else 0
     return SoakResult(
         upstream=opts.upstream + (f" (etag {opts.rclone_etag})" if opts.upstream == "rclone" else ""),
-        clients=opts.clients, seconds=round(elapsed, 1), proxies=len(proxies), faults=opts.faults, ops=ops,
-        ops_per_s=ops / elapsed, by_op=by_op, errors=tally.errors, error_samples=tally.error_samples,
-        checker_failures=tally.failures, checker_samples=tally.failure_samples, races=tally.races,
-        race_samples=tally.race_samples, race_kinds=dict(sorted(tally.race_kinds.items())),
+        clients=opts.clients,
+        seconds=round(elapsed, 1),
+        proxies=len(proxies),
+        faults=opts.faults,
+        ops=ops,
+        ops_per_s=ops / elapsed,
+        by_op=by_op,
+        errors=tally.errors,
+        error_samples=tally.error_samples,
+        checker_failures=tally.failures,
+        checker_samples=tally.failure_samples,
+        races=tally.races,
+        race_samples=tally.race_samples,
+        race_kinds=dict(sorted(tally.race_kinds.items())),
         cut_reads=tally.cut_reads,
-        integrity_failures=sum(s.integrity_failures for s in stats), bytes_written=tally.bytes_written,
-        bytes_read=tally.bytes_read, proxy_stats=stats,
-        load_avg={"min": min(load), "max": max(load), "mean": statistics.mean(load)}, faults_injected=faulted)
+        integrity_failures=sum(s.integrity_failures for s in stats),
+        bytes_written=tally.bytes_written,
+        bytes_read=tally.bytes_read,
+        proxy_stats=stats,
+        load_avg={"min": min(load), "max": max(load), "mean": statistics.mean(load)},
+        faults_injected=faulted,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -966,61 +1038,90 @@ def _run(opts: SoakOptions, upstream: S3Server, injector: Any, proxies: list[Pro
 
 
 def report(result: SoakResult) -> str:
-    lines = [f"== {result.upstream}: {result.clients} clients x {result.seconds:.0f} s, {result.proxies} proxy(ies)"
-             + (f", faults {result.faults:.1%} ({result.faults_injected} injected)" if result.faults else ""),
-             f"operations      {result.ops} ({result.ops_per_s:.1f}/s); written {result.bytes_written / 1e6:.0f} MB, "
-             f"read {result.bytes_read / 1e6:.0f} MB",
-             f"errors          {result.errors}",
-             f"read races      {result.races} (reads that failed while a write of their key ran: proxy bugs)"
-             + (f": {', '.join(f'{k} {n}' for k, n in result.race_kinds.items())}" if result.races else ""),
-             f"cut reads       {result.cut_reads} (GET bodies cut short while a write of their key ran)",
-             f"checker fails   {result.checker_failures}",
-             f"integrity fails {result.integrity_failures:.0f} (proxy metric)",
-             f"load average    {result.load_avg['min']:.2f}-{result.load_avg['max']:.2f} "
-             f"(mean {result.load_avg['mean']:.2f}) on {os.cpu_count()} cores",
-             "", f"{'op':<16} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines = [
+        f"== {result.upstream}: {result.clients} clients x {result.seconds:.0f} s, {result.proxies} proxy(ies)"
+        + (f", faults {result.faults:.1%} ({result.faults_injected} injected)" if result.faults else ""),
+        f"operations      {result.ops} ({result.ops_per_s:.1f}/s); written {result.bytes_written / 1e6:.0f} MB, "
+        f"read {result.bytes_read / 1e6:.0f} MB",
+        f"errors          {result.errors}",
+        f"read races      {result.races} (reads that failed while a write of their key ran: proxy bugs)"
+        + (f": {', '.join(f'{k} {n}' for k, n in result.race_kinds.items())}" if result.races else ""),
+        f"cut reads       {result.cut_reads} (GET bodies cut short while a write of their key ran)",
+        f"checker fails   {result.checker_failures}",
+        f"integrity fails {result.integrity_failures:.0f} (proxy metric)",
+        f"load average    {result.load_avg['min']:.2f}-{result.load_avg['max']:.2f} "
+        f"(mean {result.load_avg['mean']:.2f}) on {os.cpu_count()} cores",
+        "",
+        f"{'op':<16} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}",
+    ]
     for op, row in result.by_op.items():
         lines.append(f"{op:<16} {row['count']:>7.0f} {row['per_s']:>7.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}")
-    lines += ["", f"{'proxy':<6} {'RSS MB start/peak/end':<22} {'fds start/end':<14} {'client conns':<13} "
-              f"{'upstream conns':<15} {'threads':<8} CPU s"]
+    lines += [
+        "",
+        f"{'proxy':<6} {'RSS MB start/peak/end':<22} {'fds start/end':<14} {'client conns':<13} "
+        f"{'upstream conns':<15} {'threads':<8} CPU s",
+    ]
     for n, s in enumerate(result.proxy_stats):
-        lines.append(f"{n:<6} {f'{s.start.rss_mb:.0f}/{s.peak_rss_mb:.0f}/{s.end.rss_mb:.0f}':<22} "
-                     f"{f'{s.start.fds}/{s.end.fds}':<14} {f'{s.start.client_conns}/{s.end.client_conns}':<13} "
-                     f"{f'{s.start.upstream_conns}/{s.end.upstream_conns}':<15} "
-                     f"{f'{s.start.threads}/{s.end.threads}':<8} {s.end.cpu_s - s.start.cpu_s:.0f}")
-    for title, samples in (("errors", result.error_samples), ("read races", result.race_samples),
-                           ("checker failures", result.checker_samples)):
+        lines.append(
+            f"{n:<6} {f'{s.start.rss_mb:.0f}/{s.peak_rss_mb:.0f}/{s.end.rss_mb:.0f}':<22} "
+            f"{f'{s.start.fds}/{s.end.fds}':<14} {f'{s.start.client_conns}/{s.end.client_conns}':<13} "
+            f"{f'{s.start.upstream_conns}/{s.end.upstream_conns}':<15} "
+            f"{f'{s.start.threads}/{s.end.threads}':<8} {s.end.cpu_s - s.start.cpu_s:.0f}"
+        )
+    for title, samples in (
+        ("errors", result.error_samples),
+        ("read races", result.race_samples),
+        ("checker failures", result.checker_samples),
+    ):
         if samples:
             lines += ["", f"first {title}:", *("  " + s for s in samples[:15])]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, help="duration per upstream (overrides --minutes)")
     parser.add_argument("--upstream", nargs="+", choices=("moto", "rclone"), default=["moto", "rclone"])
     parser.add_argument("--proxies", type=int, default=1, help="proxies sharing the bucket (client i uses i %% P)")
     parser.add_argument("--rclone-etag", choices=("none", "md5"), default="none")
-    parser.add_argument("--faults", type=float, default=0.0, metavar="RATE",
-                        help="fault this share of upstream requests (tests/faults.py)")
+    parser.add_argument(
+        "--faults",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fault this share of upstream requests (tests/faults.py)",
+    )
     parser.add_argument("--fault-kinds", default=",".join(DEFAULT_FAULT_KINDS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", help="JSON file (default bench/results/soak-<time>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, caches, data)")
-    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        help="the proxies' log level (INFO: one line per request)")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="the proxies' log level (INFO: one line per request)",
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     results = []
     for name in args.upstream:
         workdir = Path(tempfile.mkdtemp(prefix=f"soak-{name}-")) if args.keep else None
-        opts = SoakOptions(upstream=name, clients=args.clients, seconds=seconds, proxies=args.proxies,
-                           rclone_etag=args.rclone_etag, faults=args.faults,
-                           fault_kinds=tuple(k for k in args.fault_kinds.split(",") if k), seed=args.seed,
-                           workdir=workdir, log_level=args.log_level)
+        opts = SoakOptions(
+            upstream=name,
+            clients=args.clients,
+            seconds=seconds,
+            proxies=args.proxies,
+            rclone_etag=args.rclone_etag,
+            faults=args.faults,
+            fault_kinds=tuple(k for k in args.fault_kinds.split(",") if k),
+            seed=args.seed,
+            workdir=workdir,
+            log_level=args.log_level,
+        )
         try:
             result = run_soak(opts)
         except Exception:
@@ -1033,8 +1134,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result.to_json())
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"argv": sys.argv, "cpu_count": os.cpu_count(), "results": results}, indent=2,
-                              default=str))
+    out.write_text(
+        json.dumps({"argv": sys.argv, "cpu_count": os.cpu_count(), "results": results}, indent=2, default=str)
+    )
     print(f"JSON: {out}")
     bad = any(r["errors"] or r["races"] or r["checker_failures"] or r["integrity_failures"] for r in results)
     return 1 if bad else 0

@@ -214,6 +214,7 @@ class StateStore:
 
     def _behind(self, fn: Callable[[sqlite3.Connection], None]) -> None:
         """Queue a write nobody waits for; a failure is logged (the cache only gets colder)."""
+
         def done(future: asyncio.Future[None]) -> None:
             if not future.cancelled() and future.exception() is not None:
                 log.error("view cache write failed: %s", future.exception())
@@ -269,12 +270,14 @@ class StateStore:
             found.update(stored)
         return found
 
-    async def put_view(self, bucket: str, key: str, version: str, view: CachedView, *,
-                       learned_at: float | None = None) -> None:
+    async def put_view(
+        self, bucket: str, key: str, version: str, view: CachedView, *, learned_at: float | None = None
+    ) -> None:
         await self.put_views(bucket, [(key, version, view)], learned_at=learned_at)
 
-    async def put_views(self, bucket: str, items: Iterable[tuple[str, str, CachedView]], *,
-                        learned_at: float | None = None) -> None:
+    async def put_views(
+        self, bucket: str, items: Iterable[tuple[str, str, CachedView]], *, learned_at: float | None = None
+    ) -> None:
         """Remember views (in memory now, on disk behind, in one transaction: a cold listing
         brings a thousand at once).
 
@@ -331,22 +334,35 @@ class StateStore:
     @staticmethod
     def _upload_row(row: Any) -> UploadState:
         upload_id, bucket, key, key_id, salt, created, touched, completing = row
-        return UploadState(upload_id, bucket, key, key_id, salt, float(created or 0.0), float(touched or 0.0),
-                           bool(completing))
+        return UploadState(
+            upload_id, bucket, key, key_id, salt, float(created or 0.0), float(touched or 0.0), bool(completing)
+        )
 
     async def put_upload(self, state: UploadState) -> None:
         now = time.time()
         created = state.created or now
-        await self._run(lambda db: db.execute(
-            "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (state.upload_id, state.bucket, state.key, state.key_id, state.salt, created,
-             state.touched or created, int(state.completing)),
-        ))
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    state.upload_id,
+                    state.bucket,
+                    state.key,
+                    state.key_id,
+                    state.salt,
+                    created,
+                    state.touched or created,
+                    int(state.completing),
+                ),
+            )
+        )
 
     async def get_upload(self, upload_id: str) -> UploadState | None:
-        row = await self._run(lambda db: db.execute(
-            f"SELECT {self._UPLOAD_FIELDS} FROM uploads WHERE upload_id=?", (upload_id,)
-        ).fetchone())
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {self._UPLOAD_FIELDS} FROM uploads WHERE upload_id=?", (upload_id,)
+            ).fetchone()
+        )
         return self._upload_row(row) if row is not None else None
 
     async def list_uploads(self, *, bucket: str | None = None, idle_since: float | None = None) -> list[UploadState]:
@@ -360,31 +376,38 @@ class StateStore:
             clauses.append("touched<?")
             args.append(idle_since)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self._run(lambda db: db.execute(
-            f"SELECT {self._UPLOAD_FIELDS} FROM uploads{where} ORDER BY touched", args).fetchall())
+        rows = await self._run(
+            lambda db: db.execute(f"SELECT {self._UPLOAD_FIELDS} FROM uploads{where} ORDER BY touched", args).fetchall()
+        )
         return [self._upload_row(row) for row in rows]
 
     async def put_part(self, upload_id: str, part: PartState) -> None:
         def store(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("BEGIN")
-                db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (upload_id, part.part_number, part.size, part.md5, part.stored_size,
-                            part.upstream_etag, part.held))
+                db.execute(
+                    "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (upload_id, part.part_number, part.size, part.md5, part.stored_size, part.upstream_etag, part.held),
+                )
                 db.execute("UPDATE uploads SET touched=? WHERE upload_id=?", (time.time(), upload_id))
 
         await self._run(store)
 
     async def mark_completing(self, upload_id: str) -> None:
         """A Complete is about to reach the upstream: a retry must first look for its object."""
-        await self._run(lambda db: db.execute(
-            "UPDATE uploads SET completing=1, touched=? WHERE upload_id=?", (time.time(), upload_id)))
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE uploads SET completing=1, touched=? WHERE upload_id=?", (time.time(), upload_id)
+            )
+        )
 
     async def get_parts(self, upload_id: str) -> dict[int, PartState]:
-        rows = await self._run(lambda db: db.execute(
-            "SELECT part_number, size, md5, stored_size, upstream_etag, held FROM parts WHERE upload_id=?",
-            (upload_id,),
-        ).fetchall())
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT part_number, size, md5, stored_size, upstream_etag, held FROM parts WHERE upload_id=?",
+                (upload_id,),
+            ).fetchall()
+        )
         return {row[0]: PartState(*row) for row in rows}
 
     async def drop_upload(self, upload_id: str) -> None:

@@ -67,8 +67,10 @@ def _warnings(config: Config) -> list[str]:
     """What is allowed but probably a mistake: one readable line each."""
     cutoff = config.encryption.legacy_plaintext_before
     if config.encryption.enabled and cutoff is not None and cutoff > datetime.now(UTC):
-        return [f"warning: encryption.legacy_plaintext_before ({cutoff.isoformat()}) is in the future: "
-                "unencrypted objects written until then, by anyone, will be served"]
+        return [
+            f"warning: encryption.legacy_plaintext_before ({cutoff.isoformat()}) is in the future: "
+            "unencrypted objects written until then, by anyone, will be served"
+        ]
     return []
 
 
@@ -104,11 +106,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         key_ids = ", ".join(key.key_id_hex for key in ring.keys)
         print(f"keys: {key_ids} (primary {ring.primary.key_id_hex})")
         cutoff = config.encryption.legacy_plaintext_before
-        print("unencrypted objects under encrypted keys: " + (
-            f"served when written before {cutoff.isoformat()}" if cutoff else "refused"))
-    print(f"config ok: listening on {config.listen.host}:{config.listen.port}, "
-          f"{len(config.clients)} client credential(s), upstream "
-          f"{config.upstream.endpoint_url or 'AWS S3'}")
+        print(
+            "unencrypted objects under encrypted keys: "
+            + (f"served when written before {cutoff.isoformat()}" if cutoff else "refused")
+        )
+    print(
+        f"config ok: listening on {config.listen.host}:{config.listen.port}, "
+        f"{len(config.clients)} client credential(s), upstream "
+        f"{config.upstream.endpoint_url or 'AWS S3'}"
+    )
     return 0
 
 

@@ -94,5 +94,4 @@ def parse_range(value: str | None, size: int) -> ByteRange | None:
 
 
 def _invalid_range(size: int) -> S3Error:
-    return S3Error("InvalidRange", "The requested range is not satisfiable", 416,
-                   extra={"ActualObjectSize": str(size)})
+    return S3Error("InvalidRange", "The requested range is not satisfiable", 416, extra={"ActualObjectSize": str(size)})

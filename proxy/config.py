@@ -46,8 +46,7 @@ def _read_secret(path: str, what: str) -> str:
     if not value:
         raise ValueError(f"{what} file {path} is empty")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("%s file %s is accessible by group/other (mode %o); chmod 600 it",
-                    what, path, stat.S_IMODE(mode))
+        log.warning("%s file %s is accessible by group/other (mode %o); chmod 600 it", what, path, stat.S_IMODE(mode))
     return value
 
 
@@ -161,8 +160,10 @@ class Encryption(_Model):
     @classmethod
     def _replaced_fields(cls, data: Any) -> Any:
         if isinstance(data, dict) and "serve_legacy_plaintext" in data:
-            raise ValueError("serve_legacy_plaintext was replaced by legacy_plaintext_before: the RFC 3339 time "
-                             "before which unencrypted objects are served (see docs/SECURITY.md)")
+            raise ValueError(
+                "serve_legacy_plaintext was replaced by legacy_plaintext_before: the RFC 3339 time "
+                "before which unencrypted objects are served (see docs/SECURITY.md)"
+            )
         return data
 
     @field_validator("legacy_plaintext_before")

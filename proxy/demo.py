@@ -26,8 +26,10 @@ def run_demo(port: int, workdir: str | None) -> int:
         import boto3
         from moto.server import ThreadedMotoServer
     except ImportError:
-        print("medusa-crypt-proxy: the demo needs the embedded S3 server: pip install "
-              "'medusa-crypt-proxy[demo]'", file=sys.stderr)
+        print(
+            "medusa-crypt-proxy: the demo needs the embedded S3 server: pip install 'medusa-crypt-proxy[demo]'",
+            file=sys.stderr,
+        )
         return 2
     from proxy.cli import _run
     from proxy.config import parse_config
@@ -42,26 +44,34 @@ def run_demo(port: int, workdir: str | None) -> int:
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     s3.start()
     endpoint = f"http://127.0.0.1:{s3_port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="demo",
-                 aws_secret_access_key="demo").create_bucket(Bucket=DEMO_BUCKET)
+    boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="demo", aws_secret_access_key="demo"
+    ).create_bucket(Bucket=DEMO_BUCKET)
     key_file = work / "demo.key"
     if not key_file.exists():
         generate_key_file(str(key_file))
     access_key, secret = "medusa", secrets.token_urlsafe(24)
     credentials = work / "medusa-credentials"
-    credentials.write_text(f"[default]\naws_access_key_id = {access_key}\n"
-                           f"aws_secret_access_key = {secret}\n")
+    credentials.write_text(f"[default]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret}\n")
     credentials.chmod(0o600)
-    config = parse_config({
-        "listen": {"host": "127.0.0.1", "port": port},
-        "clients": [{"access_key_id": access_key, "secret_access_key": secret}],
-        "upstream": {"endpoint_url": endpoint, "region": "us-east-1", "addressing_style": "path",
-                     "access_key_id": "demo", "secret_access_key": "demo"},
-        "encryption": {"key_files": [str(key_file)]},
-        "cache": {"path": str(work / "cache.sqlite")},
-        "logging": {"format": "text"},
-    })
-    print(f"""\
+    config = parse_config(
+        {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "clients": [{"access_key_id": access_key, "secret_access_key": secret}],
+            "upstream": {
+                "endpoint_url": endpoint,
+                "region": "us-east-1",
+                "addressing_style": "path",
+                "access_key_id": "demo",
+                "secret_access_key": "demo",
+            },
+            "encryption": {"key_files": [str(key_file)]},
+            "cache": {"path": str(work / "cache.sqlite")},
+            "logging": {"format": "text"},
+        }
+    )
+    print(
+        f"""\
 Demo: an in-memory S3 server on {endpoint} with bucket '{DEMO_BUCKET}', the proxy on
 http://127.0.0.1:{port}. Files in {work}. Point Medusa at the proxy with:
 
@@ -76,7 +86,9 @@ key_file = {credentials}
 
 or try: AWS_SHARED_CREDENTIALS_FILE={credentials} aws --endpoint-url http://127.0.0.1:{port} s3 ls s3://{DEMO_BUCKET}
 Stop with Ctrl-C.
-""", flush=True)
+""",
+        flush=True,
+    )
     setup_logging("text", "INFO")
     try:
         _run(serve(config))

@@ -56,8 +56,6 @@ def generate_key_file(path: str | os.PathLike[str]) -> str:
     return parse_fernet_key(key).key_id_hex
 
 
-
-
 def load_key_ring(paths: Iterable[str | os.PathLike[str]]) -> KeyRing:
     """Load key files in order; the first becomes the primary (encrypting) key."""
     return KeyRing([load_key_file(p) for p in paths])

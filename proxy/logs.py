@@ -29,9 +29,11 @@ LogFormat = Literal["json", "text"]
 REDACTED = "[REDACTED]"
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
-_RECORD_ATTRS = frozenset(
-    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))
-) | {"message", "asctime", "taskName"}
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 # Field names whose value is always hidden, whatever it looks like.
 _SENSITIVE_FIELD = re.compile(
@@ -45,24 +47,28 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # The SigV4 scheme wherever it appears without its header name.
     (re.compile(r"AWS4-HMAC-SHA256\s+Credential=[^\"'\r\n]*"), "AWS4-HMAC-SHA256 " + REDACTED),
     # Query-string and header-style signatures (presigned URLs, aws-chunked bodies).
-    (re.compile(r"(?i)\b((?:x-amz-)?(?:chunk-)?signature[\"']?\s*[=:]\s*[\"']?)[0-9A-Za-z%+/=]+"),
-     r"\1" + REDACTED),
+    (re.compile(r"(?i)\b((?:x-amz-)?(?:chunk-)?signature[\"']?\s*[=:]\s*[\"']?)[0-9A-Za-z%+/=]+"), r"\1" + REDACTED),
     # Session tokens (query string or header).
-    (re.compile(r"(?i)\b(x-amz-security-token[\"']?\s*[=:]\s*[\"']?)[^&\s\"',]+"),
-     r"\1" + REDACTED),
+    (re.compile(r"(?i)\b(x-amz-security-token[\"']?\s*[=:]\s*[\"']?)[^&\s\"',]+"), r"\1" + REDACTED),
     # key=value / key: value settings that name a secret.
-    (re.compile(
-        r"(?i)\b((?:aws_)?secret(?:_access)?_?key[\"']?\s*[=:]\s*[\"']?|"
-        r"(?:client_)?secret[\"']?\s*[=:]\s*[\"']?|password[\"']?\s*[=:]\s*[\"']?)"
-        r"[^\s\"',;&}]+"
-    ), r"\1" + REDACTED),
+    (
+        re.compile(
+            r"(?i)\b((?:aws_)?secret(?:_access)?_?key[\"']?\s*[=:]\s*[\"']?|"
+            r"(?:client_)?secret[\"']?\s*[=:]\s*[\"']?|password[\"']?\s*[=:]\s*[\"']?)"
+            r"[^\s\"',;&}]+"
+        ),
+        r"\1" + REDACTED,
+    ),
     # Fernet keys: 32 bytes in url-safe base64 = 43 chars + one '='.
     (re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{43}=(?![A-Za-z0-9_\-=])"), REDACTED),
     # AWS secret access keys: 40 chars of base64 with mixed case and a digit.
-    (re.compile(
-        r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
-        r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
-    ), REDACTED),
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
+            r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+        ),
+        REDACTED,
+    ),
 )
 
 
@@ -90,10 +96,7 @@ def _clean(name: str, value: Any) -> Any:
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {
-        k: _clean(k, v) for k, v in vars(record).items()
-        if k not in _RECORD_ATTRS and not k.startswith("_")
-    }
+    return {k: _clean(k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")}
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -126,7 +129,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [
-            _timestamp(record), f"{record.levelname:<7}", f"{record.name}:",
+            _timestamp(record),
+            f"{record.levelname:<7}",
+            f"{record.name}:",
             redact(record.getMessage()),
         ]
         parts += [f"{k}={v}" for k, v in _extras(record).items()]
@@ -140,8 +145,14 @@ class TextFormatter(logging.Formatter):
 
 # aiohttp's loggers: "Error handling request from ..." is logged with the parser's exception,
 # whose message quotes the client's bytes (``Invalid character in chunk size: b'...'``).
-AIOHTTP_LOGGERS = ("aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server",
-                   "aiohttp.web", "aiohttp.websocket")
+AIOHTTP_LOGGERS = (
+    "aiohttp.access",
+    "aiohttp.client",
+    "aiohttp.internal",
+    "aiohttp.server",
+    "aiohttp.web",
+    "aiohttp.websocket",
+)
 MAX_FOREIGN_MESSAGE = 300  # characters of an aiohttp log message that are kept
 # llhttp's errors read "<reason>:\n\n  b'<the bytes>'\n  ^": the reason is a fixed phrase.
 _PARSER_REASON = re.compile(r"([A-Za-z][A-Za-z ,_-]{0,79}):\n\n  b['\"]")
@@ -168,8 +179,7 @@ def safe_traceback(exc: BaseException) -> str:
         chain.append(current)
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     blocks = [
-        "Traceback (most recent call last):\n" + "".join(traceback.format_tb(e.__traceback__))
-        + describe_exception(e)
+        "Traceback (most recent call last):\n" + "".join(traceback.format_tb(e.__traceback__)) + describe_exception(e)
         for e in reversed(chain)
     ]
     return "\n\nwhich led to:\n\n".join(blocks)
@@ -184,8 +194,9 @@ class ClientBytesFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(f"<{len(a)} bytes>" if isinstance(a, bytes | bytearray | memoryview) else a
-                                for a in record.args)
+            record.args = tuple(
+                f"<{len(a)} bytes>" if isinstance(a, bytes | bytearray | memoryview) else a for a in record.args
+            )
         try:
             message = record.getMessage()
         except Exception:
@@ -214,9 +225,7 @@ class _ProxyHandler(logging.StreamHandler[IO[str]]):
     """Marker class so `setup_logging` can replace its own handler on a second call."""
 
 
-def setup_logging(
-    fmt: LogFormat = "json", level: str = "INFO", stream: IO[str] | None = None
-) -> None:
+def setup_logging(fmt: LogFormat = "json", level: str = "INFO", stream: IO[str] | None = None) -> None:
     """Configure the root logger: one handler on stderr (or `stream`), given format and level."""
     if fmt not in ("json", "text"):
         raise ValueError(f"log format must be 'json' or 'text', not {fmt!r}")

@@ -276,11 +276,11 @@ def rewrite_into(text: str, stored: Mapping[str, Stored], out: bytearray) -> int
     last = changed = 0
     for start, end, entry in iter_entries(text):
         if _restores(entry):
-            raise NotAManifest(f"entry {entry['path']!r} already has {SOURCE_SIZE} and {SOURCE_MD5}: "
-                               "it would not read back as written")
+            raise NotAManifest(
+                f"entry {entry['path']!r} already has {SOURCE_SIZE} and {SOURCE_MD5}: it would not read back as written"
+            )
         found = stored.get(entry["path"])
-        if found is None or SOURCE_SIZE in entry or SOURCE_MD5 in entry or "size" not in entry \
-                or "MD5" not in entry:
+        if found is None or SOURCE_SIZE in entry or SOURCE_MD5 in entry or "size" not in entry or "MD5" not in entry:
             continue
         new = {**entry, "MD5": found.etag, "size": found.size, SOURCE_SIZE: entry["size"], SOURCE_MD5: entry["MD5"]}
         rewritten = _dumps(new)
@@ -299,7 +299,7 @@ def _slices(text: str, start: int, end: int) -> Iterator[str]:
         yield text[start:end]
         return
     for at in range(start, end, PIECE):
-        yield text[at:min(end, at + PIECE)]
+        yield text[at : min(end, at + PIECE)]
 
 
 def restore_pieces(text: str) -> Iterator[bytes]:

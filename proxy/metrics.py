@@ -26,8 +26,24 @@ PREFIX = "medusa_crypt_proxy"
 
 # Request durations span a HEAD on loopback (~1 ms) to a multi-GiB part or GET (minutes).
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
 )
 
 UpstreamOutcome = Literal["ok", "error", "retry"]
@@ -41,15 +57,30 @@ UpstreamOutcome = Literal["ok", "error", "retry"]
 # header_timeout; client_body: no request body byte for body_timeout; client_send: a response not
 # read by its client for body_timeout; client_idle: a connection idle for keepalive_timeout.
 TimeoutKind = Literal[
-    "upstream_connect", "upstream_read", "upstream_deadline", "client_header", "client_body", "client_send",
+    "upstream_connect",
+    "upstream_read",
+    "upstream_deadline",
+    "client_header",
+    "client_body",
+    "client_send",
     "client_idle",
 ]
 TIMEOUT_KINDS: tuple[TimeoutKind, ...] = (
-    "upstream_connect", "upstream_read", "upstream_deadline", "client_header", "client_body", "client_send",
+    "upstream_connect",
+    "upstream_read",
+    "upstream_deadline",
+    "client_header",
+    "client_body",
+    "client_send",
     "client_idle",
 )
 IntegrityKind = Literal[
-    "tampered", "truncated", "wrong-object", "unknown-key", "unexpected-plaintext", "manifest",
+    "tampered",
+    "truncated",
+    "wrong-object",
+    "unknown-key",
+    "unexpected-plaintext",
+    "manifest",
     "seed-mismatch",
 ]
 
@@ -66,13 +97,17 @@ class Metrics:
         r = self.registry
         # prometheus_client appends `_total` to counters itself; names below omit it.
         self.s3_requests = Counter(
-            _name("s3_requests"), "S3 requests answered to clients, by operation and HTTP status.",
-            ["operation", "status"], registry=r,
+            _name("s3_requests"),
+            "S3 requests answered to clients, by operation and HTTP status.",
+            ["operation", "status"],
+            registry=r,
         )
         self.s3_request_duration = Histogram(
             _name("s3_request_duration_seconds"),
             "Time from request received to response finished, by S3 operation.",
-            ["operation"], buckets=DURATION_BUCKETS, registry=r,
+            ["operation"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.client_bytes_received = Counter(
             _name("client_bytes_received"),
@@ -80,45 +115,63 @@ class Metrics:
             registry=r,
         )
         self.client_bytes_sent = Counter(
-            _name("client_bytes_sent"), "Body bytes sent to clients.", registry=r,
+            _name("client_bytes_sent"),
+            "Body bytes sent to clients.",
+            registry=r,
         )
         self.upstream_bytes_sent = Counter(
-            _name("upstream_bytes_sent"), "Body bytes sent to the upstream bucket.", registry=r,
+            _name("upstream_bytes_sent"),
+            "Body bytes sent to the upstream bucket.",
+            registry=r,
         )
         self.upstream_bytes_received = Counter(
-            _name("upstream_bytes_received"), "Body bytes received from the upstream bucket.",
+            _name("upstream_bytes_received"),
+            "Body bytes received from the upstream bucket.",
             registry=r,
         )
         self.upstream_requests = Counter(
             _name("upstream_requests"),
             "Requests made to the upstream bucket, by operation and outcome (ok, error, retry).",
-            ["operation", "outcome"], registry=r,
+            ["operation", "outcome"],
+            registry=r,
         )
         self.upstream_errors = Counter(
             _name("upstream_errors"),
             "Errors returned by the upstream bucket or its connection, by S3 error code.",
-            ["code"], registry=r,
+            ["code"],
+            registry=r,
         )
         self.bytes_encrypted = Counter(
-            _name("bytes_encrypted"), "Plaintext bytes encrypted.", registry=r,
+            _name("bytes_encrypted"),
+            "Plaintext bytes encrypted.",
+            registry=r,
         )
         self.bytes_decrypted = Counter(
-            _name("bytes_decrypted"), "Plaintext bytes produced by decryption.", registry=r,
+            _name("bytes_decrypted"),
+            "Plaintext bytes produced by decryption.",
+            registry=r,
         )
         self.integrity_failures = Counter(
             _name("integrity_failures"),
             "Objects refused because decryption or an integrity check failed, by kind.",
-            ["kind"], registry=r,
+            ["kind"],
+            registry=r,
         )
         self.cache_lookups = Counter(
-            _name("cache_lookups"), "Metadata cache lookups, by result (hit, miss).",
-            ["result"], registry=r,
+            _name("cache_lookups"),
+            "Metadata cache lookups, by result (hit, miss).",
+            ["result"],
+            registry=r,
         )
         self.cache_entries = Gauge(
-            _name("cache_entries"), "Entries in the local metadata cache.", registry=r,
+            _name("cache_entries"),
+            "Entries in the local metadata cache.",
+            registry=r,
         )
         self.requests_in_flight = Gauge(
-            _name("requests_in_flight"), "Client requests being served now.", registry=r,
+            _name("requests_in_flight"),
+            "Client requests being served now.",
+            registry=r,
         )
         self.multipart_uploads_in_flight = Gauge(
             _name("multipart_uploads_in_flight"),
@@ -128,13 +181,15 @@ class Metrics:
         self.build_info = Gauge(
             _name("build_info"),
             "Always 1; labels give the proxy version and the key ids in use (primary first).",
-            ["version", "key_ids"], registry=r,
+            ["version", "key_ids"],
+            registry=r,
         )
         self.timeouts = Counter(
             _name("timeouts"),
             "Waits cut by a timeout, by kind (upstream_connect, upstream_read, upstream_deadline, "
             "client_header, client_body, client_send, client_idle).",
-            ["kind"], registry=r,
+            ["kind"],
+            registry=r,
         )
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result=result)
@@ -168,9 +223,7 @@ class Metrics:
         if received > 0:
             self.upstream_bytes_received.inc(received)
 
-    def observe_upstream(
-        self, operation: str, outcome: UpstreamOutcome, error_code: str | None = None
-    ) -> None:
+    def observe_upstream(self, operation: str, outcome: UpstreamOutcome, error_code: str | None = None) -> None:
         """Count one upstream call; `error_code` (e.g. `NoSuchKey`, `Timeout`) for failures."""
         self.upstream_requests.labels(operation=operation, outcome=outcome).inc()
         if error_code is not None:

@@ -39,9 +39,7 @@ def _atomic_writer(out_path: PathLike) -> tuple[int, str]:
     return fd, tmp
 
 
-def encrypt_file(
-    keyring: KeyRing, in_path: PathLike, out_path: PathLike, object_key: str
-) -> dict[str, Any]:
+def encrypt_file(keyring: KeyRing, in_path: PathLike, out_path: PathLike, object_key: str) -> dict[str, Any]:
     """Encrypt a file exactly as the proxy stores a single-PUT object under `object_key`.
 
     Returns {"plaintext_size", "stored_size", "etag", "key_id"}.
@@ -125,9 +123,7 @@ def decrypt_file(
     return trailer
 
 
-def _write_atomic(
-    out_path: PathLike, in_path: PathLike, dec: ObjectDecryptor | SeedDecryptor | None
-) -> None:
+def _write_atomic(out_path: PathLike, in_path: PathLike, dec: ObjectDecryptor | SeedDecryptor | None) -> None:
     """Stream in_path through `dec` (None: copy) into out_path, renamed only on success."""
     fd, tmp = _atomic_writer(out_path)
     try:
@@ -182,8 +178,7 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
             "chunk_count": t.chunk_count,
             "part_count": t.layout.part_count,
             "runs": [
-                {"first_part_number": r.first_part_number, "part_count": r.part_count,
-                 "part_size": r.part_size}
+                {"first_part_number": r.first_part_number, "part_count": r.part_count, "part_size": r.part_size}
                 for r in t.runs
             ],
             "object_key": t.object_key,

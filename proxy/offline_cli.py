@@ -62,8 +62,9 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
         upstream = Upstream(upstream_config)
         await upstream.start()
         try:
-            report = await verify_bucket(upstream, args.bucket, prefix=args.prefix, backup=args.backup,
-                                         keyring=keyring, options=options)
+            report = await verify_bucket(
+                upstream, args.bucket, prefix=args.prefix, backup=args.backup, keyring=keyring, options=options
+            )
         finally:
             await upstream.close()
         return report.ok
@@ -91,9 +92,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--bucket", required=True)
     p.add_argument("--prefix", default="", help="Medusa's storage prefix, with its trailing slash")
     p.add_argument("--backup", help="only this backup")
-    p.add_argument("--key-file", action="append",
-                   help="also verify manifest MACs, trailers and plaintext sizes/ETags (the config's "
-                        "encryption.seed_key_files, legacy_plaintext_before and accept_moved apply)")
+    p.add_argument(
+        "--key-file",
+        action="append",
+        help="also verify manifest MACs, trailers and plaintext sizes/ETags (the config's "
+        "encryption.seed_key_files, legacy_plaintext_before and accept_moved apply)",
+    )
     p.set_defaults(func=cmd_verify_bucket)
 
     p = sub.add_parser("inspect", help="show an object's format, key id, sizes and ETag (no key)")

@@ -98,7 +98,7 @@ class _Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._target is None:
             return memoryview(self._scratch)
-        view = self._target[self._filled:]
+        view = self._target[self._filled :]
         return view[: self.remaining] if len(view) > self.remaining else view
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -131,7 +131,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self.close()
             return
         head = parse_head(bytes(self._head[:end]))
-        self._leftover = memoryview(bytes(self._head[end + 4:]))
+        self._leftover = memoryview(bytes(self._head[end + 4 :]))
         self._head = bytearray()
         if head is None or len(self._leftover) > head.length:
             self.close()
@@ -219,8 +219,9 @@ def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
 class RecordReader:
     """GETs on a small pool of kept-alive connections to one endpoint."""
 
-    def __init__(self, endpoint: URL, *, verify_tls: bool, connect_timeout: float, read_timeout: float,
-                 max_idle: int) -> None:
+    def __init__(
+        self, endpoint: URL, *, verify_tls: bool, connect_timeout: float, read_timeout: float, max_idle: int
+    ) -> None:
         self.endpoint = endpoint
         self._ssl: ssl.SSLContext | None = None
         if endpoint.scheme == "https":
@@ -237,11 +238,13 @@ class RecordReader:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(_Connection, self.endpoint.host or "",
-                                                       self.endpoint.port or 0, ssl=self._ssl)
+                _, conn = await loop.create_connection(
+                    _Connection, self.endpoint.host or "", self.endpoint.port or 0, ssl=self._ssl
+                )
         except TimeoutError:
-            raise RawTimeout("upstream_connect",
-                             f"no connection to the upstream within {self._connect_timeout:g}s") from None
+            raise RawTimeout(
+                "upstream_connect", f"no connection to the upstream within {self._connect_timeout:g}s"
+            ) from None
         return conn
 
     async def open(self, target: str, headers: Mapping[str, str]) -> tuple[Head, _Connection] | None:
@@ -264,8 +267,9 @@ class RecordReader:
                     head = await conn.request(raw)
             except TimeoutError:
                 conn.close()
-                raise RawTimeout("upstream_read",
-                                 f"no answer from the upstream within {self.read_timeout:g}s") from None
+                raise RawTimeout(
+                    "upstream_read", f"no answer from the upstream within {self.read_timeout:g}s"
+                ) from None
             except BaseException:
                 conn.close()
                 raise

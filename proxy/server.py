@@ -54,9 +54,21 @@ TRIM_FREE_BYTES = 16 << 20  # trim when the arenas hold more free memory than th
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-        "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 class Allocator:
@@ -139,8 +151,7 @@ def _observer(metrics: Metrics) -> Any:
         if fields.get("error") == "RequestTimeout":  # only proxy.s3.body raises it: the client's body stalled
             metrics.timeout("client_body")
         metrics.observe_request(operation, status, float(fields.get("duration_ms") or 0) / 1000)
-        metrics.add_client_bytes(received=int(fields.get("bytes_in") or 0),
-                                 sent=int(fields.get("bytes_out") or 0))
+        metrics.add_client_bytes(received=int(fields.get("bytes_in") or 0), sent=int(fields.get("bytes_out") or 0))
         log_request(access_log, **fields)
 
     return observe
@@ -184,18 +195,24 @@ async def _reject(http: web.Request, state: State, err: S3Error) -> web.StreamRe
         response.force_close()  # send the client elsewhere (or to the restarted proxy)
     operation, bucket, key = _operation_of(http, state)
     if state.observe is not None:
-        state.observe({
-            "request_id": request_id, "method": http.method, "operation": operation,
-            "bucket": bucket, "key": key, "status": response.status, "error": err.code,
-            "duration_ms": round((time.monotonic() - started) * 1000, 2),
-        })
+        state.observe(
+            {
+                "request_id": request_id,
+                "method": http.method,
+                "operation": operation,
+                "bucket": bucket,
+                "key": key,
+                "status": response.status,
+                "error": err.code,
+                "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            }
+        )
     return response
 
 
 def client_scopes(clients: list[ClientCredential]) -> Callable[[str], ClientScope | None]:
     """Access key id -> that client's scope (None for a client that may touch everything)."""
-    scopes = {c.access_key_id: ClientScope(frozenset(c.buckets), c.prefix) for c in clients
-              if c.buckets or c.prefix}
+    scopes = {c.access_key_id: ClientScope(frozenset(c.buckets), c.prefix) for c in clients if c.buckets or c.prefix}
     return scopes.get
 
 
@@ -233,8 +250,11 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
         if http.path in HEALTH_PATHS and "authorization" not in http.headers and not http.query_string:
             return await _health(http, state)
         if state.draining:
-            return await _reject(http, state, S3Error(
-                "ServiceUnavailable", "The proxy is shutting down; retry against a running proxy.", 503))
+            return await _reject(
+                http,
+                state,
+                S3Error("ServiceUnavailable", "The proxy is shutting down; retry against a running proxy.", 503),
+            )
         if limiter.locked():
             return await _reject(http, state, S3Error("SlowDown", "Please reduce your request rate.", 503))
         async with limiter:
@@ -315,8 +335,11 @@ class ClientConnection(web_protocol.RequestHandler):
             self._stop_head_timer()
             if self._current_request is not None and self._messages:
                 self._hand_over_parse_error()
-        elif data and self._head_timer is None and (
-                (waiter is not None and not waiter.done()) or self._request_count == 0):
+        elif (
+            data
+            and self._head_timer is None
+            and ((waiter is not None and not waiter.done()) or self._request_count == 0)
+        ):
             # Bytes of a request head, not all of it yet: the head's clock starts.
             self._head_timer = self._loop.call_later(self._limits.header, self._head_timed_out)
 
@@ -407,9 +430,14 @@ class _Runner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # starts and freezes the app
-        return _Server(server.request_handler, request_factory=server.request_factory,
-                       handler_cancellation=server.handler_cancellation, loop=asyncio.get_running_loop(),
-                       limits=self._limits, **server._kwargs)
+        return _Server(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            limits=self._limits,
+            **server._kwargs,
+        )
 
 
 CACHE_COUNT_SECONDS = 1.0
@@ -441,8 +469,9 @@ async def _health(http: web.Request, state: State) -> web.StreamResponse:
     return web.Response(status=503, text="not ready\n")
 
 
-async def serve(config: Config, stop: asyncio.Event | None = None,
-                config_path: str | os.PathLike[str] | None = None) -> None:
+async def serve(
+    config: Config, stop: asyncio.Event | None = None, config_path: str | os.PathLike[str] | None = None
+) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then drain in-flight requests and exit.
 
     SIGHUP re-reads ``config_path`` (the file the daemon was started with) and applies its
@@ -473,7 +502,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
     if config.tls is not None:
         ssl_context = server_ssl_context(config.tls.cert_file, config.tls.key_file)
     site = web.TCPSite(
-        runner, config.listen.host, config.listen.port, ssl_context=ssl_context,
+        runner,
+        config.listen.host,
+        config.listen.port,
+        ssl_context=ssl_context,
     )
     await site.start()
     stop = stop or asyncio.Event()
@@ -487,22 +519,29 @@ async def serve(config: Config, stop: asyncio.Event | None = None,
     address = sockets[0].getsockname() if sockets else (config.listen.host, config.listen.port)
     log.info(
         "ready: listening on %s://%s:%d, upstream %s",
-        scheme, address[0], address[1], config.upstream.endpoint_url or f"AWS S3 ({config.upstream.region})",
+        scheme,
+        address[0],
+        address[1],
+        config.upstream.endpoint_url or f"AWS S3 ({config.upstream.region})",
         extra={"event": "ready", "port": address[1]},
     )
     await stop.wait()
     state: State = app["state"]
     state.draining = True
-    log.info("shutting down: draining in-flight requests (up to %.0fs)", config.limits.drain_timeout,
-             extra={"event": "draining"})
+    log.info(
+        "shutting down: draining in-flight requests (up to %.0fs)",
+        config.limits.drain_timeout,
+        extra={"event": "draining"},
+    )
     # Drain ourselves before runner.cleanup(): aiohttp's shutdown stops reading from every
     # connection at once, which would starve a request whose body is still arriving (an
     # UploadPart) until the timeout. So: stop listening, let requests in flight finish (new
     # requests on open connections get 503 and Connection: close), then clean up.
     await site.stop()
     if not await state.wait_idle(config.limits.drain_timeout):
-        log.warning("drain timeout: cutting %d request(s) still in flight", state.active,
-                    extra={"event": "drain_timeout"})
+        log.warning(
+            "drain timeout: cutting %d request(s) still in flight", state.active, extra={"event": "drain_timeout"}
+        )
     await runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
 
@@ -520,8 +559,9 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         if section in _RELOADED or value == before:
             continue
         if isinstance(value, dict) and isinstance(before, dict):
-            changed += [f"{section}.{k}" for k, v in value.items()
-                        if f"{section}.{k}" not in _RELOADED and before.get(k) != v]
+            changed += [
+                f"{section}.{k}" for k, v in value.items() if f"{section}.{k}" not in _RELOADED and before.get(k) != v
+            ]
         else:
             changed.append(section)
     return changed
@@ -536,39 +576,55 @@ def _reload(app: web.Application, config_path: str | os.PathLike[str] | None) ->
     """
     state: State = app["state"]
     if config_path is None:
-        log.warning("SIGHUP: no config file to reload (not started with --config); ignored",
-                    extra={"event": "reload_failed"})
+        log.warning(
+            "SIGHUP: no config file to reload (not started with --config); ignored", extra={"event": "reload_failed"}
+        )
         return False
     try:
         new = load_config(config_path)
     except ConfigError as err:
-        log.error("SIGHUP: reload failed, keeping the running credentials and keys: %s",
-                  "; ".join(err.problems), extra={"event": "reload_failed"})
+        log.error(
+            "SIGHUP: reload failed, keeping the running credentials and keys: %s",
+            "; ".join(err.problems),
+            extra={"event": "reload_failed"},
+        )
         return False
     reload = getattr(state.service, "reload", None)
     if reload is not None and new.encryption.enabled:
         try:
             reload(new.encryption.key_files)
         except Exception as exc:
-            log.error("SIGHUP: reload failed, keeping the running credentials and keys: %s", exc,
-                      extra={"event": "reload_failed"})
+            log.error(
+                "SIGHUP: reload failed, keeping the running credentials and keys: %s",
+                exc,
+                extra={"event": "reload_failed"},
+            )
             return False
     ignored = _needs_restart(state.config, new)
     # The running config with the reloaded parts swapped in: what is in effect, so a later
     # reload still reports settings that were never applied.
-    applied = state.config.model_copy(update={
-        "clients": new.clients,
-        "encryption": state.config.encryption.model_copy(update={"key_files": new.encryption.key_files}),
-    })
+    applied = state.config.model_copy(
+        update={
+            "clients": new.clients,
+            "encryption": state.config.encryption.model_copy(update={"key_files": new.encryption.key_files}),
+        }
+    )
     state.frontend.credentials = applied.client_secret
     state.frontend.scopes = client_scopes(applied.clients)
     state.config = applied
     key_ids = list(getattr(state.service, "key_ids", []))
     state.metrics.set_build_info(__version__, key_ids)
     if ignored:
-        log.warning("SIGHUP: changed settings that need a restart were not applied: %s",
-                    ", ".join(ignored), extra={"event": "reload"})
-    log.info("reloaded %s: %d client credential(s), keys %s", os.fspath(config_path), len(applied.clients),
-             ", ".join(key_ids) or "none (passthrough)",
-             extra={"event": "reloaded", "key_ids": ",".join(key_ids)})
+        log.warning(
+            "SIGHUP: changed settings that need a restart were not applied: %s",
+            ", ".join(ignored),
+            extra={"event": "reload"},
+        )
+    log.info(
+        "reloaded %s: %d client credential(s), keys %s",
+        os.fspath(config_path),
+        len(applied.clients),
+        ", ".join(key_ids) or "none (passthrough)",
+        extra={"event": "reloaded", "key_ids": ",".join(key_ids)},
+    )
     return True

@@ -70,8 +70,10 @@ class PassthroughService:
         reply = await self.upstream.call("list_buckets")
         if request.scope is not None:
             scope = request.scope
-            reply = {**reply, "Buckets": [b for b in reply.get("Buckets") or ()
-                                          if scope.allows_bucket(b.get("Name", ""))]}
+            reply = {
+                **reply,
+                "Buckets": [b for b in reply.get("Buckets") or () if scope.allows_bucket(b.get("Name", ""))],
+            }
         return Reply.xml(xml.list_buckets(reply))
 
     async def head_bucket(self, request: Request) -> Reply:
@@ -166,8 +168,11 @@ class PassthroughService:
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
         params = self._copy_params(request)
         reply = await self.upstream.call(
-            "copy_object", Bucket=request.bucket, Key=request.key,
-            CopySource={"Bucket": src_bucket, "Key": src_key}, **params,
+            "copy_object",
+            Bucket=request.bucket,
+            Key=request.key,
+            CopySource={"Bucket": src_bucket, "Key": src_key},
+            **params,
         )
         result = reply.get("CopyObjectResult", {})
         return Reply.xml(xml.copy_object_result(result.get("ETag", ""), result["LastModified"]))
@@ -182,8 +187,10 @@ class PassthroughService:
             params.update(object_params(request.headers))
         elif request.headers.get("x-amz-storage-class"):
             params["StorageClass"] = request.headers["x-amz-storage-class"]
-        for name, param in (("x-amz-copy-source-if-match", "CopySourceIfMatch"),
-                            ("x-amz-copy-source-if-none-match", "CopySourceIfNoneMatch")):
+        for name, param in (
+            ("x-amz-copy-source-if-match", "CopySourceIfMatch"),
+            ("x-amz-copy-source-if-none-match", "CopySourceIfNoneMatch"),
+        ):
             if request.headers.get(name):
                 params[param] = request.headers[name]
         return params
@@ -222,7 +229,9 @@ class PassthroughService:
     async def create_multipart_upload(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         reply = await self.upstream.call(
-            "create_multipart_upload", Bucket=request.bucket, Key=request.key,
+            "create_multipart_upload",
+            Bucket=request.bucket,
+            Key=request.key,
             **object_params(request.headers),
         )
         return Reply.xml(xml.initiate_multipart(request.bucket or "", request.key or "", reply["UploadId"]))
@@ -230,8 +239,12 @@ class PassthroughService:
     async def upload_part(self, request: Request) -> Reply:
         body = self._body(request)
         reply = await self._send(
-            body, "upload_part", Bucket=request.bucket, Key=request.key,
-            UploadId=request.query["uploadId"], PartNumber=part_number(request.query),
+            body,
+            "upload_part",
+            Bucket=request.bucket,
+            Key=request.key,
+            UploadId=request.query["uploadId"],
+            PartNumber=part_number(request.query),
         )
         return Reply(200, {"ETag": quote_etag(reply.get("ETag", ""))})
 
@@ -241,9 +254,13 @@ class PassthroughService:
         if request.headers.get("x-amz-copy-source-range"):
             params["CopySourceRange"] = request.headers["x-amz-copy-source-range"]
         reply = await self.upstream.call(
-            "upload_part_copy", Bucket=request.bucket, Key=request.key,
-            UploadId=request.query["uploadId"], PartNumber=part_number(request.query),
-            CopySource={"Bucket": src_bucket, "Key": src_key}, **params,
+            "upload_part_copy",
+            Bucket=request.bucket,
+            Key=request.key,
+            UploadId=request.query["uploadId"],
+            PartNumber=part_number(request.query),
+            CopySource={"Bucket": src_bucket, "Key": src_key},
+            **params,
         )
         result = reply.get("CopyPartResult", {})
         return Reply.xml(xml.copy_part_result(result.get("ETag", ""), result["LastModified"]))
@@ -251,14 +268,17 @@ class PassthroughService:
     async def complete_multipart_upload(self, request: Request) -> Reply:
         parts = await self._completed_parts(request)
         reply = await self.upstream.call(
-            "complete_multipart_upload", Bucket=request.bucket, Key=request.key,
+            "complete_multipart_upload",
+            Bucket=request.bucket,
+            Key=request.key,
             UploadId=request.query["uploadId"],
-            MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": quote_etag(p.etag)}
-                                       for p in parts]},
+            MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": quote_etag(p.etag)} for p in parts]},
         )
-        return Reply.xml(xml.complete_multipart(
-            reply.get("Location", ""), request.bucket or "", request.key or "", reply.get("ETag", "")
-        ))
+        return Reply.xml(
+            xml.complete_multipart(
+                reply.get("Location", ""), request.bucket or "", request.key or "", reply.get("ETag", "")
+            )
+        )
 
     async def _completed_parts(self, request: Request) -> list[Any]:
         payload = await self._body(request).read_all(MAX_XML_BODY)
@@ -274,14 +294,15 @@ class PassthroughService:
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
         await self.upstream.call(
-            "abort_multipart_upload", Bucket=request.bucket, Key=request.key,
+            "abort_multipart_upload",
+            Bucket=request.bucket,
+            Key=request.key,
             UploadId=request.query["uploadId"],
         )
         return Reply(204)
 
     async def list_parts(self, request: Request) -> Reply:
-        params: dict[str, Any] = {"Bucket": request.bucket, "Key": request.key,
-                                  "UploadId": request.query["uploadId"]}
+        params: dict[str, Any] = {"Bucket": request.bucket, "Key": request.key, "UploadId": request.query["uploadId"]}
         max_parts = int_param(request.query, "max-parts", None, 0, 1000)
         if max_parts is not None:
             params["MaxParts"] = max_parts
@@ -295,8 +316,12 @@ class PassthroughService:
         q = request.query
         encoding = self._encoding(q)
         params: dict[str, Any] = {"Bucket": request.bucket}
-        for name, param in (("prefix", "Prefix"), ("delimiter", "Delimiter"),
-                            ("key-marker", "KeyMarker"), ("upload-id-marker", "UploadIdMarker")):
+        for name, param in (
+            ("prefix", "Prefix"),
+            ("delimiter", "Delimiter"),
+            ("key-marker", "KeyMarker"),
+            ("upload-id-marker", "UploadIdMarker"),
+        ):
             if q.get(name):
                 params[param] = q[name]
         max_uploads = int_param(q, "max-uploads", None, 0, 1000)
@@ -326,8 +351,12 @@ class PassthroughService:
 SMALL_BODY = 1 << 20
 
 
-_LIST_V2_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "continuation-token": "ContinuationToken",
-                   "start-after": "StartAfter"}
+_LIST_V2_PARAMS = {
+    "prefix": "Prefix",
+    "delimiter": "Delimiter",
+    "continuation-token": "ContinuationToken",
+    "start-after": "StartAfter",
+}
 _LIST_V1_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "marker": "Marker"}
 
 

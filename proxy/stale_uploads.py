@@ -134,10 +134,17 @@ async def _parts(upstream: Upstream, bucket: str, key: str, upload_id: str) -> l
         marker = following
 
 
-async def abort_stale_uploads(upstream: Upstream, bucket: str, *, older_than: float, prefix: str = "",
-                              dry_run: bool = False, store: StateStore | None = None,
-                              now: Callable[[], float] = time.time,
-                              say: Callable[[str], None] = print) -> Report:
+async def abort_stale_uploads(
+    upstream: Upstream,
+    bucket: str,
+    *,
+    older_than: float,
+    prefix: str = "",
+    dry_run: bool = False,
+    store: StateStore | None = None,
+    now: Callable[[], float] = time.time,
+    say: Callable[[str], None] = print,
+) -> Report:
     """Abort (or with ``dry_run`` only name) the uploads of ``bucket`` idle for ``older_than`` seconds."""
     from proxy.s3.errors import S3Error
 
@@ -150,9 +157,14 @@ async def abort_stale_uploads(upstream: Upstream, bucket: str, *, older_than: fl
         key, upload_id = upload["Key"], upload["UploadId"]
         parts = await _parts(upstream, bucket, key, upload_id)
         state = local.get(upload_id)
-        found = Found(key, upload_id, _stamp(upload.get("Initiated")),
-                      max((t for p in parts or () if (t := _stamp(p.get("LastModified"))) is not None), default=None),
-                      state.touched if state is not None else None, len(parts or ()))
+        found = Found(
+            key,
+            upload_id,
+            _stamp(upload.get("Initiated")),
+            max((t for p in parts or () if (t := _stamp(p.get("LastModified"))) is not None), default=None),
+            state.touched if state is not None else None,
+            len(parts or ()),
+        )
         report.found.append(found)
         idle = now() - found.last_activity
         what = f"{key} {upload_id} ({found.parts} part(s), idle {_age(idle)})"
@@ -212,9 +224,12 @@ def cmd_abort_stale_uploads(args: argparse.Namespace) -> int:
         print(f"medusa-crypt-proxy: --older-than: {exc}", file=sys.stderr)
         return 2
     if older_than < FORCE_BELOW_SECONDS and not args.force and not args.dry_run:
-        print(f"medusa-crypt-proxy: --older-than {args.older_than} is under 1h: uploads of backups running now "
-              "(through any proxy sharing the bucket) could be aborted. Add --force if that is what you "
-              "want, or --dry-run to look first.", file=sys.stderr)
+        print(
+            f"medusa-crypt-proxy: --older-than {args.older_than} is under 1h: uploads of backups running now "
+            "(through any proxy sharing the bucket) could be aborted. Add --force if that is what you "
+            "want, or --dry-run to look first.",
+            file=sys.stderr,
+        )
         return 2
     try:
         upstream_config = load_upstream_config(args.config)
@@ -224,8 +239,11 @@ def cmd_abort_stale_uploads(args: argparse.Namespace) -> int:
         return 2
     cache = _cache_path(args)
     if cache is None or not Path(cache).exists():
-        print("note: no proxy cache file found here; only the bucket is cleaned (proxies drop their own "
-              "state of aborted uploads by themselves)", file=sys.stderr)
+        print(
+            "note: no proxy cache file found here; only the bucket is cleaned (proxies drop their own "
+            "state of aborted uploads by themselves)",
+            file=sys.stderr,
+        )
         cache = None
 
     async def run() -> Report:
@@ -235,8 +253,9 @@ def cmd_abort_stale_uploads(args: argparse.Namespace) -> int:
         try:
             if store is not None:
                 await store.start()
-            return await abort_stale_uploads(upstream, args.bucket, older_than=older_than, prefix=args.prefix,
-                                             dry_run=args.dry_run, store=store)
+            return await abort_stale_uploads(
+                upstream, args.bucket, older_than=older_than, prefix=args.prefix, dry_run=args.dry_run, store=store
+            )
         finally:
             if store is not None:
                 await store.close()
@@ -244,10 +263,12 @@ def cmd_abort_stale_uploads(args: argparse.Namespace) -> int:
 
     report = asyncio.run(run())
     verb = "would abort" if args.dry_run else "aborted"
-    print(f"{report.count('abort' if args.dry_run else 'aborted')} upload(s) {verb}, {report.count('keep')} kept "
-          f"(active within {args.older_than}), {report.count('gone')} already gone, "
-          f"{report.count('failed')} failed; {len(report.forgotten)} local state entries of vanished uploads "
-          f"{'to drop' if args.dry_run else 'dropped'}")
+    print(
+        f"{report.count('abort' if args.dry_run else 'aborted')} upload(s) {verb}, {report.count('keep')} kept "
+        f"(active within {args.older_than}), {report.count('gone')} already gone, "
+        f"{report.count('failed')} failed; {len(report.forgotten)} local state entries of vanished uploads "
+        f"{'to drop' if args.dry_run else 'dropped'}"
+    )
     return 0 if report.ok else 1
 
 
@@ -259,9 +280,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True, help="the proxy's config file (its upstream section, its cache)")
     p.add_argument("--bucket", required=True)
     p.add_argument("--prefix", default="", help="only uploads of keys under this prefix")
-    p.add_argument("--older-than", default=DEFAULT_OLDER_THAN,
-                   help="abort only uploads with no activity (initiated, a part uploaded) for this long: "
-                        "90s, 30m, 24h, 7d (default 24h; under 1h needs --force)")
+    p.add_argument(
+        "--older-than",
+        default=DEFAULT_OLDER_THAN,
+        help="abort only uploads with no activity (initiated, a part uploaded) for this long: "
+        "90s, 30m, 24h, 7d (default 24h; under 1h needs --force)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would be aborted, abort nothing")
     p.add_argument("--force", action="store_true", help="allow --older-than under 1h")
     p.add_argument("--cache", help="the proxy's cache file (default: the config's cache.path)")

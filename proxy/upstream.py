@@ -64,13 +64,24 @@ FORWARDED_HEADERS = (
 # S3 may work on these for minutes (it sends whitespace meanwhile): long_request_timeout bounds them.
 LONG_OPERATIONS = frozenset({"complete_multipart_upload", "copy_object", "upload_part_copy"})
 # upstream_errors_total codes of the timeouts (botocore's exception names where it has one).
-_TIMEOUT_CODES = {"upstream_connect": "ConnectTimeoutError", "upstream_read": "ReadTimeoutError",
-                  "upstream_deadline": "DeadlineExceeded"}
+_TIMEOUT_CODES = {
+    "upstream_connect": "ConnectTimeoutError",
+    "upstream_read": "ReadTimeoutError",
+    "upstream_deadline": "DeadlineExceeded",
+}
 
-_HEAD_STATUS_CODES = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed",
-                      "304": "NotModified", "400": "InvalidRequest", "416": "InvalidRange",
-                      "405": "MethodNotAllowed", "500": "InternalError", "501": "NotImplemented",
-                      "503": "ServiceUnavailable"}
+_HEAD_STATUS_CODES = {
+    "404": "NoSuchKey",
+    "403": "AccessDenied",
+    "412": "PreconditionFailed",
+    "304": "NotModified",
+    "400": "InvalidRequest",
+    "416": "InvalidRange",
+    "405": "MethodNotAllowed",
+    "500": "InternalError",
+    "501": "NotImplemented",
+    "503": "ServiceUnavailable",
+}
 
 
 class Silence:
@@ -273,29 +284,44 @@ class Upstream:
         endpoint = URL(self.cfg.endpoint_url or "")
         if endpoint.is_absolute() and endpoint.path in ("", "/") and self.cfg.addressing_style != "virtual":
             self._endpoint = endpoint
-            self._records = RecordReader(endpoint, verify_tls=self.cfg.verify_tls,
-                                         connect_timeout=self.cfg.connect_timeout,
-                                         read_timeout=self.cfg.read_timeout, max_idle=self.cfg.max_pool_connections)
+            self._records = RecordReader(
+                endpoint,
+                verify_tls=self.cfg.verify_tls,
+                connect_timeout=self.cfg.connect_timeout,
+                read_timeout=self.cfg.read_timeout,
+                max_idle=self.cfg.max_pool_connections,
+            )
             self._stack.callback(self._records.close)
-            self._fast = await self._stack.enter_async_context(aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.cfg.max_pool_connections, ssl=self.cfg.verify_tls),
-                timeout=aiohttp.ClientTimeout(sock_connect=self.cfg.connect_timeout,
-                                              sock_read=self.cfg.read_timeout),
-                auto_decompress=False,
-            ))
+            self._fast = await self._stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=self.cfg.max_pool_connections, ssl=self.cfg.verify_tls),
+                    timeout=aiohttp.ClientTimeout(
+                        sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout
+                    ),
+                    auto_decompress=False,
+                )
+            )
 
     async def close(self) -> None:
         await self._stack.aclose()
 
-    async def _signed(self, method: str, path: str, query: list[tuple[str, str]],
-                      headers: dict[str, str]) -> SignedRequest | None:
+    async def _signed(
+        self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str]
+    ) -> SignedRequest | None:
         """A request signed with the client's (refreshable) credentials; None without them."""
         credentials = self.client._request_signer._credentials
         if self._fast is None or self._endpoint is None or credentials is None:
             return None
         frozen = await credentials.get_frozen_credentials()
-        return sign_request(method, self._endpoint, path, query, headers,
-                            Credentials(frozen.access_key, frozen.secret_key, frozen.token), self.cfg.region)
+        return sign_request(
+            method,
+            self._endpoint,
+            path,
+            query,
+            headers,
+            Credentials(frozen.access_key, frozen.secret_key, frozen.token),
+            self.cfg.region,
+        )
 
     # --- bounds --------------------------------------------------------------------------
 
@@ -366,8 +392,9 @@ class Upstream:
         operation = "list_objects_v2" if v2 else "list_objects"
         return await self._bounded(operation, self._fast_list(bucket, query, v2, operation))
 
-    async def _fast_list(self, bucket: str, query: list[tuple[str, str]], v2: bool,
-                         operation: str) -> dict[str, Any] | None:
+    async def _fast_list(
+        self, bucket: str, query: list[tuple[str, str]], v2: bool, operation: str
+    ) -> dict[str, Any] | None:
         query = [*query, ("encoding-type", "url")]
         if v2:
             query.append(("list-type", "2"))
@@ -409,8 +436,9 @@ class Upstream:
         if request is None or self._fast is None:
             return None
         try:
-            async with self._fast.put(request.url, headers=request.headers, data=body,
-                                      skip_auto_headers=("Content-Type",)) as reply:
+            async with self._fast.put(
+                request.url, headers=request.headers, data=body, skip_auto_headers=("Content-Type",)
+            ) as reply:
                 if reply.status != 200:
                     return None
                 etag = reply.headers.get("ETag", "")
@@ -456,10 +484,15 @@ class Upstream:
         except (TypeError, ValueError):
             return None
         self._ok("head_object", None)
-        return {"ETag": headers.get("etag", ""), "ContentLength": int(length), "LastModified": last_modified,
-                "Metadata": {name[len("x-amz-meta-"):]: value for name, value in headers.items()
-                             if name.startswith("x-amz-meta-")},
-                "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers}}
+        return {
+            "ETag": headers.get("etag", ""),
+            "ContentLength": int(length),
+            "LastModified": last_modified,
+            "Metadata": {
+                name[len("x-amz-meta-") :]: value for name, value in headers.items() if name.startswith("x-amz-meta-")
+            },
+            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers},
+        }
 
     async def head(self, bucket: str, key: str) -> dict[str, Any]:
         """HeadObject: the fast path, else botocore (which maps and retries), within one deadline."""
@@ -468,8 +501,9 @@ class Upstream:
     async def _head(self, bucket: str, key: str) -> dict[str, Any]:
         return await self._fast_head(bucket, key) or await self._call("head_object", Bucket=bucket, Key=key)
 
-    async def get_records(self, bucket: str, key: str, spec: str | None, etag: str,
-                          piece_size: int) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
+    async def get_records(
+        self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int
+    ) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
         """GetObject read in place into one reused ``piece_size`` buffer (see
         ``proxy.rawget``): each piece is valid only until the next one is asked for. None when
         the fast path cannot serve it; the caller then uses ``get_stream``. The answer's head is
@@ -481,8 +515,11 @@ class Upstream:
             return None
         head, conn = opened
         self._ok("get_object", None)
-        reply = {"ContentLength": head.length, "ETag": head.headers.get("etag", ""),
-                 "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": head.headers}}
+        reply = {
+            "ContentLength": head.length,
+            "ETag": head.headers.get("etag", ""),
+            "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": head.headers},
+        }
         return reply, self._counted(self._records.pieces(conn, piece_size))
 
     async def _open_records(self, bucket: str, key: str, spec: str | None, etag: str) -> Any:

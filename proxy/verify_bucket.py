@@ -65,15 +65,19 @@ def load_options(path: str | os.PathLike[str], environ: Mapping[str, str] | None
     data = _apply_env(data, os.environ if environ is None else environ)
     section = data.get("encryption") or {}
     try:
-        encryption = Encryption.model_validate({"enabled": False, **section} if "key_files" not in section
-                                               else section)
+        encryption = Encryption.model_validate({"enabled": False, **section} if "key_files" not in section else section)
         limits = Limits.model_validate(data.get("limits") or {})
     except ValidationError as exc:
         raise ConfigError([f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
-    seed_keys = (tuple(fernet_keys_from_ring(load_key_ring(encryption.seed_key_files)))
-                 if encryption.seed_key_files else ())
-    return Options(seed_keys, encryption.legacy_plaintext_before,
-                   tuple((m.from_prefix, m.to_prefix) for m in encryption.accept_moved), limits.max_manifest_bytes)
+    seed_keys = (
+        tuple(fernet_keys_from_ring(load_key_ring(encryption.seed_key_files))) if encryption.seed_key_files else ()
+    )
+    return Options(
+        seed_keys,
+        encryption.legacy_plaintext_before,
+        tuple((m.from_prefix, m.to_prefix) for m in encryption.accept_moved),
+        limits.max_manifest_bytes,
+    )
 
 
 @dataclass
@@ -123,30 +127,36 @@ async def _list(upstream: Upstream, bucket: str, prefix: str) -> list[dict[str, 
 def node_manifest_key(prefix: str, index_key: str) -> str | None:
     """The node's copy, ``<prefix><fqdn>/<backup>/meta/manifest.json``, of an indexed manifest
     ``<prefix>index/backup_index/<backup>/manifest_<fqdn>.json``."""
-    backup, _, name = index_key[len(prefix + INDEX):].partition("/")
+    backup, _, name = index_key[len(prefix + INDEX) :].partition("/")
     if not backup or not name.startswith("manifest_") or not name.endswith(".json"):
         return None
-    return f"{prefix}{name[len('manifest_'):-len('.json')]}/{backup}/meta/manifest.json"
+    return f"{prefix}{name[len('manifest_') : -len('.json')]}/{backup}/meta/manifest.json"
 
 
 def _names(key: str, options: Options) -> list[str]:
     """``key`` and its accepted old names (backups moved outside the proxy)."""
-    return [key] + [old + key[len(new):] for old, new in options.accept_moved if key.startswith(new)]
+    return [key] + [old + key[len(new) :] for old, new in options.accept_moved if key.startswith(new)]
 
 
 def _written_as(key: str, written: str, options: Options) -> str:
     return written if written in _names(key, options) else key
 
 
-async def verify_bucket(upstream: Upstream, bucket: str, *, prefix: str = "", backup: str | None = None,
-                        keyring: KeyRing | None = None, options: Options | None = None,
-                        say: Callable[[str], None] = print) -> Report:
+async def verify_bucket(
+    upstream: Upstream,
+    bucket: str,
+    *,
+    prefix: str = "",
+    backup: str | None = None,
+    keyring: KeyRing | None = None,
+    options: Options | None = None,
+    say: Callable[[str], None] = print,
+) -> Report:
     """Check every indexed manifest, the node's copy of it, and every object they name."""
     report = Report()
     run = _Run(upstream, bucket, keyring, options or Options(), report, say)
     index = prefix + INDEX + (f"{backup}/" if backup else "")
-    listed = [o for o in await _list(upstream, bucket, index)
-              if o["Key"].rsplit("/", 1)[-1].startswith("manifest_")]
+    listed = [o for o in await _list(upstream, bucket, index) if o["Key"].rsplit("/", 1)[-1].startswith("manifest_")]
     if not listed:
         report.problems.append(f"no manifest found under {index}")
     for listing in listed:
@@ -155,14 +165,18 @@ async def verify_bucket(upstream: Upstream, bucket: str, *, prefix: str = "", ba
         if node_key is not None:
             await _verify_manifest(run, node_key, required=False)
     if run.seed_unchecked:
-        report.notes.append("objects of the old in-Medusa encryption were checked against their stored size "
-                            "only: give encryption.seed_key_files to decrypt them")
+        report.notes.append(
+            "objects of the old in-Medusa encryption were checked against their stored size "
+            "only: give encryption.seed_key_files to decrypt them"
+        )
     for note in report.notes:
         say(f"NOTE {note}")
     for problem in report.problems:
         say(f"PROBLEM {problem}")
-    say(f"checked {report.objects} objects in {report.manifests} manifests: "
-        f"{len(report.problems)} problem(s){'' if keyring else ' (without the key)'}")
+    say(
+        f"checked {report.objects} objects in {report.manifests} manifests: "
+        f"{len(report.problems)} problem(s){'' if keyring else ' (without the key)'}"
+    )
     return report
 
 
@@ -181,8 +195,11 @@ async def _verify_manifest(run: _Run, key: str, *, required: bool) -> None:
     if size > 4 * options.max_manifest_bytes:
         report.problem(key, f"{size} bytes: too large to check (limits.max_manifest_bytes)")
         return
-    data = await run.upstream.read(Bucket=run.bucket, Key=key, IfMatch=head["ETag"]) if head.get("ETag") \
+    data = (
+        await run.upstream.read(Bucket=run.bucket, Key=key, IfMatch=head["ETag"])
+        if head.get("ETag")
         else await run.upstream.read(Bucket=run.bucket, Key=key)
+    )
     report.manifests += 1
     found = _manifest_text(run, key, head, data)
     if found is None:
@@ -213,13 +230,14 @@ def _manifest_text(run: _Run, key: str, head: Mapping[str, Any], data: bytes) ->
             except (ManifestSealError, UnknownKeyError) as exc:
                 report.problem(key, f"{exc}; its objects are not checked")
                 return None
-        text = data[:seal.body_len] + b"]"
+        text = data[: seal.body_len] + b"]"
     elif classify(data[:16], data[-16:], len(data)) != "legacy-plaintext":
         # Not a manifest the proxy could rewrite, stored as an encrypted object: its entries
         # carry Medusa's plaintext values.
         if run.keyring is None:
-            report.note(key, "stored encrypted (the proxy could not rewrite it): its objects are checked "
-                             "only with the key")
+            report.note(
+                key, "stored encrypted (the proxy could not rewrite it): its objects are checked only with the key"
+            )
             return None
         try:
             trailer = Trailer.from_tail(data)
@@ -233,12 +251,16 @@ def _manifest_text(run: _Run, key: str, head: Mapping[str, Any], data: bytes) ->
         modified = head.get("LastModified")
         legacy = cutoff is not None and isinstance(modified, datetime) and modified < cutoff
         if run.keyring is not None and not legacy:
-            declared = f"written at {modified}, after legacy_plaintext_before ({cutoff})" if cutoff \
+            declared = (
+                f"written at {modified}, after legacy_plaintext_before ({cutoff})"
+                if cutoff
                 else "no legacy_plaintext_before is set"
+            )
             report.problem(key, f"manifest has no MAC ({declared}); its objects are not checked")
             return None
-        report.note(key, "no MAC: written before legacy_plaintext_before" if legacy
-                    else "no MAC (checked without the key)")
+        report.note(
+            key, "no MAC: written before legacy_plaintext_before" if legacy else "no MAC (checked without the key)"
+        )
         text = data
     return text, plaintext_values
 
@@ -257,8 +279,10 @@ async def _check_entries(run: _Run, text: str, plaintext_values: bool) -> int:
         count += len(batch)
         fresh = []
         for entry in batch:
-            ident = (str(plaintext_values), *(str(entry.get(name)) for name in
-                                              ("path", "size", "MD5", SOURCE_SIZE, SOURCE_MD5)))
+            ident = (
+                str(plaintext_values),
+                *(str(entry.get(name)) for name in ("path", "size", "MD5", SOURCE_SIZE, SOURCE_MD5)),
+            )
             if ident not in run.checked:
                 run.checked.add(ident)
                 fresh.append(entry)
@@ -277,14 +301,20 @@ async def _check(run: _Run, entry: dict[str, Any], plaintext_values: bool) -> No
             return
         size, etag = int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
         if not plaintext_values and (size != entry.get("size") or (etag and etag != entry.get("MD5"))):
-            report.problem(path, f"the bucket has size {size} ETag {etag}, the manifest says size "
-                                 f"{entry.get('size')} MD5 {entry.get('MD5')}")
+            report.problem(
+                path,
+                f"the bucket has size {size} ETag {etag}, the manifest says size "
+                f"{entry.get('size')} MD5 {entry.get('MD5')}",
+            )
             return
         if run.keyring is None:
             return
         expected: tuple[Any, Any] | None = (
-            (entry.get("size"), entry.get("MD5")) if plaintext_values
-            else (entry[SOURCE_SIZE], entry.get(SOURCE_MD5)) if SOURCE_SIZE in entry else None
+            (entry.get("size"), entry.get("MD5"))
+            if plaintext_values
+            else (entry[SOURCE_SIZE], entry.get(SOURCE_MD5))
+            if SOURCE_SIZE in entry
+            else None
         )
         try:
             await _check_content(run, path, etag, size, expected, plaintext_values)
@@ -292,8 +322,9 @@ async def _check(run: _Run, entry: dict[str, Any], plaintext_values: bool) -> No
             report.problem(path, exc)
 
 
-async def _check_content(run: _Run, path: str, etag: str, size: int, expected: tuple[Any, Any] | None,
-                         plaintext_values: bool) -> None:
+async def _check_content(
+    run: _Run, path: str, etag: str, size: int, expected: tuple[Any, Any] | None, plaintext_values: bool
+) -> None:
     """With the key: the object's own description of itself against the manifest's."""
     assert run.keyring is not None
     upstream, bucket, report = run.upstream, run.bucket, run.report
@@ -308,15 +339,18 @@ async def _check_content(run: _Run, path: str, etag: str, size: int, expected: t
         raise TamperedError("starts like an encrypted object but has no valid trailer")
     elif plaintext_values:
         if expected is not None and (size != expected[0] or (etag and etag != expected[1])):
-            report.problem(path, f"the bucket has size {size} ETag {etag}, the manifest says size "
-                                 f"{expected[0]} MD5 {expected[1]}")
+            report.problem(
+                path, f"the bucket has size {size} ETag {etag}, the manifest says size {expected[0]} MD5 {expected[1]}"
+            )
     elif expected is not None:
-        report.problem(path, f"the manifest records {SOURCE_SIZE} (an encrypted object) but the object is "
-                             "not encrypted")
+        report.problem(
+            path, f"the manifest records {SOURCE_SIZE} (an encrypted object) but the object is not encrypted"
+        )
 
 
-async def _check_encrypted(run: _Run, path: str, etag: str, size: int, tail: bytes,
-                           expected: tuple[Any, Any] | None) -> None:
+async def _check_encrypted(
+    run: _Run, path: str, etag: str, size: int, tail: bytes, expected: tuple[Any, Any] | None
+) -> None:
     """An object of ours: its trailer verifies, names it, and gives the manifest's plaintext values."""
     assert run.keyring is not None
     record_len = parse_footer(tail)
@@ -330,24 +364,27 @@ async def _check_encrypted(run: _Run, path: str, etag: str, size: int, tail: byt
     if expected is None:
         run.report.problem(path, f"an encrypted object, but the manifest records no {SOURCE_SIZE}/{SOURCE_MD5}")
     elif (trailer.plaintext_size, trailer.etag) != (expected[0], _md5_hex(expected[1])):
-        run.report.problem(path, f"plaintext size {trailer.plaintext_size} ETag {trailer.etag}, the manifest says "
-                                 f"{expected[0]} {expected[1]}")
+        run.report.problem(
+            path,
+            f"plaintext size {trailer.plaintext_size} ETag {trailer.etag}, the manifest says "
+            f"{expected[0]} {expected[1]}",
+        )
 
 
 async def _check_seed(run: _Run, path: str, etag: str, size: int, expected: tuple[Any, Any] | None) -> None:
     """An object of the old in-Medusa encryption: its size fits, and with its keys it decrypts to
     the manifest's plaintext size and MD5."""
     if expected is None or not isinstance(expected[0], int):
-        run.report.problem(path, f"an object of the old in-Medusa encryption, but the manifest records no "
-                                 f"{SOURCE_SIZE}/{SOURCE_MD5}")
+        run.report.problem(
+            path, f"an object of the old in-Medusa encryption, but the manifest records no {SOURCE_SIZE}/{SOURCE_MD5}"
+        )
         return
     seed_plaintext_size(size, expected[0])
     if not run.options.seed_keys:
         run.seed_unchecked = True
         return
     decryptor = SeedDecryptor(list(run.options.seed_keys), expected_size=expected[0], expected_md5=expected[1])
-    _, pieces = await run.upstream.get_stream(Bucket=run.bucket, Key=path,
-                                              **({"IfMatch": f'"{etag}"'} if etag else {}))
+    _, pieces = await run.upstream.get_stream(Bucket=run.bucket, Key=path, **({"IfMatch": f'"{etag}"'} if etag else {}))
     async for piece in pieces:
         decryptor.feed(piece)
     decryptor.finish()

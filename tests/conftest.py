@@ -67,13 +67,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _test_failed(request: pytest.FixtureRequest) -> bool:
     node = request.node
-    return any(getattr(node, f"rep_{when}", None) is not None
-               and getattr(node, f"rep_{when}").failed for when in ("setup", "call"))
+    return any(
+        getattr(node, f"rep_{when}", None) is not None and getattr(node, f"rep_{when}").failed
+        for when in ("setup", "call")
+    )
 
 
 # ------------------------------------------------------------------------------------
 # upstream servers
 # ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
@@ -116,13 +119,14 @@ def raw_client(upstream: S3Server) -> Any:
 # the proxy
 # ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
-def make_proxy(upstream: S3Server, tmp_path: Path,
-               request: pytest.FixtureRequest) -> Iterator[Callable[..., ProxyProcess]]:
+def make_proxy(
+    upstream: S3Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
 
-    def factory(*, start: bool = True, env: dict[str, str] | None = None,
-                **overrides: Any) -> ProxyProcess:
+    def factory(*, start: bool = True, env: dict[str, str] | None = None, **overrides: Any) -> ProxyProcess:
         workdir = tmp_path / f"proxy{len(started)}"
         workdir.mkdir(parents=True, exist_ok=True)
         # One key file per test (tmp_path/keys/test.key), shared by every proxy of the test
@@ -162,6 +166,7 @@ def proxy_client_default(proxy: ProxyProcess) -> Any:
 # tools in venvs of their own, Medusa
 # ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def medusa_python() -> str:
     return toolenv.medusa_python()
@@ -179,8 +184,7 @@ def snapshot(tmp_path: Path) -> FakeSnapshot:
 
 @pytest.fixture
 def medusa_raw_storage(upstream: S3Server, bucket: str) -> dict[str, Any]:
-    return medusa_storage(upstream.endpoint_url, bucket, upstream.access_key,
-                          upstream.secret_key)
+    return medusa_storage(upstream.endpoint_url, bucket, upstream.access_key, upstream.secret_key)
 
 
 @pytest.fixture

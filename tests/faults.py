@@ -46,12 +46,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-KINDS = frozenset({"reset_before", "reset_after", "stall", "stall_body", "error500", "error503",
-                   "truncate", "delay"})
+KINDS = frozenset({"reset_before", "reset_after", "stall", "stall_body", "error500", "error503", "truncate", "delay"})
 PIECE = 64 << 10
 MAX_HEAD = 64 << 10
-ERRORS = {"error500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
-          "error503": (503, "Slow Down", "SlowDown", "Please reduce your request rate.")}
+ERRORS = {
+    "error500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
+    "error503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+}
 
 
 @dataclass
@@ -70,15 +71,17 @@ class Fault:
     fired: int = 0
 
     def matches(self, method: str, path: str, query: str) -> bool:
-        return ((self.method is None or self.method.upper() == method)
-                and (self.path is None or self.path in path) and (self.query is None or self.query in query))
+        return (
+            (self.method is None or self.method.upper() == method)
+            and (self.path is None or self.path in path)
+            and (self.query is None or self.query in query)
+        )
 
     def take(self, method: str, path: str, query: str) -> bool:
         if not self.matches(method, path, query):
             return False
         self.matched += 1
-        if (self.nth is not None and self.matched != self.nth) or (self.times is not None
-                                                                  and self.fired >= self.times):
+        if (self.nth is not None and self.matched != self.nth) or (self.times is not None and self.fired >= self.times):
             return False
         self.fired += 1
         return True
@@ -158,8 +161,9 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _send_body(client_r: asyncio.StreamReader, up_w: asyncio.StreamWriter, framing: int | str,
-                     delay: float) -> None:
+async def _send_body(
+    client_r: asyncio.StreamReader, up_w: asyncio.StreamWriter, framing: int | str, delay: float
+) -> None:
     async for piece in _pieces(client_r, framing):
         if delay:
             await asyncio.sleep(delay)
@@ -181,8 +185,9 @@ def _without_connection_header(head: bytes) -> bytes:
 class _Link:
     """One client connection and the upstream connection that serves it (opened when needed)."""
 
-    def __init__(self, conn: int, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
-                 target: tuple[str, int]) -> None:
+    def __init__(
+        self, conn: int, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, target: tuple[str, int]
+    ) -> None:
         self.conn, self.client_r, self.client_w, self.target = conn, client_r, client_w, target
         self._up: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.close_upstream_after = False
@@ -319,17 +324,22 @@ class FaultInjector:
             async for _ in _pieces(link.client_r, framing):
                 pass
         close = framing != 0 and expect  # the body was never sent: the connection cannot carry more
-        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}'
-                f"</Message><RequestId>FAULT{link.conn}</RequestId></Error>").encode()
-        link.client_w.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: "
-                            f"{len(body)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n".encode()
-                            + (b"" if event.method == "HEAD" else body))
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}'
+            f"</Message><RequestId>FAULT{link.conn}</RequestId></Error>"
+        ).encode()
+        link.client_w.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: "
+            f"{len(body)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n".encode()
+            + (b"" if event.method == "HEAD" else body)
+        )
         event.status = status
         await link.client_w.drain()
         return not close
 
-    async def _forward(self, link: _Link, head: bytes, event: Event, headers: dict[str, str],
-                       fault: Fault | None) -> bool:
+    async def _forward(
+        self, link: _Link, head: bytes, event: Event, headers: dict[str, str], fault: Fault | None
+    ) -> bool:
         """Forward one request (its body streamed by a task of its own) and its answer, with the
         fault applied; whether the client connection may carry another request."""
         kind = fault.kind if fault is not None else "forward"
@@ -381,7 +391,7 @@ class FaultInjector:
                         client_w.close()
                         return False
                     await asyncio.sleep(seconds)
-                    piece, sent, kind = piece[at - sent:], at, "forward"
+                    piece, sent, kind = piece[at - sent :], at, "forward"
                 client_w.write(piece)
                 sent += len(piece)
                 await client_w.drain()

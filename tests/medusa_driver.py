@@ -91,6 +91,7 @@ FAKE_SCHEMA = (
 # configuration
 # ------------------------------------------------------------------------------------
 
+
 def _bool_str(v) -> str:
     if isinstance(v, bool):
         return "True" if v else "False"
@@ -113,7 +114,8 @@ def build_config(args: dict, work_dir: pathlib.Path):
         key_file.write_text(
             "[default]\n"
             f"aws_access_key_id = {creds['access_key_id']}\n"
-            f"aws_secret_access_key = {creds['secret_access_key']}\n")
+            f"aws_secret_access_key = {creds['secret_access_key']}\n"
+        )
         os.chmod(key_file, 0o600)
         storage["key_file"] = str(key_file)
     storage.setdefault("storage_provider", "s3_compatible")
@@ -176,6 +178,7 @@ def _import_medusa() -> None:
 # the fake Cassandra
 # ------------------------------------------------------------------------------------
 
+
 class FakeSession:
     def __init__(self, fqdn: str, schema: str) -> None:
         self.fqdn = fqdn
@@ -191,8 +194,7 @@ class FakeSession:
         return self.schema
 
     def tokenmap(self) -> dict:
-        return {self.fqdn: {"tokens": [-9223372036854775808], "is_up": True,
-                            "rack": "r1", "dc": "dc1"}}
+        return {self.fqdn: {"tokens": [-9223372036854775808], "is_up": True, "rack": "r1", "dc": "dc1"}}
 
     def get_server_type_and_release_version(self):
         return "cassandra", "4.1.5"
@@ -252,11 +254,12 @@ class FakeCassandra:
 # actions
 # ------------------------------------------------------------------------------------
 
+
 def _local_rel(path: pathlib.Path) -> str:
     """ks/table/[.idx/]name of a snapshot file .../ks/table/snapshots/tag/[.idx/]name."""
     parts = pathlib.Path(path).parts
     i = len(parts) - 1 - parts[::-1].index("snapshots")
-    return "/".join((*parts[i - 2:i], *parts[i + 2:]))
+    return "/".join((*parts[i - 2 : i], *parts[i + 2 :]))
 
 
 def _storage_rel(key: str) -> str:
@@ -300,27 +303,46 @@ def action_backup(config, md5: bool, args: dict) -> dict:
     differential = mode == "differential"
     try:
         with Storage(config=config.storage) as storage:
-            node_backup = storage.get_node_backup(
-                fqdn=config.storage.fqdn, name=name, differential_mode=differential)
+            node_backup = storage.get_node_backup(fqdn=config.storage.fqdn, name=name, differential_mode=differential)
             if node_backup.exists():  # as handle_backup does
                 raise OSError(f"Error: Backup {name} already exists")
             info = backup_node.start_backup(
-                storage, node_backup, cassandra, differential, None, datetime.datetime.now(),
-                mode, md5, name, config, Monitoring(config=config.monitoring))
+                storage,
+                node_backup,
+                cassandra,
+                differential,
+                None,
+                datetime.datetime.now(),
+                mode,
+                md5,
+                name,
+                config,
+                Monitoring(config=config.monitoring),
+            )
             manifest = json.loads(node_backup.manifest)
-            nb = {"started": node_backup.started, "finished": node_backup.finished,
-                  "differential": node_backup.is_differential}
+            nb = {
+                "started": node_backup.started,
+                "finished": node_backup.finished,
+                "differential": node_backup.is_differential,
+            }
     finally:
         backup_node.check_already_uploaded = original
     num_files, num_replaced, num_kept = info["num_files"], info["num_replaced"], info["num_kept"]
     return {
-        "ok": True, "backup_name": name, "mode": mode,
-        "num_files": num_files, "num_replaced": num_replaced, "num_kept": num_kept,
-        "uploaded": num_files - num_replaced, "reuploaded": num_replaced, "kept": num_kept,
+        "ok": True,
+        "backup_name": name,
+        "mode": mode,
+        "num_files": num_files,
+        "num_replaced": num_replaced,
+        "num_kept": num_kept,
+        "uploaded": num_files - num_replaced,
+        "reuploaded": num_replaced,
+        "kept": num_kept,
         "uploaded_files": sorted(decisions["uploaded"]),
         "reuploaded_files": sorted(decisions["reuploaded"]),
         "kept_files": sorted(decisions["kept"]),
-        "manifest": manifest, "node_backup": nb,
+        "manifest": manifest,
+        "node_backup": nb,
     }
 
 
@@ -335,8 +357,12 @@ def action_verify(config, md5: bool, args: dict) -> dict:
         except RuntimeError as e:
             ok, error = False, str(e)
     text = out.getvalue()
-    return {"ok": ok, "error": error, "output": text,
-            "errors": [line for line in text.splitlines() if line.startswith("  - [")]}
+    return {
+        "ok": ok,
+        "error": error,
+        "output": text,
+        "errors": [line for line in text.splitlines() if line.startswith("  - [")],
+    }
 
 
 def action_list(config, md5: bool, args: dict) -> dict:
@@ -374,12 +400,19 @@ def action_purge(config, md5: bool, args: dict) -> dict:
 
     try:
         purged, size, within_grace, backups = medusa.purge.main(
-            config, max_backup_age=int(args.get("max_backup_age", 0)),
-            max_backup_count=int(args.get("max_backup_count", 0)))
+            config,
+            max_backup_age=int(args.get("max_backup_age", 0)),
+            max_backup_count=int(args.get("max_backup_count", 0)),
+        )
     except SystemExit as e:
         return {"ok": False, "error": f"purge exited with {e.code}"}
-    return {"ok": True, "objects_purged": purged, "size_purged": size,
-            "objects_within_grace": within_grace, "backups_purged": backups}
+    return {
+        "ok": True,
+        "objects_purged": purged,
+        "size_purged": size,
+        "objects_within_grace": within_grace,
+        "backups_purged": backups,
+    }
 
 
 def action_delete(config, md5: bool, args: dict) -> dict:
@@ -396,8 +429,12 @@ def action_delete(config, md5: bool, args: dict) -> dict:
 def action_version(config, md5: bool, args: dict) -> dict:
     from importlib.metadata import version
 
-    return {"ok": True, "medusa": version("cassandra-medusa"), "boto3": version("boto3"),
-            "botocore": version("botocore")}
+    return {
+        "ok": True,
+        "medusa": version("cassandra-medusa"),
+        "boto3": version("boto3"),
+        "botocore": version("botocore"),
+    }
 
 
 ACTIONS = {
@@ -414,7 +451,9 @@ ACTIONS = {
 def main(action: str, args: dict) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.get("log_level", "INFO")).upper()),
-        format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)
+        format="[%(asctime)s] %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
     for var in [k for k in os.environ if k.startswith("AWS_")]:
         del os.environ[var]  # they would override Medusa's key_file
     os.environ["AWS_CONFIG_FILE"] = os.devnull
@@ -434,8 +473,15 @@ def main(action: str, args: dict) -> int:
         with contextlib.redirect_stdout(captured):
             result = ACTIONS[action](config, md5, args)
     except BaseException as e:  # report everything as JSON
-        _emit({"ok": False, "action": action, "error": f"{type(e).__name__}: {e}",
-               "traceback": traceback.format_exc(), "output": captured.getvalue()})
+        _emit(
+            {
+                "ok": False,
+                "action": action,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+                "output": captured.getvalue(),
+            }
+        )
         return 1
     result.setdefault("output", captured.getvalue())
     result["action"] = action

@@ -87,7 +87,7 @@ class FakeSnapshot:
         marker = self.marker.encode()
         for off in range(0, size, MiB):  # the marker at the start of every MiB
             piece = marker[: size - off]
-            data[off: off + len(piece)] = piece
+            data[off : off + len(piece)] = piece
         return bytes(data)
 
     def write(self, rel: str, size: int, salt: str = "") -> Path:
@@ -122,8 +122,7 @@ class FakeSnapshot:
     # -- reading back -------------------------------------------------------------------
     def digests(self) -> dict[str, tuple[int, str]]:
         """rel -> (size, md5 hex) of the files on disk now."""
-        return {rel: (self.path(rel).stat().st_size, md5_file(self.path(rel)))
-                for rel in sorted(self.files)}
+        return {rel: (self.path(rel).stat().st_size, md5_file(self.path(rel))) for rel in sorted(self.files)}
 
     def compare_download(self, destination: str | Path) -> list[str]:
         """Differences between this snapshot and a Medusa download of it (empty: equal).
@@ -138,8 +137,10 @@ class FakeSnapshot:
             if not got.is_file():
                 problems.append(f"missing {rel}")
             elif got.read_bytes() != self.path(rel).read_bytes():
-                problems.append(f"content differs: {rel} ({got.stat().st_size} bytes "
-                                f"downloaded, {self.path(rel).stat().st_size} expected)")
+                problems.append(
+                    f"content differs: {rel} ({got.stat().st_size} bytes "
+                    f"downloaded, {self.path(rel).stat().st_size} expected)"
+                )
         for got in dest.rglob("*"):
             if got.is_file() and got.parent != dest:
                 rel = got.relative_to(dest).as_posix()
@@ -148,9 +149,14 @@ class FakeSnapshot:
         return problems
 
 
-def make_snapshot(root: str | Path, layout: dict[str, int] | None = None, *,
-                  threshold: int = 5 * MiB, marker: str | None = None,
-                  seed: int | None = None) -> FakeSnapshot:
+def make_snapshot(
+    root: str | Path,
+    layout: dict[str, int] | None = None,
+    *,
+    threshold: int = 5 * MiB,
+    marker: str | None = None,
+    seed: int | None = None,
+) -> FakeSnapshot:
     """Write a fake snapshot under root (created) and return it."""
     snap = FakeSnapshot(
         root=Path(root),
@@ -171,20 +177,19 @@ def md5_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def s3_etag(data_or_path: bytes | Path, part_size: int = 5 * MiB,
-            threshold: int = 5 * MiB) -> str:
+def s3_etag(data_or_path: bytes | Path, part_size: int = 5 * MiB, threshold: int = 5 * MiB) -> str:
     """The ETag S3 gives an object uploaded the way s3transfer does (no quotes)."""
     data = data_or_path if isinstance(data_or_path, bytes) else Path(data_or_path).read_bytes()
     if len(data) < threshold:
         return hashlib.md5(data).hexdigest()
-    parts = [data[i:i + part_size] for i in range(0, len(data), part_size)] or [b""]
-    return (hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
-            + f"-{len(parts)}")
+    parts = [data[i : i + part_size] for i in range(0, len(data), part_size)] or [b""]
+    return hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f"-{len(parts)}"
 
 
 # ------------------------------------------------------------------------------------
 # raw bucket inspection
 # ------------------------------------------------------------------------------------
+
 
 def keys_containing(client: Any, bucket: str, needle: str | bytes, prefix: str = "") -> list[str]:
     """Keys of objects in bucket whose stored bytes contain needle (read with client)."""
@@ -209,12 +214,14 @@ def list_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
 # the driver
 # ------------------------------------------------------------------------------------
 
+
 class MedusaDriverError(RuntimeError):
     pass
 
 
-def medusa_storage(endpoint_url: str, bucket: str, access_key: str, secret_key: str,
-                   **overrides: Any) -> dict[str, Any]:
+def medusa_storage(
+    endpoint_url: str, bucket: str, access_key: str, secret_key: str, **overrides: Any
+) -> dict[str, Any]:
     """Medusa's [storage] settings for an http endpoint (s3_compatible, secure=False)."""
     u = urlsplit(endpoint_url)
     storage: dict[str, Any] = {
@@ -233,30 +240,30 @@ def medusa_storage(endpoint_url: str, bucket: str, access_key: str, secret_key: 
     return storage
 
 
-def run_medusa(action: str, args: dict[str, Any], *, timeout: float = 300,
-               check: bool = True, tmp_dir: Path | None = None) -> dict[str, Any]:
+def run_medusa(
+    action: str, args: dict[str, Any], *, timeout: float = 300, check: bool = True, tmp_dir: Path | None = None
+) -> dict[str, Any]:
     """Run the Medusa driver; return its JSON result.
 
     check=True raises MedusaDriverError (with Medusa's log) when the driver crashed or the
     result has ok == false.  tmp_dir becomes the driver's TMPDIR and default work_dir.
     """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "PYTHON", "VIRTUAL_ENV"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTHON", "VIRTUAL_ENV"))}
     env["PYTHONUNBUFFERED"] = "1"
     if tmp_dir is not None:
         tmp_dir = Path(tmp_dir)
         tmp_dir.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmp_dir)
     cmd = [medusa_python(), str(DRIVER), action, "-"]
-    proc = subprocess.run(cmd, input=json.dumps(args), capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(cmd, input=json.dumps(args), capture_output=True, text=True, timeout=timeout, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     try:
         result = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError) as e:
         raise MedusaDriverError(
             f"medusa driver {action} printed no JSON (exit {proc.returncode}):\n"
-            f"stdout:\n{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-20000:]}") from e
+            f"stdout:\n{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-20000:]}"
+        ) from e
     result["stderr"] = proc.stderr
     result["returncode"] = proc.returncode
     if check and (proc.returncode != 0 or not result.get("ok")):
@@ -264,5 +271,6 @@ def run_medusa(action: str, args: dict[str, Any], *, timeout: float = 300,
             f"medusa driver {action} failed (exit {proc.returncode}): "
             f"{result.get('error')}\n{result.get('traceback', '')}\n"
             f"output:\n{result.get('output', '')[-5000:]}\n"
-            f"stderr:\n{proc.stderr[-20000:]}")
+            f"stderr:\n{proc.stderr[-20000:]}"
+        )
     return result

@@ -68,8 +68,7 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
 
-    def spawn(self, cmd: list[str], *, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> None:
+    def spawn(self, cmd: list[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log_file.write(f"$ {' '.join(cmd)}\n".encode())
@@ -102,10 +101,7 @@ class ManagedProcess:
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(
-            f"{self.name} not ready after {timeout:.0f}s; log {self.log_path}:\n"
-            f"{_tail(self.log_path)}"
-        )
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s; log {self.log_path}:\n{_tail(self.log_path)}")
 
     def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
         """Send sig (SIGTERM), wait up to timeout, then SIGKILL. Returns the exit code."""
@@ -133,8 +129,9 @@ class ManagedProcess:
             return ""
 
 
-def make_client(endpoint_url: str, access_key: str, secret_key: str, *,
-                region: str = REGION, **config_kwargs: Any) -> Any:
+def make_client(
+    endpoint_url: str, access_key: str, secret_key: str, *, region: str = REGION, **config_kwargs: Any
+) -> Any:
     """A boto3 S3 client, path style unless config_kwargs says otherwise.
 
     config_kwargs go to botocore's Config, e.g.
@@ -162,8 +159,7 @@ def _clean_env() -> dict[str, str]:
     AWS_* (credentials, endpoints), RCLONE_* (rclone flags) and MCP_* (the proxy's config
     overrides) from the developer's shell would silently change what a test runs against.
     """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "RCLONE_", "MCP_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_", "MCP_"))}
     return env
 
 
@@ -202,8 +198,7 @@ class S3Server:
         last_error: Exception | None = None
         for attempt in range(3):  # another process may grab the port between bind and listen
             self.port = free_port()
-            self.process = ManagedProcess(
-                f"{self.name}:{self.port}", self.workdir / f"{self.name}-{attempt}.log")
+            self.process = ManagedProcess(f"{self.name}:{self.port}", self.workdir / f"{self.name}-{attempt}.log")
             self.process.spawn(self._command(self.port), env=self._env(), cwd=self.workdir)
             try:
                 self.process.wait_until(self._ready)
@@ -232,8 +227,7 @@ class S3Server:
     # -- S3 helpers ------------------------------------------------------------------
     def client(self, **config_kwargs: Any) -> Any:
         """A boto3 client straight to this server (the "raw upstream")."""
-        return make_client(self.endpoint_url, self.access_key, self.secret_key,
-                           region=self.region, **config_kwargs)
+        return make_client(self.endpoint_url, self.access_key, self.secret_key, region=self.region, **config_kwargs)
 
     def create_bucket(self, name: str | None = None) -> str:
         name = name or f"t-{uuid.uuid4().hex[:16]}"
@@ -246,8 +240,7 @@ class S3Server:
         with contextlib.suppress(Exception):
             for page in c.get_paginator("list_multipart_uploads").paginate(Bucket=name):
                 for up in page.get("Uploads", []):
-                    c.abort_multipart_upload(Bucket=name, Key=up["Key"],
-                                             UploadId=up["UploadId"])
+                    c.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
         for page in c.get_paginator("list_objects_v2").paginate(Bucket=name):
             for obj in page.get("Contents", []):
                 c.delete_object(Bucket=name, Key=obj["Key"])
@@ -272,8 +265,9 @@ class MotoServer(S3Server):
     def _env(self) -> dict[str, str]:
         env = _clean_env()
         # moto signs nothing itself; these only keep it from looking for real credentials.
-        env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
-                   AWS_DEFAULT_REGION=self.region)
+        env.update(
+            AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key, AWS_DEFAULT_REGION=self.region
+        )
         return env
 
     def _ready(self) -> bool:
@@ -309,11 +303,17 @@ class RcloneS3Server(S3Server):
 
     def _command(self, port: int) -> list[str]:
         return [
-            rclone_binary(), "serve", "s3",
-            "--auth-key", f"{self.access_key},{self.secret_key}",
-            "--addr", f"127.0.0.1:{port}",
-            "--config", str(self.workdir / "rclone.conf"),  # absent: built-in defaults
-            "--cache-dir", str(self.workdir / "cache"),
+            rclone_binary(),
+            "serve",
+            "s3",
+            "--auth-key",
+            f"{self.access_key},{self.secret_key}",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--config",
+            str(self.workdir / "rclone.conf"),  # absent: built-in defaults
+            "--cache-dir",
+            str(self.workdir / "cache"),
             *self.extra_args,
             str(self.data_dir),
         ]
@@ -330,8 +330,9 @@ class ProxyProcess:
     a free port when missing or 0.  Output goes to ``tmp_path/proxy.log``.
     """
 
-    def __init__(self, config: dict[str, Any], tmp_path: Path, *, start: bool = True,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], tmp_path: Path, *, start: bool = True, env: Mapping[str, str] | None = None
+    ) -> None:
         self.tmp_path = Path(tmp_path)
         self.tmp_path.mkdir(parents=True, exist_ok=True)
         self.config = dict(config)
@@ -372,11 +373,17 @@ class ProxyProcess:
             return str(first["secret_access_key"])
         return Path(first["secret_access_key_file"]).read_text().strip()
 
-    def client(self, *, access_key_id: str | None = None, secret_access_key: str | None = None,
-               **config_kwargs: Any) -> Any:
+    def client(
+        self, *, access_key_id: str | None = None, secret_access_key: str | None = None, **config_kwargs: Any
+    ) -> Any:
         """A boto3 client through the proxy, signed with its first client's credentials."""
-        return make_client(self.endpoint_url, access_key_id or self.access_key,
-                           secret_access_key or self.secret_key, region=REGION, **config_kwargs)
+        return make_client(
+            self.endpoint_url,
+            access_key_id or self.access_key,
+            secret_access_key or self.secret_key,
+            region=REGION,
+            **config_kwargs,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
     def write_config(self) -> Path:
@@ -394,8 +401,8 @@ class ProxyProcess:
         self.process = ManagedProcess(f"proxy:{self.port}", self.log_path)
         self.starts += 1
         self.process.spawn(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)],
-            env=env, cwd=REPO_ROOT)
+            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)], env=env, cwd=REPO_ROOT
+        )
         self.process.wait_until(self._healthy, timeout=timeout)
         return self
 
@@ -457,8 +464,7 @@ def proxy_config(upstream: S3Server, tmp_path: Path, /, **overrides: Any) -> dic
         generate_fernet_key_file(key_file)
     config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
-        "clients": [{"access_key_id": CLIENT_ACCESS_KEY,
-                     "secret_access_key": CLIENT_SECRET_KEY}],
+        "clients": [{"access_key_id": CLIENT_ACCESS_KEY, "secret_access_key": CLIENT_SECRET_KEY}],
         "upstream": {
             "endpoint_url": upstream.endpoint_url,
             "region": upstream.region,

@@ -26,16 +26,23 @@ def payload(size: int) -> bytes:
 
 
 def multipart_etag(data: bytes, part_size: int) -> str:
-    digests = [hashlib.md5(data[i:i + part_size]).digest() for i in range(0, len(data), part_size)]
+    digests = [hashlib.md5(data[i : i + part_size]).digest() for i in range(0, len(data), part_size)]
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
 def run_aws(aws_cli: str, proxy: ProxyProcess, home: Path, *args: str) -> str:
-    env = {"AWS_ACCESS_KEY_ID": proxy.access_key, "AWS_SECRET_ACCESS_KEY": proxy.secret_key,
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
-           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "PATH": "/usr/bin:/bin", "HOME": str(home)}
-    done = subprocess.run([aws_cli, "--endpoint-url", proxy.endpoint_url, *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        "AWS_ACCESS_KEY_ID": proxy.access_key,
+        "AWS_SECRET_ACCESS_KEY": proxy.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+    }
+    done = subprocess.run(
+        [aws_cli, "--endpoint-url", proxy.endpoint_url, *args], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, f"aws {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -44,8 +51,7 @@ def raw_keys(raw_client: Any, bucket: str) -> list[str]:
     return [o["Key"] for o in raw_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-def test_aws_cli_cp_ls_head_rm(aws_cli: str, proxy: ProxyProcess, raw_client: Any, bucket: str,
-                               tmp_path: Path) -> None:
+def test_aws_cli_cp_ls_head_rm(aws_cli: str, proxy: ProxyProcess, raw_client: Any, bucket: str, tmp_path: Path) -> None:
     data = payload(SIZE)
     meta = b'{"files": ["nb-1-big-Data.db"]}'
     src = tmp_path / "Data.db"
@@ -54,8 +60,7 @@ def test_aws_cli_cp_ls_head_rm(aws_cli: str, proxy: ProxyProcess, raw_client: An
 
     # Up: 20 MB is over the CLI's 8 MB threshold, so a multipart upload with 8 MiB parts.
     run_aws(aws_cli, proxy, tmp_path, "s3", "cp", str(src), f"s3://{bucket}/{DATA_KEY}")
-    run_aws(aws_cli, proxy, tmp_path, "s3", "cp", str(tmp_path / "tokenmap.json"),
-            f"s3://{bucket}/{META_KEY}")
+    run_aws(aws_cli, proxy, tmp_path, "s3", "cp", str(tmp_path / "tokenmap.json"), f"s3://{bucket}/{META_KEY}")
     stored = raw_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read()
     assert len(stored) > SIZE and MARKER not in stored
     assert raw_client.get_object(Bucket=bucket, Key=META_KEY)["Body"].read() == meta
@@ -68,8 +73,7 @@ def test_aws_cli_cp_ls_head_rm(aws_cli: str, proxy: ProxyProcess, raw_client: An
     assert top.split() == ["PRE", "node1/"]
 
     # head-object: plaintext length and S3's multipart ETag over the 8 MiB plaintext parts.
-    head = json.loads(run_aws(aws_cli, proxy, tmp_path, "s3api", "head-object",
-                              "--bucket", bucket, "--key", DATA_KEY))
+    head = json.loads(run_aws(aws_cli, proxy, tmp_path, "s3api", "head-object", "--bucket", bucket, "--key", DATA_KEY))
     assert head["ContentLength"] == SIZE
     assert head["ETag"].strip('"') == multipart_etag(data, 8 * MIB)
     assert not any(k.startswith("Checksum") for k in head)

@@ -23,7 +23,9 @@ async def test_written_views_are_on_disk_after_close(tmp_path: Path) -> None:
     await again.start()
     try:
         assert await again.get_views("b", [("k1", "v1"), ("k1", "v3"), ("k2", "v2"), ("k3", "v1")]) == {
-            ("k1", "v3"): VIEW, ("k2", "v2"): VIEW}
+            ("k1", "v3"): VIEW,
+            ("k2", "v2"): VIEW,
+        }
         assert await again.count_views() == 2
     finally:
         await again.close()

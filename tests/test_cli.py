@@ -22,8 +22,13 @@ from tests.test_objects import MARKER, MIB, payload, raw_bytes
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_version() -> None:
@@ -51,11 +56,14 @@ def test_check_config_ok_and_env_override(tmp_path: Path) -> None:
     cli("keygen", str(key))
     secret = tmp_path / "secret"
     secret.write_text("s3cr3t\n")
-    path = write_config(tmp_path, f"""
+    path = write_config(
+        tmp_path,
+        f"""
 clients: [{{access_key_id: medusa, secret_access_key_file: {secret}}}]
 upstream: {{endpoint_url: "http://127.0.0.1:9"}}
 encryption: {{key_files: [{key}]}}
-""")
+""",
+    )
     done = cli("check-config", "--config", str(path), env={"MCP_LISTEN__PORT": "9999"})
     assert done.returncode == 0, done.stderr
     assert "listening on 127.0.0.1:9999" in done.stdout
@@ -63,13 +71,16 @@ encryption: {{key_files: [{key}]}}
 
 
 def test_check_config_reports_every_problem_on_one_line_each(tmp_path: Path) -> None:
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
 listen: {port: 99999}
 clients: []
 upstream: {addressing_style: sideways}
 encryption: {key_files: []}
 surprise: 1
-""")
+""",
+    )
     done = cli("check-config", "--config", str(path))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -116,8 +127,12 @@ def test_offline_tools_match_the_proxy(proxy: Any, raw_client: Any, bucket: str,
 
 def test_demo_serves_a_working_proxy(tmp_path: Path) -> None:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "proxy", "demo", "--port", str(port), "--workdir",
-                                str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "demo", "--port", str(port), "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         banner = ""
@@ -129,8 +144,13 @@ def test_demo_serves_a_working_proxy(tmp_path: Path) -> None:
         access = re.search(r"aws_access_key_id = (\S+)", credentials)
         secret = re.search(r"aws_secret_access_key = (\S+)", credentials)
         assert access and secret
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                              aws_access_key_id=access.group(1), aws_secret_access_key=secret.group(1))
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id=access.group(1),
+            aws_secret_access_key=secret.group(1),
+        )
         for _ in range(100):
             try:
                 client.put_object(Bucket="medusa-backups", Key="n/data/x", Body=b"hello")
@@ -154,12 +174,15 @@ def test_serve_refuses_to_start_on_a_bad_key_or_cache(tmp_path: Path) -> None:
     key.chmod(0o600)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    path = write_config(tmp_path, f"""
+    path = write_config(
+        tmp_path,
+        f"""
 clients: [{{access_key_id: a, secret_access_key: b}}]
 upstream: {{endpoint_url: "http://127.0.0.1:9"}}
 encryption: {{key_files: [{key}, {tmp_path / "missing.key"}]}}
 cache: {{path: {blocker / "sub" / "cache.sqlite"}}}
-""")
+""",
+    )
     done = cli("serve", "--config", str(path), timeout=30)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

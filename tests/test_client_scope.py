@@ -46,14 +46,17 @@ SCOPE = ClientScope(frozenset({"a"}), PREFIX)
 # ------------------------------------------------------------------------------------------
 
 
-def _route(method: str, path: str, query: dict[str, str] | None = None,
-           headers: dict[str, str] | None = None) -> Route:
+def _route(method: str, path: str, query: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> Route:
     bucket, _, key = path.lstrip("/").partition("/")
     return route(method, bucket or None, key or None, query or {}, headers or {})
 
 
-def _allowed(target: Route, query: dict[str, str] | None = None,
-             copy_source: tuple[str, str] | None = None, scope: ClientScope = SCOPE) -> bool:
+def _allowed(
+    target: Route,
+    query: dict[str, str] | None = None,
+    copy_source: tuple[str, str] | None = None,
+    scope: ClientScope = SCOPE,
+) -> bool:
     try:
         check_scope(target, query or {}, scope, copy_source)
     except S3Error as err:
@@ -63,9 +66,15 @@ def _allowed(target: Route, query: dict[str, str] | None = None,
 
 
 OBJECT_REQUESTS = [
-    ("GET", {}), ("HEAD", {}), ("PUT", {}), ("DELETE", {}), ("POST", {"uploads": ""}),
-    ("PUT", {"uploadId": "u", "partNumber": "1"}), ("POST", {"uploadId": "u"}),
-    ("DELETE", {"uploadId": "u"}), ("GET", {"uploadId": "u"}),
+    ("GET", {}),
+    ("HEAD", {}),
+    ("PUT", {}),
+    ("DELETE", {}),
+    ("POST", {"uploads": ""}),
+    ("PUT", {"uploadId": "u", "partNumber": "1"}),
+    ("POST", {"uploadId": "u"}),
+    ("DELETE", {"uploadId": "u"}),
+    ("GET", {"uploadId": "u"}),
 ]
 
 
@@ -144,8 +153,14 @@ def test_an_operation_without_a_rule_is_refused() -> None:
 def _every_routed_operation() -> set[str]:
     """Every operation ``route`` names, from every method and sub-resource it looks at."""
     queries: list[dict[str, str]] = [
-        {}, {"location": ""}, {"uploads": ""}, {"list-type": "2"}, {"delete": ""},
-        {"uploadId": "u"}, {"partNumber": "1"}, {"uploadId": "u", "partNumber": "1"},
+        {},
+        {"location": ""},
+        {"uploads": ""},
+        {"list-type": "2"},
+        {"delete": ""},
+        {"uploadId": "u"},
+        {"partNumber": "1"},
+        {"uploadId": "u", "partNumber": "1"},
     ]
     found = set()
     for method in ("GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"):
@@ -164,14 +179,17 @@ def test_every_operation_the_router_names_has_a_rule() -> None:
 
 
 def test_config_fields_and_defaults() -> None:
-    config = parse_config({
-        "clients": [
-            {"access_key_id": "all", "secret_access_key": "s1"},
-            {"access_key_id": "one", "secret_access_key": "s2", "buckets": ["a"], "prefix": PREFIX},
-            {"access_key_id": "pre", "secret_access_key": "s3", "prefix": "p/"},
-        ],
-        "encryption": {"enabled": False},
-    }, environ={})
+    config = parse_config(
+        {
+            "clients": [
+                {"access_key_id": "all", "secret_access_key": "s1"},
+                {"access_key_id": "one", "secret_access_key": "s2", "buckets": ["a"], "prefix": PREFIX},
+                {"access_key_id": "pre", "secret_access_key": "s3", "prefix": "p/"},
+            ],
+            "encryption": {"enabled": False},
+        },
+        environ={},
+    )
     assert config.clients[0].buckets == [] and config.clients[0].prefix == ""
     scopes = client_scopes(config.clients)
     assert scopes("all") is None
@@ -179,8 +197,13 @@ def test_config_fields_and_defaults() -> None:
     assert scopes("one") == SCOPE
     assert scopes("pre") == ClientScope(frozenset(), "p/")
     with pytest.raises(ConfigError) as err:
-        parse_config({"clients": [{"access_key_id": "x", "secret_access_key": "s", "buckets": [""]}],
-                      "encryption": {"enabled": False}}, environ={})
+        parse_config(
+            {
+                "clients": [{"access_key_id": "x", "secret_access_key": "s", "buckets": [""]}],
+                "encryption": {"enabled": False},
+            },
+            environ={},
+        )
     assert "clients.0.buckets.0" in str(err.value)
 
 
@@ -224,15 +247,17 @@ def _delete_body(*keys: str) -> bytes:
 async def test_delete_objects_refuses_every_key_if_one_is_out_of_scope() -> None:
     upstream = _Upstream()
     service = PassthroughService(upstream)  # type: ignore[arg-type]
-    request = Request("DeleteObjects", "a", None, {"delete": ""}, {},
-                      _Body(_delete_body("cluster1/x", "cluster2/y")), SCOPE)  # type: ignore[arg-type]
+    request = Request(
+        "DeleteObjects", "a", None, {"delete": ""}, {}, _Body(_delete_body("cluster1/x", "cluster2/y")), SCOPE
+    )  # type: ignore[arg-type]
     with pytest.raises(S3Error) as err:
         await service.handle(request)
     assert err.value.code == "AccessDenied"
     assert upstream.calls == []  # nothing was sent, so nothing was deleted
 
-    request = Request("DeleteObjects", "a", None, {"delete": ""}, {},
-                      _Body(_delete_body("cluster1/x", "cluster1/y")), SCOPE)  # type: ignore[arg-type]
+    request = Request(
+        "DeleteObjects", "a", None, {"delete": ""}, {}, _Body(_delete_body("cluster1/x", "cluster1/y")), SCOPE
+    )  # type: ignore[arg-type]
     reply = await service.handle(request)
     assert reply.status == 200 and upstream.calls == ["delete_objects"]
 
@@ -263,8 +288,7 @@ def other_bucket(upstream: S3Server) -> Iterator[str]:
 def _clients(bucket: str) -> list[dict[str, Any]]:
     return [
         {"access_key_id": "medusa", "secret_access_key": "secret-for-tests"},
-        {"access_key_id": SCOPED_KEY, "secret_access_key": SCOPED_SECRET,
-         "buckets": [bucket], "prefix": PREFIX},
+        {"access_key_id": SCOPED_KEY, "secret_access_key": SCOPED_SECRET, "buckets": [bucket], "prefix": PREFIX},
     ]
 
 
@@ -284,30 +308,35 @@ def _keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
 
 
 def test_scoped_client_reaches_only_its_bucket_and_prefix(
-        make_proxy: Callable[..., ProxyProcess], bucket: str, other_bucket: str, raw_client: Any) -> None:
+    make_proxy: Callable[..., ProxyProcess], bucket: str, other_bucket: str, raw_client: Any
+) -> None:
     proxy = make_proxy(clients=_clients(bucket))
     admin = proxy.client(**MEDUSA_CLIENT_CONFIG)
     scoped = proxy.client(access_key_id=SCOPED_KEY, secret_access_key=SCOPED_SECRET, **MEDUSA_CLIENT_CONFIG)
     a, b = bucket, other_bucket
-    for bkt, key in ((a, "cluster1/node1/data/x.db"), (a, "cluster1/index/i"), (a, "other/node1/data/y.db"),
-                     (b, "cluster1/node1/data/z.db")):
+    for bkt, key in (
+        (a, "cluster1/node1/data/x.db"),
+        (a, "cluster1/index/i"),
+        (a, "other/node1/data/y.db"),
+        (b, "cluster1/node1/data/z.db"),
+    ):
         admin.put_object(Bucket=bkt, Key=key, Body=f"{bkt}/{key}".encode())
 
     # In scope: everything works.
-    assert scoped.get_object(Bucket=a, Key="cluster1/node1/data/x.db")["Body"].read() == \
-        f"{a}/cluster1/node1/data/x.db".encode()
+    assert (
+        scoped.get_object(Bucket=a, Key="cluster1/node1/data/x.db")["Body"].read()
+        == f"{a}/cluster1/node1/data/x.db".encode()
+    )
     scoped.head_object(Bucket=a, Key="cluster1/index/i")
     scoped.put_object(Bucket=a, Key="cluster1/node1/data/new.db", Body=b"new")
-    assert _keys(scoped, a, PREFIX) == ["cluster1/index/i", "cluster1/node1/data/new.db",
-                                        "cluster1/node1/data/x.db"]
-    assert [o["Key"] for o in scoped.list_objects(Bucket=a, Prefix="cluster1/index/").get("Contents", [])] == \
-        ["cluster1/index/i"]
+    assert _keys(scoped, a, PREFIX) == ["cluster1/index/i", "cluster1/node1/data/new.db", "cluster1/node1/data/x.db"]
+    assert [o["Key"] for o in scoped.list_objects(Bucket=a, Prefix="cluster1/index/").get("Contents", [])] == [
+        "cluster1/index/i"
+    ]
     scoped.head_bucket(Bucket=a)
     scoped.get_bucket_location(Bucket=a)
-    scoped.copy_object(Bucket=a, Key="cluster1/copy.db",
-                       CopySource={"Bucket": a, "Key": "cluster1/node1/data/x.db"})
-    assert admin.get_object(Bucket=a, Key="cluster1/copy.db")["Body"].read() == \
-        f"{a}/cluster1/node1/data/x.db".encode()
+    scoped.copy_object(Bucket=a, Key="cluster1/copy.db", CopySource={"Bucket": a, "Key": "cluster1/node1/data/x.db"})
+    assert admin.get_object(Bucket=a, Key="cluster1/copy.db")["Body"].read() == f"{a}/cluster1/node1/data/x.db".encode()
     scoped.delete_object(Bucket=a, Key="cluster1/copy.db")
     listed = [bk["Name"] for bk in scoped.list_buckets()["Buckets"]]
     assert listed == [a]
@@ -326,8 +355,9 @@ def test_scoped_client_reaches_only_its_bucket_and_prefix(
     _denied(scoped.create_multipart_upload, Bucket=b, Key="cluster1/mp")
     _denied(scoped.delete_objects, Bucket=b, Delete={"Objects": [{"Key": z}]})
     _denied(scoped.copy_object, Bucket=a, Key="cluster1/stolen", CopySource={"Bucket": b, "Key": z})
-    _denied(scoped.copy_object, Bucket=b, Key="cluster1/pushed",
-            CopySource={"Bucket": a, "Key": "cluster1/node1/data/x.db"})
+    _denied(
+        scoped.copy_object, Bucket=b, Key="cluster1/pushed", CopySource={"Bucket": a, "Key": "cluster1/node1/data/x.db"}
+    )
 
     # The same bucket outside the prefix: nothing either.
     y = "other/node1/data/y.db"
@@ -342,8 +372,9 @@ def test_scoped_client_reaches_only_its_bucket_and_prefix(
     _denied(scoped.list_multipart_uploads, Bucket=a)
     _denied(scoped.create_multipart_upload, Bucket=a, Key="other/mp")
     _denied(scoped.copy_object, Bucket=a, Key="cluster1/stolen", CopySource={"Bucket": a, "Key": y})
-    _denied(scoped.copy_object, Bucket=a, Key="other/pushed",
-            CopySource={"Bucket": a, "Key": "cluster1/node1/data/x.db"})
+    _denied(
+        scoped.copy_object, Bucket=a, Key="other/pushed", CopySource={"Bucket": a, "Key": "cluster1/node1/data/x.db"}
+    )
     _denied(scoped.put_object, Bucket=a, Key="cluster1/../other/escape", Body=b"x")
     _denied(scoped.get_object, Bucket=a, Key="cluster1/../other/node1/data/y.db")
 
@@ -351,13 +382,19 @@ def test_scoped_client_reaches_only_its_bucket_and_prefix(
     upload = scoped.create_multipart_upload(Bucket=a, Key="cluster1/mp")["UploadId"]
     try:
         for source in ({"Bucket": b, "Key": z}, {"Bucket": a, "Key": y}):
-            _denied(scoped.upload_part_copy, Bucket=a, Key="cluster1/mp", UploadId=upload, PartNumber=1,
-                    CopySource=source)
+            _denied(
+                scoped.upload_part_copy, Bucket=a, Key="cluster1/mp", UploadId=upload, PartNumber=1, CopySource=source
+            )
         _denied(scoped.upload_part, Bucket=a, Key="other/mp", UploadId=upload, PartNumber=1, Body=b"x")
         _denied(scoped.list_parts, Bucket=a, Key="other/mp", UploadId=upload)
         _denied(scoped.abort_multipart_upload, Bucket=a, Key="other/mp", UploadId=upload)
-        _denied(scoped.complete_multipart_upload, Bucket=a, Key="other/mp", UploadId=upload,
-                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"x"'}]})
+        _denied(
+            scoped.complete_multipart_upload,
+            Bucket=a,
+            Key="other/mp",
+            UploadId=upload,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"x"'}]},
+        )
         try:
             uploads = scoped.list_multipart_uploads(Bucket=a, Prefix=PREFIX).get("Uploads", [])
         except ClientError as err:  # rclone answers NoSuchUpload when it lists none
@@ -369,8 +406,7 @@ def test_scoped_client_reaches_only_its_bucket_and_prefix(
 
     # DeleteObjects with one key outside the prefix: refused whole, nothing deleted.
     _denied(scoped.delete_objects, Bucket=a, Delete={"Objects": [{"Key": "cluster1/index/i"}, {"Key": y}]})
-    assert _keys(raw_client, a) == ["cluster1/index/i", "cluster1/node1/data/new.db",
-                                    "cluster1/node1/data/x.db", y]
+    assert _keys(raw_client, a) == ["cluster1/index/i", "cluster1/node1/data/new.db", "cluster1/node1/data/x.db", y]
     deleted = scoped.delete_objects(Bucket=a, Delete={"Objects": [{"Key": "cluster1/node1/data/new.db"}]})
     assert [d["Key"] for d in deleted["Deleted"]] == ["cluster1/node1/data/new.db"]
 
@@ -392,8 +428,9 @@ def test_scoped_client_reaches_only_its_bucket_and_prefix(
     assert "error=AccessDenied" in log and "status=403" in log
 
 
-def test_a_bad_signature_keeps_its_error(make_proxy: Callable[..., ProxyProcess], bucket: str,
-                                         other_bucket: str) -> None:
+def test_a_bad_signature_keeps_its_error(
+    make_proxy: Callable[..., ProxyProcess], bucket: str, other_bucket: str
+) -> None:
     proxy = make_proxy(clients=_clients(bucket))
     wrong = proxy.client(access_key_id=SCOPED_KEY, secret_access_key="not-the-secret", **MEDUSA_CLIENT_CONFIG)
     with pytest.raises(ClientError) as err:
@@ -413,8 +450,9 @@ def _signed_head(proxy: ProxyProcess, method: str, path: str, headers: dict[str,
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def test_expect_continue_is_refused_before_the_body(make_proxy: Callable[..., ProxyProcess], bucket: str,
-                                                    other_bucket: str, raw_client: Any) -> None:
+def test_expect_continue_is_refused_before_the_body(
+    make_proxy: Callable[..., ProxyProcess], bucket: str, other_bucket: str, raw_client: Any
+) -> None:
     proxy = make_proxy(clients=_clients(bucket))
     headers = {"Content-Length": "1048576", "Expect": "100-continue", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
     with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
@@ -429,15 +467,20 @@ def test_expect_continue_is_refused_before_the_body(make_proxy: Callable[..., Pr
     assert raw_client.list_objects_v2(Bucket=other_bucket).get("KeyCount", 0) == 0
 
 
-def test_sighup_applies_new_scopes(make_proxy: Callable[..., ProxyProcess], bucket: str,
-                                   other_bucket: str) -> None:
+def test_sighup_applies_new_scopes(make_proxy: Callable[..., ProxyProcess], bucket: str, other_bucket: str) -> None:
     proxy = make_proxy(clients=_clients(bucket))
     assert proxy.process is not None and proxy.process.proc is not None
     scoped = proxy.client(access_key_id=SCOPED_KEY, secret_access_key=SCOPED_SECRET, **MEDUSA_CLIENT_CONFIG)
     _denied(scoped.put_object, Bucket=other_bucket, Key="cluster2/x", Body=b"x")
 
-    proxy.config["clients"] = [{"access_key_id": SCOPED_KEY, "secret_access_key": SCOPED_SECRET,
-                                "buckets": [other_bucket], "prefix": "cluster2/"}]
+    proxy.config["clients"] = [
+        {
+            "access_key_id": SCOPED_KEY,
+            "secret_access_key": SCOPED_SECRET,
+            "buckets": [other_bucket],
+            "prefix": "cluster2/",
+        }
+    ]
     proxy.write_config()
     reloads = proxy.log_text().count("reloaded ")
     os.kill(proxy.process.proc.pid, signal.SIGHUP)

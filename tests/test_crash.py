@@ -60,25 +60,31 @@ def kill9(proxy: ProxyProcess) -> None:
 class SlowRequest:
     """A signed request (real payload SHA-256) whose body the test sends piece by piece."""
 
-    def __init__(self, proxy: ProxyProcess, method: str, target: str, body: bytes,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, proxy: ProxyProcess, method: str, target: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         self.body = body
         self.sent = 0
-        signed = sign(proxy, method, target, headers={"Content-Length": str(len(body)), **(headers or {})},
-                      payload_value=hashlib.sha256(body).hexdigest())
+        signed = sign(
+            proxy,
+            method,
+            target,
+            headers={"Content-Length": str(len(body)), **(headers or {})},
+            payload_value=hashlib.sha256(body).hexdigest(),
+        )
         head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in signed.items()) + "\r\n"
         self.sock = socket.create_connection((proxy.host, proxy.port), timeout=30)
         self.sock.sendall(head.encode("latin-1"))
 
     def send(self, upto: int) -> None:
         """Send the body up to byte ``upto``."""
-        self.sock.sendall(self.body[self.sent:upto])
+        self.sock.sendall(self.body[self.sent : upto])
         self.sent = upto
 
     def outcome(self) -> str:
         """What the client gets now: the status line, or how the connection ended."""
         try:
-            self.sock.sendall(self.body[self.sent:])
+            self.sock.sendall(self.body[self.sent :])
             data = self.sock.recv(4096)
         except ConnectionResetError:
             return "connection reset"
@@ -132,8 +138,9 @@ def keyring(tmp_path: Path) -> KeyRing:
     return load_key_ring([tmp_path / "keys" / "test.key"])
 
 
-def assert_verifies(raw_client: Any, bucket: str, key: str, expected: bytes, tmp_path: Path,
-                    etag: str | None = None) -> None:
+def assert_verifies(
+    raw_client: Any, bucket: str, key: str, expected: bytes, tmp_path: Path, etag: str | None = None
+) -> None:
     """The stored object is whole: its trailer verifies, names ``key`` and gives the plaintext's
     size and ETag, and the offline decryptor (no daemon) gives back ``expected``."""
     stored = raw_object(raw_client, bucket, key)
@@ -210,8 +217,9 @@ def test_kill_during_put(make_proxy: Any, raw_client: Any, bucket: str, tmp_path
 
 
 @pytest.mark.parametrize("size", [8 * MIB + 3, 3 * MIB + 1], ids=["streamed", "held"])
-def test_kill_during_upload_part(make_proxy: Any, raw_client: Any, upstream: Any, bucket: str, tmp_path: Path,
-                                 size: int) -> None:
+def test_kill_during_upload_part(
+    make_proxy: Any, raw_client: Any, upstream: Any, bucket: str, tmp_path: Path, size: int
+) -> None:
     """Killed while an UploadPart streams (or, under 5 MiB, while the proxy gathers the part it
     keeps for Complete): no partial part upstream, the parts before it stay; the retried part and
     Complete succeed."""
@@ -241,8 +249,9 @@ def test_kill_during_upload_part(make_proxy: Any, raw_client: Any, upstream: Any
         upload_id = start_over(client, bucket, upload_id, second)
         parts = put_parts(client, bucket, KEY, upload_id, {1: first})
     parts += put_parts(client, bucket, KEY, upload_id, {2: second})
-    done = client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                            MultipartUpload={"Parts": parts})
+    done = client.complete_multipart_upload(
+        Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
     etag = s3_etag(first, second)
     assert done["ETag"].strip('"') == etag
     assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == first + second
@@ -265,8 +274,9 @@ def test_kill_between_parts_and_complete(make_proxy: Any, raw_client: Any, bucke
     assert [n for n, _ in raw_parts(raw_client, bucket, KEY, upload_id)] == [1]  # part 2 waits in the state
     proxy.start()
     client = proxy.client(**CLIENT)
-    done = client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                            MultipartUpload={"Parts": parts})
+    done = client.complete_multipart_upload(
+        Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
     etag = s3_etag(first, last)
     assert done["ETag"].strip('"') == etag
     assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == first + last
@@ -285,8 +295,11 @@ def test_kill_during_get(make_proxy: Any, raw_client: Any, bucket: str) -> None:
 
     signed = sign(proxy, "GET", target(bucket, KEY))
     sock = socket.create_connection((proxy.host, proxy.port), timeout=30)
-    sock.sendall((f"GET {target(bucket, KEY)} HTTP/1.1\r\n"
-                  + "".join(f"{k}: {v}\r\n" for k, v in signed.items()) + "\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {target(bucket, KEY)} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in signed.items()) + "\r\n"
+        ).encode()
+    )
     received = b""
     while len(received) < 2 * MIB:
         received += sock.recv(1 << 20)
@@ -333,8 +346,9 @@ def _complete_in_thread(client: Any, bucket: str, upload_id: str, parts: list[di
 
     def run() -> None:
         try:
-            outcome["reply"] = client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                                                MultipartUpload={"Parts": parts})
+            outcome["reply"] = client.complete_multipart_upload(
+                Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
         except (ClientError, BotoCoreError) as exc:
             outcome["error"] = exc
 
@@ -345,8 +359,9 @@ def _complete_in_thread(client: Any, bucket: str, upload_id: str, parts: list[di
 
 
 @pytest.mark.parametrize("stage", ["trailer-part", "complete"])
-def test_kill_during_complete(injected: tuple[ProxyProcess, FaultInjector], raw_client: Any, bucket: str,
-                              tmp_path: Path, stage: str) -> None:
+def test_kill_during_complete(
+    injected: tuple[ProxyProcess, FaultInjector], raw_client: Any, bucket: str, tmp_path: Path, stage: str
+) -> None:
     """Killed inside Complete, at the two points where the upstream has done something:
 
     trailer-part: the last part (held, under 5 MiB) went up with the trailer, Complete was not
@@ -387,8 +402,9 @@ def test_kill_during_complete(injected: tuple[ProxyProcess, FaultInjector], raw_
     injector.clear()
     proxy.start()
     client = proxy.client(**CLIENT)
-    done = client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                            MultipartUpload={"Parts": parts})
+    done = client.complete_multipart_upload(
+        Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
     assert done["ETag"].strip('"') == etag
     assert client.head_object(Bucket=bucket, Key=KEY)["ETag"].strip('"') == etag
     assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == plaintext
@@ -408,9 +424,11 @@ def test_kill_racing_complete(make_proxy: Any, raw_client: Any, bucket: str, tmp
     etag = s3_etag(*data.values())
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=KEY)["UploadId"]
     parts = put_parts(client, bucket, KEY, upload_id, data)
-    body = ("<CompleteMultipartUpload>" + "".join(
-        f"<Part><PartNumber>{p['PartNumber']}</PartNumber><ETag>{p['ETag']}</ETag></Part>" for p in parts)
-        + "</CompleteMultipartUpload>").encode()
+    body = (
+        "<CompleteMultipartUpload>"
+        + "".join(f"<Part><PartNumber>{p['PartNumber']}</PartNumber><ETag>{p['ETag']}</ETag></Part>" for p in parts)
+        + "</CompleteMultipartUpload>"
+    ).encode()
     request = SlowRequest(proxy, "POST", target(bucket, KEY, f"uploadId={quote(upload_id)}"), body)
     request.send(len(body))
     time.sleep(0.05)
@@ -418,8 +436,10 @@ def test_kill_racing_complete(make_proxy: Any, raw_client: Any, bucket: str, tmp
     seen = request.outcome()
     # The upstream may still be completing what it was sent (rclone then lists neither the object
     # nor the upload for a moment): wait until it shows one or the other.
-    wait_for(lambda: raw_object(raw_client, bucket, KEY) is not None or bool(raw_uploads(raw_client, bucket)),
-             what="the upstream to settle")
+    wait_for(
+        lambda: raw_object(raw_client, bucket, KEY) is not None or bool(raw_uploads(raw_client, bucket)),
+        what="the upstream to settle",
+    )
     stored = raw_object(raw_client, bucket, KEY)
     if stored is None:
         assert raw_uploads(raw_client, bucket) == [(KEY, upload_id)]
@@ -431,8 +451,9 @@ def test_kill_racing_complete(make_proxy: Any, raw_client: Any, bucket: str, tmp
     proxy.start()
     client = proxy.client(**CLIENT)
     try:
-        done = client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                                MultipartUpload={"Parts": parts})
+        done = client.complete_multipart_upload(
+            Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
         assert done["ETag"].strip('"') == etag
     except ClientError as err:
         # Completed upstream before the kill: the upload is gone, as S3 itself answers for a
@@ -448,8 +469,14 @@ def test_kill_racing_complete(make_proxy: Any, raw_client: Any, bucket: str, tmp
 
 
 def run_cli(proxy: ProxyProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args, "--config", str(proxy.config_path)],
-                          capture_output=True, text=True, env=_clean_env(), cwd=REPO_ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args, "--config", str(proxy.config_path)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
 
 
 def local_uploads(proxy: ProxyProcess) -> set[str]:
@@ -488,15 +515,20 @@ def test_abort_stale_uploads_command(make_proxy: Any, raw_client: Any, upstream:
     assert refused.returncode == 2 and "--force" in refused.stderr
     assert sorted(raw_uploads(raw_client, bucket)) == everything  # nothing aborted so far
 
-    done = run_cli(proxy, "abort-stale-uploads", "--bucket", bucket, "--older-than", "0s", "--force",
-                   "--prefix", "node1/")
+    done = run_cli(
+        proxy, "abort-stale-uploads", "--bucket", bucket, "--older-than", "0s", "--force", "--prefix", "node1/"
+    )
     assert done.returncode == 0, done.stderr
     assert f"aborted {abandoned_key} {abandoned}" in done.stdout, done.stdout
     assert sorted(raw_uploads(raw_client, bucket)) == sorted([(other_key, other), (fresh_key, fresh)])
     assert local_uploads(proxy) == {fresh}  # the aborted upload's state was dropped from the cache
     with pytest.raises(ClientError) as err:
-        client.complete_multipart_upload(Bucket=bucket, Key=abandoned_key, UploadId=abandoned,
-                                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"x"'}]})
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=abandoned_key,
+            UploadId=abandoned,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"x"'}]},
+        )
     assert err.value.response["Error"]["Code"] == "NoSuchUpload"
     # The young ones still work.
     data = payload(MIB, 4)

@@ -60,8 +60,9 @@ def encrypted(proxy: ProxyProcess) -> float:
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
-def test_client_gone_mid_put(proxy: ProxyProcess, injector: FaultInjector, raw_client: Any, bucket: str,
-                             reset: bool) -> None:
+def test_client_gone_mid_put(
+    proxy: ProxyProcess, injector: FaultInjector, raw_client: Any, bucket: str, reset: bool
+) -> None:
     """The previous version stays whole; the upstream PUT is cut before its Content-Length."""
     client = client_of(proxy)
     old, new = payload(2 * MIB + 5, 1), payload(16 * MIB + 7, 2)
@@ -81,8 +82,9 @@ def test_client_gone_mid_put(proxy: ProxyProcess, injector: FaultInjector, raw_c
     assert client.put_object(Bucket=bucket, Key=KEY, Body=new)["ETag"].strip('"') == hashlib.md5(new).hexdigest()
 
 
-def test_client_gone_mid_upload_part(proxy: ProxyProcess, injector: FaultInjector, raw_client: Any,
-                                     upstream: S3Server, bucket: str) -> None:
+def test_client_gone_mid_upload_part(
+    proxy: ProxyProcess, injector: FaultInjector, raw_client: Any, upstream: S3Server, bucket: str
+) -> None:
     """No partial part appears; the parts before it stay; the upload can still be completed."""
     client = client_of(proxy)
     first, second = payload(5 * MIB, 1), payload(12 * MIB + 3, 2)
@@ -107,8 +109,12 @@ def test_client_gone_mid_upload_part(proxy: ProxyProcess, injector: FaultInjecto
         upload_id = client.create_multipart_upload(Bucket=bucket, Key=KEY)["UploadId"]
         one = client.upload_part(Bucket=bucket, Key=KEY, UploadId=upload_id, PartNumber=1, Body=first)
     two = client.upload_part(Bucket=bucket, Key=KEY, UploadId=upload_id, PartNumber=2, Body=second)
-    client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": [
-        {"PartNumber": 1, "ETag": one["ETag"]}, {"PartNumber": 2, "ETag": two["ETag"]}]})
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key=KEY,
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": one["ETag"]}, {"PartNumber": 2, "ETag": two["ETag"]}]},
+    )
     assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == first + second
     assert raw_uploads(raw_client, bucket) == []
 
@@ -118,8 +124,11 @@ def start_get(proxy: ProxyProcess, bucket: str, key: str, upto: int) -> socket.s
     signed = sign(proxy, "GET", target(bucket, key))
     sock = socket.create_connection((proxy.host, proxy.port), timeout=30)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall((f"GET {target(bucket, key)} HTTP/1.1\r\n"
-                  + "".join(f"{k}: {v}\r\n" for k, v in signed.items()) + "\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {target(bucket, key)} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in signed.items()) + "\r\n"
+        ).encode()
+    )
     received = 0
     while received < upto:
         received += len(sock.recv(1 << 20))

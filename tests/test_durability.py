@@ -46,8 +46,10 @@ def test_cold_listing_of_2000_objects(make_proxy: Any, bucket: str, upstream: An
     direct_started = time.monotonic()
     view(upstream.client(), bucket)
     direct_seconds = time.monotonic() - direct_started
-    print(f"\n[{upstream.name}] LIST of 2000 encrypted objects: direct {direct_seconds:.2f}s, "
-          f"warm cache {warm_seconds:.2f}s, cold cache {cold_seconds:.2f}s")
+    print(
+        f"\n[{upstream.name}] LIST of 2000 encrypted objects: direct {direct_seconds:.2f}s, "
+        f"warm cache {warm_seconds:.2f}s, cold cache {cold_seconds:.2f}s"
+    )
     head = second.client().head_object(Bucket=bucket, Key="node1/data/ks/t/01234-Data.db")
     assert head["ContentLength"] == sizes[1234]
     assert head["ETag"].strip('"') == hashlib.md5(payload(sizes[1234], 1234)).hexdigest()
@@ -72,8 +74,9 @@ def test_out_of_order_parts(proxy_client: Any, bucket: str) -> None:
     parts = upload_parts(proxy_client, bucket, upload_id, {1: a}) + later
     listed = proxy_client.list_parts(Bucket=bucket, Key=KEY, UploadId=upload_id)["Parts"]
     assert [(p["PartNumber"], p["Size"]) for p in listed] == [(1, len(a)), (2, len(b)), (3, len(c))]
-    done = proxy_client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                                  MultipartUpload={"Parts": parts})
+    done = proxy_client.complete_multipart_upload(
+        Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
     data = a + b + c
     assert done["ETag"].strip('"') == s3_etag(data, 5 * MIB)
     assert proxy_client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == data
@@ -83,8 +86,9 @@ def test_complete_with_a_wrong_part_etag_is_refused(proxy_client: Any, bucket: s
     upload_id = proxy_client.create_multipart_upload(Bucket=bucket, Key=KEY)["UploadId"]
     upload_parts(proxy_client, bucket, upload_id, {1: b"x" * 10})
     with pytest.raises(ClientError) as err:
-        proxy_client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                               MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00"'}]})
+        proxy_client.complete_multipart_upload(
+            Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00"'}]}
+        )
     assert err.value.response["Error"]["Code"] == "InvalidPart"
 
 
@@ -92,14 +96,14 @@ def test_small_non_last_part_is_refused(proxy_client: Any, bucket: str) -> None:
     upload_id = proxy_client.create_multipart_upload(Bucket=bucket, Key=KEY)["UploadId"]
     parts = upload_parts(proxy_client, bucket, upload_id, {1: b"x" * 10, 2: b"y" * 10})
     with pytest.raises(ClientError) as err:
-        proxy_client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                               MultipartUpload={"Parts": parts})
+        proxy_client.complete_multipart_upload(
+            Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
     assert err.value.response["Error"]["Code"] == "EntityTooSmall"
 
 
 @pytest.mark.parametrize("keep_cache", [True, False])
-def test_restart_between_parts_and_complete(make_proxy: Any, raw_client: Any, bucket: str,
-                                            keep_cache: bool) -> None:
+def test_restart_between_parts_and_complete(make_proxy: Any, raw_client: Any, bucket: str, keep_cache: bool) -> None:
     """A restart never yields a corrupt object: Complete succeeds, or fails so the client retries."""
     proxy = make_proxy()
     client = proxy.client()
@@ -115,13 +119,13 @@ def test_restart_between_parts_and_complete(make_proxy: Any, raw_client: Any, bu
     proxy.start()
     client = proxy.client()
     if keep_cache:
-        client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                         MultipartUpload={"Parts": parts})
+        client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts})
         assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == a + b
     else:
         with pytest.raises(ClientError) as err:
-            client.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload_id,
-                                             MultipartUpload={"Parts": parts})
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=KEY, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
         assert err.value.response["Error"]["Code"] == "NoSuchUpload"
         with pytest.raises(ClientError):
             raw_bytes(raw_client, bucket, KEY)  # nothing was stored
@@ -173,8 +177,9 @@ def test_upstream_without_etags(tmp_path: Path) -> None:
         try:
             client = proxy.client()
             data = payload(MIB + 9, 4)
-            assert client.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"].strip('"') == \
-                hashlib.md5(data).hexdigest()
+            assert (
+                client.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"].strip('"') == hashlib.md5(data).hexdigest()
+            )
             assert upstream.client().head_object(Bucket=bucket, Key=KEY)["ETag"].strip('"') == ""
             time.sleep(SETTLE_SECONDS + 2.5)  # past proxy.cache.settled for this version
             head = client.head_object(Bucket=bucket, Key=KEY)
@@ -188,8 +193,10 @@ def test_upstream_without_etags(tmp_path: Path) -> None:
             for i, size in enumerate((100, MIB + 9)):
                 other = payload(size, 7 + i)
                 client.put_object(Bucket=bucket, Key=f"{KEY}-{i}", Body=other)
-                assert client.head_object(Bucket=bucket, Key=f"{KEY}-{i}")["ETag"].strip('"') == \
-                    hashlib.md5(other).hexdigest()
+                assert (
+                    client.head_object(Bucket=bucket, Key=f"{KEY}-{i}")["ETag"].strip('"')
+                    == hashlib.md5(other).hexdigest()
+                )
             assert cache_misses(proxy) == 3  # fresh writes: read from their trailers until settled
         finally:
             proxy.stop()

@@ -58,8 +58,12 @@ def proxy(make_proxy: Callable[..., ProxyProcess], injector: FaultInjector) -> P
 
 
 def client_of(proxy: ProxyProcess, attempts: int = 3) -> Any:
-    return proxy.client(**MEDUSA_CLIENT_CONFIG, retries={"total_max_attempts": attempts, "mode": "standard"},
-                        read_timeout=20, connect_timeout=5)
+    return proxy.client(
+        **MEDUSA_CLIENT_CONFIG,
+        retries={"total_max_attempts": attempts, "mode": "standard"},
+        read_timeout=20,
+        connect_timeout=5,
+    )
 
 
 def read(client: Any, bucket: str, key: str, **kw: Any) -> bytes:
@@ -69,15 +73,18 @@ def read(client: Any, bucket: str, key: str, **kw: Any) -> bytes:
 
 def assert_clean_log(proxy: ProxyProcess) -> None:
     log = proxy.log_text()
-    assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
 
 
 def assert_whole_or_absent(proxy: ProxyProcess, raw: Any, bucket: str, written: dict[str, list[bytes]]) -> None:
     """Every object in the bucket is one of the versions written to its key and reads back whole
     through the proxy (with no faults left); no multipart upload is left half done with data of ours."""
     client = client_of(proxy)
-    listed = [o["Key"] for page in raw.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-              for o in page.get("Contents", [])]
+    listed = [
+        o["Key"]
+        for page in raw.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
     for key in listed:
         assert key in written, f"unexpected object {key}"
         data = read(client, bucket, key)
@@ -89,6 +96,7 @@ def assert_whole_or_absent(proxy: ProxyProcess, raw: Any, bucket: str, written: 
 # ------------------------------------------------------------------------------------
 # the injector itself, against a local echo server
 # ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def echo_url() -> Iterator[str]:
@@ -141,8 +149,9 @@ def test_injector_streams_bodies_and_keeps_connections(echo_url: str) -> None:
         with socket.create_connection((inj.host, inj.port)) as sock:
             # Expect: 100-continue, a Content-Length body, streamed: half of the echo comes back
             # before the second half is sent, so nothing between holds the whole body.
-            sock.sendall(f"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-                         "Expect: 100-continue\r\n\r\n".encode())
+            sock.sendall(
+                f"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
             assert read_head(sock).startswith(b"HTTP/1.1 100")
             sock.sendall(body[: len(body) // 2])
             head = read_head(sock)
@@ -150,7 +159,7 @@ def test_injector_streams_bodies_and_keeps_connections(echo_url: str) -> None:
             echoed = b""
             while len(echoed) < MIB:
                 echoed += sock.recv(1 << 16)
-            sock.sendall(body[len(body) // 2:])
+            sock.sendall(body[len(body) // 2 :])
             while len(echoed) < len(body):
                 echoed += sock.recv(1 << 20)
             assert echoed == body
@@ -165,7 +174,9 @@ def test_injector_streams_bodies_and_keeps_connections(echo_url: str) -> None:
         conn.close()
         assert inj.connections == 2
         assert [(e.method, e.path, e.query, e.action, e.status) for e in inj.events] == [
-            ("PUT", "/a", "", "forward", 200), *[("POST", f"/c{i}", "x=1", "forward", 200) for i in range(3)]]
+            ("PUT", "/a", "", "forward", 200),
+            *[("POST", f"/c{i}", "x=1", "forward", 200) for i in range(3)],
+        ]
 
 
 def test_injector_faults(echo_url: str) -> None:
@@ -207,8 +218,13 @@ def test_injector_faults(echo_url: str) -> None:
             reply.read()
             statuses.append(reply.status)
         assert 10 < statuses.count(500) < 30 and statuses.count(200) == 40 - statuses.count(500)
-        assert [e.action for e in inj.faulted()][:5] == ["error503", "reset_before", "truncate", "stall_body",
-                                                          "error500"]
+        assert [e.action for e in inj.faulted()][:5] == [
+            "error503",
+            "reset_before",
+            "truncate",
+            "stall_body",
+            "error500",
+        ]
         conn.close()
 
 
@@ -216,12 +232,14 @@ def test_injector_faults(echo_url: str) -> None:
 # one fault per call
 # ------------------------------------------------------------------------------------
 
+
 class Steps:
     """Calls made one by one, each with faults on the upstream requests it makes; what went wrong is
     collected (not raised), so that one test reports every call that does not survive its fault."""
 
-    def __init__(self, injector: FaultInjector, client: Any, bucket: str, fault: dict[str, Any],
-                 within: float | None = None) -> None:
+    def __init__(
+        self, injector: FaultInjector, client: Any, bucket: str, fault: dict[str, Any], within: float | None = None
+    ) -> None:
         self.injector, self.client, self.bucket, self.fault, self.within = injector, client, bucket, fault, within
         self.problems: list[str] = []
         self.written: dict[str, bytes] = {}
@@ -239,16 +257,20 @@ class Steps:
             self.injector.clear()
         for fault in faults:
             if fault.fired != 1:
-                self.problems.append(f"{name}: the fault on {fault.method} {fault.path or ''}?{fault.query or ''} "
-                                     f"fired {fault.fired} times")
+                self.problems.append(
+                    f"{name}: the fault on {fault.method} {fault.path or ''}?{fault.query or ''} "
+                    f"fired {fault.fired} times"
+                )
         if self.within is not None and elapsed > self.within * len(faults):
-            self.problems.append(f"{name}: took {elapsed:.1f}s for {len(faults)} request(s) stalled "
-                                 f"{self.fault['seconds']}s each")
+            self.problems.append(
+                f"{name}: took {elapsed:.1f}s for {len(faults)} request(s) stalled {self.fault['seconds']}s each"
+            )
         return result
 
     def put(self, name: str, key: str, data: bytes) -> None:
-        self.run(name, lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data),
-                 {"method": "PUT", "path": key})
+        self.run(
+            name, lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data), {"method": "PUT", "path": key}
+        )
         self.written[key] = data
 
     def check(self, name: str, got: bytes, expected: bytes) -> None:
@@ -266,21 +288,33 @@ def exercise(steps: Steps, *, upload_part: bool = True, quick: bool = False) -> 
     steps.run("HEAD", lambda: c.head_object(Bucket=bucket, Key=big), {"method": "HEAD", "path": big})
     steps.run("GET", lambda: steps.check("GET", read(c, bucket, big), data), {"method": "GET", "path": big})
     if not quick:
-        steps.run("GET small", lambda: steps.check("GET small", read(c, bucket, small), steps.written[small]),
-                  {"method": "GET", "path": small})
-    steps.run("ranged GET", lambda: steps.check("ranged GET", read(c, bucket, big, Range="bytes=1000-2100000"),
-                                                data[1000:2100001]), {"method": "GET", "path": big})
+        steps.run(
+            "GET small",
+            lambda: steps.check("GET small", read(c, bucket, small), steps.written[small]),
+            {"method": "GET", "path": small},
+        )
+    steps.run(
+        "ranged GET",
+        lambda: steps.check("ranged GET", read(c, bucket, big, Range="bytes=1000-2100000"), data[1000:2100001]),
+        {"method": "GET", "path": big},
+    )
     steps.run("LIST", lambda: c.list_objects_v2(Bucket=bucket, Prefix=DATA), {"method": "GET", "query": "list-type=2"})
     key = DATA + "multi-Data.db"
-    created = steps.run("CreateMultipartUpload", lambda: c.create_multipart_upload(Bucket=bucket, Key=key),
-                        {"method": "POST", "query": "uploads"})
+    created = steps.run(
+        "CreateMultipartUpload",
+        lambda: c.create_multipart_upload(Bucket=bucket, Key=key),
+        {"method": "POST", "query": "uploads"},
+    )
     if created is None:
         return
     upload = {"Bucket": bucket, "Key": key, "UploadId": created["UploadId"]}
     first, last = payload(5 * MIB, 3), payload(MIB + 7, 4)
     if upload_part:
-        one = steps.run("UploadPart 5 MiB", lambda: c.upload_part(**upload, PartNumber=1, Body=first),
-                        {"method": "PUT", "query": "partNumber=1"})
+        one = steps.run(
+            "UploadPart 5 MiB",
+            lambda: c.upload_part(**upload, PartNumber=1, Body=first),
+            {"method": "PUT", "query": "partNumber=1"},
+        )
     else:
         one = c.upload_part(**upload, PartNumber=1, Body=first)
     two = c.upload_part(**upload, PartNumber=2, Body=last)  # held back by the proxy: no upstream request
@@ -289,13 +323,18 @@ def exercise(steps: Steps, *, upload_part: bool = True, quick: bool = False) -> 
         return
     parts = {"Parts": [{"PartNumber": 1, "ETag": one["ETag"]}, {"PartNumber": 2, "ETag": two["ETag"]}]}
     # Complete makes two upstream requests: the held part with the trailer, then Complete itself.
-    steps.run("CompleteMultipartUpload", lambda: c.complete_multipart_upload(**upload, MultipartUpload=parts),
-              {"method": "PUT", "query": "partNumber=2"}, {"method": "POST", "query": "uploadId="})
+    steps.run(
+        "CompleteMultipartUpload",
+        lambda: c.complete_multipart_upload(**upload, MultipartUpload=parts),
+        {"method": "PUT", "query": "partNumber=2"},
+        {"method": "POST", "query": "uploadId="},
+    )
     steps.written[key] = first + last
 
 
-def check_written(proxy: ProxyProcess, raw: Any, bucket: str, written: dict[str, bytes], *,
-                  orphan_uploads: int = 0) -> None:
+def check_written(
+    proxy: ProxyProcess, raw: Any, bucket: str, written: dict[str, bytes], *, orphan_uploads: int = 0
+) -> None:
     """What was written reads back whole, and nothing else is in the bucket (but ``orphan_uploads``
     multipart uploads the upstream created and whose answer was lost, as S3 itself would keep)."""
     client = client_of(proxy)
@@ -308,13 +347,16 @@ def check_written(proxy: ProxyProcess, raw: Any, bucket: str, written: dict[str,
     assert len(raw.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == orphan_uploads
 
 
-LOST_ANSWER = ("rclone refuses to replace a part it already has with other bytes (NotImplemented), and the "
-               "proxy's retry of a part is other bytes (fresh IVs): see test_retried_part_after_a_lost_answer")
+LOST_ANSWER = (
+    "rclone refuses to replace a part it already has with other bytes (NotImplemented), and the "
+    "proxy's retry of a part is other bytes (fresh IVs): see test_retried_part_after_a_lost_answer"
+)
 
 
 @pytest.mark.parametrize("kind", ["reset_before", "reset_after", "error503", "error500"])
-def test_one_fault_per_call_is_retried(kind: str, proxy: ProxyProcess, injector: FaultInjector,
-                                       upstream: S3Server, bucket: str, raw_client: Any) -> None:
+def test_one_fault_per_call_is_retried(
+    kind: str, proxy: ProxyProcess, injector: FaultInjector, upstream: S3Server, bucket: str, raw_client: Any
+) -> None:
     steps = Steps(injector, client_of(proxy), bucket, {"kind": kind})
     # reset_after: rclone kept the part, and refuses its retry; that is tested on its own below.
     exercise(steps, upload_part=not (kind == "reset_after" and upstream.name == "rclone"))
@@ -324,39 +366,48 @@ def test_one_fault_per_call_is_retried(kind: str, proxy: ProxyProcess, injector:
 
 
 @pytest.mark.parametrize("kind", ["reset_after", "stall"])
-def test_retried_part_after_a_lost_answer(kind: str, proxy: ProxyProcess, injector: FaultInjector,
-                                          upstream: S3Server, bucket: str, raw_client: Any,
-                                          request: pytest.FixtureRequest) -> None:
+def test_retried_part_after_a_lost_answer(
+    kind: str,
+    proxy: ProxyProcess,
+    injector: FaultInjector,
+    upstream: S3Server,
+    bucket: str,
+    raw_client: Any,
+    request: pytest.FixtureRequest,
+) -> None:
     """The upstream stored part 1 but its answer never reached the proxy (reset, or too late): the
     client's retry of the part must succeed, as it does against S3 itself."""
     if upstream.name == "rclone":
         request.applymarker(pytest.mark.xfail(reason=LOST_ANSWER, raises=ClientError, strict=True))
     c, key = client_of(proxy), DATA + "lost-Data.db"
-    upload = {"Bucket": bucket, "Key": key,
-              "UploadId": c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]}
+    upload = {"Bucket": bucket, "Key": key, "UploadId": c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]}
     first, last = payload(5 * MIB, 5), payload(100, 6)
     injector.add(kind, method="PUT", query="partNumber=1", seconds=4)
     one = c.upload_part(**upload, PartNumber=1, Body=first)
     two = c.upload_part(**upload, PartNumber=2, Body=last)
-    c.complete_multipart_upload(**upload, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": one["ETag"]},
-                                                                      {"PartNumber": 2, "ETag": two["ETag"]}]})
+    c.complete_multipart_upload(
+        **upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": one["ETag"]}, {"PartNumber": 2, "ETag": two["ETag"]}]},
+    )
     assert [e.action for e in injector.events if "partNumber=1" in e.query] == [kind, "forward"]
     check_written(proxy, raw_client, bucket, {key: first + last})
 
 
-def test_complete_whose_answer_was_lost(proxy: ProxyProcess, injector: FaultInjector, bucket: str,
-                                        raw_client: Any) -> None:
+def test_complete_whose_answer_was_lost(
+    proxy: ProxyProcess, injector: FaultInjector, bucket: str, raw_client: Any
+) -> None:
     """The upstream completed the upload but the proxy never saw the answer: its retry finds the upload
     gone (rclone: NoSuchUpload; moto answers it again), and the proxy must recognise its own object."""
     c, key = client_of(proxy), DATA + "done-Data.db"
-    upload = {"Bucket": bucket, "Key": key,
-              "UploadId": c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]}
+    upload = {"Bucket": bucket, "Key": key, "UploadId": c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]}
     data = payload(5 * MIB + 5, 7)
     one = c.upload_part(**upload, PartNumber=1, Body=data[: 5 * MIB])
-    two = c.upload_part(**upload, PartNumber=2, Body=data[5 * MIB:])
+    two = c.upload_part(**upload, PartNumber=2, Body=data[5 * MIB :])
     injector.add("reset_after", method="POST", query="uploadId=")
-    done = c.complete_multipart_upload(**upload, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": one["ETag"]},
-                                                                             {"PartNumber": 2, "ETag": two["ETag"]}]})
+    done = c.complete_multipart_upload(
+        **upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": one["ETag"]}, {"PartNumber": 2, "ETag": two["ETag"]}]},
+    )
     assert [e.action for e in injector.events if e.method == "POST"][-2:] == ["reset_after", "forward"]
     head = c.head_object(Bucket=bucket, Key=key)
     assert done["ETag"] == head["ETag"]
@@ -364,8 +415,9 @@ def test_complete_whose_answer_was_lost(proxy: ProxyProcess, injector: FaultInje
     assert_clean_log(proxy)
 
 
-def test_stalls_are_cut_by_timeouts(proxy: ProxyProcess, injector: FaultInjector, upstream: S3Server,
-                                    bucket: str, raw_client: Any) -> None:
+def test_stalls_are_cut_by_timeouts(
+    proxy: ProxyProcess, injector: FaultInjector, upstream: S3Server, bucket: str, raw_client: Any
+) -> None:
     """An upstream that stops answering for 10 s: with read_timeout 2 s, every call gives up on it and
     retries long before that."""
     steps = Steps(injector, client_of(proxy), bucket, {"kind": "stall", "seconds": 10}, within=5)
@@ -390,18 +442,26 @@ def test_slow_upstream_still_works(proxy: ProxyProcess, injector: FaultInjector,
 # bodies cut short
 # ------------------------------------------------------------------------------------
 
+
 def upstream_errors(proxy: ProxyProcess) -> float:
-    return sum(metric(proxy, "upstream_errors_total", code=code)
-               for code in ("IncompleteBody", "ReadTimeoutError", "DeadlineExceeded"))
+    return sum(
+        metric(proxy, "upstream_errors_total", code=code)
+        for code in ("IncompleteBody", "ReadTimeoutError", "DeadlineExceeded")
+    )
 
 
 @pytest.mark.parametrize("where", ["half", "record-boundary", "range", "stall"])
-def test_cut_get_body_never_gives_wrong_bytes(where: str, proxy: ProxyProcess, injector: FaultInjector,
-                                              bucket: str) -> None:
+def test_cut_get_body_never_gives_wrong_bytes(
+    where: str, proxy: ProxyProcess, injector: FaultInjector, bucket: str
+) -> None:
     c, key, data = client_of(proxy), DATA + "cut-Data.db", payload(3 * MIB + 11, 9)
     c.put_object(Bucket=bucket, Key=key, Body=data)
-    kind, at = {"half": ("truncate", None), "record-boundary": ("truncate", CHUNK_SIZE + RECORD_OVERHEAD),
-                "range": ("truncate", 1000), "stall": ("stall_body", CHUNK_SIZE)}[where]
+    kind, at = {
+        "half": ("truncate", None),
+        "record-boundary": ("truncate", CHUNK_SIZE + RECORD_OVERHEAD),
+        "range": ("truncate", 1000),
+        "stall": ("stall_body", CHUNK_SIZE),
+    }[where]
     rng = {"Range": "bytes=100-2500000"} if where == "range" else {}
     expected = data[100:2500001] if rng else data
     before = (upstream_errors(proxy), metric(proxy, "integrity_failures_total"))
@@ -424,8 +484,9 @@ def test_cut_get_body_never_gives_wrong_bytes(where: str, proxy: ProxyProcess, i
     assert_clean_log(proxy)
 
 
-def test_cut_trailer_read_on_a_cold_cache(make_proxy: Callable[..., ProxyProcess], injector: FaultInjector,
-                                          bucket: str) -> None:
+def test_cut_trailer_read_on_a_cold_cache(
+    make_proxy: Callable[..., ProxyProcess], injector: FaultInjector, bucket: str
+) -> None:
     """A fresh proxy reads the trailer first (a suffix range): cut once, it is read again; cut always,
     the client gets a clean 5xx and never a wrong size."""
     key, data = DATA + "cold-Data.db", payload(2 * MIB, 10)
@@ -454,9 +515,11 @@ def test_cut_trailer_read_on_a_cold_cache(make_proxy: Callable[..., ProxyProcess
 # faults that persist
 # ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["reset_before", "reset_after", "error503", "stall"])
-def test_persistent_faults_give_clean_errors(kind: str, make_proxy: Callable[..., ProxyProcess],
-                                             injector: FaultInjector, bucket: str, raw_client: Any) -> None:
+def test_persistent_faults_give_clean_errors(
+    kind: str, make_proxy: Callable[..., ProxyProcess], injector: FaultInjector, bucket: str, raw_client: Any
+) -> None:
     """Every upstream request fails (the client tries once, the proxy twice, its least: the same
     errors, sooner). (``upstream.max_attempts`` is botocore's: retries, not attempts.)"""
     proxy = proxy_through(make_proxy, injector, max_attempts=1)
@@ -590,22 +653,22 @@ def test_faults_leak_nothing(proxy: ProxyProcess, injector: FaultInjector, bucke
     before = settled()
     rounds = []
     for seed in range(3):
-        injector.chaos(0.3, ["reset_before", "reset_after", "error503", "truncate", "stall_body"], seed=seed,
-                       seconds=3)
+        injector.chaos(0.3, ["reset_before", "reset_after", "error503", "truncate", "stall_body"], seed=seed, seconds=3)
         burst()
         injector.clear()
         rounds.append(settled())
     faulted = injector.faulted()
     assert len(faulted) > 20, "the bursts met too few faults to tell anything"
-    print(f"\nbefore faults {before}; after each faulted burst {rounds}; {len(faulted)} faults; "
-          f"injector saw {injector.connections} connections, {injector.open_connections} open")
+    print(
+        f"\nbefore faults {before}; after each faulted burst {rounds}; {len(faulted)} faults; "
+        f"injector saw {injector.connections} connections, {injector.open_connections} open"
+    )
     for after in rounds:
         assert after["fds"] <= before["fds"] + 16, (before, rounds)
         assert after.get("CLOSE_WAIT", 0) <= 2, (before, rounds)  # connections the peer closed, still held
     assert rounds[-1]["fds"] <= rounds[0]["fds"] + 8, rounds  # not growing burst after burst
     assert rounds[-1]["rss_kib"] <= rounds[0]["rss_kib"] + 60 * 1024, rounds
     assert_clean_log(proxy)
-
 
 
 def test_stall_after_100_continue_is_cut(proxy: ProxyProcess, injector: FaultInjector, bucket: str) -> None:
@@ -615,8 +678,11 @@ def test_stall_after_100_continue_is_cut(proxy: ProxyProcess, injector: FaultInj
     took = []
     for i in range(3):
         key = f"{DATA}continue-{i}-Data.db"
-        upload = {"Bucket": bucket, "Key": key,
-                  "UploadId": c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]}
+        upload = {
+            "Bucket": bucket,
+            "Key": key,
+            "UploadId": c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"],
+        }
         one = c.upload_part(**upload, PartNumber=1, Body=b"x" * 1000)
         injector.add("stall", method="PUT", query="partNumber=1", seconds=6)
         started = time.monotonic()

@@ -37,10 +37,17 @@ RESETS = {
 
 
 @pytest.mark.parametrize("reset", sorted(RESETS))
-def test_backup_and_restore_through_resets_and_503s(reset: str, make_proxy: Callable[..., ProxyProcess],
-                                                     injector: FaultInjector, upstream: S3Server, bucket: str,
-                                                     snapshot: FakeSnapshot, tmp_path: Path, raw_client: Any,
-                                                     request: pytest.FixtureRequest) -> None:
+def test_backup_and_restore_through_resets_and_503s(
+    reset: str,
+    make_proxy: Callable[..., ProxyProcess],
+    injector: FaultInjector,
+    upstream: S3Server,
+    bucket: str,
+    snapshot: FakeSnapshot,
+    tmp_path: Path,
+    raw_client: Any,
+    request: pytest.FixtureRequest,
+) -> None:
     if reset == "after" and upstream.name == "rclone":
         request.applymarker(pytest.mark.xfail(reason=LOST_ANSWER, raises=MedusaDriverError, strict=True))
     proxy = proxy_through(make_proxy, injector)
@@ -63,8 +70,10 @@ def test_backup_and_restore_through_resets_and_503s(reset: str, make_proxy: Call
     assert resets >= 5 and slowdowns >= 1, faulted
     # what is stored is whole: every data object of the backup reads back through the proxy
     injector.clear()
-    keys = [o["Key"] for page in raw_client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                                      Prefix=f"{FQDN}/faulty/data/")
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in raw_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{FQDN}/faulty/data/")
+        for o in page.get("Contents", [])
+    ]
     assert len(keys) == len(snapshot.files)
     assert_clean_log(proxy)

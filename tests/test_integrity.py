@@ -52,8 +52,9 @@ def test_planted_plaintext_is_refused(proxy: ProxyProcess, raw_client: Any, buck
 
 
 @pytest.mark.parametrize("where", ["first-byte-of-length", "fernet-version"])
-def test_stripped_trailer_and_edited_first_record(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
-                                                  bucket: str, where: str) -> None:
+def test_stripped_trailer_and_edited_first_record(
+    make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str, where: str
+) -> None:
     """Ciphertext whose trailer was cut and whose first record no longer looks like ours is still
     refused, even with a legacy cutoff: it was written after it."""
     probe = make_proxy()
@@ -69,8 +70,9 @@ def test_stripped_trailer_and_edited_first_record(make_proxy: Callable[..., Prox
     assert listed(proxy.client(), bucket)[DATA_KEY] == DAMAGED
 
 
-def test_cutoff_declares_only_older_objects(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
-                                            bucket: str) -> None:
+def test_cutoff_declares_only_older_objects(
+    make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str
+) -> None:
     old = b"written before encryption"
     raw_client.put_object(Bucket=bucket, Key=DATA_KEY, Body=old)
     cutoff = cutoff_after(raw_client, bucket, DATA_KEY)
@@ -83,8 +85,9 @@ def test_cutoff_declares_only_older_objects(make_proxy: Callable[..., ProxyProce
     assert view == {DATA_KEY: (len(old), f'"{hashlib.md5(old).hexdigest()}"'), OTHER_KEY: DAMAGED}
 
 
-def test_cached_legacy_view_obeys_todays_cutoff(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
-                                                bucket: str) -> None:
+def test_cached_legacy_view_obeys_todays_cutoff(
+    make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str
+) -> None:
     """A view cached while the cutoff allowed it is refused once the cutoff is removed."""
     raw_client.put_object(Bucket=bucket, Key=DATA_KEY, Body=b"old")
     proxy = make_proxy(encryption={"legacy_plaintext_before": cutoff_after(raw_client, bucket, DATA_KEY)})

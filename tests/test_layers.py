@@ -48,17 +48,21 @@ def test_the_format_is_pure() -> None:
 def test_each_module_imports_alone(module: str) -> None:
     """A fresh interpreter imports ``module`` first: a cycle that depends on another module having
     been imported before fails here."""
-    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
-                            cwd=PACKAGE.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=PACKAGE.parent
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_the_front_end_does_not_load_the_upstream() -> None:
     """The S3 front end (parsing, authentication, dispatch) runs without botocore or the
     upstream: a change to the bucket's side cannot reach it."""
-    code = ("import sys, proxy.s3.frontend; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'aiobotocore') "
-            "or m in ('proxy.upstream', 'proxy.service', 'proxy.objects')))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
-                            check=True)
+    code = (
+        "import sys, proxy.s3.frontend; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'aiobotocore') "
+        "or m in ('proxy.upstream', 'proxy.service', 'proxy.objects')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True
+    )
     assert result.stdout.strip() == "[]"

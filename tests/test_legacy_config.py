@@ -13,12 +13,15 @@ def config_with(tmp_path: Path, encryption: str) -> Path:
     key = tmp_path / "k.key"
     if not key.exists():
         cli("keygen", str(key))
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
 clients: [{{access_key_id: medusa, secret_access_key: s}}]
 upstream: {{endpoint_url: "http://127.0.0.1:9"}}
 cache: {{path: {tmp_path / "cache.sqlite"}}}
 encryption: {{key_files: [{key}]{encryption}}}
-""")
+""",
+    )
 
 
 def test_default_refuses_unencrypted_objects(tmp_path: Path) -> None:
@@ -42,11 +45,14 @@ def test_future_cutoff_warns(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1 and "is in the future" in done.stderr
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    (", serve_legacy_plaintext: true", "serve_legacy_plaintext was replaced by legacy_plaintext_before"),
-    (', legacy_plaintext_before: "2026-01-01T00:00:00"', "give a time zone"),
-    (", legacy_plaintext_before: yesterday", "legacy_plaintext_before"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (", serve_legacy_plaintext: true", "serve_legacy_plaintext was replaced by legacy_plaintext_before"),
+        (', legacy_plaintext_before: "2026-01-01T00:00:00"', "give a time zone"),
+        (", legacy_plaintext_before: yesterday", "legacy_plaintext_before"),
+    ],
+)
 def test_bad_settings_give_one_line(tmp_path: Path, setting: str, message: str) -> None:
     done = cli("check-config", "--config", str(config_with(tmp_path, setting)))
     assert done.returncode == 2

@@ -40,8 +40,16 @@ def test_json_line_fields(capture: io.StringIO) -> None:
     log = logging.getLogger("medusa_crypt_proxy.test")
     log.info("started on %s", "127.0.0.1:8333", extra={"port": 8333})
     log_request(
-        log, request_id="0123ABCD", operation="GetObject", bucket="b", key="n1/data/ks/t/x.db",
-        status=206, bytes_in=0, bytes_out=1024, duration_ms=3.2, upstream_status=206,
+        log,
+        request_id="0123ABCD",
+        operation="GetObject",
+        bucket="b",
+        key="n1/data/ks/t/x.db",
+        status=206,
+        bytes_in=0,
+        bytes_out=1024,
+        duration_ms=3.2,
+        upstream_status=206,
         name="not-a-record-attr",
     )
     a, b = lines(capture)
@@ -49,10 +57,18 @@ def test_json_line_fields(capture: io.StringIO) -> None:
     assert a["logger"] == "medusa_crypt_proxy.test" and a["port"] == 8333
     assert str(a["ts"]).endswith("Z")
     assert b["msg"] == "request"
-    for k, v in {"request_id": "0123ABCD", "operation": "GetObject", "bucket": "b",
-                 "key": "n1/data/ks/t/x.db", "status": 206, "bytes_in": 0,
-                 "bytes_out": 1024, "duration_ms": 3.2, "upstream_status": 206,
-                 "name_": "not-a-record-attr"}.items():
+    for k, v in {
+        "request_id": "0123ABCD",
+        "operation": "GetObject",
+        "bucket": "b",
+        "key": "n1/data/ks/t/x.db",
+        "status": 206,
+        "bytes_in": 0,
+        "bytes_out": 1024,
+        "duration_ms": 3.2,
+        "upstream_status": 206,
+        "name_": "not-a-record-attr",
+    }.items():
         assert b[k] == v
 
 
@@ -60,12 +76,12 @@ def test_secrets_never_written(capture: io.StringIO) -> None:
     log = logging.getLogger("medusa_crypt_proxy.test")
     log.warning("bad request Authorization: %s", AUTH)
     log.info("headers", extra={"headers": {"Authorization": AUTH, "Host": "x"}})
-    log.info("url https://h/b/k?X-Amz-Credential=AKIA%%2F&X-Amz-Signature=%s&X-Amz-Security-Token=%s",
-             SIG, TOKEN)
+    log.info("url https://h/b/k?X-Amz-Credential=AKIA%%2F&X-Amz-Signature=%s&X-Amz-Security-Token=%s", SIG, TOKEN)
     log.info("chunk chunk-signature=%s;", SIG)
     log.info("loaded key %s and secret %s", FERNET_KEY, SECRET_KEY)
-    log.info("config", extra={"secret_access_key": "short", "client_secret": "abc",
-                              "upstream": {"secret_key": SECRET_KEY}})
+    log.info(
+        "config", extra={"secret_access_key": "short", "client_secret": "abc", "upstream": {"secret_key": SECRET_KEY}}
+    )
     log.info("cfg aws_secret_access_key=%s password: hunter2", SECRET_KEY)
     log.info("body", extra={"body": b"PLAINTEXT BYTES"})
     try:
@@ -73,7 +89,7 @@ def test_secrets_never_written(capture: io.StringIO) -> None:
     except ValueError:
         log.exception("failure")
     out = capture.getvalue()
-    for secret in (SIG, SECRET_KEY, FERNET_KEY, TOKEN, "hunter2", "PLAINTEXT BYTES", "abc\""):
+    for secret in (SIG, SECRET_KEY, FERNET_KEY, TOKEN, "hunter2", "PLAINTEXT BYTES", 'abc"'):
         assert secret not in out, secret
     assert REDACTED in out
     lines(capture)  # still valid JSON lines

@@ -15,8 +15,15 @@ from tests.test_objects import MIB, payload, raw_bytes
 
 def medusa_manifest(entries: list[tuple[str, str, int]]) -> bytes:
     """Serialised exactly as Medusa does (json.dumps of a list of sections)."""
-    return json.dumps([{"keyspace": "ks1", "columnfamily": "t-1",
-                        "objects": [{"path": p, "MD5": m, "size": s} for p, m, s in entries]}]).encode()
+    return json.dumps(
+        [
+            {
+                "keyspace": "ks1",
+                "columnfamily": "t-1",
+                "objects": [{"path": p, "MD5": m, "size": s} for p, m, s in entries],
+            }
+        ]
+    ).encode()
 
 
 @pytest.mark.parametrize(
@@ -36,14 +43,14 @@ def test_is_manifest_key(key: str, expected: bool) -> None:
 
 
 def test_rewrite_and_restore_round_trip() -> None:
-    body = medusa_manifest([("n/data/a", "aa" * 16, 10), ("n/data/b", "bb" * 16 + "-2", 6 * MIB),
-                            ("n/data/plain", "cc" * 16, 3)])
+    body = medusa_manifest(
+        [("n/data/a", "aa" * 16, 10), ("n/data/b", "bb" * 16 + "-2", 6 * MIB), ("n/data/plain", "cc" * 16, 3)]
+    )
     stored = {"n/data/a": Stored(200, "11" * 16), "n/data/b": Stored(6 * MIB + 900, "22" * 16 + "-3")}
     new = rewrite(body, stored)
     assert new is not None
     entries = json.loads(new)[0]["objects"]
-    assert entries[0] == {"path": "n/data/a", "MD5": "11" * 16, "size": 200,
-                          "source_size": 10, "source_MD5": "aa" * 16}
+    assert entries[0] == {"path": "n/data/a", "MD5": "11" * 16, "size": 200, "source_size": 10, "source_MD5": "aa" * 16}
     assert entries[1]["size"] == 6 * MIB + 900 and entries[1]["source_MD5"] == "bb" * 16 + "-2"
     assert entries[2] == {"path": "n/data/plain", "MD5": "cc" * 16, "size": 3}  # not encrypted: as is
     assert restore(new) == body
@@ -51,8 +58,16 @@ def test_rewrite_and_restore_round_trip() -> None:
     assert object_paths(body) == ["n/data/a", "n/data/b", "n/data/plain"]
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"a": 1}', b"[1, 2]", json.dumps([{"objects": [{}]}]).encode(),
-                                  json.dumps([{"keyspace": "k", "objects": []}], indent=2).encode()])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"a": 1}',
+        b"[1, 2]",
+        json.dumps([{"objects": [{}]}]).encode(),
+        json.dumps([{"keyspace": "k", "objects": []}], indent=2).encode(),
+    ],
+)
 def test_non_manifests_are_left_alone(body: bytes) -> None:
     assert rewrite(body, {"x": Stored(1, "e")}) is None
     assert restore(body) == body
@@ -63,12 +78,14 @@ def test_manifest_through_proxy(proxy_client: Any, raw_client: Any, bucket: str)
     proxy_client.put_object(Bucket=bucket, Key="node1/data/ks1/t-1/a-Data.db", Body=small)
     proxy_client.put_object(Bucket=bucket, Key="node1/data/ks1/t-1/b-Data.db", Body=big)
     raw_client.put_object(Bucket=bucket, Key="node1/data/ks1/t-1/legacy-Data.db", Body=b"old")
-    body = medusa_manifest([
-        ("node1/data/ks1/t-1/a-Data.db", hashlib.md5(small).hexdigest(), len(small)),
-        ("node1/data/ks1/t-1/b-Data.db", hashlib.md5(big).hexdigest(), len(big)),
-        ("node1/data/ks1/t-1/legacy-Data.db", hashlib.md5(b"old").hexdigest(), 3),
-        ("node1/data/ks1/t-1/missing-Data.db", "00" * 16, 5),
-    ])
+    body = medusa_manifest(
+        [
+            ("node1/data/ks1/t-1/a-Data.db", hashlib.md5(small).hexdigest(), len(small)),
+            ("node1/data/ks1/t-1/b-Data.db", hashlib.md5(big).hexdigest(), len(big)),
+            ("node1/data/ks1/t-1/legacy-Data.db", hashlib.md5(b"old").hexdigest(), 3),
+            ("node1/data/ks1/t-1/missing-Data.db", "00" * 16, 5),
+        ]
+    )
     key = "node1/bk1/meta/manifest.json"
     put = proxy_client.put_object(Bucket=bucket, Key=key, Body=body)
     assert put["ETag"].strip('"') == hashlib.md5(body).hexdigest()
@@ -100,7 +117,7 @@ def unsealed(stored: bytes) -> bytes:
     """The manifest as the proxy rewrote it, without its MAC element (which names its key)."""
     seal = find_seal(stored)
     assert seal is not None
-    return stored[:seal.body_len] + b"]"
+    return stored[: seal.body_len] + b"]"
 
 
 def got_body(client: Any, bucket: str, key: str) -> bytes:
@@ -122,8 +139,20 @@ def run_verify_bucket(proxy: Any, bucket: str, *extra: str) -> Any:
 
     proxy.write_config()
     return subprocess.run(
-        [sys.executable, "-m", "proxy", "verify-bucket", "--config", str(proxy.config_path), "--bucket", bucket,
-         *extra], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "verify-bucket",
+            "--config",
+            str(proxy.config_path),
+            "--bucket",
+            bucket,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -84,16 +84,19 @@ def test_listing_a_known_manifest_reads_nothing(proxy: ProxyProcess, bucket: str
         assert listed_size(client, bucket, NODE_KEY) == len(body)
         client.head_object(Bucket=bucket, Key=INDEX_KEY)
     _, after = scrape(proxy)
-    assert metric(after, "upstream_requests_total", operation="GetObject") == \
-        metric(before, "upstream_requests_total", operation="GetObject")
+    assert metric(after, "upstream_requests_total", operation="GetObject") == metric(
+        before, "upstream_requests_total", operation="GetObject"
+    )
     # The same with an empty cache reads each manifest once (and remembers it).
     proxy.restart(cache={"path": str(proxy.tmp_path / "empty-cache.sqlite")})
     _, before = scrape(proxy)
     for _ in range(3):
         assert listed_size(client, bucket, NODE_KEY) == len(body)
     _, after = scrape(proxy)
-    assert metric(after, "upstream_requests_total", operation="GetObject") == \
-        metric(before, "upstream_requests_total", operation="GetObject") + 1
+    assert (
+        metric(after, "upstream_requests_total", operation="GetObject")
+        == metric(before, "upstream_requests_total", operation="GetObject") + 1
+    )
 
 
 def _edit_entry(stored: bytes) -> bytes:
@@ -107,7 +110,7 @@ def _edit_entry(stored: bytes) -> bytes:
 def _strip_mac(stored: bytes) -> bytes:
     seal = find_seal(stored)
     assert seal is not None
-    return stored[:seal.body_len] + b"]"
+    return stored[: seal.body_len] + b"]"
 
 
 @pytest.mark.parametrize("attack", ["edit-entry", "strip-mac", "truncate-mac", "moved-to-another-backup"])
@@ -129,14 +132,16 @@ def test_tampered_manifest_is_refused(proxy: ProxyProcess, raw_client: Any, buck
     _, before = scrape(proxy)
     assert_refused(client, bucket, target)
     _, after = scrape(proxy)
-    assert metric(after, "integrity_failures_total", kind="manifest") > \
-        metric(before, "integrity_failures_total", kind="manifest")
+    assert metric(after, "integrity_failures_total", kind="manifest") > metric(
+        before, "integrity_failures_total", kind="manifest"
+    )
     assert get(client, bucket, NODE_KEY) == body  # the untouched copy still reads
     assert "Traceback" not in proxy.log_text()
 
 
 def test_unauthenticated_manifest_is_served_only_when_declared_legacy(
-        make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str) -> None:
+    make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str
+) -> None:
     """A manifest written before the proxy (no MAC) reads as before, until the cutoff says otherwise."""
     old = medusa_manifest([("node1/data/ks1/t-1/old-Data.db", "ab" * 16, 3)])
     raw_client.put_object(Bucket=bucket, Key=NODE_KEY, Body=old)
@@ -155,15 +160,30 @@ def test_unauthenticated_manifest_is_served_only_when_declared_legacy(
     assert_refused(legacy.client(**MEDUSA_CLIENT_CONFIG), bucket, NODE_KEY)
 
 
-def test_seed_era_manifest_is_restored_when_legacy(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
-                                                   bucket: str) -> None:
+def test_seed_era_manifest_is_restored_when_legacy(
+    make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str
+) -> None:
     """The old in-Medusa encryption wrote source_size/source_MD5 (base64): restored as before."""
     import base64
 
     md5 = hashlib.md5(b"abc").digest()
-    stored = json.dumps([{"keyspace": "k", "columnfamily": "t", "objects": [
-        {"path": "node1/data/k/t/a-Data.db", "MD5": "c" * 32, "size": 200, "source_size": 3,
-         "source_MD5": base64.b64encode(md5).decode()}]}]).encode()
+    stored = json.dumps(
+        [
+            {
+                "keyspace": "k",
+                "columnfamily": "t",
+                "objects": [
+                    {
+                        "path": "node1/data/k/t/a-Data.db",
+                        "MD5": "c" * 32,
+                        "size": 200,
+                        "source_size": 3,
+                        "source_MD5": base64.b64encode(md5).decode(),
+                    }
+                ],
+            }
+        ]
+    ).encode()
     raw_client.put_object(Bucket=bucket, Key=NODE_KEY, Body=stored)
     proxy = make_proxy(encryption={"legacy_plaintext_before": (datetime.now(UTC) + timedelta(days=1)).isoformat()})
     got = json.loads(get(proxy.client(**MEDUSA_CLIENT_CONFIG), bucket, NODE_KEY))
@@ -174,20 +194,32 @@ def nested(depth: int) -> bytes:
     return b'[{"objects": [' + b"[" * depth + b"]" * depth + b"]}]"
 
 
-@pytest.mark.parametrize("body", [
-    nested(100000),
-    nested(40),
-    b"[" * 200000,
-    b"not json at all",
-    b"\xff\xfe invalid utf-8",
-    b"",
-    json.dumps([{"keyspace": "k", "objects": []}], indent=2).encode(),
-    b'[{"objects": [{"path": "a", "MD5": "e", "size": 3, "source_size": 1, "source_MD5": "x"}]}]',
-    b'[{"objects": [{"path": "a", "size": ' + b"9" * 5000 + b"}]}]",
-], ids=["deep", "deeper-than-limit", "open-brackets", "not-json", "not-utf8", "empty", "indented",
-        "with-source-fields", "huge-integer"])
-def test_odd_manifest_bodies_read_back_exactly(proxy: ProxyProcess, raw_client: Any, bucket: str,
-                                               body: bytes) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        nested(100000),
+        nested(40),
+        b"[" * 200000,
+        b"not json at all",
+        b"\xff\xfe invalid utf-8",
+        b"",
+        json.dumps([{"keyspace": "k", "objects": []}], indent=2).encode(),
+        b'[{"objects": [{"path": "a", "MD5": "e", "size": 3, "source_size": 1, "source_MD5": "x"}]}]',
+        b'[{"objects": [{"path": "a", "size": ' + b"9" * 5000 + b"}]}]",
+    ],
+    ids=[
+        "deep",
+        "deeper-than-limit",
+        "open-brackets",
+        "not-json",
+        "not-utf8",
+        "empty",
+        "indented",
+        "with-source-fields",
+        "huge-integer",
+    ],
+)
+def test_odd_manifest_bodies_read_back_exactly(proxy: ProxyProcess, raw_client: Any, bucket: str, body: bytes) -> None:
     client = proxy.client(**MEDUSA_CLIENT_CONFIG)
     client.put_object(Bucket=bucket, Key=NODE_KEY, Body=body)
     stored = raw_bytes(raw_client, bucket, NODE_KEY)
@@ -202,8 +234,9 @@ def test_odd_manifest_bodies_read_back_exactly(proxy: ProxyProcess, raw_client: 
     assert "stored encrypted" in proxy.log_text()
 
 
-def test_oversized_manifest_is_stored_encrypted(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
-                                                bucket: str) -> None:
+def test_oversized_manifest_is_stored_encrypted(
+    make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str
+) -> None:
     proxy = make_proxy(limits={"max_manifest_bytes": 4096})
     client = proxy.client(**MEDUSA_CLIENT_CONFIG)
     body = medusa_manifest([(f"node1/data/ks1/t-1/nb-{i}-big-Data.db", "ab" * 16, i) for i in range(200)])
@@ -213,8 +246,7 @@ def test_oversized_manifest_is_stored_encrypted(make_proxy: Callable[..., ProxyP
     assert get(client, bucket, INDEX_KEY) == body
     assert listed_size(client, bucket, INDEX_KEY) == len(body)
     fresh = make_proxy(limits={"max_manifest_bytes": 4096})  # an empty cache: the view from the trailer
-    assert fresh.client(**MEDUSA_CLIENT_CONFIG).head_object(Bucket=bucket, Key=INDEX_KEY)["ContentLength"] \
-        == len(body)
+    assert fresh.client(**MEDUSA_CLIENT_CONFIG).head_object(Bucket=bucket, Key=INDEX_KEY)["ContentLength"] == len(body)
 
 
 def test_encrypted_manifest_swapped_is_refused(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
@@ -237,20 +269,23 @@ def test_copied_manifest_is_sealed_for_its_new_key(proxy: ProxyProcess, raw_clie
     client.put_object(Bucket=bucket, Key=NODE_KEY, Body=body, Metadata={"who": "medusa"})
     etag = client.head_object(Bucket=bucket, Key=NODE_KEY)["ETag"]
     copy_key = "node1/bk2/meta/manifest.json"
-    copied = client.copy_object(Bucket=bucket, Key=copy_key, CopySource={"Bucket": bucket, "Key": NODE_KEY},
-                                CopySourceIfMatch=etag)
+    copied = client.copy_object(
+        Bucket=bucket, Key=copy_key, CopySource={"Bucket": bucket, "Key": NODE_KEY}, CopySourceIfMatch=etag
+    )
     assert copied["CopyObjectResult"]["ETag"] == etag == f'"{hashlib.md5(body).hexdigest()}"'
     assert get(client, bucket, copy_key) == body
     assert client.head_object(Bucket=bucket, Key=copy_key)["Metadata"] == {"who": "medusa"}
     assert raw_bytes(raw_client, bucket, copy_key) != raw_bytes(raw_client, bucket, NODE_KEY)  # sealed anew
     with pytest.raises(ClientError) as err:
-        client.copy_object(Bucket=bucket, Key=copy_key, CopySource={"Bucket": bucket, "Key": NODE_KEY},
-                           CopySourceIfNoneMatch=etag)
+        client.copy_object(
+            Bucket=bucket, Key=copy_key, CopySource={"Bucket": bucket, "Key": NODE_KEY}, CopySourceIfNoneMatch=etag
+        )
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
     raw_client.put_object(Bucket=bucket, Key=NODE_KEY, Body=_edit_entry(raw_bytes(raw_client, bucket, NODE_KEY)))
     with pytest.raises(ClientError) as err:
-        client.copy_object(Bucket=bucket, Key="node1/bk3/meta/manifest.json",
-                           CopySource={"Bucket": bucket, "Key": NODE_KEY})
+        client.copy_object(
+            Bucket=bucket, Key="node1/bk3/meta/manifest.json", CopySource={"Bucket": bucket, "Key": NODE_KEY}
+        )
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
     assert get(client, bucket, copy_key) == body  # the good copy stands
 
@@ -322,8 +357,9 @@ def test_verify_bucket_reports_a_rolled_back_object(proxy: ProxyProcess, raw_cli
 
 
 @pytest.mark.parametrize("damage", ["reordered", "dropped"])
-def test_verify_bucket_reports_a_damaged_seed_object(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
-                                                     bucket: str, tmp_path: Any, damage: str) -> None:
+def test_verify_bucket_reports_a_damaged_seed_object(
+    make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str, tmp_path: Any, damage: str
+) -> None:
     """A backup of the old in-Medusa encryption whose object lost or reordered whole records (the
     format cannot tell) while its manifest kept the original source_size/source_MD5."""
     import base64
@@ -341,15 +377,31 @@ def test_verify_bucket_reports_a_damaged_seed_object(make_proxy: Callable[..., P
     data = payload(3 * MIB + 100, 5)
     genuine = seed_object(Fernet(seed_key), data)
     record = seed_record_size(MIB)  # three full records, then a short one
-    records = [genuine[i * record:(i + 1) * record] for i in range(3)] + [genuine[3 * record:]]
-    stored = (records[1] + records[0] + records[2] + records[3] if damage == "reordered"
-              else records[0] + records[1] + records[3])
+    records = [genuine[i * record : (i + 1) * record] for i in range(3)] + [genuine[3 * record :]]
+    stored = (
+        records[1] + records[0] + records[2] + records[3]
+        if damage == "reordered"
+        else records[0] + records[1] + records[3]
+    )
     path = "node1/bk0/data/ks1/t-1/nb-1-big-Data.db"
     raw_client.put_object(Bucket=bucket, Key=path, Body=stored)
-    manifest = json.dumps([{"keyspace": "ks1", "columnfamily": "t-1", "objects": [{
-        "path": path, "MD5": hashlib.md5(stored).hexdigest(), "size": len(stored),
-        "source_size": len(data), "source_MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
-    }]}]).encode()
+    manifest = json.dumps(
+        [
+            {
+                "keyspace": "ks1",
+                "columnfamily": "t-1",
+                "objects": [
+                    {
+                        "path": path,
+                        "MD5": hashlib.md5(stored).hexdigest(),
+                        "size": len(stored),
+                        "source_size": len(data),
+                        "source_MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                    }
+                ],
+            }
+        ]
+    ).encode()
     raw_client.put_object(Bucket=bucket, Key="index/backup_index/bk0/manifest_node1.json", Body=manifest)
     cutoff = cutoff_after(raw_client, bucket)
     proxy = make_proxy(start=False, encryption={"seed_key_files": [str(key_path)], "legacy_plaintext_before": cutoff})
@@ -360,8 +412,9 @@ def test_verify_bucket_reports_a_damaged_seed_object(make_proxy: Callable[..., P
     assert "no MAC: written before legacy_plaintext_before" in output
 
 
-def test_moved_backup_is_accepted_with_accept_moved(make_proxy: Callable[..., ProxyProcess], raw_client: Any,
-                                                    bucket: str) -> None:
+def test_moved_backup_is_accepted_with_accept_moved(
+    make_proxy: Callable[..., ProxyProcess], raw_client: Any, bucket: str
+) -> None:
     """Backups moved to another prefix outside the proxy: accepted only where the operator says so."""
     client = make_proxy().client(**MEDUSA_CLIENT_CONFIG)
     body = medusa_manifest([("old/node1/data/ks1/t-1/a-Data.db", "ab" * 16, 3)])
@@ -372,11 +425,14 @@ def test_moved_backup_is_accepted_with_accept_moved(make_proxy: Callable[..., Pr
     assert get(moved.client(**MEDUSA_CLIENT_CONFIG), bucket, "new/" + NODE_KEY) == body
 
 
-@pytest.mark.parametrize(("prefix", "index_key", "node_key"), [
-    ("", "index/backup_index/bk1/manifest_node1.example.com.json", "node1.example.com/bk1/meta/manifest.json"),
-    ("p/q/", "p/q/index/backup_index/b/manifest_n.json", "p/q/n/b/meta/manifest.json"),
-    ("", "index/backup_index/bk1/tokenmap_n.json", None),
-])
+@pytest.mark.parametrize(
+    ("prefix", "index_key", "node_key"),
+    [
+        ("", "index/backup_index/bk1/manifest_node1.example.com.json", "node1.example.com/bk1/meta/manifest.json"),
+        ("p/q/", "p/q/index/backup_index/b/manifest_n.json", "p/q/n/b/meta/manifest.json"),
+        ("", "index/backup_index/bk1/tokenmap_n.json", None),
+    ],
+)
 def test_node_manifest_key(prefix: str, index_key: str, node_key: str | None) -> None:
     from proxy.verify_bucket import node_manifest_key
 

@@ -51,24 +51,45 @@ def medusa(sections: list[dict[str, Any]]) -> bytes:
     return json.dumps(sections).encode()
 
 
-REWRITTEN = medusa([
-    {"keyspace": "ks1", "columnfamily": "t1-0123456789abcdef0123456789abcdef", "objects": [
-        {"path": "node1.example.com/data/ks1/t1-0123456789abcdef0123456789abcdef/nb-1-big-Data.db",
-         "MD5": "0f343b0931126a20f133d67c2b018a3b", "size": 1109, "source_size": 1024,
-         "source_MD5": "b6d81b360a5672d80c27430f39153e2c"},
-        {"path": "node1.example.com/data/ks1/t1-0123456789abcdef0123456789abcdef/nb-1-big-TOC.txt",
-         "MD5": "d41d8cd98f00b204e9800998ecf8427e", "size": 0},
-    ]},
-    {"keyspace": "system", "columnfamily": "local-7ad54392bcdd35a684174e047860b377", "objects": []},
-])
+REWRITTEN = medusa(
+    [
+        {
+            "keyspace": "ks1",
+            "columnfamily": "t1-0123456789abcdef0123456789abcdef",
+            "objects": [
+                {
+                    "path": "node1.example.com/data/ks1/t1-0123456789abcdef0123456789abcdef/nb-1-big-Data.db",
+                    "MD5": "0f343b0931126a20f133d67c2b018a3b",
+                    "size": 1109,
+                    "source_size": 1024,
+                    "source_MD5": "b6d81b360a5672d80c27430f39153e2c",
+                },
+                {
+                    "path": "node1.example.com/data/ks1/t1-0123456789abcdef0123456789abcdef/nb-1-big-TOC.txt",
+                    "MD5": "d41d8cd98f00b204e9800998ecf8427e",
+                    "size": 0,
+                },
+            ],
+        },
+        {"keyspace": "system", "columnfamily": "local-7ad54392bcdd35a684174e047860b377", "objects": []},
+    ]
+)
 
 CASES: list[dict[str, Any]] = [
     {"name": "empty", "object_key": KEY, "salt": SALT, "manifest": b"[]"},
     {"name": "medusa", "object_key": KEY, "salt": SALT, "manifest": REWRITTEN},
-    {"name": "node-copy", "object_key": "pfx/node1.example.com/bk1/meta/manifest.json", "salt": OTHER_SALT,
-     "manifest": REWRITTEN},
-    {"name": "unicode-key", "object_key": "k/\u00e9t\u00e9/meta/manifest.json", "salt": SALT,
-     "manifest": medusa([{"keyspace": "k", "columnfamily": "t", "objects": [{"path": "a", "MD5": "b", "size": 1}]}])},
+    {
+        "name": "node-copy",
+        "object_key": "pfx/node1.example.com/bk1/meta/manifest.json",
+        "salt": OTHER_SALT,
+        "manifest": REWRITTEN,
+    },
+    {
+        "name": "unicode-key",
+        "object_key": "k/\u00e9t\u00e9/meta/manifest.json",
+        "salt": SALT,
+        "manifest": medusa([{"keyspace": "k", "columnfamily": "t", "objects": [{"path": "a", "MD5": "b", "size": 1}]}]),
+    },
 ]
 
 
@@ -81,7 +102,7 @@ def invalid_cases() -> list[dict[str, Any]]:
     good = _case_stored(CASES[1])
     found = find_seal(good)
     assert found is not None
-    body, element = good[:found.body_len], good[found.body_len + 2:]
+    body, element = good[: found.body_len], good[found.body_len + 2 :]
     mac_hex, salt_hex = found.mac.hex(), found.salt.hex()
     other = _case_stored(CASES[2])  # the same manifest under another name and salt
     other_seal = find_seal(other)
@@ -107,18 +128,25 @@ def invalid_cases() -> list[dict[str, Any]]:
         ("whitespace-after", good + b"\n"),
         ("space-inside-seal", good.replace(b'"version": 1', b'"version":  1')),
         ("version-2", good.replace(b'"version": 1', b'"version": 2')),
-        ("fields-reordered", body + b", " + element.replace(b'"key_id": "' + found.key_id.hex().encode()
-                                                           + b'", "salt": "' + salt_hex.encode() + b'"',
-                                                           b'"salt": "' + salt_hex.encode() + b'", "key_id": "'
-                                                           + found.key_id.hex().encode() + b'"')),
+        (
+            "fields-reordered",
+            body
+            + b", "
+            + element.replace(
+                b'"key_id": "' + found.key_id.hex().encode() + b'", "salt": "' + salt_hex.encode() + b'"',
+                b'"salt": "' + salt_hex.encode() + b'", "key_id": "' + found.key_id.hex().encode() + b'"',
+            ),
+        ),
         ("empty-with-separator", b"[, " + _case_stored(CASES[0])[1:]),
         ("entry-appended-before-seal", body + b', {"keyspace": "x", "objects": []}, ' + element),
         ("body-truncated", body[:-40] + b"}, " + element),
     ]
     out = [{"name": name, "object_key": KEY, "stored": stored.decode()} for name, stored in cases]
     # The genuine manifest, read under another backup's name or the node's copy's name.
-    out += [{"name": "moved-to-another-backup", "object_key": KEY.replace("bk1", "bk2"), "stored": good.decode()},
-            {"name": "moved-to-the-node-copy", "object_key": CASES[2]["object_key"], "stored": good.decode()}]
+    out += [
+        {"name": "moved-to-another-backup", "object_key": KEY.replace("bk1", "bk2"), "stored": good.decode()},
+        {"name": "moved-to-the-node-copy", "object_key": CASES[2]["object_key"], "stored": good.decode()},
+    ]
     return out
 
 
@@ -136,15 +164,17 @@ def generate() -> dict[str, Any]:
         stored = _case_stored(case)
         found = find_seal(stored)
         assert found is not None
-        out["valid"].append({
-            "name": case["name"],
-            "object_key": case["object_key"],
-            "salt_hex": case["salt"].hex(),
-            "mac_key_hex": derive_manifest_key(RAW_A, case["salt"]).hex(),
-            "manifest": case["manifest"].decode(),
-            "stored": stored.decode(),
-            "mac_hex": found.mac.hex(),
-        })
+        out["valid"].append(
+            {
+                "name": case["name"],
+                "object_key": case["object_key"],
+                "salt_hex": case["salt"].hex(),
+                "mac_key_hex": derive_manifest_key(RAW_A, case["salt"]).hex(),
+                "manifest": case["manifest"].decode(),
+                "stored": stored.decode(),
+                "mac_hex": found.mac.hex(),
+            }
+        )
     return out
 
 
@@ -169,19 +199,26 @@ def test_valid_vector(vector: dict[str, Any]) -> None:
     assert seal(MASTER, vector["object_key"], vector["manifest"].encode(), salt) == stored
     found, name = verify_manifest(RING, stored, vector["object_key"])
     assert name == vector["object_key"] and found.mac.hex() == vector["mac_hex"]
-    assert stored[:found.body_len] + b"]" == vector["manifest"].encode()
+    assert stored[: found.body_len] + b"]" == vector["manifest"].encode()
     # The MAC, recomputed from the definition in docs/FORMAT.md with nothing but the stdlib.
     import hmac
 
     k = vector["object_key"].encode()
     body = vector["manifest"].encode()[:-1]
-    expected = hmac.new(bytes.fromhex(vector["mac_key_hex"]),
-                        b"MCPM-mac-v1" + len(k).to_bytes(2, "big") + k + body, hashlib.sha256).hexdigest()
+    expected = hmac.new(
+        bytes.fromhex(vector["mac_key_hex"]), b"MCPM-mac-v1" + len(k).to_bytes(2, "big") + k + body, hashlib.sha256
+    ).hexdigest()
     assert expected == vector["mac_hex"]
     # Readable without the key: a JSON array whose last element is the seal.
     document = json.loads(stored)
-    assert document[-1] == {"medusa_crypt_proxy": {"version": 1, "key_id": VECTORS["key_id_hex"],
-                                                   "salt": vector["salt_hex"], "mac": vector["mac_hex"]}}
+    assert document[-1] == {
+        "medusa_crypt_proxy": {
+            "version": 1,
+            "key_id": VECTORS["key_id_hex"],
+            "salt": vector["salt_hex"],
+            "mac": vector["mac_hex"],
+        }
+    }
     assert document[:-1] == json.loads(vector["manifest"])
 
 
@@ -246,20 +283,26 @@ def test_no_seal(stored: bytes) -> None:
 
 
 def entries(n: int, prefix: str = "node1/data/ks/t") -> list[dict[str, Any]]:
-    return [{"path": f"{prefix}/nb-{i}-big-Data.db", "MD5": hashlib.md5(str(i).encode()).hexdigest(), "size": i}
-            for i in range(n)]
+    return [
+        {"path": f"{prefix}/nb-{i}-big-Data.db", "MD5": hashlib.md5(str(i).encode()).hexdigest(), "size": i}
+        for i in range(n)
+    ]
 
 
 def test_rewrite_seal_restore_round_trip() -> None:
-    body = medusa([{"keyspace": "ks", "columnfamily": "t", "objects": entries(50)},
-                   {"keyspace": "ks", "columnfamily": "u", "objects": entries(3, "node1/data/ks/u")}])
+    body = medusa(
+        [
+            {"keyspace": "ks", "columnfamily": "t", "objects": entries(50)},
+            {"keyspace": "ks", "columnfamily": "u", "objects": entries(3, "node1/data/ks/u")},
+        ]
+    )
     stored_objects = {e["path"]: Stored(e["size"] + 85, "ab" * 16) for e in entries(50)[::2]}
     out = bytearray()
     assert rewrite_into(body.decode(), stored_objects, out) == 25
     rewritten = bytes(out)
     sealed = seal(MASTER, KEY, rewritten)
     found, _ = verify_manifest(RING, sealed, KEY)
-    assert sealed[:found.body_len] + b"]" == rewritten
+    assert sealed[: found.body_len] + b"]" == rewritten
     assert restore(rewritten) == body
     assert restored_digest(rewritten.decode()) == (len(body), hashlib.md5(body).hexdigest())
 
@@ -274,8 +317,10 @@ def test_restore_streams_in_pieces() -> None:
 
 
 def test_entries_not_restorable_exactly_stay_as_written() -> None:
-    odd = b'[{"objects": [{"path": "a", "MD5": "ABCDEF0123456789ABCDEF0123456789", "size": 1}, ' \
-          b'{"size": 2, "path": "b", "MD5": "00", "path": "b"}, {"path":"c","MD5":"e","size":3}]}]'
+    odd = (
+        b'[{"objects": [{"path": "a", "MD5": "ABCDEF0123456789ABCDEF0123456789", "size": 1}, '
+        b'{"size": 2, "path": "b", "MD5": "00", "path": "b"}, {"path":"c","MD5":"e","size":3}]}]'
+    )
     out = bytearray()
     assert rewrite_into(odd.decode(), {p: Stored(9, "f" * 32) for p in "abc"}, out) == 0
     assert bytes(out) == odd
@@ -292,8 +337,21 @@ def test_seed_manifest_restores_hex() -> None:
     import base64
 
     md5 = hashlib.md5(b"x").digest()
-    stored = json.dumps([{"objects": [{"path": "a", "MD5": "e" * 32, "size": 99, "source_size": 1,
-                                       "source_MD5": base64.b64encode(md5).decode()}]}]).encode()
+    stored = json.dumps(
+        [
+            {
+                "objects": [
+                    {
+                        "path": "a",
+                        "MD5": "e" * 32,
+                        "size": 99,
+                        "source_size": 1,
+                        "source_MD5": base64.b64encode(md5).decode(),
+                    }
+                ]
+            }
+        ]
+    ).encode()
     assert json.loads(restore(stored))[0]["objects"][0] == {"path": "a", "MD5": md5.hex(), "size": 1}
 
 
@@ -301,29 +359,32 @@ def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("", "expected '\\['"),
-    ("not json", "expected '\\['"),
-    ('{"objects": []}', "expected '\\['"),
-    ("[1]", "section"),
-    ("[{}]", "no objects list"),
-    ('[{"objects": {}}]', "objects list"),
-    ('[{"objects": [1]}]', "string path"),
-    ('[{"objects": [{"path": 1}]}]', "string path"),
-    ('[{"objects": [],}]', "key"),
-    ('[{"objects": []},]', "section"),
-    ('[{"objects": [{"path": "a"},]}]', "not JSON"),
-    ('[{"objects": [], "objects": []}]', "two objects"),
-    ('[{"objects": []}] x', "extra data"),
-    ('[{"objects": []}', "after a section"),
-    ('[{"objects": [{"path": "a\x01"}]}]', "not JSON"),
-    ("[{\"objects\": [" + nested(MAX_DEPTH) + "]}]", "nested deeper"),
-    ('[{"objects": [{"path": "a", "x": ' + nested(MAX_DEPTH - 3) + "}]}]", "nested deeper"),
-    ('[{"objects": [], "x": ' + nested(MAX_DEPTH - 1) + "}]", "nested deeper"),
-    ("[{\"objects\": [" + nested(100000) + "]}]", "nested deeper"),
-    ("[" * 100000, "section"),
-    ('[{"objects": [{"path": "a", "size": ' + "9" * 5000 + "}]}]", "not JSON"),
-])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "expected '\\['"),
+        ("not json", "expected '\\['"),
+        ('{"objects": []}', "expected '\\['"),
+        ("[1]", "section"),
+        ("[{}]", "no objects list"),
+        ('[{"objects": {}}]', "objects list"),
+        ('[{"objects": [1]}]', "string path"),
+        ('[{"objects": [{"path": 1}]}]', "string path"),
+        ('[{"objects": [],}]', "key"),
+        ('[{"objects": []},]', "section"),
+        ('[{"objects": [{"path": "a"},]}]', "not JSON"),
+        ('[{"objects": [], "objects": []}]', "two objects"),
+        ('[{"objects": []}] x', "extra data"),
+        ('[{"objects": []}', "after a section"),
+        ('[{"objects": [{"path": "a\x01"}]}]', "not JSON"),
+        ('[{"objects": [' + nested(MAX_DEPTH) + "]}]", "nested deeper"),
+        ('[{"objects": [{"path": "a", "x": ' + nested(MAX_DEPTH - 3) + "}]}]", "nested deeper"),
+        ('[{"objects": [], "x": ' + nested(MAX_DEPTH - 1) + "}]", "nested deeper"),
+        ('[{"objects": [' + nested(100000) + "]}]", "nested deeper"),
+        ("[" * 100000, "section"),
+        ('[{"objects": [{"path": "a", "size": ' + "9" * 5000 + "}]}]", "not JSON"),
+    ],
+)
 def test_not_a_manifest(text: str, reason: str) -> None:
     with pytest.raises(NotAManifest, match=reason):
         check(text)
@@ -340,8 +401,10 @@ def test_depth_limit_is_exact() -> None:
 def test_walk_gives_entry_spans() -> None:
     text = ' [ {"keyspace": "k", "objects" : [ {"path": "a"} , {"path": "b", "size": [1, {"z": null}]}]} ] '
     spans = [(text[s:e], entry) for s, e, entry in iter_entries(text)]
-    assert spans == [('{"path": "a"}', {"path": "a"}),
-                     ('{"path": "b", "size": [1, {"z": null}]}', {"path": "b", "size": [1, {"z": None}]})]
+    assert spans == [
+        ('{"path": "a"}', {"path": "a"}),
+        ('{"path": "b", "size": [1, {"z": null}]}', {"path": "b", "size": [1, {"z": None}]}),
+    ]
 
 
 def reference_restore(body: bytes) -> bytes:
@@ -369,13 +432,18 @@ def test_restore_agrees_with_the_json_reference() -> None:
         {"path": "a/b", "MD5": "e" * 32, "size": 5, "source_size": 3, "source_MD5": md5.hexdigest() + "-12"},
         {"path": "a/b", "MD5": "e" * 32, "size": 5, "source_size": 0, "source_MD5": md5.hexdigest().upper()},
         {"path": "a/b", "MD5": "e", "size": 5, "source_size": 3, "source_MD5": base64.b64encode(md5.digest()).decode()},
-        {"path": "\u00e9t\u00e9/\"q\"\\/\n", "MD5": "e" * 32, "size": 5, "source_size": 3,
-         "source_MD5": md5.hexdigest()},
-        {"path": "a", "MD5": "e" * 32, "size": 5, "source_size": 10 ** 30, "source_MD5": md5.hexdigest()},
+        {"path": '\u00e9t\u00e9/"q"\\/\n', "MD5": "e" * 32, "size": 5, "source_size": 3, "source_MD5": md5.hexdigest()},
+        {"path": "a", "MD5": "e" * 32, "size": 5, "source_size": 10**30, "source_MD5": md5.hexdigest()},
         {"path": "a", "MD5": "e" * 32, "size": -5, "source_size": -1, "source_MD5": md5.hexdigest()},
         {"path": "a", "size": 5, "MD5": "e" * 32, "source_size": 3, "source_MD5": md5.hexdigest()},
-        {"path": "a", "MD5": "e" * 32, "size": 5, "extra": [1, {"b": None}], "source_size": 3,
-         "source_MD5": md5.hexdigest()},
+        {
+            "path": "a",
+            "MD5": "e" * 32,
+            "size": 5,
+            "extra": [1, {"b": None}],
+            "source_size": 3,
+            "source_MD5": md5.hexdigest(),
+        },
         {"path": "a", "source_size": 3, "source_MD5": md5.hexdigest()},
         {"path": "a", "MD5": "e" * 32, "size": 5.5, "source_size": 3.25, "source_MD5": md5.hexdigest()},
         {"path": "a", "MD5": "e" * 32, "size": 5},
@@ -384,6 +452,10 @@ def test_restore_agrees_with_the_json_reference() -> None:
     ]
     for _ in range(20):
         objects = [dict(rng.choice(shapes)) for _ in range(rng.randrange(0, 12))]
-        body = medusa([{"keyspace": "k", "columnfamily": "t", "objects": objects},
-                       {"keyspace": "k", "columnfamily": "u", "objects": objects[::-1], "x": {"y": [1]}}])
+        body = medusa(
+            [
+                {"keyspace": "k", "columnfamily": "t", "objects": objects},
+                {"keyspace": "k", "columnfamily": "u", "objects": objects[::-1], "x": {"y": [1]}},
+            ]
+        )
         assert restore(body) == reference_restore(body)

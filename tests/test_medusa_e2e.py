@@ -50,27 +50,36 @@ T1 = "ks1/t1-0a1b2c3d4e5f4a5b8c9d0e1f2a3b4c5d"
 # helpers
 # ------------------------------------------------------------------------------------
 
+
 def proxy_storage(proxy: ProxyProcess, bucket: str, **kw: Any) -> dict[str, Any]:
     return medusa_storage(proxy.endpoint_url, bucket, proxy.access_key, proxy.secret_key, **kw)
 
 
-def backup(storage: dict[str, Any], name: str, snap: FakeSnapshot, tmp: Path, *,
-           mode: str = "full", md5: bool = False) -> dict[str, Any]:
-    return run_medusa("backup", {"storage": storage, "backup_name": name, "mode": mode,
-                                 "snapshot_dir": str(snap.root), "enable_md5_checks": md5},
-                      tmp_dir=tmp)
+def backup(
+    storage: dict[str, Any], name: str, snap: FakeSnapshot, tmp: Path, *, mode: str = "full", md5: bool = False
+) -> dict[str, Any]:
+    return run_medusa(
+        "backup",
+        {
+            "storage": storage,
+            "backup_name": name,
+            "mode": mode,
+            "snapshot_dir": str(snap.root),
+            "enable_md5_checks": md5,
+        },
+        tmp_dir=tmp,
+    )
 
 
-def verify(storage: dict[str, Any], name: str, tmp: Path, *, md5: bool,
-           check: bool = True) -> dict[str, Any]:
-    return run_medusa("verify", {"storage": storage, "backup_name": name,
-                                 "enable_md5_checks": md5}, tmp_dir=tmp, check=check)
+def verify(storage: dict[str, Any], name: str, tmp: Path, *, md5: bool, check: bool = True) -> dict[str, Any]:
+    return run_medusa(
+        "verify", {"storage": storage, "backup_name": name, "enable_md5_checks": md5}, tmp_dir=tmp, check=check
+    )
 
 
 def download(storage: dict[str, Any], name: str, dest: Path, tmp: Path) -> dict[str, Any]:
     assert not dest.exists()  # a fresh directory
-    return run_medusa("download", {"storage": storage, "backup_name": name,
-                                   "destination": str(dest)}, tmp_dir=tmp)
+    return run_medusa("download", {"storage": storage, "backup_name": name, "destination": str(dest)}, tmp_dir=tmp)
 
 
 def list_backups(storage: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -88,8 +97,7 @@ def counts(result: dict[str, Any]) -> tuple[int, int, int]:
 
 def manifest_entries(result: dict[str, Any]) -> dict[str, tuple[int, str]]:
     """rel -> (size, MD5) of a backup result's manifest (as Medusa wrote and read it)."""
-    return {o["path"].split("/data/", 1)[1]: (o["size"], o["MD5"])
-            for t in result["manifest"] for o in t["objects"]}
+    return {o["path"].split("/data/", 1)[1]: (o["size"], o["MD5"]) for t in result["manifest"] for o in t["objects"]}
 
 
 def expected_entries(snap: FakeSnapshot) -> dict[str, tuple[int, str]]:
@@ -104,8 +112,7 @@ def exact_multiples(snap: FakeSnapshot) -> list[str]:
 
 def copy_snapshot(snap: FakeSnapshot, root: Path) -> FakeSnapshot:
     shutil.copytree(snap.root, root)
-    return FakeSnapshot(root=root, marker=snap.marker, tag=snap.tag, seed=snap.seed,
-                        files=dict(snap.files))
+    return FakeSnapshot(root=root, marker=snap.marker, tag=snap.tag, seed=snap.seed, files=dict(snap.files))
 
 
 def nonempty(snap: FakeSnapshot, prefix: str) -> list[str]:
@@ -114,6 +121,7 @@ def nonempty(snap: FakeSnapshot, prefix: str) -> list[str]:
 
 def check_plaintext_metadata(raw: Any, bucket: str, name: str, snap: FakeSnapshot) -> None:
     """Medusa's metadata objects are stored as they were written: readable without the key."""
+
     def get(key: str) -> bytes:
         return raw.get_object(Bucket=bucket, Key=key)["Body"].read()
 
@@ -139,9 +147,16 @@ def check_plaintext_metadata(raw: Any, bucket: str, name: str, snap: FakeSnapsho
 # 1 + 6: full backup, verify, list, download; what the raw bucket holds
 # ------------------------------------------------------------------------------------
 
-def test_full_backup_verify_list_download(upstream: S3Server, bucket: str, proxy: ProxyProcess,
-                                          medusa_proxy_storage: dict[str, Any], raw_client: Any,
-                                          snapshot: FakeSnapshot, tmp_path: Path) -> None:
+
+def test_full_backup_verify_list_download(
+    upstream: S3Server,
+    bucket: str,
+    proxy: ProxyProcess,
+    medusa_proxy_storage: dict[str, Any],
+    raw_client: Any,
+    snapshot: FakeSnapshot,
+    tmp_path: Path,
+) -> None:
     storage, snap, tmp, raw = medusa_proxy_storage, snapshot, tmp_path / "t", raw_client
     r = backup(storage, "full-a", snap, tmp)
     assert counts(r) == (17, 0, 0)
@@ -153,8 +168,11 @@ def test_full_backup_verify_list_download(upstream: S3Server, bucket: str, proxy
     # LIST and HEAD through the proxy agree with the manifest; the raw objects are larger.
     client = proxy.client(**MEDUSA_CLIENT_CONFIG)
     data = f"{FQDN}/full-a/data/"
-    listed = {o["Key"]: o for p in client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=data) for o in p.get("Contents", [])}
+    listed = {
+        o["Key"]: o
+        for p in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=data)
+        for o in p.get("Contents", [])
+    }
     raw_listed = {o["Key"]: o for o in raw.list_objects_v2(Bucket=bucket, Prefix=data)["Contents"]}
     assert sorted(listed) == sorted(raw_listed) == [data + rel for rel in sorted(snap.files)]
     for rel, (size, etag) in expected_entries(snap).items():
@@ -198,10 +216,17 @@ def test_full_backup_verify_list_download(upstream: S3Server, bucket: str, proxy
 # 2 + 3: differential backups, counts; with a fresh proxy (empty cache) for every step
 # ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fresh_proxy", [False, True], ids=["one-proxy", "fresh-proxy-per-step"])
-def test_differential_counts(upstream: S3Server, bucket: str,
-                             make_proxy: Callable[..., ProxyProcess], raw_client: Any,
-                             snapshot: FakeSnapshot, tmp_path: Path, fresh_proxy: bool) -> None:
+def test_differential_counts(
+    upstream: S3Server,
+    bucket: str,
+    make_proxy: Callable[..., ProxyProcess],
+    raw_client: Any,
+    snapshot: FakeSnapshot,
+    tmp_path: Path,
+    fresh_proxy: bool,
+) -> None:
     """Exactly the changed files are uploaded; Medusa's own md5 quirk is the only exception.
 
     fresh_proxy: every backup goes through a newly started proxy with an empty cache (a new
@@ -309,9 +334,16 @@ def test_differential_counts(upstream: S3Server, bucket: str,
 # 4: backups taken without the proxy, restored through it; a bucket holding both kinds
 # ------------------------------------------------------------------------------------
 
+
 def test_plaintext_backups_restore_through_proxy(
-        upstream: S3Server, bucket: str, make_proxy: Callable[..., ProxyProcess],
-        medusa_raw_storage: dict[str, Any], raw_client: Any, snapshot: FakeSnapshot, tmp_path: Path) -> None:
+    upstream: S3Server,
+    bucket: str,
+    make_proxy: Callable[..., ProxyProcess],
+    medusa_raw_storage: dict[str, Any],
+    raw_client: Any,
+    snapshot: FakeSnapshot,
+    tmp_path: Path,
+) -> None:
     snap, tmp, raw = snapshot, tmp_path / "t", raw_client
     p_full = backup(medusa_raw_storage, "plain-full", snap, tmp)
     p_diff = backup(medusa_raw_storage, "plain-diff", snap, tmp, mode="differential")
@@ -321,8 +353,9 @@ def test_plaintext_backups_restore_through_proxy(
     wait_past(cutoff)
     via = proxy_storage(make_proxy(encryption={"legacy_plaintext_before": cutoff}), bucket)
     original = copy_snapshot(snap, tmp_path / "snapshot-original")
-    assert keys_containing(raw, bucket, snap.marker, prefix=f"{FQDN}/data/") \
-        == nonempty(snap, f"{FQDN}/data/")  # really plaintext
+    assert keys_containing(raw, bucket, snap.marker, prefix=f"{FQDN}/data/") == nonempty(
+        snap, f"{FQDN}/data/"
+    )  # really plaintext
 
     # restore through the proxy of a backup it never saw (verify and list: below)
     d = download(via, "plain-full", tmp_path / "restore-plain-full", tmp)
@@ -340,10 +373,12 @@ def test_plaintext_backups_restore_through_proxy(
     assert counts(c_diff) == (0, len(reuploaded), 17 - len(reuploaded))
     assert manifest_entries(c_diff) == {
         rel: (size, s3_etag(snap.path(rel)) if rel in reuploaded else etag)
-        for rel, (size, etag) in manifest_entries(p_diff).items()}
+        for rel, (size, etag) in manifest_entries(p_diff).items()
+    }
     # the re-uploaded objects are now encrypted, the others still the old plaintext
-    assert keys_containing(raw, bucket, snap.marker, prefix=f"{FQDN}/data/") == \
-        [k for k in nonempty(snap, f"{FQDN}/data/") if k.split("/data/", 1)[1] not in reuploaded]
+    assert keys_containing(raw, bucket, snap.marker, prefix=f"{FQDN}/data/") == [
+        k for k in nonempty(snap, f"{FQDN}/data/") if k.split("/data/", 1)[1] not in reuploaded
+    ]
 
     # then a full backup of changed data through the proxy
     small = sorted(rel for rel, size in snap.files.items() if len(snap.marker) < size < MiB)
@@ -352,12 +387,12 @@ def test_plaintext_backups_restore_through_proxy(
     c_full = backup(via, "crypt-full", snap, tmp)
     assert counts(c_full) == (18, 0, 0)
     assert keys_containing(raw, bucket, snap.marker, prefix=f"{FQDN}/crypt-full/") == []
-    assert keys_containing(raw, bucket, snap.marker, prefix=f"{FQDN}/plain-full/") == \
-        nonempty(original, f"{FQDN}/plain-full/data/")
+    assert keys_containing(raw, bucket, snap.marker, prefix=f"{FQDN}/plain-full/") == nonempty(
+        original, f"{FQDN}/plain-full/data/"
+    )
 
     lst = list_backups(via, tmp)
-    assert [b["name"] for b in lst["backups"]] == ["plain-full", "plain-diff", "crypt-diff",
-                                                   "crypt-full"]
+    assert [b["name"] for b in lst["backups"]] == ["plain-full", "plain-diff", "crypt-diff", "crypt-full"]
     assert [b["num_objects"] for b in lst["backups"]] == [17, 17, 17, 18]
     assert lst["latest"] == "crypt-full"
     for name in ("crypt-diff", "crypt-full", "plain-full"):
@@ -365,8 +400,7 @@ def test_plaintext_backups_restore_through_proxy(
         assert v["ok"] and v["errors"] == [], (name, v["output"])
     # plain-diff's manifest holds the upstream's ETags of objects crypt-diff re-uploaded; the
     # proxy reports S3-style ETags for them: equal on moto, not rclone's whole-object MD5s.
-    differs = sorted(rel for rel in reuploaded
-                     if manifest_entries(p_diff)[rel][1] != s3_etag(original.path(rel)))
+    differs = sorted(rel for rel in reuploaded if manifest_entries(p_diff)[rel][1] != s3_etag(original.path(rel)))
     assert bool(differs) is (upstream.name == "rclone")
     v = verify(via, "plain-diff", tmp, md5=True, check=False)
     assert v["ok"] is not differs
@@ -382,9 +416,15 @@ def test_plaintext_backups_restore_through_proxy(
 # 5: delete-backup and purge leave no orphans
 # ------------------------------------------------------------------------------------
 
+
 def test_delete_and_purge_leave_no_orphans(
-        upstream: S3Server, bucket: str, proxy: ProxyProcess,
-        medusa_proxy_storage: dict[str, Any], raw_client: Any, tmp_path: Path) -> None:
+    upstream: S3Server,
+    bucket: str,
+    proxy: ProxyProcess,
+    medusa_proxy_storage: dict[str, Any],
+    raw_client: Any,
+    tmp_path: Path,
+) -> None:
     # names that are not prefixes of each other (Medusa's own bk1/bk10 quirk)
     storage, tmp, raw = medusa_proxy_storage, tmp_path / "t", raw_client
     layout = {**small_layout(), f"{T1}/nb-2-big-Data.db": PART + 100}  # one multipart file
@@ -402,8 +442,7 @@ def test_delete_and_purge_leave_no_orphans(
     assert d["deleted"] == ["alpha"]
     keys = list_keys(raw, bucket)
     assert [k for k in keys if "/alpha/" in k or k.startswith("index/backup_index/alpha/")] == []
-    assert [b["name"] for b in list_backups(storage, tmp)["backups"]] == [
-        "bravo", "charlie", "delta"]
+    assert [b["name"] for b in list_backups(storage, tmp)["backups"]] == ["bravo", "charlie", "delta"]
 
     p = run_medusa("purge", {"storage": storage, "max_backup_count": 1}, tmp_dir=tmp)
     assert p["backups_purged"] == 2
@@ -415,12 +454,16 @@ def test_delete_and_purge_leave_no_orphans(
     keys = list_keys(raw, bucket)
     expected = sorted(
         [f"{FQDN}/data/{rel}" for rel in snap.files]
-        + [f"{FQDN}/delta/meta/{n}" for n in ("differential", "manifest.json", "schema.cql",
-                                              "server_version.json", "tokenmap.json")]
-        + [f"index/backup_index/delta/{n}" for n in (
-            f"differential_{FQDN}", f"manifest_{FQDN}.json", f"schema_{FQDN}.cql",
-            f"tokenmap_{FQDN}.json")]
-        + [f"index/latest_backup/{FQDN}/{n}" for n in ("backup_name.txt", "tokenmap.json")])
+        + [
+            f"{FQDN}/delta/meta/{n}"
+            for n in ("differential", "manifest.json", "schema.cql", "server_version.json", "tokenmap.json")
+        ]
+        + [
+            f"index/backup_index/delta/{n}"
+            for n in (f"differential_{FQDN}", f"manifest_{FQDN}.json", f"schema_{FQDN}.cql", f"tokenmap_{FQDN}.json")
+        ]
+        + [f"index/latest_backup/{FQDN}/{n}" for n in ("backup_name.txt", "tokenmap.json")]
+    )
     timestamps = [k for k in keys if k.endswith(".timestamp")]
     assert sorted(k for k in keys if not k.endswith(".timestamp")) == expected
     assert sorted(k.split("/")[-1].split("_")[0] for k in timestamps) == ["finished", "started"]

@@ -24,11 +24,22 @@ def test_all_series_present_and_prefixed() -> None:
     m.set_build_info("1.2.3", ["k2", "k1"])
     names = {fam.name for fam in text_string_to_metric_families(m.render()[0].decode())}
     expected = {
-        "s3_requests", "s3_request_duration_seconds", "client_bytes_received",
-        "client_bytes_sent", "upstream_bytes_sent", "upstream_bytes_received",
-        "upstream_requests", "upstream_errors", "bytes_encrypted", "bytes_decrypted",
-        "integrity_failures", "cache_lookups", "cache_entries", "requests_in_flight",
-        "multipart_uploads_in_flight", "build_info",
+        "s3_requests",
+        "s3_request_duration_seconds",
+        "client_bytes_received",
+        "client_bytes_sent",
+        "upstream_bytes_sent",
+        "upstream_bytes_received",
+        "upstream_requests",
+        "upstream_errors",
+        "bytes_encrypted",
+        "bytes_decrypted",
+        "integrity_failures",
+        "cache_lookups",
+        "cache_entries",
+        "requests_in_flight",
+        "multipart_uploads_in_flight",
+        "build_info",
     }
     assert {P + n for n in expected} <= names
     assert all(n.startswith(P) for n in names)
@@ -59,18 +70,14 @@ def test_values_move() -> None:
     assert s[(P + "s3_requests_total", (("operation", "GetObject"), ("status", "200")))] == 2
     assert s[(P + "s3_requests_total", (("operation", "PutObject"), ("status", "403")))] == 1
     assert s[(P + "s3_request_duration_seconds_count", (("operation", "GetObject"),))] == 2
-    assert abs(s[(P + "s3_request_duration_seconds_sum", (("operation", "GetObject"),))]
-               - 0.52) < 1e-9
-    assert s[(P + "s3_request_duration_seconds_bucket",
-              (("le", "0.025"), ("operation", "GetObject")))] == 1
+    assert abs(s[(P + "s3_request_duration_seconds_sum", (("operation", "GetObject"),))] - 0.52) < 1e-9
+    assert s[(P + "s3_request_duration_seconds_bucket", (("le", "0.025"), ("operation", "GetObject")))] == 1
     assert s[(P + "client_bytes_received_total", ())] == 100
     assert s[(P + "client_bytes_sent_total", ())] == 7
     assert s[(P + "upstream_bytes_sent_total", ())] == 173
     assert s[(P + "upstream_bytes_received_total", ())] == 9
-    assert s[(P + "upstream_requests_total",
-              (("operation", "GetObject"), ("outcome", "error")))] == 1
-    assert s[(P + "upstream_requests_total",
-              (("operation", "GetObject"), ("outcome", "retry")))] == 1
+    assert s[(P + "upstream_requests_total", (("operation", "GetObject"), ("outcome", "error")))] == 1
+    assert s[(P + "upstream_requests_total", (("operation", "GetObject"), ("outcome", "retry")))] == 1
     assert s[(P + "upstream_errors_total", (("code", "NoSuchKey"),))] == 1
     assert s[(P + "upstream_errors_total", (("code", "SlowDown"),))] == 1
     assert s[(P + "bytes_encrypted_total", ())] == 100

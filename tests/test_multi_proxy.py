@@ -94,12 +94,13 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(server: S3Server, shared_bucket: str, tmp_path: Path,
-            request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def cluster(server: S3Server, shared_bucket: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     made = Cluster(server, shared_bucket, tmp_path)
     yield made
-    failed = any(getattr(request.node, f"rep_{when}", None) is not None
-                 and getattr(request.node, f"rep_{when}").failed for when in ("setup", "call"))
+    failed = any(
+        getattr(request.node, f"rep_{when}", None) is not None and getattr(request.node, f"rep_{when}").failed
+        for when in ("setup", "call")
+    )
     made.stop(failed)
 
 
@@ -144,8 +145,11 @@ INTEGRITY = "medusa_crypt_proxy_integrity_failures_total"
 
 def integrity_failures(proxy: ProxyProcess) -> float:
     with urllib.request.urlopen(proxy.endpoint_url + "/metrics", timeout=10) as resp:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in resp.read().decode().splitlines()
-                   if line.startswith(INTEGRITY + "{"))
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in resp.read().decode().splitlines()
+            if line.startswith(INTEGRITY + "{")
+        )
 
 
 def assert_seen(client: Any, bucket: str, key: str, data: bytes) -> None:
@@ -192,8 +196,12 @@ def test_concurrent_writers_give_identical_views(cluster: Cluster) -> None:
         up = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
         e1 = client.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=1, Body=part)["ETag"]
         e2 = client.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=2, Body=tail)["ETag"]
-        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up, MultipartUpload={
-            "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=up,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]},
+        )
         with lock:
             written.setdefault(key, []).append(part + tail)
 
@@ -283,8 +291,13 @@ def test_settled_views_are_still_cached(cluster: Cluster) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def hold_then(injector: FaultInjector, kind_match: dict[str, Any], action: Callable[[], None],
-              request: Callable[[], Any], seconds: float = 1.5) -> Any:
+def hold_then(
+    injector: FaultInjector,
+    kind_match: dict[str, Any],
+    action: Callable[[], None],
+    request: Callable[[], Any],
+    seconds: float = 1.5,
+) -> Any:
     """Run ``request`` while the injector holds the first matching answer ``seconds``; ``action``
     runs meanwhile (after the upstream answered, before the proxy gets the answer)."""
     fault = injector.add("stall", seconds=seconds, times=1, **kind_match)
@@ -319,8 +332,12 @@ def test_overwrite_between_head_and_trailer_read(cluster: Cluster) -> None:
     bucket, key = cluster.bucket, DATA.format(n=3, t=3, i=0)
     b.put_object(Bucket=bucket, Key=key, Body=os.urandom(1000))  # written by B: A has no view
     new = os.urandom(3000)
-    got = hold_then(injector, {"method": "HEAD"}, lambda: b.put_object(Bucket=bucket, Key=key, Body=new),
-                    lambda: view(a, bucket, key))
+    got = hold_then(
+        injector,
+        {"method": "HEAD"},
+        lambda: b.put_object(Bucket=bucket, Key=key, Body=new),
+        lambda: view(a, bucket, key),
+    )
     assert got == (3000, md5(new))
     assert body(a, bucket, key) == new
     assert integrity_failures(pa) == 0
@@ -340,8 +357,12 @@ def test_overwrite_between_head_and_body_read(cluster: Cluster, rng: str | None)
     assert view(a, bucket, key) is not None
     new = os.urandom(3000)
     extra = {} if rng is None else {"Range": rng}
-    got = hold_then(injector, {"method": "HEAD"}, lambda: b.put_object(Bucket=bucket, Key=key, Body=new),
-                    lambda: body(a, bucket, key, **extra))
+    got = hold_then(
+        injector,
+        {"method": "HEAD"},
+        lambda: b.put_object(Bucket=bucket, Key=key, Body=new),
+        lambda: body(a, bucket, key, **extra),
+    )
     assert got == {None: new, "bytes=-500": new[-500:], "bytes=10-2999": new[10:3000]}[rng]
     assert integrity_failures(pa) == 0
 
@@ -354,8 +375,12 @@ def test_overwrite_between_list_and_trailer_read(cluster: Cluster) -> None:
     bucket, key = cluster.bucket, DATA.format(n=4, t=4, i=0)
     b.put_object(Bucket=bucket, Key=key, Body=os.urandom(1000))  # written by B: A has no view
     new = os.urandom(3000)
-    got = hold_then(injector, {"method": "GET", "query": "list-type"},
-                    lambda: b.put_object(Bucket=bucket, Key=key, Body=new), lambda: listing(a, bucket, "node4/"))
+    got = hold_then(
+        injector,
+        {"method": "GET", "query": "list-type"},
+        lambda: b.put_object(Bucket=bucket, Key=key, Body=new),
+        lambda: listing(a, bucket, "node4/"),
+    )
     assert got[key] == (3000, md5(new))
     assert integrity_failures(pa) == 0
 
@@ -366,8 +391,9 @@ def test_delete_between_head_and_trailer_read(cluster: Cluster) -> None:
     assert injector is not None
     bucket, key = cluster.bucket, DATA.format(n=5, t=5, i=0)
     b.put_object(Bucket=bucket, Key=key, Body=os.urandom(1000))
-    got = hold_then(injector, {"method": "HEAD"}, lambda: b.delete_object(Bucket=bucket, Key=key),
-                    lambda: view(a, bucket, key))
+    got = hold_then(
+        injector, {"method": "HEAD"}, lambda: b.delete_object(Bucket=bucket, Key=key), lambda: view(a, bucket, key)
+    )
     assert got is None
     assert integrity_failures(pa) == 0
 
@@ -381,9 +407,12 @@ def test_put_succeeds_when_another_proxy_deletes_right_after(cluster: Cluster) -
     bucket, key = cluster.bucket, DATA.format(n=6, t=6, i=0)
     a.put_object(Bucket=bucket, Key=key, Body=b"x")
     view(a, bucket, key)  # A has now seen a HEAD (and learned whether HEADs give ETags)
-    for action in (lambda: b.delete_object(Bucket=bucket, Key=key),
-                   lambda: b.put_object(Bucket=bucket, Key=key, Body=os.urandom(10))):
+    for action in (
+        lambda: b.delete_object(Bucket=bucket, Key=key),
+        lambda: b.put_object(Bucket=bucket, Key=key, Body=os.urandom(10)),
+    ):
         data = os.urandom(2000)
-        reply = hold_then(injector, {"method": "PUT"}, action,
-                          functools.partial(a.put_object, Bucket=bucket, Key=key, Body=data))
+        reply = hold_then(
+            injector, {"method": "PUT"}, action, functools.partial(a.put_object, Bucket=bucket, Key=key, Body=data)
+        )
         assert reply["ETag"].strip('"') == md5(data)

@@ -30,7 +30,7 @@ def payload(size: int, seed: int = 0) -> bytes:
 def s3_etag(data: bytes, part_size: int | None = None) -> str:
     if part_size is None or len(data) < part_size:
         return hashlib.md5(data).hexdigest()
-    digests = [hashlib.md5(data[i:i + part_size]).digest() for i in range(0, len(data), part_size)]
+    digests = [hashlib.md5(data[i : i + part_size]).digest() for i in range(0, len(data), part_size)]
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
@@ -99,8 +99,9 @@ def test_metadata_passes_through_unchanged(proxy_client: Any, raw_client: Any, b
         (100 * MIB + 7, 8 * MIB),  # the largest size the issue names, 13 parts
     ],
 )
-def test_multipart_round_trip(proxy_client: Any, raw_client: Any, bucket: str, tmp_path: Any,
-                              size: int, part_size: int) -> None:
+def test_multipart_round_trip(
+    proxy_client: Any, raw_client: Any, bucket: str, tmp_path: Any, size: int, part_size: int
+) -> None:
     data = payload(size, part_size)
     src = tmp_path / "src.bin"
     src.write_bytes(data)
@@ -117,8 +118,9 @@ def test_multipart_round_trip(proxy_client: Any, raw_client: Any, bucket: str, t
     assert (listed[0]["Size"], listed[0]["ETag"].strip('"')) == (size, s3_etag(data, part_size))
 
 
-def test_view_matches_direct_upload(proxy_client: Any, raw_client: Any, bucket: str, tmp_path: Any,
-                                    upstream: Any) -> None:
+def test_view_matches_direct_upload(
+    proxy_client: Any, raw_client: Any, bucket: str, tmp_path: Any, upstream: Any
+) -> None:
     """HEAD and LIST through the proxy equal what the upstream reports for the same plaintext."""
     config = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
     sizes = {"a": 0, "b": 100, "c": 6 * MIB, "d": 10 * MIB}
@@ -127,10 +129,10 @@ def test_view_matches_direct_upload(proxy_client: Any, raw_client: Any, bucket: 
         src.write_bytes(payload(size, size))
         proxy_client.upload_file(str(src), bucket, f"enc/data/{name}", Config=config)
         raw_client.upload_file(str(src), bucket, f"raw/data/{name}", Config=config)
-    through = {o["Key"].split("/")[-1]: o for o in proxy_client.list_objects_v2(Bucket=bucket,
-                                                                                Prefix="enc/")["Contents"]}
-    direct = {o["Key"].split("/")[-1]: o for o in raw_client.list_objects_v2(Bucket=bucket,
-                                                                             Prefix="raw/")["Contents"]}
+    through = {
+        o["Key"].split("/")[-1]: o for o in proxy_client.list_objects_v2(Bucket=bucket, Prefix="enc/")["Contents"]
+    }
+    direct = {o["Key"].split("/")[-1]: o for o in raw_client.list_objects_v2(Bucket=bucket, Prefix="raw/")["Contents"]}
     for name in sizes:
         assert through[name]["Size"] == direct[name]["Size"]
         if upstream.name == "moto":  # rclone's multipart ETags are not S3's
@@ -141,14 +143,23 @@ def test_view_matches_direct_upload(proxy_client: Any, raw_client: Any, bucket: 
 
 @pytest.mark.parametrize(
     "spec",
-    ["bytes=0-0", "bytes=0-99", "bytes=100-", "bytes=-1", "bytes=-5000", "bytes=1048570-1048580",
-     "bytes=1048576-2097151", "bytes=3145700-", "bytes=0-99999999"],
+    [
+        "bytes=0-0",
+        "bytes=0-99",
+        "bytes=100-",
+        "bytes=-1",
+        "bytes=-5000",
+        "bytes=1048570-1048580",
+        "bytes=1048576-2097151",
+        "bytes=3145700-",
+        "bytes=0-99999999",
+    ],
 )
 def test_range_get(proxy_client: Any, bucket: str, spec: str) -> None:
     data = payload(3 * MIB + 5, 7)
     proxy_client.put_object(Bucket=bucket, Key=DATA_KEY, Body=data)
     got = proxy_client.get_object(Bucket=bucket, Key=DATA_KEY, Range=spec)
-    first_s, _, last_s = spec[len("bytes="):].partition("-")
+    first_s, _, last_s = spec[len("bytes=") :].partition("-")
     if first_s == "":
         first, last = len(data) - int(last_s), len(data) - 1
     else:
@@ -156,7 +167,7 @@ def test_range_get(proxy_client: Any, bucket: str, spec: str) -> None:
         last = min(int(last_s), len(data) - 1) if last_s else len(data) - 1
     assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
     assert got["ContentRange"] == f"bytes {first}-{last}/{len(data)}"
-    assert got["Body"].read() == data[first:last + 1]
+    assert got["Body"].read() == data[first : last + 1]
 
 
 def test_range_past_end_is_416(proxy_client: Any, bucket: str) -> None:
@@ -183,8 +194,7 @@ def test_conditionals_use_plaintext_etag(proxy_client: Any, bucket: str) -> None
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
 
 
-def test_default_boto_client_checksums(proxy_client_default: Any, raw_client: Any, bucket: str,
-                                       tmp_path: Any) -> None:
+def test_default_boto_client_checksums(proxy_client_default: Any, raw_client: Any, bucket: str, tmp_path: Any) -> None:
     """boto3 defaults: CRC32 checksums, and aws-chunked bodies on multipart uploads."""
     data = payload(9 * MIB, 11)
     proxy_client_default.put_object(Bucket=bucket, Key=DATA_KEY, Body=data[:1000])
@@ -203,8 +213,9 @@ def test_listing_v1_v2_delimiter_paging(proxy_client: Any, bucket: str) -> None:
     keys = [f"n/data/k{i:03d} x+y" for i in range(25)] + ["n/meta/m1", "n/meta/m2", "top"]
     for key in keys:
         proxy_client.put_object(Bucket=bucket, Key=key, Body=key.encode())
-    pages = proxy_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="n/",
-                                                                  PaginationConfig={"PageSize": 7})
+    pages = proxy_client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix="n/", PaginationConfig={"PageSize": 7}
+    )
     listed = [o for page in pages for o in page.get("Contents", [])]
     assert sorted(o["Key"] for o in listed) == sorted(k for k in keys if k.startswith("n/"))
     assert all(o["Size"] == len(o["Key"]) for o in listed)
@@ -220,8 +231,7 @@ def test_delete_and_delete_objects(proxy_client: Any, raw_client: Any, bucket: s
     for i in range(3):
         proxy_client.put_object(Bucket=bucket, Key=f"x/data/{i}", Body=b"z")
     proxy_client.delete_object(Bucket=bucket, Key="x/data/0")
-    result = proxy_client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "x/data/1"},
-                                                                            {"Key": "x/data/2"}]})
+    result = proxy_client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "x/data/1"}, {"Key": "x/data/2"}]})
     assert sorted(d["Key"] for d in result["Deleted"]) == ["x/data/1", "x/data/2"]
     assert raw_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
@@ -251,8 +261,9 @@ def test_legacy_plaintext_objects_still_served(make_proxy: Any, raw_client: Any,
     """Objects the operator declared older than encryption (legacy_plaintext_before) are served."""
     data = payload(3 * MIB, 9)
     raw_client.put_object(Bucket=bucket, Key=DATA_KEY, Body=data)
-    proxy_client = make_proxy(encryption={"legacy_plaintext_before": cutoff_after(raw_client, bucket, DATA_KEY)}
-                              ).client()
+    proxy_client = make_proxy(
+        encryption={"legacy_plaintext_before": cutoff_after(raw_client, bucket, DATA_KEY)}
+    ).client()
     head = proxy_client.head_object(Bucket=bucket, Key=DATA_KEY)
     assert head["ContentLength"] == len(data)
     assert proxy_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == data
@@ -299,8 +310,9 @@ def test_passthrough_mode(make_proxy: Any, raw_client: Any, bucket: str, tmp_pat
     data = payload(6 * MIB + 1, 8)
     src = tmp_path / "f"
     src.write_bytes(data)
-    client.upload_file(str(src), bucket, DATA_KEY, Config=TransferConfig(multipart_threshold=5 * MIB,
-                                                                          multipart_chunksize=5 * MIB))
+    client.upload_file(
+        str(src), bucket, DATA_KEY, Config=TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    )
     assert raw_bytes(raw_client, bucket, DATA_KEY) == data
     assert client.get_object(Bucket=bucket, Key=DATA_KEY, Range="bytes=7-9")["Body"].read() == data[7:10]
     assert client.head_object(Bucket=bucket, Key=DATA_KEY)["ContentLength"] == len(data)

@@ -120,8 +120,12 @@ class SlowPut:
     def __init__(self, proxy: ProxyProcess, bucket: str, key: str, body: bytes) -> None:
         self.body = body
         self.sent = 0
-        request = AWSRequest(method="PUT", url=f"{proxy.endpoint_url}/{bucket}/{key}", data=body,
-                             headers={"Content-Length": str(len(body))})
+        request = AWSRequest(
+            method="PUT",
+            url=f"{proxy.endpoint_url}/{bucket}/{key}",
+            data=body,
+            headers={"Content-Length": str(len(body))},
+        )
         S3SigV4Auth(Credentials(proxy.access_key, proxy.secret_key), "s3", REGION).add_auth(request)
         self.conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
         self.conn.putrequest("PUT", f"/{bucket}/{key}", skip_accept_encoding=True)
@@ -130,11 +134,11 @@ class SlowPut:
         self.conn.endheaders()
 
     def send(self, n: int) -> None:
-        self.conn.send(self.body[self.sent:self.sent + n])
+        self.conn.send(self.body[self.sent : self.sent + n])
         self.sent += n
 
     def finish(self) -> tuple[int, bytes]:
-        self.conn.send(self.body[self.sent:])
+        self.conn.send(self.body[self.sent :])
         self.sent = len(self.body)
         response = self.conn.getresponse()
         data = response.read()
@@ -163,9 +167,15 @@ class TLSProxyProcess(ProxyProcess):
 def tls_client(proxy: ProxyProcess, verify: bool | str, **config: Any) -> Any:
     config.setdefault("s3", {"addressing_style": "path"})
     config.setdefault("retries", NO_RETRY)
-    return boto3.client("s3", endpoint_url=proxy.endpoint_url, region_name=REGION,
-                        aws_access_key_id=proxy.access_key, aws_secret_access_key=proxy.secret_key,
-                        verify=verify, config=Config(**config))
+    return boto3.client(
+        "s3",
+        endpoint_url=proxy.endpoint_url,
+        region_name=REGION,
+        aws_access_key_id=proxy.access_key,
+        aws_secret_access_key=proxy.secret_key,
+        verify=verify,
+        config=Config(**config),
+    )
 
 
 def record_headers(client: Any) -> list[tuple[str, dict[str, str]]]:
@@ -174,8 +184,9 @@ def record_headers(client: Any) -> list[tuple[str, dict[str, str]]]:
 
     def before_send(request: Any, **kwargs: Any) -> None:
         op = kwargs.get("event_name", "").rsplit(".", 1)[-1]
-        seen.append((op, {k.lower(): (v.decode() if isinstance(v, bytes) else str(v))
-                          for k, v in request.headers.items()}))
+        seen.append(
+            (op, {k.lower(): (v.decode() if isinstance(v, bytes) else str(v)) for k, v in request.headers.items()})
+        )
 
     client.meta.events.register("before-send.s3", before_send)
     return seen
@@ -189,8 +200,8 @@ def key_id(path: Path) -> str:
 # overload
 # ------------------------------------------------------------------------------------
 
-def test_overload_answers_slowdown_and_recovers(
-        make_proxy: Callable[..., ProxyProcess], bucket: str) -> None:
+
+def test_overload_answers_slowdown_and_recovers(make_proxy: Callable[..., ProxyProcess], bucket: str) -> None:
     proxy = make_proxy(limits={"max_concurrent_requests": 2})
     body = os.urandom(200_000)
     slow = [SlowPut(proxy, bucket, f"node1/data/slow{i}", body) for i in range(2)]
@@ -235,11 +246,15 @@ def test_overload_answers_slowdown_and_recovers(
 # TLS
 # ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tls_proxy(make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> tuple[ProxyProcess, Path]:
     done = subprocess.run(
         [sys.executable, "-m", "proxy", "tls-selfsigned", "--out", str(tmp_path / "tls")],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     printed = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
     cert, key = Path(printed["certificate"]), Path(printed["private key"])
@@ -253,7 +268,8 @@ def tls_proxy(make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> tuple[
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_tls_with_medusa_settings_and_boto_defaults(
-        tls_proxy: tuple[ProxyProcess, Path], bucket: str, raw_client: Any, tmp_path: Path) -> None:
+    tls_proxy: tuple[ProxyProcess, Path], bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
     proxy, cert = tls_proxy
     assert proxy.endpoint_url.startswith("https://")
     assert http_status(f"http://{proxy.host}:{proxy.port}/healthz") is None  # no plaintext listener
@@ -273,10 +289,15 @@ def test_tls_with_medusa_settings_and_boto_defaults(
     big = os.urandom(12 * MiB + 12345)
     source = tmp_path / "big.bin"
     source.write_bytes(big)
-    verifying.upload_file(str(source), bucket, "node1/data/big.db",
-                          Config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
-    streamed = {op for op, headers in sent
-                if headers.get("x-amz-content-sha256") == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"}
+    verifying.upload_file(
+        str(source),
+        bucket,
+        "node1/data/big.db",
+        Config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB),
+    )
+    streamed = {
+        op for op, headers in sent if headers.get("x-amz-content-sha256") == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    }
     assert {"PutObject", "UploadPart"} <= streamed, sent
 
     assert verifying.get_object(Bucket=bucket, Key="node1/data/small.db")["Body"].read() == small
@@ -300,8 +321,10 @@ def test_tls_with_medusa_settings_and_boto_defaults(
 # lifecycle: SIGTERM drain, readiness
 # ------------------------------------------------------------------------------------
 
+
 def test_sigterm_lets_the_in_flight_part_finish_and_exits_zero(
-        make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path) -> None:
+    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
     drain_timeout = 20.0
     proxy = make_proxy(limits={"drain_timeout": drain_timeout}, logging={"format": "json"})
     assert proxy.process is not None and proxy.process.proc is not None
@@ -324,9 +347,13 @@ def test_sigterm_lets_the_in_flight_part_finish_and_exits_zero(
 
     def upload() -> None:
         try:
-            client.upload_file(str(source), bucket, "node1/data/big-Data.db", Callback=callback,
-                               Config=TransferConfig(multipart_threshold=part, multipart_chunksize=part,
-                                                     max_concurrency=1))
+            client.upload_file(
+                str(source),
+                bucket,
+                "node1/data/big-Data.db",
+                Callback=callback,
+                Config=TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=1),
+            )
         except BaseException as exc:
             failure.append(exc)
 
@@ -361,7 +388,7 @@ def test_sigterm_lets_the_in_flight_part_finish_and_exits_zero(
     records = json_lines(proxy)
     events = [r.get("event") for r in records]
     assert events.index("draining") < events.index("stopped")
-    after = records[events.index("draining"):]
+    after = records[events.index("draining") :]
     assert [r["status"] for r in after if r.get("operation") == "UploadPart"][:1] == [200]
     uploads = raw_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert len(uploads) == 1
@@ -398,8 +425,10 @@ def test_readiness_follows_the_upstream(make_proxy: Callable[..., ProxyProcess],
 # SIGHUP
 # ------------------------------------------------------------------------------------
 
+
 def test_sighup_reloads_keys_and_clients_without_dropping_connections(
-        make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path) -> None:
+    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
     proxy = make_proxy(logging={"format": "json"})
     assert proxy.process is not None and proxy.process.proc is not None
     pid = proxy.process.proc.pid
@@ -436,17 +465,14 @@ def test_sighup_reloads_keys_and_clients_without_dropping_connections(
     with pytest.raises(ClientError) as exc:
         client.list_objects_v2(Bucket=bucket)
     assert exc.value.response["Error"]["Code"] == "InvalidAccessKeyId"
-    second = proxy.client(access_key_id="medusa2", secret_access_key="the-second-secret",
-                          **MEDUSA_CLIENT_CONFIG)
+    second = proxy.client(access_key_id="medusa2", secret_access_key="the-second-secret", **MEDUSA_CLIENT_CONFIG)
     second.put_object(Bucket=bucket, Key="node1/data/new.db", Body=b"written with the new key")
     head = raw_client.head_object(Bucket=bucket, Key="node1/data/new.db")
     assert {k.lower(): v for k, v in head["Metadata"].items()}["mcp-key-id"] == new_id
     head = raw_client.head_object(Bucket=bucket, Key="node1/data/old.db")
     assert {k.lower(): v for k, v in head["Metadata"].items()}["mcp-key-id"] == old_id
-    assert second.get_object(Bucket=bucket, Key="node1/data/old.db")["Body"].read() == \
-        b"written with the old key"
-    assert second.get_object(Bucket=bucket, Key="node1/data/new.db")["Body"].read() == \
-        b"written with the new key"
+    assert second.get_object(Bucket=bucket, Key="node1/data/old.db")["Body"].read() == b"written with the old key"
+    assert second.get_object(Bucket=bucket, Key="node1/data/new.db")["Body"].read() == b"written with the new key"
     assert second.get_object(Bucket=bucket, Key="node1/data/across.db")["Body"].read() == b"a" * 100_000
     assert label_values(scrape(proxy)[1], "build_info", "key_ids") == [f"{new_id},{old_id}"]
 
@@ -459,8 +485,10 @@ def test_sighup_reloads_keys_and_clients_without_dropping_connections(
             proxy.config_path.write_text("clients: [unclosed\n")
         failed_before = proxy.log_text().count("reload failed")
         os.kill(pid, signal.SIGHUP)
-        wait_for(lambda n=failed_before + 1: proxy.log_text().count("reload failed") == n,
-                 what=f"the failed reload line ({broken})")
+        wait_for(
+            lambda n=failed_before + 1: proxy.log_text().count("reload failed") == n,
+            what=f"the failed reload line ({broken})",
+        )
         second.put_object(Bucket=bucket, Key=f"node1/data/after-{broken}.db", Body=b"still fine")
         head = raw_client.head_object(Bucket=bucket, Key=f"node1/data/after-{broken}.db")
         assert {k.lower(): v for k, v in head["Metadata"].items()}["mcp-key-id"] == new_id
@@ -475,8 +503,8 @@ def test_sighup_reloads_keys_and_clients_without_dropping_connections(
 # metrics
 # ------------------------------------------------------------------------------------
 
-def test_metrics_move_after_real_requests(
-        make_proxy: Callable[..., ProxyProcess], bucket: str, tmp_path: Path) -> None:
+
+def test_metrics_move_after_real_requests(make_proxy: Callable[..., ProxyProcess], bucket: str, tmp_path: Path) -> None:
     proxy = make_proxy()
     other = make_proxy()  # same key, its own cache: objects it writes are cache misses here
     _, before = scrape(proxy)
@@ -501,8 +529,8 @@ def test_metrics_move_after_real_requests(
     client.abort_multipart_upload(Bucket=bucket, Key="node1/data/mp.db", UploadId=upload["UploadId"])
     # cache_entries is counted at scrape time, at most once a second.
     text, after = wait_for(
-        lambda: (s := scrape(proxy))[1].get((P + "cache_entries", ())) == 2 and s,
-        timeout=5, what="cache_entries == 2")
+        lambda: (s := scrape(proxy))[1].get((P + "cache_entries", ())) == 2 and s, timeout=5, what="cache_entries == 2"
+    )
 
     assert delta(after, "s3_requests_total", operation="PutObject", status="200") == 2
     assert delta(after, "s3_requests_total", operation="GetObject", status="200") == 2
@@ -532,7 +560,8 @@ def test_metrics_move_after_real_requests(
 
     key_file = Path(proxy.config["encryption"]["key_files"][0])
     assert [dict(ls) for (n, ls) in after if n == P + "build_info"] == [
-        {"version": __version__, "key_ids": key_id(key_file)}]
+        {"version": __version__, "key_ids": key_id(key_file)}
+    ]
     assert key_file.read_text().strip() not in text
     assert "python_" not in text and "process_" not in text  # a private registry
 
@@ -541,8 +570,8 @@ def test_metrics_move_after_real_requests(
 # logs
 # ------------------------------------------------------------------------------------
 
-def test_json_logs_parse_and_hold_no_secret(
-        make_proxy: Callable[..., ProxyProcess], bucket: str) -> None:
+
+def test_json_logs_parse_and_hold_no_secret(make_proxy: Callable[..., ProxyProcess], bucket: str) -> None:
     proxy = make_proxy(logging={"format": "json", "level": "DEBUG"})
     marker = "BODY-MARKER-5f1e0c7a9b3d"
     body = (marker + "\n").encode() * 2000
@@ -561,10 +590,16 @@ def test_json_logs_parse_and_hold_no_secret(
     call("head_object", Bucket=bucket, Key="node1/meta/marker.json")
     call("list_objects_v2", Bucket=bucket)
     upload = call("create_multipart_upload", Bucket=bucket, Key="node1/data/mp.db")
-    part = call("upload_part", Bucket=bucket, Key="node1/data/mp.db", UploadId=upload["UploadId"],
-                PartNumber=1, Body=body)
-    call("complete_multipart_upload", Bucket=bucket, Key="node1/data/mp.db", UploadId=upload["UploadId"],
-         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    part = call(
+        "upload_part", Bucket=bucket, Key="node1/data/mp.db", UploadId=upload["UploadId"], PartNumber=1, Body=body
+    )
+    call(
+        "complete_multipart_upload",
+        Bucket=bucket,
+        Key="node1/data/mp.db",
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
 
     wrong_secret = "Wr0ngSecretWr0ngSecretWr0ngSecretWr0ng12"
     bad = proxy.client(secret_access_key=wrong_secret, **MEDUSA_CLIENT_CONFIG)
@@ -575,16 +610,18 @@ def test_json_logs_parse_and_hold_no_secret(
     request_ids.append(exc.value.response["ResponseMetadata"]["RequestId"])
 
     presigner = proxy.client(signature_version="s3v4", **MEDUSA_CLIENT_CONFIG)
-    url = presigner.generate_presigned_url("get_object", ExpiresIn=300,
-                                           Params={"Bucket": bucket, "Key": "node1/data/marker.db"})
+    url = presigner.generate_presigned_url(
+        "get_object", ExpiresIn=300, Params={"Bucket": bucket, "Key": "node1/data/marker.db"}
+    )
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.read() == body
         request_ids.append(resp.headers["x-amz-request-id"])
     presigned_signature = re.search(r"X-Amz-Signature=([0-9a-f]{64})", url)
     assert presigned_signature is not None
     # boto3's default presigned URL in us-east-1 is SigV2: refused, and its signature not logged.
-    url_v2 = client.generate_presigned_url("get_object", ExpiresIn=300,
-                                           Params={"Bucket": bucket, "Key": "node1/data/marker.db"})
+    url_v2 = client.generate_presigned_url(
+        "get_object", ExpiresIn=300, Params={"Bucket": bucket, "Key": "node1/data/marker.db"}
+    )
     v2_signature = re.search(r"[?&]Signature=([^&]+)", url_v2)
     assert v2_signature is not None
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -606,8 +643,11 @@ def test_json_logs_parse_and_hold_no_secret(
     assert len(failed) == 1 and failed[0]["status"] == 403
     assert {"ready", "draining", "stopped"} <= {r.get("event") for r in records}
 
-    signatures = [m.group(1) for _, headers in sent + bad_sent
-                  if (m := re.search(r"Signature=([0-9a-f]{64})", headers.get("authorization", "")))]
+    signatures = [
+        m.group(1)
+        for _, headers in sent + bad_sent
+        if (m := re.search(r"Signature=([0-9a-f]{64})", headers.get("authorization", "")))
+    ]
     assert len(signatures) == 9  # the eight calls above and the refused one
     log = proxy.log_text()
     forbidden = {

@@ -161,23 +161,59 @@ def test_overrides() -> None:
 
 # --- generated Medusa keys -----------------------------------------------------------------
 
-HOSTILE = ["data", "meta", "index", "backup_index", "latest_backup", "manifest.json", "schema.cql",
-           "tokenmap.json", "server_version.json", "differential", "incremental", "backup_name.txt",
-           "manifest_n1.json", "tokenmap_n1.json", "dse", "nodes", "metadata", ".idx", "snapshots",
-           "restore_verify_query.json", "x-nodes"]
-names = st.one_of(st.sampled_from(HOSTILE),
-                  st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=10))
+HOSTILE = [
+    "data",
+    "meta",
+    "index",
+    "backup_index",
+    "latest_backup",
+    "manifest.json",
+    "schema.cql",
+    "tokenmap.json",
+    "server_version.json",
+    "differential",
+    "incremental",
+    "backup_name.txt",
+    "manifest_n1.json",
+    "tokenmap_n1.json",
+    "dse",
+    "nodes",
+    "metadata",
+    ".idx",
+    "snapshots",
+    "restore_verify_query.json",
+    "x-nodes",
+]
+names = st.one_of(
+    st.sampled_from(HOSTILE), st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=10)
+)
 prefixes = st.lists(names, max_size=3)
 # Cassandra identifiers are \w+.
-idents = st.one_of(st.sampled_from(["data", "meta", "index", "backup_index", "latest_backup", "dse",
-                                    "nodes", "system_auth"]),
-                   st.from_regex(r"[A-Za-z0-9_]{1,12}", fullmatch=True))
+idents = st.one_of(
+    st.sampled_from(["data", "meta", "index", "backup_index", "latest_backup", "dse", "nodes", "system_auth"]),
+    st.from_regex(r"[A-Za-z0-9_]{1,12}", fullmatch=True),
+)
 VERSIONS = ["ma", "mb", "mc", "md", "me", "na", "nb", "nc", "oa", "da"]
-COMPONENTS = ["Data.db", "Index.db", "Filter.db", "Statistics.db", "Summary.db", "CompressionInfo.db",
-              "Digest.crc32", "Digest.sha1", "Digest.adler32", "TOC.txt", "CRC.db", "Partitions.db",
-              "Rows.db", "SI_idx.db", "SAI+aa+t+idx+TermsData.db"]
-generations = st.one_of(st.integers(1, 10**6).map(str), st.from_regex(r"[0-9a-z]{4}_[0-9a-z]{4}_[0-9a-z]{18}",
-                                                                        fullmatch=True))
+COMPONENTS = [
+    "Data.db",
+    "Index.db",
+    "Filter.db",
+    "Statistics.db",
+    "Summary.db",
+    "CompressionInfo.db",
+    "Digest.crc32",
+    "Digest.sha1",
+    "Digest.adler32",
+    "TOC.txt",
+    "CRC.db",
+    "Partitions.db",
+    "Rows.db",
+    "SI_idx.db",
+    "SAI+aa+t+idx+TermsData.db",
+]
+generations = st.one_of(
+    st.integers(1, 10**6).map(str), st.from_regex(r"[0-9a-z]{4}_[0-9a-z]{4}_[0-9a-z]{18}", fullmatch=True)
+)
 
 
 @st.composite
@@ -194,20 +230,33 @@ def data_keys(draw: st.DrawFn) -> str:
     table_dir = draw(st.sampled_from([f"{table}-{CFID}", table]))  # bare: tables from before 2.1
     index = draw(st.one_of(st.none(), idents))
     sub = [f".{index}"] if index is not None else []
-    version, generation, component = draw(st.sampled_from(VERSIONS)), draw(generations), draw(
-        st.sampled_from(COMPONENTS))
+    version, generation, component = (
+        draw(st.sampled_from(VERSIONS)),
+        draw(generations),
+        draw(st.sampled_from(COMPONENTS)),
+    )
     owner = table if index is None else f"{table}.{index}"
-    file = draw(st.sampled_from([
-        f"{version}-{generation}-{draw(st.sampled_from(['big', 'bti']))}-{component}",
-        f"{keyspace}-{owner}-{draw(st.sampled_from(['ka', 'jb', 'ic']))}-{generation}-{component}",
-        "manifest.json",  # Cassandra's own snapshot files (uploaded by Medusa before 0.31)
-        "schema.cql",
-    ]))
+    file = draw(
+        st.sampled_from(
+            [
+                f"{version}-{generation}-{draw(st.sampled_from(['big', 'bti']))}-{component}",
+                f"{keyspace}-{owner}-{draw(st.sampled_from(['ka', 'jb', 'ic']))}-{generation}-{component}",
+                "manifest.json",  # Cassandra's own snapshot files (uploaded by Medusa before 0.31)
+                "schema.cql",
+            ]
+        )
+    )
     return "/".join([*path, "data", keyspace, table_dir, *sub, file])
 
 
-NODE_META = ["schema.cql", "tokenmap.json", "server_version.json", "differential", "incremental",
-             "restore_verify_query.json"]
+NODE_META = [
+    "schema.cql",
+    "tokenmap.json",
+    "server_version.json",
+    "differential",
+    "incremental",
+    "restore_verify_query.json",
+]
 
 
 @st.composite
@@ -227,15 +276,19 @@ def node_meta_ambiguous(fqdn: str, backup: str, prefix: list[str], file: str) ->
 def index_keys(draw: st.DrawFn) -> tuple[str, Kind]:
     prefix, fqdn, backup = draw(prefixes), draw(names), draw(names)
     timestamp = draw(st.integers(0, 2**40))
-    file, kind = draw(st.sampled_from([
-        (f"manifest_{fqdn}.json", M),
-        (f"tokenmap_{fqdn}.json", P),
-        (f"schema_{fqdn}.cql", P),
-        (f"started_{fqdn}_{timestamp}.timestamp", P),
-        (f"finished_{fqdn}_{timestamp}.timestamp", P),
-        (f"differential_{fqdn}", P),
-        (f"incremental_{fqdn}", P),
-    ]))
+    file, kind = draw(
+        st.sampled_from(
+            [
+                (f"manifest_{fqdn}.json", M),
+                (f"tokenmap_{fqdn}.json", P),
+                (f"schema_{fqdn}.cql", P),
+                (f"started_{fqdn}_{timestamp}.timestamp", P),
+                (f"finished_{fqdn}_{timestamp}.timestamp", P),
+                (f"differential_{fqdn}", P),
+                (f"incremental_{fqdn}", P),
+            ]
+        )
+    )
     if draw(st.booleans()):
         return "/".join([*prefix, "index", "backup_index", backup, file]), kind
     file = draw(st.sampled_from(["tokenmap.json", "backup_name.txt"]))
@@ -275,9 +328,12 @@ def any_keys(draw: st.DrawFn) -> str:
 def looks_like_manifest(key: str) -> bool:
     """What the generators call a manifest: .../meta/manifest.json or index/backup_index/*/manifest_*.json."""
     parts = key.split("/")
-    return (key.endswith("/meta/manifest.json") or
-            (len(parts) >= 4 and parts[-4:-2] == ["index", "backup_index"] and parts[-1].startswith("manifest_")
-             and parts[-1].endswith(".json")))
+    return key.endswith("/meta/manifest.json") or (
+        len(parts) >= 4
+        and parts[-4:-2] == ["index", "backup_index"]
+        and parts[-1].startswith("manifest_")
+        and parts[-1].endswith(".json")
+    )
 
 
 METADATA_NAMES = {"manifest.json", *NODE_META, "tokenmap.json", "backup_name.txt"}

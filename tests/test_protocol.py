@@ -42,8 +42,7 @@ MARKER = b"PLAINTEXT-MARKER-protocol"
 DATA_KEY = "node1/data/ks1/table-1/nb-1-big-Data.db"
 META_KEY = "node1/backup1/meta/schema.cql"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-MEDUSA = {"request_checksum_calculation": "when_required",
-          "response_checksum_validation": "when_required"}
+MEDUSA = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -90,16 +89,23 @@ class Reply:
         return ET.fromstring(self.body).findtext("Code")
 
 
-def sign(proxy: ProxyProcess, method: str, target: str, *, headers: dict[str, str] | None = None,
-         body: bytes = b"", payload_value: str | None = None, secret: str | None = None,
-         at: datetime | None = None) -> dict[str, str]:
+def sign(
+    proxy: ProxyProcess,
+    method: str,
+    target: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    payload_value: str | None = None,
+    secret: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, str]:
     """Headers (Host and Authorization included) botocore would send for this request.
 
     ``target`` is the path plus query, already percent-encoded as on the wire.  ``at`` freezes
     the signing clock (naive UTC, as botocore wants it).
     """
-    request = AWSRequest(method, proxy.endpoint_url + target, headers=dict(headers or {}),
-                         data=body)
+    request = AWSRequest(method, proxy.endpoint_url + target, headers=dict(headers or {}), data=body)
     signer = _Signer(Credentials(proxy.access_key, secret or proxy.secret_key), payload_value)
     if at is None:
         signer.add_auth(request)
@@ -112,8 +118,14 @@ def sign(proxy: ProxyProcess, method: str, target: str, *, headers: dict[str, st
     return signed
 
 
-def send(proxy: ProxyProcess, method: str, target: str, headers: dict[str, str],
-         body: bytes | Iterable[bytes] = b"", timeout: float = 60) -> Reply:
+def send(
+    proxy: ProxyProcess,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes | Iterable[bytes] = b"",
+    timeout: float = 60,
+) -> Reply:
     conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout)
     try:
         if isinstance(body, bytes):
@@ -126,15 +138,15 @@ def send(proxy: ProxyProcess, method: str, target: str, headers: dict[str, str],
         conn.close()
 
 
-def signed_request(proxy: ProxyProcess, method: str, target: str, body: bytes = b"",
-                   headers: dict[str, str] | None = None, **kw: Any) -> Reply:
-    return send(proxy, method, target, sign(proxy, method, target, headers=headers, body=body, **kw),
-                body)
+def signed_request(
+    proxy: ProxyProcess, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None, **kw: Any
+) -> Reply:
+    return send(proxy, method, target, sign(proxy, method, target, headers=headers, body=body, **kw), body)
 
 
 def pieces(data: bytes, size: int) -> Iterator[bytes]:
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 # ------------------------------------------------------------------------------------------
@@ -186,11 +198,9 @@ def client_error(call: Any, *args: Any, **kwargs: Any) -> tuple[str, int]:
 # ------------------------------------------------------------------------------------------
 
 
-def test_wrong_secret_is_signature_does_not_match(proxy: ProxyProcess, raw_client: Any,
-                                                   bucket: str) -> None:
+def test_wrong_secret_is_signature_does_not_match(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     bad = proxy.client(secret_access_key="not-the-secret", **MEDUSA)
-    assert client_error(bad.put_object, Bucket=bucket, Key=DATA_KEY, Body=b"x" * 100) == (
-        "SignatureDoesNotMatch", 403)
+    assert client_error(bad.put_object, Bucket=bucket, Key=DATA_KEY, Body=b"x" * 100) == ("SignatureDoesNotMatch", 403)
     assert client_error(bad.list_objects_v2, Bucket=bucket) == ("SignatureDoesNotMatch", 403)
     assert_nothing_stored(raw_client, bucket)
     assert_serving(proxy, bucket)
@@ -198,8 +208,7 @@ def test_wrong_secret_is_signature_does_not_match(proxy: ProxyProcess, raw_clien
 
 def test_unknown_access_key(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     stranger = proxy.client(access_key_id="nobody", **MEDUSA)
-    assert client_error(stranger.put_object, Bucket=bucket, Key=META_KEY, Body=b"x") == (
-        "InvalidAccessKeyId", 403)
+    assert client_error(stranger.put_object, Bucket=bucket, Key=META_KEY, Body=b"x") == ("InvalidAccessKeyId", 403)
     assert client_error(stranger.list_buckets) == ("InvalidAccessKeyId", 403)
     assert_nothing_stored(raw_client, bucket)
     assert_serving(proxy, bucket)
@@ -221,8 +230,7 @@ def test_skewed_clock(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None
     future = datetime.now(UTC) + timedelta(minutes=20)
     assert signed_request(proxy, "GET", f"/{bucket}", at=future).code == "RequestTimeTooSkewed"
     # Inside the 15 minutes S3 allows: accepted.
-    ok = signed_request(proxy, "PUT", f"/{bucket}/{META_KEY}", b"on time",
-                        at=datetime.now(UTC) - timedelta(minutes=10))
+    ok = signed_request(proxy, "PUT", f"/{bucket}/{META_KEY}", b"on time", at=datetime.now(UTC) - timedelta(minutes=10))
     assert ok.status == 200, ok.body
     assert raw_keys(raw_client, bucket) == [META_KEY]
     assert_serving(proxy, bucket)
@@ -230,24 +238,32 @@ def test_skewed_clock(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None
 
 def test_payload_hash_mismatch_small(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     for key in (DATA_KEY, META_KEY):
-        reply = signed_request(proxy, "PUT", f"/{bucket}/{key}", b"the real body",
-                               payload_value=hashlib.sha256(b"another body").hexdigest())
+        reply = signed_request(
+            proxy,
+            "PUT",
+            f"/{bucket}/{key}",
+            b"the real body",
+            payload_value=hashlib.sha256(b"another body").hexdigest(),
+        )
         assert (reply.status, reply.code) == (400, "XAmzContentSHA256Mismatch"), key
         assert_nothing_stored(raw_client, bucket)
     assert_serving(proxy, bucket)
 
 
 @pytest.mark.parametrize("key", [DATA_KEY, META_KEY], ids=["data", "meta"])
-def test_payload_hash_mismatch_streamed(proxy: ProxyProcess, raw_client: Any, bucket: str,
-                                        key: str) -> None:
+def test_payload_hash_mismatch_streamed(proxy: ProxyProcess, raw_client: Any, bucket: str, key: str) -> None:
     """A 6 MiB body streamed upstream while it arrives: the wrong hash is known only at the
     end, so the proxy must cut the upstream request short (nothing stored)."""
     data = payload(6 * MIB + 3, 1)
     wrong = bytearray(data)
     wrong[-1] ^= 1
-    headers = sign(proxy, "PUT", f"/{bucket}/{key}",
-                   headers={"Content-Length": str(len(data))},
-                   payload_value=hashlib.sha256(bytes(wrong)).hexdigest())
+    headers = sign(
+        proxy,
+        "PUT",
+        f"/{bucket}/{key}",
+        headers={"Content-Length": str(len(data))},
+        payload_value=hashlib.sha256(bytes(wrong)).hexdigest(),
+    )
     conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=60)
     try:
         conn.putrequest("PUT", f"/{bucket}/{key}", skip_host=True, skip_accept_encoding=True)
@@ -268,20 +284,20 @@ def test_payload_hash_mismatch_streamed(proxy: ProxyProcess, raw_client: Any, bu
 def test_wrong_content_md5(proxy_client: Any, raw_client: Any, bucket: str) -> None:
     data = payload(2 * MIB, 2)
     for key in (DATA_KEY, META_KEY):
-        assert client_error(proxy_client.put_object, Bucket=bucket, Key=key, Body=data,
-                            ContentMD5=b64(hashlib.md5(b"other").digest())) == ("BadDigest", 400)
+        assert client_error(
+            proxy_client.put_object, Bucket=bucket, Key=key, Body=data, ContentMD5=b64(hashlib.md5(b"other").digest())
+        ) == ("BadDigest", 400)
         assert_nothing_stored(raw_client, bucket)
     # The right MD5 is accepted.
     for key in (DATA_KEY, META_KEY):
-        proxy_client.put_object(Bucket=bucket, Key=key, Body=data,
-                                ContentMD5=b64(hashlib.md5(data).digest()))
+        proxy_client.put_object(Bucket=bucket, Key=key, Body=data, ContentMD5=b64(hashlib.md5(data).digest()))
         assert proxy_client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
 
 
-def test_malformed_content_md5(proxy_client: Any, proxy: ProxyProcess, raw_client: Any,
-                               bucket: str) -> None:
-    assert client_error(proxy_client.put_object, Bucket=bucket, Key=DATA_KEY, Body=b"abc",
-                        ContentMD5="not base64 at all") == ("InvalidDigest", 400)
+def test_malformed_content_md5(proxy_client: Any, proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
+    assert client_error(
+        proxy_client.put_object, Bucket=bucket, Key=DATA_KEY, Body=b"abc", ContentMD5="not base64 at all"
+    ) == ("InvalidDigest", 400)
     assert_nothing_stored(raw_client, bucket)
     assert_serving(proxy, bucket)
 
@@ -289,8 +305,9 @@ def test_malformed_content_md5(proxy_client: Any, proxy: ProxyProcess, raw_clien
 def test_wrong_checksum_crc32(proxy_client: Any, raw_client: Any, bucket: str) -> None:
     data = payload(MIB + 17, 3)
     for key in (DATA_KEY, META_KEY):
-        assert client_error(proxy_client.put_object, Bucket=bucket, Key=key, Body=data,
-                            ChecksumCRC32=crc32_b64(b"other")) == ("BadDigest", 400)
+        assert client_error(
+            proxy_client.put_object, Bucket=bucket, Key=key, Body=data, ChecksumCRC32=crc32_b64(b"other")
+        ) == ("BadDigest", 400)
         assert_nothing_stored(raw_client, bucket)
     for key in (DATA_KEY, META_KEY):
         proxy_client.put_object(Bucket=bucket, Key=key, Body=data, ChecksumCRC32=crc32_b64(data))
@@ -302,15 +319,17 @@ def test_unsigned_payload_header_auth(proxy: ProxyProcess, raw_client: Any, buck
     the headers only, so Content-MD5 is what protects the body."""
     data = payload(MIB + 9, 15)
     md5 = b64(hashlib.md5(data).digest())
-    ok = signed_request(proxy, "PUT", f"/{bucket}/{DATA_KEY}", data, payload_value="UNSIGNED-PAYLOAD",
-                        headers={"Content-MD5": md5})
+    ok = signed_request(
+        proxy, "PUT", f"/{bucket}/{DATA_KEY}", data, payload_value="UNSIGNED-PAYLOAD", headers={"Content-MD5": md5}
+    )
     assert ok.status == 200, ok.body
     assert ok.headers["ETag"].strip('"') == hashlib.md5(data).hexdigest()
     assert proxy.client(**MEDUSA).get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == data
     raw_client.delete_object(Bucket=bucket, Key=DATA_KEY)
     corrupted = data[:-1] + bytes([data[-1] ^ 1])
-    bad = signed_request(proxy, "PUT", f"/{bucket}/{DATA_KEY}", corrupted,
-                         payload_value="UNSIGNED-PAYLOAD", headers={"Content-MD5": md5})
+    bad = signed_request(
+        proxy, "PUT", f"/{bucket}/{DATA_KEY}", corrupted, payload_value="UNSIGNED-PAYLOAD", headers={"Content-MD5": md5}
+    )
     assert (bad.status, bad.code) == (400, "BadDigest")
     assert_nothing_stored(raw_client, bucket)
 
@@ -329,21 +348,18 @@ def presigner(proxy: ProxyProcess) -> Any:
 def test_presigned_put_and_get(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     client = presigner(proxy)
     data = payload(300_000, 4)
-    put_url = client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": DATA_KEY},
-                                            ExpiresIn=300)
+    put_url = client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": DATA_KEY}, ExpiresIn=300)
     assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in put_url
     # urllib's default Content-Type for a body is application/x-www-form-urlencoded, which the
     # proxy forwards and moto's server then parses as a form (it stores an empty object, also
     # without the proxy): say what the body is, as any real uploader would.
-    put = urllib.request.Request(put_url, data=data, method="PUT",
-                                 headers={"Content-Type": "application/octet-stream"})
+    put = urllib.request.Request(put_url, data=data, method="PUT", headers={"Content-Type": "application/octet-stream"})
     with urllib.request.urlopen(put, timeout=30) as resp:
         assert resp.status == 200
         assert resp.headers["ETag"].strip('"') == hashlib.md5(data).hexdigest()
     stored = raw_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read()
     assert MARKER not in stored and len(stored) > len(data)
-    get_url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": DATA_KEY},
-                                            ExpiresIn=300)
+    get_url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": DATA_KEY}, ExpiresIn=300)
     with urllib.request.urlopen(get_url, timeout=30) as resp:
         assert resp.read() == data
     # A presigned URL is bound to its method and key.
@@ -357,13 +373,10 @@ def test_presigned_put_and_get(proxy: ProxyProcess, raw_client: Any, bucket: str
 def test_presigned_expired(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     client = presigner(proxy)
     client.put_object(Bucket=bucket, Key=META_KEY, Body=b"meta")
-    get_url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": META_KEY},
-                                            ExpiresIn=1)
-    put_url = client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": DATA_KEY},
-                                            ExpiresIn=1)
+    get_url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": META_KEY}, ExpiresIn=1)
+    put_url = client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": DATA_KEY}, ExpiresIn=1)
     time.sleep(2.2)
-    for request in (urllib.request.Request(get_url),
-                    urllib.request.Request(put_url, data=b"too late", method="PUT")):
+    for request in (urllib.request.Request(get_url), urllib.request.Request(put_url, data=b"too late", method="PUT")):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=30)
         assert err.value.code == 403
@@ -377,23 +390,27 @@ def test_presigned_expired(proxy: ProxyProcess, raw_client: Any, bucket: str) ->
 # ------------------------------------------------------------------------------------------
 
 
-def _unsigned_trailer_put(proxy: ProxyProcess, bucket: str, key: str, data: bytes,
-                          framed: bytes) -> Reply:
+def _unsigned_trailer_put(proxy: ProxyProcess, bucket: str, key: str, data: bytes, framed: bytes) -> Reply:
     """PUT an aws-chunked body (STREAMING-UNSIGNED-PAYLOAD-TRAILER) with HTTP chunked transfer
     encoding and no Content-Length, exactly as boto3's defaults send it over https."""
-    headers = sign(proxy, "PUT", f"/{bucket}/{key}", headers={
-        "Content-Encoding": "aws-chunked",
-        "X-Amz-Decoded-Content-Length": str(len(data)),
-        "X-Amz-Trailer": "x-amz-checksum-crc32",
-        "X-Amz-Sdk-Checksum-Algorithm": "CRC32",
-    }, payload_value="STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+    headers = sign(
+        proxy,
+        "PUT",
+        f"/{bucket}/{key}",
+        headers={
+            "Content-Encoding": "aws-chunked",
+            "X-Amz-Decoded-Content-Length": str(len(data)),
+            "X-Amz-Trailer": "x-amz-checksum-crc32",
+            "X-Amz-Sdk-Checksum-Algorithm": "CRC32",
+        },
+        payload_value="STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    )
     return send(proxy, "PUT", f"/{bucket}/{key}", headers, pieces(framed, 100_000))
 
 
 def test_aws_chunked_unsigned_trailer(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     data = payload(3 * MIB + 11, 5)
-    framed = AwsChunkedWrapper(io.BytesIO(data), Crc32Checksum, "x-amz-checksum-crc32",
-                               chunk_size=MIB).read()
+    framed = AwsChunkedWrapper(io.BytesIO(data), Crc32Checksum, "x-amz-checksum-crc32", chunk_size=MIB).read()
     assert framed.endswith(f"x-amz-checksum-crc32:{crc32_b64(data)}\r\n\r\n".encode())
     reply = _unsigned_trailer_put(proxy, bucket, DATA_KEY, data, framed)
     assert reply.status == 200, reply.body
@@ -406,11 +423,9 @@ def test_aws_chunked_unsigned_trailer(proxy: ProxyProcess, raw_client: Any, buck
     assert MARKER not in stored and len(stored) > len(data)
 
 
-def test_aws_chunked_unsigned_trailer_bad_crc(proxy: ProxyProcess, raw_client: Any,
-                                              bucket: str) -> None:
+def test_aws_chunked_unsigned_trailer_bad_crc(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     data = payload(2 * MIB + 5, 6)
-    framed = AwsChunkedWrapper(io.BytesIO(data), Crc32Checksum, "x-amz-checksum-crc32",
-                               chunk_size=MIB).read()
+    framed = AwsChunkedWrapper(io.BytesIO(data), Crc32Checksum, "x-amz-checksum-crc32", chunk_size=MIB).read()
     good = f"x-amz-checksum-crc32:{crc32_b64(data)}".encode()
     bad = f"x-amz-checksum-crc32:{crc32_b64(b'nope')}".encode()
     assert good in framed
@@ -427,9 +442,14 @@ def _signing_key(secret: str, date: str) -> bytes:
     return key
 
 
-def chunk_signed_body(headers: dict[str, str], secret: str, data: bytes, chunk_size: int,
-                      corrupt_chunk: int | None = None,
-                      trailers: dict[str, str] | None = None) -> bytes:
+def chunk_signed_body(
+    headers: dict[str, str],
+    secret: str,
+    data: bytes,
+    chunk_size: int,
+    corrupt_chunk: int | None = None,
+    trailers: dict[str, str] | None = None,
+) -> bytes:
     """STREAMING-AWS4-HMAC-SHA256-PAYLOAD framing, following the AWS documentation
     ("Signature Calculations for the Authorization Header: Transferring Payload in Multiple
     Chunks"): each chunk's signature chains from the seed signature of the headers."""
@@ -438,10 +458,11 @@ def chunk_signed_body(headers: dict[str, str], secret: str, data: bytes, chunk_s
     key = _signing_key(secret, amz_date[:8])
     previous = headers["Authorization"].rsplit("Signature=", 1)[1]
     out = bytearray()
-    chunks = [data[i:i + chunk_size] for i in range(0, len(data), chunk_size)] + [b""]
+    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] + [b""]
     for index, chunk in enumerate(chunks):
-        to_sign = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, previous, EMPTY_SHA256,
-                             hashlib.sha256(chunk).hexdigest()])
+        to_sign = "\n".join(
+            ["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, previous, EMPTY_SHA256, hashlib.sha256(chunk).hexdigest()]
+        )
         previous = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
         signature = previous
         if index == corrupt_chunk:
@@ -453,8 +474,9 @@ def chunk_signed_body(headers: dict[str, str], secret: str, data: bytes, chunk_s
         return bytes(out)
     # STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER: the trailers are signed too, chained on.
     lines = "".join(f"{k}:{v}\n" for k, v in trailers.items())
-    to_sign = "\n".join(["AWS4-HMAC-SHA256-TRAILER", amz_date, scope, previous,
-                         hashlib.sha256(lines.encode()).hexdigest()])
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256-TRAILER", amz_date, scope, previous, hashlib.sha256(lines.encode()).hexdigest()]
+    )
     trailer_signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
     for k, v in trailers.items():
         out += f"{k}:{v}\r\n".encode()
@@ -462,17 +484,24 @@ def chunk_signed_body(headers: dict[str, str], secret: str, data: bytes, chunk_s
     return bytes(out)
 
 
-def _chunk_signed_put(proxy: ProxyProcess, bucket: str, key: str, data: bytes, chunk_size: int,
-                      corrupt_chunk: int | None = None) -> Reply:
+def _chunk_signed_put(
+    proxy: ProxyProcess, bucket: str, key: str, data: bytes, chunk_size: int, corrupt_chunk: int | None = None
+) -> Reply:
     n_chunks = -(-len(data) // chunk_size) + 1
     sizes = [min(chunk_size, len(data) - i) for i in range(0, len(data), chunk_size)] + [0]
     encoded_length = sum(len(f"{s:x};chunk-signature=") + 64 + 2 + s + 2 for s in sizes)
     assert len(sizes) == n_chunks
-    headers = sign(proxy, "PUT", f"/{bucket}/{key}", headers={
-        "Content-Encoding": "aws-chunked",
-        "X-Amz-Decoded-Content-Length": str(len(data)),
-        "Content-Length": str(encoded_length),
-    }, payload_value="STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+    headers = sign(
+        proxy,
+        "PUT",
+        f"/{bucket}/{key}",
+        headers={
+            "Content-Encoding": "aws-chunked",
+            "X-Amz-Decoded-Content-Length": str(len(data)),
+            "Content-Length": str(encoded_length),
+        },
+        payload_value="STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    )
     body = chunk_signed_body(headers, proxy.secret_key, data, chunk_size, corrupt_chunk)
     assert len(body) == encoded_length
     return send(proxy, "PUT", f"/{bucket}/{key}", headers, body)
@@ -491,18 +520,24 @@ def test_aws_chunked_signed(proxy: ProxyProcess, raw_client: Any, bucket: str) -
 
 
 @pytest.mark.parametrize("crc", ["right", "wrong"])
-def test_aws_chunked_signed_trailer_no_content_length(proxy: ProxyProcess, raw_client: Any,
-                                                      bucket: str, crc: str) -> None:
+def test_aws_chunked_signed_trailer_no_content_length(
+    proxy: ProxyProcess, raw_client: Any, bucket: str, crc: str
+) -> None:
     """Chunk signatures plus a signed CRC32 trailer, over HTTP chunked transfer encoding."""
     data = payload(MIB + 333, 14)
-    headers = sign(proxy, "PUT", f"/{bucket}/{DATA_KEY}", headers={
-        "Content-Encoding": "aws-chunked",
-        "X-Amz-Decoded-Content-Length": str(len(data)),
-        "X-Amz-Trailer": "x-amz-checksum-crc32",
-    }, payload_value="STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")
+    headers = sign(
+        proxy,
+        "PUT",
+        f"/{bucket}/{DATA_KEY}",
+        headers={
+            "Content-Encoding": "aws-chunked",
+            "X-Amz-Decoded-Content-Length": str(len(data)),
+            "X-Amz-Trailer": "x-amz-checksum-crc32",
+        },
+        payload_value="STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+    )
     value = crc32_b64(data) if crc == "right" else crc32_b64(b"other")
-    body = chunk_signed_body(headers, proxy.secret_key, data, 128 * 1024,
-                             trailers={"x-amz-checksum-crc32": value})
+    body = chunk_signed_body(headers, proxy.secret_key, data, 128 * 1024, trailers={"x-amz-checksum-crc32": value})
     reply = send(proxy, "PUT", f"/{bucket}/{DATA_KEY}", headers, pieces(body, 50_000))
     if crc == "wrong":
         assert (reply.status, reply.code) == (400, "BadDigest")
@@ -516,8 +551,7 @@ def test_aws_chunked_signed_trailer_no_content_length(proxy: ProxyProcess, raw_c
     assert MARKER not in raw_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read()
 
 
-def test_aws_chunked_signed_corrupted_signature(proxy: ProxyProcess, raw_client: Any,
-                                                bucket: str) -> None:
+def test_aws_chunked_signed_corrupted_signature(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     data = payload(2 * MIB + 100, 8)
     chunk_size = 64 * 1024
     n_data = -(-len(data) // chunk_size)
@@ -536,11 +570,19 @@ def test_aws_chunked_signed_corrupted_signature(proxy: ProxyProcess, raw_client:
 
 def test_delete_objects_malformed_xml(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     raw_client.put_object(Bucket=bucket, Key="a", Body=b"keep me")
-    for body in (b"<Delete><Object><Key>a</Key>", b"not xml at all", b"",
-                 b"<Delete><Object><Key>a</Key></Object></Nope>"):
-        reply = signed_request(proxy, "POST", f"/{bucket}?delete", body,
-                               headers={"Content-MD5": b64(hashlib.md5(body).digest()),
-                                        "Content-Type": "application/xml"})
+    for body in (
+        b"<Delete><Object><Key>a</Key>",
+        b"not xml at all",
+        b"",
+        b"<Delete><Object><Key>a</Key></Object></Nope>",
+    ):
+        reply = signed_request(
+            proxy,
+            "POST",
+            f"/{bucket}?delete",
+            body,
+            headers={"Content-MD5": b64(hashlib.md5(body).digest()), "Content-Type": "application/xml"},
+        )
         assert (reply.status, reply.code) == (400, "MalformedXML"), (body, reply.body)
         assert raw_keys(raw_client, bucket) == ["a"]
     assert_serving(proxy, bucket)
@@ -549,17 +591,23 @@ def test_delete_objects_malformed_xml(proxy: ProxyProcess, raw_client: Any, buck
 def test_complete_multipart_malformed_xml(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     client = proxy.client(**MEDUSA)
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=DATA_KEY)["UploadId"]
-    part = client.upload_part(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id, PartNumber=1,
-                              Body=b"only part")
+    part = client.upload_part(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id, PartNumber=1, Body=b"only part")
     target = f"/{bucket}/{quote(DATA_KEY)}?uploadId={quote(upload_id, safe='')}"
-    for body in (b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber>",
-                 b"\x00\xff garbage", b"<CompleteMultipartUpload></CompleteMultipartUpload>"):
+    for body in (
+        b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber>",
+        b"\x00\xff garbage",
+        b"<CompleteMultipartUpload></CompleteMultipartUpload>",
+    ):
         reply = signed_request(proxy, "POST", target, body)
         assert (reply.status, reply.code) == (400, "MalformedXML"), reply.body
     assert raw_keys(raw_client, bucket) == []
     # Still serving, and the upload itself was not harmed.
-    client.complete_multipart_upload(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id,
-                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key=DATA_KEY,
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
     assert client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == b"only part"
 
 
@@ -567,13 +615,18 @@ def test_unsupported_operations_are_not_implemented(proxy: ProxyProcess, bucket:
     client = proxy.client(**MEDUSA)
     client.put_object(Bucket=bucket, Key=META_KEY, Body=b"x")
     calls = [
-        (client.put_bucket_versioning, {"Bucket": bucket,
-                                        "VersioningConfiguration": {"Status": "Enabled"}}),
+        (client.put_bucket_versioning, {"Bucket": bucket, "VersioningConfiguration": {"Status": "Enabled"}}),
         (client.get_object_tagging, {"Bucket": bucket, "Key": META_KEY}),
         (client.get_bucket_acl, {"Bucket": bucket}),
-        (client.put_bucket_lifecycle_configuration,
-         {"Bucket": bucket, "LifecycleConfiguration": {"Rules": [
-             {"ID": "r", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]}}),
+        (
+            client.put_bucket_lifecycle_configuration,
+            {
+                "Bucket": bucket,
+                "LifecycleConfiguration": {
+                    "Rules": [{"ID": "r", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]
+                },
+            },
+        ),
     ]
     for call, kwargs in calls:
         assert client_error(call, **kwargs) == ("NotImplemented", 501), call
@@ -605,11 +658,15 @@ def localhost_subdomains(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
-def test_virtual_host_addressing(proxy: ProxyProcess, raw_client: Any, bucket: str,
-                                 localhost_subdomains: None) -> None:
+def test_virtual_host_addressing(proxy: ProxyProcess, raw_client: Any, bucket: str, localhost_subdomains: None) -> None:
     seen: list[str] = []
-    client = make_client(f"http://localhost:{proxy.port}", proxy.access_key, proxy.secret_key,
-                         s3={"addressing_style": "virtual"}, **MEDUSA)
+    client = make_client(
+        f"http://localhost:{proxy.port}",
+        proxy.access_key,
+        proxy.secret_key,
+        s3={"addressing_style": "virtual"},
+        **MEDUSA,
+    )
     client.meta.events.register("before-send.s3", lambda request, **kw: seen.append(request.url))
     data = payload(MIB + 7, 9)
     client.put_object(Bucket=bucket, Key=DATA_KEY, Body=data)
@@ -647,20 +704,24 @@ def test_list_parts_plaintext_sizes_and_abort(proxy_client: Any, raw_client: Any
     other = proxy_client.create_multipart_upload(Bucket=bucket, Key="node1/meta/other")["UploadId"]
     etags = []
     for number, data in enumerate(parts, start=1):
-        etags.append(proxy_client.upload_part(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id,
-                                              PartNumber=number, Body=data)["ETag"])
+        etags.append(
+            proxy_client.upload_part(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id, PartNumber=number, Body=data)[
+                "ETag"
+            ]
+        )
     assert [e.strip('"') for e in etags] == [hashlib.md5(p).hexdigest() for p in parts]
 
     listed = proxy_client.list_parts(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id)
     assert [(p["PartNumber"], p["Size"], p["ETag"].strip('"')) for p in listed["Parts"]] == [
-        (n, len(d), hashlib.md5(d).hexdigest()) for n, d in enumerate(parts, start=1)]
-    raw_sizes = [p["Size"] for p in raw_client.list_parts(Bucket=bucket, Key=DATA_KEY,
-                                                          UploadId=upload_id)["Parts"]]
+        (n, len(d), hashlib.md5(d).hexdigest()) for n, d in enumerate(parts, start=1)
+    ]
+    raw_sizes = [p["Size"] for p in raw_client.list_parts(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id)["Parts"]]
     assert raw_sizes != [len(d) for d in parts]  # the stored parts are ciphertext
 
     uploads = proxy_client.list_multipart_uploads(Bucket=bucket)["Uploads"]
     assert sorted((u["Key"], u["UploadId"]) for u in uploads) == sorted(
-        [(DATA_KEY, upload_id), ("node1/meta/other", other)])
+        [(DATA_KEY, upload_id), ("node1/meta/other", other)]
+    )
 
     proxy_client.abort_multipart_upload(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id)
     proxy_client.abort_multipart_upload(Bucket=bucket, Key="node1/meta/other", UploadId=other)
@@ -672,13 +733,17 @@ def test_list_parts_plaintext_sizes_and_abort(proxy_client: Any, raw_client: Any
     assert raw_keys(raw_client, bucket) == []
 
 
-def test_upload_part_copy_into_data_is_not_implemented(proxy_client: Any, raw_client: Any,
-                                                       bucket: str) -> None:
+def test_upload_part_copy_into_data_is_not_implemented(proxy_client: Any, raw_client: Any, bucket: str) -> None:
     proxy_client.put_object(Bucket=bucket, Key="src/data/a", Body=payload(MIB, 12))
     upload_id = proxy_client.create_multipart_upload(Bucket=bucket, Key=DATA_KEY)["UploadId"]
-    assert client_error(proxy_client.upload_part_copy, Bucket=bucket, Key=DATA_KEY, UploadId=upload_id,
-                        PartNumber=1, CopySource={"Bucket": bucket, "Key": "src/data/a"}) == (
-        "NotImplemented", 501)
+    assert client_error(
+        proxy_client.upload_part_copy,
+        Bucket=bucket,
+        Key=DATA_KEY,
+        UploadId=upload_id,
+        PartNumber=1,
+        CopySource={"Bucket": bucket, "Key": "src/data/a"},
+    ) == ("NotImplemented", 501)
     assert raw_client.list_parts(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id).get("Parts", []) == []
     proxy_client.abort_multipart_upload(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id)
 
@@ -687,8 +752,7 @@ def test_copy_object_metadata_key_passthrough(proxy_client: Any, raw_client: Any
     data = b'{"tokens": [1, 2, 3]} ' + MARKER
     proxy_client.put_object(Bucket=bucket, Key=META_KEY, Body=data, ContentType="application/json")
     target = "node1/backup2/meta/schema.cql"
-    result = proxy_client.copy_object(Bucket=bucket, Key=target,
-                                      CopySource={"Bucket": bucket, "Key": META_KEY})
+    result = proxy_client.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": META_KEY})
     assert result["CopyObjectResult"]["ETag"].strip('"') == hashlib.md5(data).hexdigest()
     assert raw_client.get_object(Bucket=bucket, Key=target)["Body"].read() == data
     got = proxy_client.get_object(Bucket=bucket, Key=target)
@@ -706,8 +770,9 @@ ODD_KEYS = [
 ]
 
 
-def test_encoding_type_url_listing_odd_keys(proxy: ProxyProcess, proxy_client: Any, raw_client: Any,
-                                            bucket: str) -> None:
+def test_encoding_type_url_listing_odd_keys(
+    proxy: ProxyProcess, proxy_client: Any, raw_client: Any, bucket: str
+) -> None:
     for key in ODD_KEYS:
         proxy_client.put_object(Bucket=bucket, Key=key, Body=key.encode())
     assert sorted(raw_keys(raw_client, bucket)) == sorted(ODD_KEYS)
@@ -760,8 +825,9 @@ def _read_head(sock: socket.socket, deadline: float) -> bytes:
 def test_expect_100_continue(proxy: ProxyProcess, raw_client: Any, bucket: str, key: str) -> None:
     data = payload(200_000, 13)
     target = f"/{bucket}/{key}"
-    headers = sign(proxy, "PUT", target, headers={"Content-Length": str(len(data)),
-                                                  "Expect": "100-continue"}, body=data)
+    headers = sign(
+        proxy, "PUT", target, headers={"Content-Length": str(len(data)), "Expect": "100-continue"}, body=data
+    )
     head = f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
         sock.sendall(head.encode())
@@ -780,14 +846,18 @@ def test_expect_100_continue(proxy: ProxyProcess, raw_client: Any, bucket: str, 
     assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
 
 
-def test_expect_100_continue_refused_before_body(proxy: ProxyProcess, raw_client: Any,
-                                                 bucket: str) -> None:
+def test_expect_100_continue_refused_before_body(proxy: ProxyProcess, raw_client: Any, bucket: str) -> None:
     """A bad signature is refused before the body: no 100 Continue, so the client keeps its body."""
     data = b"z" * 1000
     target = f"/{bucket}/{META_KEY}"
-    headers = sign(proxy, "PUT", target, headers={"Content-Length": str(len(data)),
-                                                  "Expect": "100-continue"}, body=data,
-                   secret="wrong")
+    headers = sign(
+        proxy,
+        "PUT",
+        target,
+        headers={"Content-Length": str(len(data)), "Expect": "100-continue"},
+        body=data,
+        secret="wrong",
+    )
     head = f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
         sock.sendall(head.encode())

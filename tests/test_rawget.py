@@ -19,7 +19,7 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[
 
 # The override is deprecated in pytest-asyncio 1.5 in favour of a conftest-wide hook; it is kept
 # module-local here on purpose.
-pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -64,8 +64,9 @@ async def serve() -> AsyncIterator[Serve]:
         server = await asyncio.start_server(raw.serve, "127.0.0.1", 0)
         servers.append(server)
         port = server.sockets[0].getsockname()[1]
-        reader = RecordReader(URL(f"http://127.0.0.1:{port}"), verify_tls=True, connect_timeout=5,
-                              read_timeout=5, max_idle=4)
+        reader = RecordReader(
+            URL(f"http://127.0.0.1:{port}"), verify_tls=True, connect_timeout=5, read_timeout=5, max_idle=4
+        )
         readers.append(reader)
         return raw, reader
 
@@ -78,7 +79,7 @@ async def serve() -> AsyncIterator[Serve]:
 
 
 def ok(body: bytes, extra: str = "") -> bytes:
-    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nETag: \"abc\"\r\n{extra}\r\n".encode() + body
+    return f'HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nETag: "abc"\r\n{extra}\r\n'.encode() + body
 
 
 async def read_all(reader: RecordReader, piece: int, target: str = "/b/k") -> tuple[list[int], bytes] | None:
@@ -118,12 +119,16 @@ async def test_head_and_body_in_one_segment_and_empty_body(serve: Serve) -> None
     assert await read_all(reader, 1 << 20) == ([], b"")
 
 
-@pytest.mark.parametrize("answer", [
-    b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 5\r\n\r\nerror",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ndata\r\n0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close",
-    b"garbage\r\n\r\n",
-], ids=["error-status", "chunked", "no-length", "not-http"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 5\r\n\r\nerror",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ndata\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close",
+        b"garbage\r\n\r\n",
+    ],
+    ids=["error-status", "chunked", "no-length", "not-http"],
+)
 async def test_what_it_cannot_stream_returns_none(answer: bytes, serve: Serve) -> None:
     async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(answer)
@@ -176,13 +181,15 @@ async def test_stopping_early_closes_the_connection(serve: Serve) -> None:
 
 
 def test_parse_head() -> None:
-    head = parse_head(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nX-A: 1\r\nx-a: 2\r\nETag: \"e\"")
+    head = parse_head(b'HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nX-A: 1\r\nx-a: 2\r\nETag: "e"')
     assert head is not None
     assert (head.status, head.length, head.headers["x-a"], head.headers["etag"]) == (206, 10, "1, 2", '"e"')
     assert head.keep_alive
     assert parse_head(b"HTTP/1.1 200 OK\r\nbroken header line") is None
-    for closing in (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: Close",
-                    b"HTTP/1.0 200 OK\r\nContent-Length: 1"):
+    for closing in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: Close",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 1",
+    ):
         head = parse_head(closing)
         assert head is not None and not head.keep_alive
 

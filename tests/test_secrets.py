@@ -44,8 +44,7 @@ def _secret_file(path: Path, mode: int, value: str = SECRET) -> Path:
 
 
 def _config(clients: list[dict[str, Any]], upstream: dict[str, Any] | None = None) -> Any:
-    return parse_config({"clients": clients, "upstream": upstream or {},
-                         "encryption": {"enabled": False}}, environ={})
+    return parse_config({"clients": clients, "upstream": upstream or {}, "encryption": {"enabled": False}}, environ={})
 
 
 # ------------------------------------------------------------------------------------------
@@ -54,8 +53,9 @@ def _config(clients: list[dict[str, Any]], upstream: dict[str, Any] | None = Non
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
-def test_a_loose_client_secret_file_is_warned_about(tmp_path: Path, mode: int,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_a_loose_client_secret_file_is_warned_about(
+    tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
+) -> None:
     path = _secret_file(tmp_path / "client-secret", mode)
     with caplog.at_level(logging.WARNING, logger="proxy.config"):
         config = _config([{"access_key_id": "medusa", "secret_access_key_file": str(path)}])
@@ -71,8 +71,10 @@ def test_a_loose_upstream_secret_file_is_warned_about(tmp_path: Path, caplog: py
     client = _secret_file(tmp_path / "client-secret", 0o600)
     upstream = _secret_file(tmp_path / "upstream-secret", 0o640)
     with caplog.at_level(logging.WARNING, logger="proxy.config"):
-        config = _config([{"access_key_id": "medusa", "secret_access_key_file": str(client)}],
-                         {"access_key_id": "AKIAEXAMPLE", "secret_access_key_file": str(upstream)})
+        config = _config(
+            [{"access_key_id": "medusa", "secret_access_key_file": str(client)}],
+            {"access_key_id": "AKIAEXAMPLE", "secret_access_key_file": str(upstream)},
+        )
     assert config.upstream.secret_access_key == SECRET
     warnings = [r.getMessage() for r in caplog.records if r.name == "proxy.config"]
     assert len(warnings) == 1  # the client's file is private: only the upstream's is named
@@ -84,13 +86,16 @@ def test_private_secret_files_are_not_warned_about(tmp_path: Path, caplog: pytes
     client = _secret_file(tmp_path / "client-secret", 0o600)
     upstream = _secret_file(tmp_path / "upstream-secret", 0o400)
     with caplog.at_level(logging.WARNING, logger="proxy.config"):
-        _config([{"access_key_id": "medusa", "secret_access_key_file": str(client)}],
-                {"access_key_id": "AKIAEXAMPLE", "secret_access_key_file": str(upstream)})
+        _config(
+            [{"access_key_id": "medusa", "secret_access_key_file": str(client)}],
+            {"access_key_id": "AKIAEXAMPLE", "secret_access_key_file": str(upstream)},
+        )
     assert [r for r in caplog.records if r.name == "proxy.config"] == []
 
 
-def test_the_running_proxy_warns_about_a_loose_secret_file(make_proxy: Callable[..., ProxyProcess],
-                                                           tmp_path: Path, bucket: str) -> None:
+def test_the_running_proxy_warns_about_a_loose_secret_file(
+    make_proxy: Callable[..., ProxyProcess], tmp_path: Path, bucket: str
+) -> None:
     path = _secret_file(tmp_path / "client-secret", 0o644, CLIENT_SECRET_KEY)
     proxy = make_proxy(clients=[{"access_key_id": CLIENT_ACCESS_KEY, "secret_access_key_file": str(path)}])
     proxy.client(**MEDUSA_CLIENT_CONFIG).put_object(Bucket=bucket, Key="k", Body=b"x")
@@ -114,8 +119,7 @@ def _umask(mask: int) -> Iterator[None]:
 
 
 def _modes(db: Path) -> dict[str, int]:
-    return {p.name: stat.S_IMODE(p.stat().st_mode)
-            for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists()}
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists()}
 
 
 async def test_cache_files_are_created_owner_only(tmp_path: Path) -> None:
@@ -154,8 +158,7 @@ async def test_existing_loose_cache_files_are_made_owner_only(tmp_path: Path) ->
             old.close()
 
 
-def test_the_running_proxy_keeps_its_cache_owner_only(make_proxy: Callable[..., ProxyProcess],
-                                                      bucket: str) -> None:
+def test_the_running_proxy_keeps_its_cache_owner_only(make_proxy: Callable[..., ProxyProcess], bucket: str) -> None:
     with _umask(0o022):  # inherited by the proxy process
         proxy = make_proxy()
     client = proxy.client(**MEDUSA_CLIENT_CONFIG)
@@ -198,15 +201,16 @@ def test_aiohttp_exceptions_are_logged_without_their_message(json_log: io.String
         except ValueError as inner:
             raise _parser_error() from inner
     except BadHttpMessage as exc:
-        logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1",
-                                                      exc_info=exc)
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1", exc_info=exc)
     logging.getLogger("aiohttp.internal").warning("got %r and %s", MARKER.encode(), "x" * 1000)
     text = json_log.getvalue()
     assert MARKER not in text
     first, second = (json.loads(line) for line in text.splitlines())
     assert first["logger"] == "aiohttp.server" and first["level"] == "error"
-    assert first["msg"] == ("Error handling request from 127.0.0.1: "
-                            "aiohttp.http_exceptions.BadHttpMessage (400): Invalid character in chunk size")
+    assert first["msg"] == (
+        "Error handling request from 127.0.0.1: "
+        "aiohttp.http_exceptions.BadHttpMessage (400): Invalid character in chunk size"
+    )
     assert "Traceback (most recent call last)" in first["exc"]  # the frames are kept
     assert "builtins.ValueError" in first["exc"] and "test_secrets.py" in first["exc"]
     assert second["msg"].startswith(f"got '<{len(MARKER)} bytes>' and xxx")
@@ -219,11 +223,15 @@ def test_other_loggers_are_not_filtered(json_log: io.StringIO) -> None:
 
 
 def test_describe_exception_never_uses_the_message() -> None:
-    assert describe_exception(_parser_error()) == \
-        "aiohttp.http_exceptions.BadHttpMessage (400): Invalid character in chunk size"
+    assert (
+        describe_exception(_parser_error())
+        == "aiohttp.http_exceptions.BadHttpMessage (400): Invalid character in chunk size"
+    )
     # A message that is not llhttp's "<reason>:\n\n  b'...'" gives no reason at all.
-    assert describe_exception(BadHttpMessage(f"Bad status line {MARKER!r}")) == \
-        "aiohttp.http_exceptions.BadHttpMessage (400)"
+    assert (
+        describe_exception(BadHttpMessage(f"Bad status line {MARKER!r}"))
+        == "aiohttp.http_exceptions.BadHttpMessage (400)"
+    )
     assert describe_exception(ValueError(MARKER)) == "builtins.ValueError"
     assert MARKER not in safe_traceback(_parser_error())
 
@@ -276,8 +284,7 @@ def _wait_for_log(proxy: ProxyProcess, text: str, count: int) -> str:
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-def test_malformed_requests_leave_no_client_bytes_in_the_log(
-        make_proxy: Callable[..., ProxyProcess], fmt: str) -> None:
+def test_malformed_requests_leave_no_client_bytes_in_the_log(make_proxy: Callable[..., ProxyProcess], fmt: str) -> None:
     proxy = make_proxy(logging={"format": fmt, "level": "DEBUG"})
     for name, request in MALFORMED:
         answer = _exchange(proxy, request.encode())
@@ -300,7 +307,8 @@ def _signed_chunked_head(proxy: ProxyProcess, path: str) -> bytes:
 
 
 def test_a_bad_chunk_in_a_read_body_is_a_client_error_without_its_bytes(
-        make_proxy: Callable[..., ProxyProcess], bucket: str) -> None:
+    make_proxy: Callable[..., ProxyProcess], bucket: str
+) -> None:
     # aiohttp's pure-Python parser hands a bad chunk to the request handler reading the body (the
     # C parser stops the connection instead): the proxy answers 400 and logs no bytes.
     proxy = make_proxy(env={"AIOHTTP_NO_EXTENSIONS": "1"})

@@ -39,8 +39,9 @@ soak = load_soak()
 
 @pytest.mark.parametrize("upstream", ["moto", "rclone"])
 def test_short_soak(upstream: str, tmp_path: Path) -> None:
-    result = soak.run_soak(soak.SoakOptions(upstream=upstream, clients=CLIENTS, seconds=SECONDS,
-                                            workdir=tmp_path, verbose=False))
+    result = soak.run_soak(
+        soak.SoakOptions(upstream=upstream, clients=CLIENTS, seconds=SECONDS, workdir=tmp_path, verbose=False)
+    )
     print(soak.report(result))
     assert result.ops > 100, "the clients hardly ran"
     assert set(result.by_op) >= {"put_small", "get", "range", "head", "list", "delete"}

@@ -67,8 +67,7 @@ def test_chunk_swapped_from_another_object(proxy_client: Any, raw_client: Any, b
     assert_refused(proxy_client, bucket, KEY, data)
 
 
-def test_object_replaced_by_another_encrypted_object(proxy_client: Any, raw_client: Any,
-                                                     bucket: str) -> None:
+def test_object_replaced_by_another_encrypted_object(proxy_client: Any, raw_client: Any, bucket: str) -> None:
     data, _ = put_pair(proxy_client, raw_client, bucket)
     raw_client.put_object(Bucket=bucket, Key=KEY, Body=raw_bytes(raw_client, bucket, OTHER))
     assert_refused(proxy_client, bucket, KEY, data)
@@ -77,16 +76,14 @@ def test_object_replaced_by_another_encrypted_object(proxy_client: Any, raw_clie
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
 
 
-def test_stripped_trailer_is_not_served_as_plaintext(proxy_client: Any, raw_client: Any,
-                                                     bucket: str) -> None:
+def test_stripped_trailer_is_not_served_as_plaintext(proxy_client: Any, raw_client: Any, bucket: str) -> None:
     data, stored = put_pair(proxy_client, raw_client, bucket)
     first_records = stored[: 2 * (MIB + 85)]
     raw_client.put_object(Bucket=bucket, Key=KEY, Body=first_records)
     assert_refused(proxy_client, bucket, KEY, data)
     # The listing still answers; the entry shows a size and ETag no object can have.
     listed = proxy_client.list_objects_v2(Bucket=bucket, Prefix=KEY)["Contents"]
-    assert [(o["Key"], o["Size"], o["ETag"]) for o in listed] == [
-        (KEY, -1, '"00000000000000000000000000000000-0"')]
+    assert [(o["Key"], o["Size"], o["ETag"]) for o in listed] == [(KEY, -1, '"00000000000000000000000000000000-0"')]
 
 
 def test_moved_backup_needs_accept_moved(make_proxy: Any, raw_client: Any, bucket: str) -> None:
@@ -94,8 +91,11 @@ def test_moved_backup_needs_accept_moved(make_proxy: Any, raw_client: Any, bucke
     first = make_proxy()
     data = payload(MIB + 5, 4)
     first.client().put_object(Bucket=bucket, Key="old/node1/data/ks/t/f-Data.db", Body=data)
-    raw_client.copy_object(Bucket=bucket, Key="new/node1/data/ks/t/f-Data.db",
-                           CopySource={"Bucket": bucket, "Key": "old/node1/data/ks/t/f-Data.db"})
+    raw_client.copy_object(
+        Bucket=bucket,
+        Key="new/node1/data/ks/t/f-Data.db",
+        CopySource={"Bucket": bucket, "Key": "old/node1/data/ks/t/f-Data.db"},
+    )
     assert_refused(first.client(), bucket, "new/node1/data/ks/t/f-Data.db", data)
     moved = make_proxy(encryption={"accept_moved": [{"from_prefix": "old/", "to_prefix": "new/"}]})
     assert read_through(moved.client(), bucket, "new/node1/data/ks/t/f-Data.db") == data

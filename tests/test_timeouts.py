@@ -61,8 +61,11 @@ class Rule:
     query: str | None = None
 
     def matches(self, method: str, path: str, query: str) -> bool:
-        return ((self.method is None or self.method == method) and (self.path is None or self.path in path)
-                and (self.query is None or self.query in query))
+        return (
+            (self.method is None or self.method == method)
+            and (self.path is None or self.path in path)
+            and (self.query is None or self.query in query)
+        )
 
 
 def _closing(head: bytes) -> bytes:
@@ -87,8 +90,9 @@ class StallServer:
     since (a deaf connection is only looked at again after ``deaf_for``).
     """
 
-    def __init__(self, target_url: str, *, at: int = 256 << 10, deaf_for: float = READ + 1.5,
-                 every: float = 0.3) -> None:
+    def __init__(
+        self, target_url: str, *, at: int = 256 << 10, deaf_for: float = READ + 1.5, every: float = 0.3
+    ) -> None:
         target = urlsplit(target_url)
         self.target = (target.hostname or "127.0.0.1", target.port or 80)
         self.rules: list[Rule] = []
@@ -170,8 +174,7 @@ class StallServer:
             while await reader.read(64 << 10):
                 pass
 
-    async def _stall(self, mode: str, head: bytes, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    async def _stall(self, mode: str, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if mode == "hole":
             await self._hold(reader)
         elif mode == "deaf":
@@ -199,8 +202,9 @@ class StallServer:
         else:
             raise AssertionError(mode)
 
-    async def _forward(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       then_stall_at: int | None) -> None:
+    async def _forward(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, then_stall_at: int | None
+    ) -> None:
         up_r, up_w = await asyncio.open_connection(*self.target, limit=64 << 10)
 
         async def upload() -> None:
@@ -243,8 +247,16 @@ def stall(upstream: S3Server) -> Iterator[StallServer]:
 
 def stalled_proxy(make_proxy: Callable[..., ProxyProcess], endpoint: str, **overrides: Any) -> ProxyProcess:
     """A proxy with short upstream timeouts in front of ``endpoint``."""
-    return make_proxy(upstream={"endpoint_url": endpoint, "connect_timeout": 1.0, "read_timeout": READ,
-                                "request_timeout": DEADLINE, "long_request_timeout": DEADLINE}, **overrides)
+    return make_proxy(
+        upstream={
+            "endpoint_url": endpoint,
+            "connect_timeout": 1.0,
+            "read_timeout": READ,
+            "request_timeout": DEADLINE,
+            "long_request_timeout": DEADLINE,
+        },
+        **overrides,
+    )
 
 
 def client(proxy: ProxyProcess) -> Any:
@@ -304,8 +316,9 @@ def _upload(c: Any, bucket: str) -> str:
 
 
 def _part(c: Any, bucket: str, upload_id: str) -> str:
-    return str(c.upload_part(Bucket=bucket, Key=KEY, UploadId=upload_id, PartNumber=1,
-                             Body=os.urandom(6 << 20))["ETag"])
+    return str(
+        c.upload_part(Bucket=bucket, Key=KEY, UploadId=upload_id, PartNumber=1, Body=os.urandom(6 << 20))["ETag"]
+    )
 
 
 def _nothing(c: Any, bucket: str) -> dict[str, Any]:
@@ -335,33 +348,45 @@ def _with_part(c: Any, bucket: str) -> dict[str, Any]:
 
 
 def _complete(c: Any, bucket: str, made: dict[str, Any]) -> Any:
-    return c.complete_multipart_upload(Bucket=bucket, Key=KEY, UploadId=made["upload_id"],
-                                       MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": made["etag"]}]})
+    return c.complete_multipart_upload(
+        Bucket=bucket,
+        Key=KEY,
+        UploadId=made["upload_id"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": made["etag"]}]},
+    )
 
 
 CASES = {
     # the fast HEAD (read timeout), then botocore would not be asked
     "head": Case(Rule("hole", method="HEAD"), lambda c, b, m: c.head_object(Bucket=b, Key=KEY)),
     # HEAD answered, the data GET (record reader) never is
-    "get": Case(Rule("hole", method="GET", path=KEY), lambda c, b, m: c.get_object(Bucket=b, Key=KEY)["Body"].read(),
-                _with_object),
-    "ranged_get": Case(Rule("hole", method="GET", path=KEY),
-                       lambda c, b, m: c.get_object(Bucket=b, Key=KEY, Range="bytes=70000-70999")["Body"].read(),
-                       _with_object),
+    "get": Case(
+        Rule("hole", method="GET", path=KEY),
+        lambda c, b, m: c.get_object(Bucket=b, Key=KEY)["Body"].read(),
+        _with_object,
+    ),
+    "ranged_get": Case(
+        Rule("hole", method="GET", path=KEY),
+        lambda c, b, m: c.get_object(Bucket=b, Key=KEY, Range="bytes=70000-70999")["Body"].read(),
+        _with_object,
+    ),
     # HEAD answered, the trailer read (a ranged GET of a view not cached) never is
-    "head_trailer": Case(Rule("hole", method="GET", path=KEY), lambda c, b, m: c.head_object(Bucket=b, Key=KEY),
-                         cold=True),
+    "head_trailer": Case(
+        Rule("hole", method="GET", path=KEY), lambda c, b, m: c.head_object(Bucket=b, Key=KEY), cold=True
+    ),
     "list": Case(Rule("hole", method="GET", query="list-type"), lambda c, b, m: c.list_objects_v2(Bucket=b)),
     # botocore only: its read timeouts and retries, all within request_timeout
-    "list_uploads": Case(Rule("hole", method="GET", query="uploads"),
-                         lambda c, b, m: c.list_multipart_uploads(Bucket=b)),
+    "list_uploads": Case(
+        Rule("hole", method="GET", query="uploads"), lambda c, b, m: c.list_multipart_uploads(Bucket=b)
+    ),
     "small_put": Case(Rule("hole", method="PUT"), lambda c, b, m: _put(c, b, KEY, 1000)),
     # streamed: the upstream never says 100 Continue; or says it, then stops reading
     "large_put": Case(Rule("hole", method="PUT"), lambda c, b, m: _put(c, b, KEY, BIG)),
     "large_put_deaf": Case(Rule("deaf", method="PUT"), lambda c, b, m: _put(c, b, KEY, BIG)),
     "create_upload": Case(Rule("hole", method="POST", query="uploads"), lambda c, b, m: _upload(c, b)),
-    "upload_part": Case(Rule("deaf", method="PUT", query="partNumber"),
-                        lambda c, b, m: _part(c, b, m["upload_id"]), _with_upload),
+    "upload_part": Case(
+        Rule("deaf", method="PUT", query="partNumber"), lambda c, b, m: _part(c, b, m["upload_id"]), _with_upload
+    ),
     # Complete: the trailer part goes through, CompleteMultipartUpload (long_request_timeout) does not
     "complete": Case(Rule("hole", method="POST", query="uploadId"), _complete, _with_part),
     "trailer_part": Case(Rule("hole", method="PUT", query="partNumber"), _complete, _with_part),
@@ -370,7 +395,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_every_operation_fails_in_time_when_the_upstream_stops_answering(
-        make_proxy: Callable[..., ProxyProcess], stall: StallServer, bucket: str, case: str) -> None:
+    make_proxy: Callable[..., ProxyProcess], stall: StallServer, bucket: str, case: str
+) -> None:
     spec = CASES[case]
     proxy = stalled_proxy(make_proxy, stall.url)
     c = client(proxy)
@@ -389,8 +415,9 @@ def test_every_operation_fails_in_time_when_the_upstream_stops_answering(
     assert metrics(proxy)["requests_in_flight"] == 0
 
 
-def test_a_body_that_stops_midway_cuts_the_answer(make_proxy: Callable[..., ProxyProcess],
-                                                  stall: StallServer, bucket: str) -> None:
+def test_a_body_that_stops_midway_cuts_the_answer(
+    make_proxy: Callable[..., ProxyProcess], stall: StallServer, bucket: str
+) -> None:
     # The upstream sends its head and part of the body, then nothing: the client already has a
     # 200, so the only honest signal left is a short read, within read_timeout.
     proxy = stalled_proxy(make_proxy, stall.url)
@@ -405,8 +432,9 @@ def test_a_body_that_stops_midway_cuts_the_answer(make_proxy: Callable[..., Prox
     assert len(c.get_object(Bucket=bucket, Key=KEY)["Body"].read()) == 3 << 20  # the pool is sound
 
 
-def test_a_trickling_upstream_is_cut_by_the_deadline(make_proxy: Callable[..., ProxyProcess],
-                                                     stall: StallServer, bucket: str) -> None:
+def test_a_trickling_upstream_is_cut_by_the_deadline(
+    make_proxy: Callable[..., ProxyProcess], stall: StallServer, bucket: str
+) -> None:
     # One byte every 0.3 s never trips a 1 s read timeout: request_timeout ends it.
     proxy = stalled_proxy(make_proxy, stall.url)
     stall.add("trickle", method="GET", query="list-type")
@@ -417,8 +445,9 @@ def test_a_trickling_upstream_is_cut_by_the_deadline(make_proxy: Callable[..., P
     stall.wait_released()
 
 
-def test_an_upstream_that_does_not_accept_is_a_connect_timeout(make_proxy: Callable[..., ProxyProcess],
-                                                               bucket: str) -> None:
+def test_an_upstream_that_does_not_accept_is_a_connect_timeout(
+    make_proxy: Callable[..., ProxyProcess], bucket: str
+) -> None:
     # A listening socket whose accept queue is full drops SYNs: connecting never finishes.
     with socket.socket() as listener, socket.socket() as filler:
         listener.bind(("127.0.0.1", 0))
@@ -431,8 +460,9 @@ def test_an_upstream_that_does_not_accept_is_a_connect_timeout(make_proxy: Calla
         assert timeouts(proxy, "upstream_connect") >= 1
 
 
-def test_stalled_requests_do_not_hold_the_concurrency_slots(make_proxy: Callable[..., ProxyProcess],
-                                                            stall: StallServer, bucket: str) -> None:
+def test_stalled_requests_do_not_hold_the_concurrency_slots(
+    make_proxy: Callable[..., ProxyProcess], stall: StallServer, bucket: str
+) -> None:
     proxy = stalled_proxy(make_proxy, stall.url, limits={"max_concurrent_requests": 4})
     c = client(proxy)
     stall.add("hole", path="/stalled-")
@@ -523,8 +553,9 @@ def test_a_request_head_that_never_ends_is_closed(make_proxy: Callable[..., Prox
 
 
 @pytest.mark.parametrize("length", [1000, BIG], ids=["small", "streamed"])
-def test_a_put_whose_body_stalls_is_a_request_timeout(make_proxy: Callable[..., ProxyProcess], bucket: str,
-                                                      raw_client: Any, length: int) -> None:
+def test_a_put_whose_body_stalls_is_a_request_timeout(
+    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, length: int
+) -> None:
     proxy = make_proxy(limits={"body_timeout": 1.0})
     path = f"/{bucket}/{KEY}"
     with socket.create_connection((proxy.host, proxy.port)) as sock:
@@ -545,8 +576,9 @@ def test_a_put_whose_body_stalls_is_a_request_timeout(make_proxy: Callable[..., 
     assert metrics(proxy)["requests_in_flight"] == 0
 
 
-def test_a_bad_chunk_in_a_body_being_read_is_answered_at_once(make_proxy: Callable[..., ProxyProcess],
-                                                              bucket: str) -> None:
+def test_a_bad_chunk_in_a_body_being_read_is_answered_at_once(
+    make_proxy: Callable[..., ProxyProcess], bucket: str
+) -> None:
     # aiohttp's C parser (the default) queues the error instead of failing the body being read;
     # the proxy hands it over, so the answer does not wait for body_timeout.
     proxy = make_proxy(limits={"body_timeout": 30.0})
@@ -565,8 +597,7 @@ def test_a_bad_chunk_in_a_body_being_read_is_answered_at_once(make_proxy: Callab
     assert proxy.running
 
 
-def test_a_client_that_stops_reading_its_answer_is_cut(make_proxy: Callable[..., ProxyProcess],
-                                                       bucket: str) -> None:
+def test_a_client_that_stops_reading_its_answer_is_cut(make_proxy: Callable[..., ProxyProcess], bucket: str) -> None:
     proxy = make_proxy(limits={"body_timeout": 1.0})
     size = 32 << 20
     client(proxy).put_object(Bucket=bucket, Key=KEY, Body=os.urandom(size))

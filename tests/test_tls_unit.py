@@ -39,8 +39,8 @@ async def test_handshake_verifies_on_loopback(tmp_path: Path) -> None:
     try:
         client_ctx = ssl.create_default_context(cafile=str(cert_path))  # verifies + hostname
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
-                                    server_hostname="127.0.0.1"), 10)
+            asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="127.0.0.1"), 10
+        )
         writer.write(b"ping\n")
         assert await asyncio.wait_for(reader.readline(), 10) == b"ping\n"
         ssl_obj = writer.get_extra_info("ssl_object")
@@ -51,8 +51,8 @@ async def test_handshake_verifies_on_loopback(tmp_path: Path) -> None:
         strict = ssl.create_default_context()
         try:
             _, w = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port, ssl=strict,
-                                        server_hostname="127.0.0.1"), 10)
+                asyncio.open_connection("127.0.0.1", port, ssl=strict, server_hostname="127.0.0.1"), 10
+            )
             w.close()
             raise AssertionError("handshake with an untrusted certificate succeeded")
         except ssl.SSLCertVerificationError:
@@ -60,4 +60,3 @@ async def test_handshake_verifies_on_loopback(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
-

@@ -21,7 +21,7 @@ ODD_KEYS = ["plain", "n/data/a b+c=d&e", "n/data/ünï cødé/%41~*", "n/data/(x
 
 # The override is deprecated in pytest-asyncio 1.5 in favour of a conftest-wide hook; it is kept
 # module-local here on purpose.
-pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -33,8 +33,15 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
 
 
 def started(server: S3Server, secret: str | None = None) -> Upstream:
-    return Upstream(UpstreamConfig(endpoint_url=server.endpoint_url, region="us-east-1", addressing_style="path",
-                                   access_key_id=server.access_key, secret_access_key=secret or server.secret_key))
+    return Upstream(
+        UpstreamConfig(
+            endpoint_url=server.endpoint_url,
+            region="us-east-1",
+            addressing_style="path",
+            access_key_id=server.access_key,
+            secret_access_key=secret or server.secret_key,
+        )
+    )
 
 
 @pytest.fixture
@@ -55,8 +62,10 @@ async def test_fast_range_is_signed_correctly(rclone_server: Any) -> None:
         upstream = started(rclone_server, secret)
         await upstream.start()
         try:
-            return [await upstream.fast_range(bucket, key, spec, raw.head_object(Bucket=bucket, Key=key)["ETag"])
-                    for key in ODD_KEYS]
+            return [
+                await upstream.fast_range(bucket, key, spec, raw.head_object(Bucket=bucket, Key=key)["ETag"])
+                for key in ODD_KEYS
+            ]
         finally:
             await upstream.close()
 
@@ -74,13 +83,20 @@ def botocore_page(reply: dict[str, Any], v2: bool) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("v2", [True, False], ids=["v2", "v1"])
-async def test_fast_list_is_botocores_listing(fast_upstream: Upstream, upstream: S3Server, bucket: str,
-                                              v2: bool) -> None:
+async def test_fast_list_is_botocores_listing(
+    fast_upstream: Upstream, upstream: S3Server, bucket: str, v2: bool
+) -> None:
     raw = upstream.client()
     for i, key in enumerate(ODD_KEYS):
         raw.put_object(Bucket=bucket, Key=key, Body=b"x" * (i + 1))
-    cases: list[dict[str, str]] = [{}, {"prefix": "n/"}, {"prefix": "n/", "delimiter": "/"},
-                                   {"delimiter": "/"}, {"prefix": "n/data/ü"}, {"max-keys": "2"}]
+    cases: list[dict[str, str]] = [
+        {},
+        {"prefix": "n/"},
+        {"prefix": "n/", "delimiter": "/"},
+        {"delimiter": "/"},
+        {"prefix": "n/data/ü"},
+        {"max-keys": "2"},
+    ]
     for params in cases:
         query = [(name, value) for name, value in params.items()]
         page = await fast_upstream.fast_list(bucket, query, v2)
@@ -115,8 +131,9 @@ async def test_fast_list_refused_signature_falls_back(rclone_server: Any) -> Non
         await upstream.close()
 
 
-async def test_get_records_reads_stored_bytes_in_place(fast_upstream: Upstream, upstream: S3Server,
-                                                       bucket: str) -> None:
+async def test_get_records_reads_stored_bytes_in_place(
+    fast_upstream: Upstream, upstream: S3Server, bucket: str
+) -> None:
     stored = bytes(range(256)) * 9000  # 2.3 MB
     raw = upstream.client()
     etag = raw.put_object(Bucket=bucket, Key="n/data/ünï cødé", Body=stored)["ETag"]
@@ -193,8 +210,9 @@ async def test_fast_paths_over_tls(tmp_path: Any) -> None:
             return f"https://{self.host}:{self.port}"
 
         def _ready(self) -> bool:
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=1,
-                                               context=ssl._create_unverified_context())
+            conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=1, context=ssl._create_unverified_context()
+            )
             try:
                 conn.request("GET", "/")
                 return conn.getresponse().status > 0
@@ -209,9 +227,16 @@ async def test_fast_paths_over_tls(tmp_path: Any) -> None:
         stored = bytes(range(256)) * 9000
         raw.put_object(Bucket="tls-bucket", Key="n/data/x", Body=stored)
         for verify in (False, True):
-            upstream = Upstream(UpstreamConfig(endpoint_url=server.endpoint_url, region="us-east-1",
-                                               addressing_style="path", access_key_id=server.access_key,
-                                               secret_access_key=server.secret_key, verify_tls=verify))
+            upstream = Upstream(
+                UpstreamConfig(
+                    endpoint_url=server.endpoint_url,
+                    region="us-east-1",
+                    addressing_style="path",
+                    access_key_id=server.access_key,
+                    secret_access_key=server.secret_key,
+                    verify_tls=verify,
+                )
+            )
             await upstream.start()
             try:
                 got = await upstream.get_records("tls-bucket", "n/data/x", None, "", 1 << 20)
@@ -235,7 +260,16 @@ def make_tls_client(server: S3Server) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=server.endpoint_url, aws_access_key_id=server.access_key,
-                        aws_secret_access_key=server.secret_key, region_name="us-east-1", verify=False,
-                        config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
-                                      response_checksum_validation="when_required"))
+    return boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+        verify=False,
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )

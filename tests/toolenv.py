@@ -57,8 +57,7 @@ def _build(name: str, spec: list[str], check_import: str) -> Path:
             print(f"[toolenv] building {venv} ({wanted})", file=sys.stderr, flush=True)
             shutil.rmtree(venv, ignore_errors=True)
             log = VENVS_DIR / f"{name}.build.log"
-            env = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_REQUIRE"))}
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_REQUIRE"))}
             env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
             env["PIP_NO_INPUT"] = "1"
             with open(log, "w") as out:
@@ -70,15 +69,13 @@ def _build(name: str, spec: list[str], check_import: str) -> Path:
                 for cmd in steps:
                     out.write(f"$ {' '.join(cmd)}\n")
                     out.flush()
-                    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+                    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
                     if rc != 0:
                         raise ToolEnvError(
-                            f"building {venv} failed at {' '.join(cmd)} (exit {rc}):\n"
-                            + log.read_text()[-5000:])
+                            f"building {venv} failed at {' '.join(cmd)} (exit {rc}):\n" + log.read_text()[-5000:]
+                        )
             stamp.write_text(wanted + "\n")
-            print(f"[toolenv] built {venv} in {time.monotonic() - started:.0f}s",
-                  file=sys.stderr, flush=True)
+            print(f"[toolenv] built {venv} in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
             return venv
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -89,8 +86,7 @@ def medusa_python() -> str:
     override = os.environ.get("MEDUSA_PYTHON")
     if override:
         return override
-    venv = _build("medusa-0.31.0", MEDUSA_SPEC,
-                  "import medusa.backup_node, medusa.storage.s3_base_storage")
+    venv = _build("medusa-0.31.0", MEDUSA_SPEC, "import medusa.backup_node, medusa.storage.s3_base_storage")
     return str(venv / "bin" / "python")
 
 

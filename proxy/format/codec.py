@@ -222,7 +222,7 @@ class PartEncryptor:
         rec, mv, m = self._rec, self._rmv, self._plen
         assert rec is not None and mv is not None
         mv[0:4] = record_geometry(m)[0].to_bytes(4, "big")  # known only now: the last chunk is short
-        size = self._w + self._seal_record(mv[self._w:], m)
+        size = self._w + self._seal_record(mv[self._w :], m)
         assert size == RECORD_OVERHEAD + m
         mv.release()
         self._rec = self._rmv = None
@@ -286,8 +286,7 @@ class PartEncryptor:
                 done.append(self._close())
         full = (n - pos) // C
         if full:  # whole chunks in hand: sealed in one go, into one buffer
-            done.append(self._seal_many([(mv[pos + i * C : pos + (i + 1) * C],) for i in range(full)],
-                                        [C] * full))
+            done.append(self._seal_many([(mv[pos + i * C : pos + (i + 1) * C],) for i in range(full)], [C] * full))
             pos += full * C
         if pos < n:  # the start of the next chunk
             self._add(self._open(), mv[pos:])
@@ -560,9 +559,7 @@ class ObjectDecryptor:
             )
         if m > self._chunk_size:
             raise TamperedError(f"{_where(None, None, off)}: chunk larger than the chunk size")
-        pn, ci, m = open_record_into(
-            keys.signing_key, keys.encryption_key, rec, out, None, _where(None, None, off)
-        )
+        pn, ci, m = open_record_into(keys.signing_key, keys.encryption_key, rec, out, None, _where(None, None, off))
         self._check_binding(pn, ci, m, off)
         return pn, ci, m
 
@@ -592,22 +589,16 @@ class ObjectDecryptor:
     def _on_trailer(self, rec: memoryview, off: int) -> bytearray:
         if self._trailer is not None:
             if bytes(rec) != self._trailer.record:
-                raise TamperedError(
-                    f"trailer at stored offset {off} differs from the trailer read first"
-                )
+                raise TamperedError(f"trailer at stored offset {off} differs from the trailer read first")
             if next(self._expect or iter(()), None) is not None:
                 raise TamperedError(f"trailer at stored offset {off} came before all chunks")
             return bytearray()
         trailer = Trailer.parse(rec)
         keys = trailer.verify(self._ring)
-        if self._keys is not None and (
-            keys.key_id != self._keys.key_id or keys.salt != self._keys.salt
-        ):
+        if self._keys is not None and (keys.key_id != self._keys.key_id or keys.salt != self._keys.salt):
             raise TamperedError("trailer names other keys than the chunks were encrypted with")
         if trailer.chunk_size != self._chunk_size:
-            raise TamperedError(
-                f"trailer chunk size {trailer.chunk_size} differs from {self._chunk_size}"
-            )
+            raise TamperedError(f"trailer chunk size {trailer.chunk_size} differs from {self._chunk_size}")
         trailer.check_object_key(self._expected_key)
         self._trailer = trailer
         if self._keys is None:
@@ -626,10 +617,7 @@ class ObjectDecryptor:
                 raise TamperedError("chunks missing before the trailer")
             del out[w:]
             return out
-        if (
-            Layout.from_parts(self._parts, self._chunk_size) != trailer.layout
-            or self._chunks != trailer.chunk_count
-        ):
+        if Layout.from_parts(self._parts, self._chunk_size) != trailer.layout or self._chunks != trailer.chunk_count:
             raise TamperedError(
                 "chunks seen do not match the trailer's part layout "
                 "(parts or chunks dropped, or trailer from another object)"
@@ -703,13 +691,9 @@ class ObjectDecryptor:
         if self._failed:
             raise FormatError("decryptor already failed")
         if self._framer.pending:
-            raise TruncatedError(
-                f"stored object ends inside a record at offset {self._framer.offset}"
-            )
+            raise TruncatedError(f"stored object ends inside a record at offset {self._framer.offset}")
         if not self._done:
-            raise TruncatedError(
-                f"stored object ends at offset {self._framer.offset} without a trailer"
-            )
+            raise TruncatedError(f"stored object ends at offset {self._framer.offset} without a trailer")
         return bytearray()
 
     @property
@@ -777,15 +761,12 @@ class RangeDecryptor:
         """TruncatedError unless every record of the range arrived."""
         if self._framer.pending or self._remaining:
             raise TruncatedError(
-                f"range ended at stored offset {self._framer.offset} with "
-                f"{self._remaining} record(s) missing"
+                f"range ended at stored offset {self._framer.offset} with {self._remaining} record(s) missing"
             )
         return bytearray()
 
 
-def decrypt_object(
-    keyring: KeyRing, stored: Buffer, expected_object_key: str | None = None
-) -> bytearray:
+def decrypt_object(keyring: KeyRing, stored: Buffer, expected_object_key: str | None = None) -> bytearray:
     """Whole plaintext of a stored object (trailer read first, as the proxy does)."""
     trailer = Trailer.from_tail(stored)
     dec = ObjectDecryptor.with_trailer(keyring, trailer, expected_object_key)

@@ -25,9 +25,7 @@ class UnknownKeyError(FormatError):
     """The object was encrypted with a master key that is not in the key ring."""
 
     def __init__(self, key_id_hex: str) -> None:
-        super().__init__(
-            f"object was encrypted with key id {key_id_hex}, which is not in the key ring"
-        )
+        super().__init__(f"object was encrypted with key id {key_id_hex}, which is not in the key ring")
         self.key_id_hex = key_id_hex
 
 

@@ -176,16 +176,10 @@ class Layout:
 
     def parts(self) -> list[tuple[int, int]]:
         """(part_number, plaintext_size) for every part (O(parts); for tools and tests)."""
-        return [
-            (r.first_part_number + i, r.part_size) for r in self.runs for i in range(r.part_count)
-        ]
+        return [(r.first_part_number + i, r.part_size) for r in self.runs for i in range(r.part_count)]
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Layout)
-            and self.runs == other.runs
-            and self.chunk_size == other.chunk_size
-        )
+        return isinstance(other, Layout) and self.runs == other.runs and self.chunk_size == other.chunk_size
 
     def __hash__(self) -> int:
         return hash((self.runs, self.chunk_size))
@@ -209,9 +203,7 @@ class Layout:
     def stored_range(self, first: int, last: int) -> StoredRange:
         """Stored records covering plaintext bytes first..last (inclusive) and how to trim."""
         if not 0 <= first <= last < self.plaintext_size:
-            raise ValueError(
-                f"range {first}-{last} outside plaintext of {self.plaintext_size} bytes"
-            )
+            raise ValueError(f"range {first}-{last} outside plaintext of {self.plaintext_size} bytes")
         a = self.locate(first)
         b = self.locate(last)
         records: list[RecordRef] = []
@@ -236,9 +228,7 @@ class Layout:
                 else:
                     pn += 1
         end = b.record_offset + RECORD_OVERHEAD + b.chunk_length - 1
-        return StoredRange(
-            a.record_offset, end, tuple(records), a.offset_in_chunk, last - first + 1
-        )
+        return StoredRange(a.record_offset, end, tuple(records), a.offset_in_chunk, last - first + 1)
 
 
 def object_stored_size(layout: Layout, trailer_len: int) -> int:

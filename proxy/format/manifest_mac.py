@@ -57,9 +57,9 @@ _SEAL = re.compile(
     rb'"salt": "([0-9a-f]{32})", "mac": "([0-9a-f]{64})"\}\}\]'
 )
 #: Length of SEAL (the separator excluded): 188 bytes.
-SEAL_SIZE = len(
-    b'{"medusa_crypt_proxy": {"version": 1, "key_id": "", "salt": "", "mac": ""}}]'
-) + 2 * (KEY_ID_SIZE + SALT_SIZE + MAC_SIZE)
+SEAL_SIZE = len(b'{"medusa_crypt_proxy": {"version": 1, "key_id": "", "salt": "", "mac": ""}}]') + 2 * (
+    KEY_ID_SIZE + SALT_SIZE + MAC_SIZE
+)
 _MARKER_BYTES = b'{"' + MARKER.encode() + b'"'
 
 
@@ -102,8 +102,15 @@ def manifest_mac(mac_key: bytes, object_key: str, body: bytes | bytearray | memo
 
 def seal_element(key_id: bytes, salt: bytes, mac: bytes) -> bytes:
     """SEAL for these values (``}}]`` included)."""
-    return (b'{"medusa_crypt_proxy": {"version": 1, "key_id": "' + key_id.hex().encode()
-            + b'", "salt": "' + salt.hex().encode() + b'", "mac": "' + mac.hex().encode() + b'"}}]')
+    return (
+        b'{"medusa_crypt_proxy": {"version": 1, "key_id": "'
+        + key_id.hex().encode()
+        + b'", "salt": "'
+        + salt.hex().encode()
+        + b'", "mac": "'
+        + mac.hex().encode()
+        + b'"}}]'
+    )
 
 
 def _body_len(manifest: bytes | bytearray) -> tuple[int, bytes]:
@@ -140,7 +147,7 @@ def find_seal(stored: bytes | bytearray | memoryview) -> Seal | None:
     ManifestSealError when the end looks like a seal that is not in its exact canonical form.
     """
     n = len(stored)
-    tail = bytes(stored[max(0, n - SEAL_SIZE - 8):])
+    tail = bytes(stored[max(0, n - SEAL_SIZE - 8) :])
     match = _SEAL.fullmatch(tail, max(0, len(tail) - SEAL_SIZE))
     if match is None:
         if _MARKER_BYTES in tail:
@@ -149,16 +156,18 @@ def find_seal(stored: bytes | bytearray | memoryview) -> Seal | None:
     rest = n - SEAL_SIZE
     if rest == 1 and bytes(stored[0:1]) == b"[":
         body_len = 1
-    elif rest >= 3 and bytes(stored[rest - 3:rest]) == b"}" + SEPARATOR:
+    elif rest >= 3 and bytes(stored[rest - 3 : rest]) == b"}" + SEPARATOR:
         body_len = rest - len(SEPARATOR)
     else:
         raise ManifestSealError("manifest MAC element not where the proxy writes it")
-    return Seal(bytes.fromhex(match[1].decode()), bytes.fromhex(match[2].decode()),
-                bytes.fromhex(match[3].decode()), body_len)
+    return Seal(
+        bytes.fromhex(match[1].decode()), bytes.fromhex(match[2].decode()), bytes.fromhex(match[3].decode()), body_len
+    )
 
 
-def verify_manifest(keyring: KeyRing, stored: bytes | bytearray | memoryview,
-                    object_keys: str | Iterable[str]) -> tuple[Seal, str]:
+def verify_manifest(
+    keyring: KeyRing, stored: bytes | bytearray | memoryview, object_keys: str | Iterable[str]
+) -> tuple[Seal, str]:
     """Verify a stored manifest; return its seal and the name (of ``object_keys``) it was written as.
 
     ``object_keys`` is the key it was read under, then any accepted old names (backups moved
@@ -171,7 +180,7 @@ def verify_manifest(keyring: KeyRing, stored: bytes | bytearray | memoryview,
     master = keyring.get(found.key_id)
     mac_key = _keys.derive_manifest_key(master, found.salt)
     names = [object_keys] if isinstance(object_keys, str) else list(object_keys)
-    with memoryview(stored) as view, view[:found.body_len] as body:
+    with memoryview(stored) as view, view[: found.body_len] as body:
         for name in names:
             if hmac.compare_digest(manifest_mac(mac_key, name, body), found.mac):
                 return found, name

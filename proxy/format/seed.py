@@ -157,9 +157,7 @@ def seed_plaintext_size_bounds(stored_size: int, *, chunk_size: int = SEED_CHUNK
     raise TamperedError(f"stored size {stored_size} is not the size of any seed-format object")
 
 
-def seed_plaintext_size(
-    stored_size: int, source_size: int | None = None, *, chunk_size: int = SEED_CHUNK_SIZE
-) -> int:
+def seed_plaintext_size(stored_size: int, source_size: int | None = None, *, chunk_size: int = SEED_CHUNK_SIZE) -> int:
     """Plaintext size of a seed object: the manifest's `source_size` after checking it fits
     the stored size (TamperedError if not), or, without it, the size when the stored size
     alone determines it (ValueError otherwise: use seed_last_record_plaintext_size)."""
@@ -179,9 +177,7 @@ def seed_plaintext_size(
     return lo
 
 
-def seed_last_record_range(
-    stored_size: int, *, chunk_size: int = SEED_CHUNK_SIZE
-) -> tuple[int, int] | None:
+def seed_last_record_range(stored_size: int, *, chunk_size: int = SEED_CHUNK_SIZE) -> tuple[int, int] | None:
     """Stored bytes [start, end] (inclusive) of the last record, None for an empty object.
 
     One small ranged GET of these bytes + seed_last_record_plaintext_size gives the exact
@@ -214,9 +210,7 @@ def seed_last_record_plaintext_size(
     start, end = rng
     rec = bytes(last_record_bytes)
     if len(rec) != end - start + 1:
-        raise TruncatedError(
-            f"last record is {end - start + 1} bytes at stored offset {start}, got {len(rec)}"
-        )
+        raise TruncatedError(f"last record is {end - start + 1} bytes at stored offset {start}, got {len(rec)}")
     n = int.from_bytes(rec[:4], "big")
     where = f"last record (stored offset {start})"
     if n != len(rec) - _LEN_PREFIX:
@@ -243,9 +237,7 @@ def _open_token(fernet: MultiFernet, token: bytes, where: str, chunk_size: int) 
     try:
         plain = fernet.decrypt(token)
     except InvalidToken:
-        raise TamperedError(
-            f"{where}: token does not verify under any seed key (modified, or wrong key)"
-        ) from None
+        raise TamperedError(f"{where}: token does not verify under any seed key (modified, or wrong key)") from None
     if len(plain) > chunk_size or seed_token_size(len(plain)) != len(token):
         raise TamperedError(f"{where}: {len(plain)} plaintext bytes do not fit a record of this size")
     return plain
@@ -267,9 +259,7 @@ class _Framer:
         while len(buf) - pos >= _LEN_PREFIX:
             n = int.from_bytes(buf[pos : pos + 4], "big")
             if not _MIN_TOKEN <= n <= self._max or n % 4:
-                raise TamperedError(
-                    f"record at stored offset {self.offset}: impossible length field {n}"
-                )
+                raise TamperedError(f"record at stored offset {self.offset}: impossible length field {n}")
             if len(buf) - pos < _LEN_PREFIX + n:
                 break
             out.append((bytes(buf[pos + 4 : pos + 4 + n]), self.offset))
@@ -347,9 +337,7 @@ class SeedDecryptor:
 
     def _feed(self, data: Buffer) -> bytearray:
         if self._closed and len(memoryview(data)):
-            raise TamperedError(
-                f"bytes at stored offset {self._framer.offset} after the short last record"
-            )
+            raise TamperedError(f"bytes at stored offset {self._framer.offset} after the short last record")
         out = bytearray()
         for token, off in self._framer.split(data):
             where = f"record {self._records} (stored offset {off})"
@@ -362,9 +350,7 @@ class SeedDecryptor:
             self._size += len(plain)
             if self._expected_size is not None:
                 if self._size > self._expected_size:
-                    raise TamperedError(
-                        f"{where}: object holds more than the expected {self._expected_size} bytes"
-                    )
+                    raise TamperedError(f"{where}: object holds more than the expected {self._expected_size} bytes")
                 if self._closed and self._size < self._expected_size:
                     raise TruncatedError(
                         f"{where}: object ends at {self._size} plaintext bytes, the manifest "
@@ -373,9 +359,7 @@ class SeedDecryptor:
             self._md5.update(plain)
             out += plain
         if self._closed and self._framer.pending:
-            raise TamperedError(
-                f"bytes at stored offset {self._framer.offset} after the short last record"
-            )
+            raise TamperedError(f"bytes at stored offset {self._framer.offset} after the short last record")
         return out
 
     def finish(self) -> bytearray:
@@ -393,13 +377,11 @@ class SeedDecryptor:
             )
         if self._expected_size is not None and self._size != self._expected_size:
             raise TruncatedError(
-                f"object holds {self._size} plaintext bytes, the manifest says "
-                f"{self._expected_size} (records dropped)"
+                f"object holds {self._size} plaintext bytes, the manifest says {self._expected_size} (records dropped)"
             )
         if self._expected_md5 is not None and self._md5.digest() != self._expected_md5:
             raise TamperedError(
-                "plaintext MD5 differs from the manifest's source_MD5 "
-                "(records reordered, or another object)"
+                "plaintext MD5 differs from the manifest's source_MD5 (records reordered, or another object)"
             )
         self._failed = False
         return bytearray()
@@ -501,9 +483,7 @@ class SeedRangeDecryptor:
     def feed(self, data: Buffer) -> bytearray:
         """Add stored bytes of the range; return the requested plaintext they complete."""
         if self._short and len(memoryview(data)):
-            raise TamperedError(
-                f"bytes at stored offset {self._framer.offset} after a short record"
-            )
+            raise TamperedError(f"bytes at stored offset {self._framer.offset} after a short record")
         out = bytearray()
         for token, off in self._framer.split(data):
             where = f"record {self._index} (stored offset {off})"
@@ -527,9 +507,7 @@ class SeedRangeDecryptor:
     def finish(self) -> bytearray:
         """TruncatedError unless every requested plaintext byte arrived."""
         if self._framer.pending:
-            raise TruncatedError(
-                f"range ends inside a record at stored offset {self._framer.offset}"
-            )
+            raise TruncatedError(f"range ends inside a record at stored offset {self._framer.offset}")
         if self._left:
             raise TruncatedError(
                 f"range ended {self._left} plaintext bytes short of the request "

@@ -207,9 +207,7 @@ def open_record_into(
     try:
         h.verify(bytes(token[mac_at:]))
     except InvalidSignature:
-        raise TamperedError(
-            f"{where}: chunk HMAC mismatch (modified, from another object, or wrong key)"
-        ) from None
+        raise TamperedError(f"{where}: chunk HMAC mismatch (modified, from another object, or wrong key)") from None
     if k and any(record[4 + tl : 4 + L]):
         raise TamperedError(f"{where}: non-zero filler bytes")
     ct = token[TOKEN_PREFIX_SIZE:mac_at]

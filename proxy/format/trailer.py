@@ -106,9 +106,7 @@ def encode_trailer(
         ]
     )
     L = len(body) + HMAC_SIZE + FOOTER_SIZE
-    return b"".join(
-        [L.to_bytes(4, "big"), body, _mac(keys.mac_key, body), _FOOTER.pack(L + 4, FOOTER_MAGIC)]
-    )
+    return b"".join([L.to_bytes(4, "big"), body, _mac(keys.mac_key, body), _FOOTER.pack(L + 4, FOOTER_MAGIC)])
 
 
 @dataclass(frozen=True)
@@ -268,8 +266,9 @@ def _framed(rec: bytes) -> tuple[bytes, bytes]:
     return rec[4 : n - HMAC_SIZE - FOOTER_SIZE], rec[n - HMAC_SIZE - FOOTER_SIZE : n - FOOTER_SIZE]
 
 
-def _checked_layout(runs: tuple[Run, ...], chunk_size: int, plaintext_size: int, chunk_count: int,
-                    etag_parts: int) -> Layout:
+def _checked_layout(
+    runs: tuple[Run, ...], chunk_size: int, plaintext_size: int, chunk_count: int, etag_parts: int
+) -> Layout:
     """The part layout the runs describe, once it agrees with the trailer's other fields."""
     if not 1 <= chunk_size <= CHUNK_SIZE:
         raise TamperedError(f"trailer chunk size {chunk_size} out of range")

@@ -112,8 +112,7 @@ class ObjectChanged(S3Error):
     version and the read of its trailer: retryable, and no integrity failure."""
 
     def __init__(self, key: str) -> None:
-        super().__init__("InternalError", f"the stored object {key!r} changed while it was read; "
-                         "please try again", 500)
+        super().__init__("InternalError", f"the stored object {key!r} changed while it was read; please try again", 500)
 
 
 #: Times a HEAD (or a listing's lookup) starts again on an object that changed under it.
@@ -132,8 +131,7 @@ DAMAGED_ETAG = '"00000000000000000000000000000000-0"'
 
 def mark_damaged(entry: dict[str, Any]) -> None:
     """Show a listing entry that failed verification as damaged (see ``DAMAGED_SIZE``)."""
-    log.warning("listing shows %r as damaged (size %d)", entry["Key"], DAMAGED_SIZE,
-                extra={"event": "listed_damaged"})
+    log.warning("listing shows %r as damaged (size %d)", entry["Key"], DAMAGED_SIZE, extra={"event": "listed_damaged"})
     entry["Size"], entry["ETag"] = DAMAGED_SIZE, DAMAGED_ETAG
 
 
@@ -147,11 +145,13 @@ def integrity_kind(exc: Exception) -> IntegrityKind:
         return "truncated"
     return "tampered"
 
+
 class ObjectsCore(PassthroughService):
     """State and helpers shared by the encrypted operations."""
 
-    def __init__(self, config: Config, upstream: Upstream, metrics: Metrics, keyring: KeyRing,
-                 store: StateStore) -> None:
+    def __init__(
+        self, config: Config, upstream: Upstream, metrics: Metrics, keyring: KeyRing, store: StateStore
+    ) -> None:
         super().__init__(upstream)
         self.config = config
         self.metrics = metrics
@@ -193,8 +193,12 @@ class ObjectsCore(PassthroughService):
         from proxy import __version__
 
         self.metrics.set_build_info(__version__, self.key_ids)
-        log.info("keys reloaded: primary %s, %d key(s)", ring.primary.key_id_hex, len(ring),
-                 extra={"event": "keys_reloaded", "primary_key_id": ring.primary.key_id_hex})
+        log.info(
+            "keys reloaded: primary %s, %d key(s)",
+            ring.primary.key_id_hex,
+            len(ring),
+            extra={"event": "keys_reloaded", "primary_key_id": ring.primary.key_id_hex},
+        )
 
     async def _crypt(self, fn: Callable[..., T], *args: Any) -> T:
         """Run crypto on large buffers in the pool (it releases the GIL), small ones inline."""
@@ -226,13 +230,13 @@ class ObjectsCore(PassthroughService):
     async def forget(self, bucket: str, keys: list[str]) -> None:
         await self.store.forget_views(bucket, keys)
 
-    async def _remember(self, bucket: str, key: str, version: str, view: View, *,
-                        learned_at: float | None = None) -> None:
+    async def _remember(
+        self, bucket: str, key: str, version: str, view: View, *, learned_at: float | None = None
+    ) -> None:
         """Cache a view (one of a size + Last-Modified version only once settled: ``proxy.cache.settled``)."""
         await self.store.put_view(bucket, key, version, cached_view(view), learned_at=learned_at)
 
-    async def _remember_written(self, bucket: str, key: str, upstream_etag: str, stored_size: int,
-                                view: View) -> None:
+    async def _remember_written(self, bucket: str, key: str, upstream_etag: str, stored_size: int, view: View) -> None:
         """Cache what was just written, so the HEAD every client makes next costs no trailer read.
 
         The cache key must be the one the next HEAD will compute: the upstream's ETag. An upstream
@@ -246,8 +250,9 @@ class ObjectsCore(PassthroughService):
         if upstream_etag.strip('"') and not self._heads_lack_etags:
             await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
 
-    async def _inspect(self, bucket: str, key: str, etag: str, size: int, last_modified: object, *,
-                       follow: bool = True) -> View:
+    async def _inspect(
+        self, bucket: str, key: str, etag: str, size: int, last_modified: object, *, follow: bool = True
+    ) -> View:
         """Read the trailer (one suffix range) and decide: ours and verified, declared legacy, or refused.
 
         Anything that is not a verified object of ours is served only when the operator declared
@@ -311,8 +316,9 @@ class ObjectsCore(PassthroughService):
             raise await self._refusal(bucket, key, etag, size, last_modified, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
 
-    async def _read_failure(self, bucket: str, key: str, etag: str, size: int, last_modified: object,
-                            exc: Exception) -> Exception:
+    async def _read_failure(
+        self, bucket: str, key: str, etag: str, size: int, last_modified: object, exc: Exception
+    ) -> Exception:
         """What a failed read of a version's trailer means: ObjectChanged when the object changed
         meanwhile, else ``exc`` itself."""
         if isinstance(exc, ObjectChanged | IntegrityRefusal):
@@ -344,23 +350,31 @@ class ObjectsCore(PassthroughService):
         now = version_of(head.get("ETag"), int(head.get("ContentLength", -1)), head.get("LastModified"))
         return now != version_of(etag, size, last_modified) or not settled(now, time.time())
 
-    async def _refusal(self, bucket: str, key: str, etag: str, size: int, last_modified: object,
-                       exc: Exception) -> S3Error:
+    async def _refusal(
+        self, bucket: str, key: str, etag: str, size: int, last_modified: object, exc: Exception
+    ) -> S3Error:
         """The integrity failure ``exc``, unless the read met another version (ObjectChanged)."""
         if await self._changed(bucket, key, etag, size, last_modified):
             return ObjectChanged(key)
         return self._integrity(key, exc)
 
-    async def _without_trailer(self, bucket: str, key: str, etag: str, size: int, last_modified: object,
-                               tail: bytes) -> View:
+    async def _without_trailer(
+        self, bucket: str, key: str, etag: str, size: int, last_modified: object, tail: bytes
+    ) -> View:
         """An object with no trailer of ours: the seed's old format or plaintext, both only when
         declared legacy; one that starts like our records lost its trailer and is refused. (Unless
         the reads met another version than the one named: ObjectChanged, see ``_inspect``.)"""
         head = tail if size <= len(tail) else await read_range(self.upstream, bucket, key, etag, "bytes=0-15")
         kind = classify(head[:16], tail[-16:])
         if kind == "tampered":
-            raise await self._refusal(bucket, key, etag, size, last_modified, TamperedError(
-                "stored object starts like an encrypted one but has no valid trailer"))
+            raise await self._refusal(
+                bucket,
+                key,
+                etag,
+                size,
+                last_modified,
+                TamperedError("stored object starts like an encrypted one but has no valid trailer"),
+            )
         if kind == "seed-fernet" and self.seed_keys:
             self._require_legacy(key, last_modified, "an object of the old in-Medusa encryption")
             return await self._seed_view(bucket, key, etag, size)
@@ -394,8 +408,12 @@ class ObjectsCore(PassthroughService):
         declared = f"was written at {last_modified}, after" if cutoff else "and no"
         reason = f"{what} {declared} legacy_plaintext_before{f' ({cutoff.isoformat()})' if cutoff else ''}"
         self.metrics.integrity_failure("unexpected-plaintext")
-        log.error("integrity check failed for %r: %s", key, reason,
-                  extra={"event": "integrity_failure", "kind": "unexpected-plaintext"})
+        log.error(
+            "integrity check failed for %r: %s",
+            key,
+            reason,
+            extra={"event": "integrity_failure", "kind": "unexpected-plaintext"},
+        )
         raise integrity_error(key, reason)
 
     def recheck_legacy(self, key: str, kind: str, last_modified: object) -> None:
@@ -430,7 +448,7 @@ class ObjectsCore(PassthroughService):
         """The name the object must have been written under: ``key``, or its accepted old name."""
         for moved in self.config.encryption.accept_moved:
             if key.startswith(moved.to_prefix):
-                old = moved.from_prefix + key[len(moved.to_prefix):]
+                old = moved.from_prefix + key[len(moved.to_prefix) :]
                 if trailer.object_key == old:
                     return old
         return key
@@ -445,13 +463,15 @@ class ObjectsCore(PassthroughService):
         """The stored object's HEAD and its view; ``full`` asks botocore for every field (a copy
         carries them over), else the fast HEAD's ETag, size, time, metadata and headers do."""
         for attempt in range(1, CHANGE_ATTEMPTS + 1):
-            reply = await (self.upstream.call("head_object", Bucket=bucket, Key=key) if full
-                           else self.upstream.head(bucket, key))
+            reply = await (
+                self.upstream.call("head_object", Bucket=bucket, Key=key) if full else self.upstream.head(bucket, key)
+            )
             if not reply.get("ETag", "").strip('"'):
                 self._heads_lack_etags = True
             try:
-                view = await self.view_of(bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)),
-                                          reply.get("LastModified"))
+                view = await self.view_of(
+                    bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)), reply.get("LastModified")
+                )
             except ObjectChanged:
                 if attempt == CHANGE_ATTEMPTS:
                     raise
@@ -505,8 +525,9 @@ class ObjectsCore(PassthroughService):
             if close is not None:
                 await close()  # the upstream connection goes now, not when collected
 
-    async def _decrypting(self, bucket: str, key: str, head: Mapping[str, Any], pieces: AsyncIterator[bytes],
-                          decryptor: Any) -> AsyncGenerator[Chunk, None]:
+    async def _decrypting(
+        self, bucket: str, key: str, head: Mapping[str, Any], pieces: AsyncIterator[bytes], decryptor: Any
+    ) -> AsyncGenerator[Chunk, None]:
         """The plaintext of ``pieces``, the stored body of the version ``head`` named. A body that fails
         its check is an integrity failure unless that version was replaced meanwhile (ObjectChanged:
         a write raced the read; the client, whose body is cut short, retries)."""
@@ -523,6 +544,6 @@ class ObjectsCore(PassthroughService):
                 self.metrics.add_decrypted(len(out))
                 yield out
         except FormatError as exc:
-            raise await self._refusal(bucket, key, str(head.get("ETag", "")), int(head.get("ContentLength", 0)),
-                                      head.get("LastModified"), exc) from None
-
+            raise await self._refusal(
+                bucket, key, str(head.get("ETag", "")), int(head.get("ContentLength", 0)), head.get("LastModified"), exc
+            ) from None

@@ -61,8 +61,9 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         wanted = [entry for entry in contents if self.policy.encrypts(entry["Key"])]
         for entry in manifests:
             try:
-                view, _ = await self._manifest_view(bucket, entry["Key"], entry.get("ETag", ""),
-                                                    int(entry.get("Size", 0)), entry.get("LastModified"))
+                view, _ = await self._manifest_view(
+                    bucket, entry["Key"], entry.get("ETag", ""), int(entry.get("Size", 0)), entry.get("LastModified")
+                )
             except IntegrityRefusal:
                 mark_damaged(entry)
                 continue
@@ -83,8 +84,13 @@ class EncryptedService(ManifestObjects, MultipartObjects):
                 if hit is not None:
                     self.recheck_legacy(entry["Key"], hit.kind, entry.get("LastModified"))
                 else:
-                    view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""),
-                                               int(entry.get("Size", 0)), entry.get("LastModified"))
+                    view = await self._inspect(
+                        bucket,
+                        entry["Key"],
+                        entry.get("ETag", ""),
+                        int(entry.get("Size", 0)),
+                        entry.get("LastModified"),
+                    )
                     hit = cached_view(view)
                     learned.append((entry["Key"], version(entry), hit))
             except IntegrityRefusal:
@@ -101,8 +107,9 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         bucket, key = request.bucket or "", request.key or ""
         if self.policy.is_manifest(key):
             reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
-            view, _ = await self._manifest_view(bucket, key, reply.get("ETag", ""),
-                                                int(reply.get("ContentLength", 0)), reply.get("LastModified"))
+            view, _ = await self._manifest_view(
+                bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)), reply.get("LastModified")
+            )
         elif not self.policy.encrypts(key):
             return await super().head_object(request)
         else:
@@ -167,8 +174,13 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         """The stored bytes to decrypt: read in place a record at a time when the request is a
         plain (ranged) GET of our format, else through botocore."""
         if view.trailer is not None and set(params) <= {"Bucket", "Key", "Range", "IfMatch"}:
-            fast = await self.upstream.get_records(params["Bucket"], params["Key"], params.get("Range"),
-                                                   params.get("IfMatch", ""), record_size(view.trailer.chunk_size))
+            fast = await self.upstream.get_records(
+                params["Bucket"],
+                params["Key"],
+                params.get("Range"),
+                params.get("IfMatch", ""),
+                record_size(view.trailer.chunk_size),
+            )
             if fast is not None:
                 return fast
         return await self.upstream.get_stream(**params)
@@ -196,12 +208,12 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         body = self._body(request)
         if body.length is None:
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-        etag = await self._put_encrypted(request.bucket or "", key, body, body.length,
-                                         object_params(request.headers))
+        etag = await self._put_encrypted(request.bucket or "", key, body, body.length, object_params(request.headers))
         return Reply(200, {"ETag": quote_etag(etag)})
 
-    async def _put_encrypted(self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int,
-                             params: dict[str, Any]) -> str:
+    async def _put_encrypted(
+        self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any]
+    ) -> str:
         """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the plaintext ETag."""
         master = self.keyring.primary
         salt = new_salt()
@@ -214,23 +226,28 @@ class EncryptedService(ManifestObjects, MultipartObjects):
                 yield records
                 del records
             last = encryptor.finish()
-            trailer = build_trailer(master, salt, key,
-                                    [PartInfo(1, encryptor.plaintext_size, encryptor.md5)], single_put=True)
+            trailer = build_trailer(
+                master, salt, key, [PartInfo(1, encryptor.plaintext_size, encryptor.md5)], single_put=True
+            )
             yield last + trailer
 
         params = self._with_hint(params, master)
         if length <= SMALL_BODY:
             payload = b"".join([piece async for piece in stored()])
-            reply = (await self.upstream.fast_put(bucket, key, payload, params)
-                     or await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=payload, **params))
+            reply = await self.upstream.fast_put(bucket, key, payload, params) or await self.upstream.call(
+                "put_object", Bucket=bucket, Key=key, Body=payload, **params
+            )
         else:
-            reply = await self.upstream.send_stream("put_object", stored(), stored_size, Bucket=bucket, Key=key,
-                                                    **params)
+            reply = await self.upstream.send_stream(
+                "put_object", stored(), stored_size, Bucket=bucket, Key=key, **params
+            )
         etag = encryptor.md5.hex()
-        trailer = Trailer.from_tail(build_trailer(master, salt, key, [PartInfo(1, length, encryptor.md5)],
-                                                  single_put=True))
-        await self._remember_written(bucket, key, reply.get("ETag", ""), stored_size,
-                                     View("encrypted", length, etag, trailer))
+        trailer = Trailer.from_tail(
+            build_trailer(master, salt, key, [PartInfo(1, length, encryptor.md5)], single_put=True)
+        )
+        await self._remember_written(
+            bucket, key, reply.get("ETag", ""), stored_size, View("encrypted", length, etag, trailer)
+        )
         return etag
 
     async def copy_object(self, request: Request) -> Reply:
@@ -241,10 +258,16 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         if not self.policy.encrypts(key) and not self.policy.encrypts(src_key):
             return await super().copy_object(request)
         reject_sse_c(request.headers)
-        head, view = ((await self._head(src_bucket, src_key, full=True)) if self.policy.encrypts(src_key)
-                      else await self._plain_head(src_bucket, src_key))
-        conditions = {name[len("x-amz-copy-source-"):]: value for name, value in request.headers.items()
-                      if name.lower().startswith("x-amz-copy-source-if-")}
+        head, view = (
+            (await self._head(src_bucket, src_key, full=True))
+            if self.policy.encrypts(src_key)
+            else await self._plain_head(src_bucket, src_key)
+        )
+        conditions = {
+            name[len("x-amz-copy-source-") :]: value
+            for name, value in request.headers.items()
+            if name.lower().startswith("x-amz-copy-source-if-")
+        }
         try:
             check_conditions({k.lower(): v for k, v in conditions.items()}, view.etag, head["LastModified"])
         except S3Error as err:
@@ -262,8 +285,9 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         if self.policy.encrypts(key):
             etag = await self._put_encrypted(bucket, key, plaintext, view.size, params)
         else:
-            reply = await self.upstream.send_stream("put_object", plaintext, view.size, Bucket=bucket, Key=key,
-                                                    **params)
+            reply = await self.upstream.send_stream(
+                "put_object", plaintext, view.size, Bucket=bucket, Key=key, **params
+            )
             etag = reply.get("ETag", "")
         done = await self.upstream.call("head_object", Bucket=bucket, Key=key)
         return Reply.xml(xml.copy_object_result(quote_etag(etag), done["LastModified"]))
@@ -272,8 +296,11 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         """A manifest's seal names its key, so a copy is a read of the source as Medusa wrote it
         (verified) and a PUT of that to the destination (sealed for it); the copy-source
         conditions apply to the source as a GET's own would."""
-        conditions = {name[len("x-amz-copy-source-"):].lower(): value for name, value in request.headers.items()
-                      if name.lower().startswith("x-amz-copy-source-if-")}
+        conditions = {
+            name[len("x-amz-copy-source-") :].lower(): value
+            for name, value in request.headers.items()
+            if name.lower().startswith("x-amz-copy-source-if-")
+        }
         read = Request("GetObject", src_bucket, src_key, {}, conditions, scope=request.scope)
         try:
             source = await self.get_object(read)
@@ -283,10 +310,16 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             raise S3Error("PreconditionFailed") from None  # a copy has no "not modified"
         headers = {k: v for k, v in request.headers.items() if not k.lower().startswith("x-amz-copy-source")}
         if request.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
-            headers.update({k: v for k, v in source.headers.items()
-                            if k.lower() == "content-type" or k.lower().startswith("x-amz-meta-")})
-        written = await self.put_object(Request("PutObject", request.bucket, request.key, {}, headers,
-                                                _ReplyBody(source), scope=request.scope))
+            headers.update(
+                {
+                    k: v
+                    for k, v in source.headers.items()
+                    if k.lower() == "content-type" or k.lower().startswith("x-amz-meta-")
+                }
+            )
+        written = await self.put_object(
+            Request("PutObject", request.bucket, request.key, {}, headers, _ReplyBody(source), scope=request.scope)
+        )
         done = await self.upstream.call("head_object", Bucket=request.bucket or "", Key=request.key or "")
         return Reply.xml(xml.copy_object_result(written.headers["ETag"], done["LastModified"]))
 
@@ -297,18 +330,29 @@ class EncryptedService(ManifestObjects, MultipartObjects):
     @staticmethod
     def _copied_params(head: Mapping[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
-        for name in ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
-                     "ContentLanguage", "Expires", "StorageClass"):
+        for name in (
+            "ContentType",
+            "CacheControl",
+            "ContentDisposition",
+            "ContentEncoding",
+            "ContentLanguage",
+            "Expires",
+            "StorageClass",
+        ):
             if head.get(name):
                 params[name] = head[name]
-        metadata = {k: v for k, v in head.get("Metadata", {}).items()
-                    if not ("x-amz-meta-" + k.lower()).startswith(INTERNAL_META_PREFIX)}
+        metadata = {
+            k: v
+            for k, v in head.get("Metadata", {}).items()
+            if not ("x-amz-meta-" + k.lower()).startswith(INTERNAL_META_PREFIX)
+        }
         if metadata:
             params["Metadata"] = metadata
         return params
 
-    async def _plaintext_stream(self, bucket: str, key: str, head: Mapping[str, Any],
-                                view: View) -> AsyncIterator[Chunk]:
+    async def _plaintext_stream(
+        self, bucket: str, key: str, head: Mapping[str, Any], view: View
+    ) -> AsyncIterator[Chunk]:
         _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(str(head.get("ETag", ""))))
         if view.kind == "plaintext":
             return pieces

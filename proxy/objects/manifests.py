@@ -67,19 +67,20 @@ class LoadedManifest:
             yield from restore_pieces(self.text)
         elif self.raw is not None:
             for at in range(0, len(self.raw), PIECE):
-                yield self.raw[at:at + PIECE]
+                yield self.raw[at : at + PIECE]
 
 
 async def _pieces_of(data: bytes) -> AsyncIterator[Chunk]:
     for at in range(0, len(data), _BODY_PIECE):
-        yield data[at:at + _BODY_PIECE]
+        yield data[at : at + _BODY_PIECE]
 
 
 class ManifestObjects(ObjectsCore):
     # --- provided by the service --------------------------------------------------------
 
-    async def _put_encrypted(self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int,
-                             params: dict[str, Any]) -> str:
+    async def _put_encrypted(
+        self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any]
+    ) -> str:
         raise NotImplementedError  # pragma: no cover - EncryptedService
 
     # --- writes --------------------------------------------------------------------------
@@ -90,8 +91,9 @@ class ManifestObjects(ObjectsCore):
         params = object_params(request.headers)
         limit = self.config.limits.max_manifest_bytes
         if source.length is not None and source.length > limit:
-            return await self._put_as_object(bucket, key, source, source.length, params,
-                                             f"it is larger than limits.max_manifest_bytes ({limit})")
+            return await self._put_as_object(
+                bucket, key, source, source.length, params, f"it is larger than limits.max_manifest_bytes ({limit})"
+            )
         body = await source.read_all(limit)
         length, etag = len(body), hashlib.md5(body, usedforsecurity=False).hexdigest()
         try:
@@ -102,19 +104,28 @@ class ManifestObjects(ObjectsCore):
         try:
             wanted = await asyncio.to_thread(self._encrypted_paths, text)
         except NotAManifest as exc:
-            return await self._put_as_object(bucket, key, _pieces_of(text.encode()), length, params,
-                                             f"it is not a Medusa manifest ({exc})")
+            return await self._put_as_object(
+                bucket, key, _pieces_of(text.encode()), length, params, f"it is not a Medusa manifest ({exc})"
+            )
         stored = await self._stored_objects(bucket, wanted)
         del wanted
         out = bytearray()
         try:
             await asyncio.to_thread(self._rewrite_and_seal, key, text, stored, out)
         except (NotAManifest, ValueError) as exc:
-            return await self._put_as_object(bucket, key, _pieces_of(text.encode()), length, params,
-                                             f"it cannot be stored for a byte-exact read ({exc})")
+            return await self._put_as_object(
+                bucket,
+                key,
+                _pieces_of(text.encode()),
+                length,
+                params,
+                f"it cannot be stored for a byte-exact read ({exc})",
+            )
         del text, stored
-        reply = (await self.upstream.fast_put(bucket, key, out, params)  # type: ignore[arg-type]
-                 or await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=out, **params))
+        reply = (
+            await self.upstream.fast_put(bucket, key, out, params)  # type: ignore[arg-type]
+            or await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=out, **params)
+        )
         await self._remember_written(bucket, key, reply.get("ETag", ""), len(out), View(MANIFEST_KIND, length, etag))
         return Reply(200, {"ETag": quote_etag(etag)})
 
@@ -127,11 +138,16 @@ class ManifestObjects(ObjectsCore):
         rewrite_into(text, stored, out)
         seal_in_place(self.keyring.primary, key, out)
 
-    async def _put_as_object(self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int,
-                             params: dict[str, Any], reason: str) -> Reply:
+    async def _put_as_object(
+        self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any], reason: str
+    ) -> Reply:
         """A body named like a manifest that cannot be one: stored encrypted, read back as written."""
-        log.warning("%r is named like a manifest but %s: stored encrypted, as any other object", key, reason,
-                    extra={"event": "manifest_stored_encrypted"})
+        log.warning(
+            "%r is named like a manifest but %s: stored encrypted, as any other object",
+            key,
+            reason,
+            extra={"event": "manifest_stored_encrypted"},
+        )
         etag = await self._put_encrypted(bucket, key, source, length, params)
         return Reply(200, {"ETag": quote_etag(etag)})
 
@@ -178,8 +194,9 @@ class ManifestObjects(ObjectsCore):
             params["ContinuationToken"] = token
         return await self.upstream.call("list_objects_v2", **params)
 
-    async def _ours_among(self, bucket: str, found: list[tuple[str, dict[str, Any]]],
-                          result: dict[str, Stored]) -> None:
+    async def _ours_among(
+        self, bucket: str, found: list[tuple[str, dict[str, Any]]], result: dict[str, Stored]
+    ) -> None:
         """Add the listed objects that verify as ours (or of the old in-Medusa format) to ``result``."""
         if not found:
             return
@@ -205,11 +222,15 @@ class ManifestObjects(ObjectsCore):
 
         async def resolve(path: str, entry: dict[str, Any]) -> None:
             try:
-                view = await self._inspect(bucket, entry["Key"], entry.get("ETag", ""), int(entry["Size"]),
-                                           entry.get("LastModified"))
+                view = await self._inspect(
+                    bucket, entry["Key"], entry.get("ETag", ""), int(entry["Size"]), entry.get("LastModified")
+                )
             except IntegrityRefusal:
-                log.warning("the manifest keeps Medusa's values for %r, which fails verification",
-                            entry["Key"], extra={"event": "manifest_entry_refused"})
+                log.warning(
+                    "the manifest keeps Medusa's values for %r, which fails verification",
+                    entry["Key"],
+                    extra={"event": "manifest_entry_refused"},
+                )
                 return
             learned.append((entry["Key"], version(entry), cached_view(view)))
             keep(path, entry, learned[-1][2])
@@ -219,8 +240,9 @@ class ManifestObjects(ObjectsCore):
 
     # --- the view ------------------------------------------------------------------------
 
-    async def _manifest_view(self, bucket: str, key: str, etag: str, size: int,
-                             last_modified: object) -> tuple[View, LoadedManifest | None]:
+    async def _manifest_view(
+        self, bucket: str, key: str, etag: str, size: int, last_modified: object
+    ) -> tuple[View, LoadedManifest | None]:
         """The view of a stored manifest (and the manifest, when it had to be read for it).
 
         A cache hit reads nothing. A stored object in our encrypted format gets the view of any
@@ -252,8 +274,9 @@ class ManifestObjects(ObjectsCore):
         await self._remember(bucket, key, version, view)
         return view, loaded
 
-    async def _load_manifest(self, bucket: str, key: str, etag: str, size: int,
-                             last_modified: object) -> LoadedManifest | None:
+    async def _load_manifest(
+        self, bucket: str, key: str, etag: str, size: int, last_modified: object
+    ) -> LoadedManifest | None:
         """Read a stored manifest and verify it; None when it is an object in our encrypted format."""
         data = await self._read_whole(bucket, key, etag, size)
         try:
@@ -271,7 +294,7 @@ class ManifestObjects(ObjectsCore):
             raise self._integrity(key, exc) from None
         except ManifestSealError as exc:
             raise self._manifest_refused(key, exc) from None
-        del data[seal.body_len:]
+        del data[seal.body_len :]
         data += b"]"
         try:
             return LoadedManifest(text=data.decode("utf-8"))
@@ -282,15 +305,16 @@ class ManifestObjects(ObjectsCore):
         """One stored version, read into a single buffer of its size."""
         buf = bytearray(size)
         fast = await self.upstream.get_records(bucket, key, None, quote_etag(etag) if etag.strip('"') else "", PIECE)
-        _, pieces = fast if fast is not None else await self.upstream.get_stream(Bucket=bucket, Key=key,
-                                                                                   **if_match(etag))
+        _, pieces = (
+            fast if fast is not None else await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(etag))
+        )
         pos = 0
         try:
             async for piece in pieces:
                 if pos + len(piece) > size:
                     pos = -1
                     break
-                buf[pos:pos + len(piece)] = piece
+                buf[pos : pos + len(piece)] = piece
                 pos += len(piece)
         finally:
             close = getattr(pieces, "aclose", None)
@@ -305,7 +329,7 @@ class ManifestObjects(ObjectsCore):
         names = [key]
         for moved in self.config.encryption.accept_moved:
             if key.startswith(moved.to_prefix):
-                names.append(moved.from_prefix + key[len(moved.to_prefix):])
+                names.append(moved.from_prefix + key[len(moved.to_prefix) :])
         return names
 
     def _require_legacy_manifest(self, key: str, last_modified: object) -> None:
@@ -313,14 +337,18 @@ class ManifestObjects(ObjectsCore):
         if self.legacy_allowed(last_modified):
             return
         cutoff = self.config.encryption.legacy_plaintext_before
-        declared = (f"was written at {last_modified}, after legacy_plaintext_before ({cutoff.isoformat()})"
-                    if cutoff else "no legacy_plaintext_before is set")
+        declared = (
+            f"was written at {last_modified}, after legacy_plaintext_before ({cutoff.isoformat()})"
+            if cutoff
+            else "no legacy_plaintext_before is set"
+        )
         raise self._manifest_refused(key, f"manifest has no MAC and {declared}")
 
     def _manifest_refused(self, key: str, reason: object) -> IntegrityRefusal:
         self.metrics.integrity_failure("manifest")
-        log.error("integrity check failed for %r: %s", key, reason,
-                  extra={"event": "integrity_failure", "kind": "manifest"})
+        log.error(
+            "integrity check failed for %r: %s", key, reason, extra={"event": "integrity_failure", "kind": "manifest"}
+        )
         return integrity_error(key, reason)
 
     # --- reads ---------------------------------------------------------------------------
@@ -356,8 +384,9 @@ class ManifestObjects(ObjectsCore):
         headers["Content-Range"] = wanted.content_range(view.size)
         return Reply(206, headers, body, wanted.length)
 
-    async def _manifest_body(self, bucket: str, key: str, loaded: LoadedManifest, view: View,
-                             wanted: ByteRange | None) -> AsyncIterator[Chunk]:
+    async def _manifest_body(
+        self, bucket: str, key: str, loaded: LoadedManifest, view: View, wanted: ByteRange | None
+    ) -> AsyncIterator[Chunk]:
         """The restored manifest, restored as it is sent. A whole read holds its last piece back
         until length and MD5 match the view the headers announced (else the reply is cut)."""
         first, last = (0, view.size - 1) if wanted is None else (wanted.first, wanted.last)
@@ -383,10 +412,13 @@ class ManifestObjects(ObjectsCore):
                 break
             if held is not None:
                 yield held
-            held = piece[max(0, first - start):last - start + 1]
+            held = piece[max(0, first - start) : last - start + 1]
         if md5 is not None and (offset != view.size or md5.hexdigest() != view.etag):
             await self.forget(bucket, [key])
-            raise self._manifest_refused(key, f"the restored manifest ({offset} bytes) differs from the "
-                                              f"view announced ({view.size} bytes, ETag {view.etag})")
+            raise self._manifest_refused(
+                key,
+                f"the restored manifest ({offset} bytes) differs from the "
+                f"view announced ({view.size} bytes, ETag {view.etag})",
+            )
         if held is not None:
             yield held

@@ -63,8 +63,12 @@ class MultipartObjects(ObjectsCore):
             return None
         state = await self.store.get_upload(request.query["uploadId"])
         if state is None or state.bucket != request.bucket or state.key != request.key:
-            raise S3Error("NoSuchUpload", "The specified upload does not exist or its state was lost by "
-                          "the proxy (restarted without its cache); start the upload again.", 404)
+            raise S3Error(
+                "NoSuchUpload",
+                "The specified upload does not exist or its state was lost by "
+                "the proxy (restarted without its cache); start the upload again.",
+                404,
+            )
         return state
 
     async def upload_part(self, request: Request) -> Reply:
@@ -91,8 +95,13 @@ class MultipartObjects(ObjectsCore):
             part = PartState(number, body.length, encryptor.md5, len(held), None, held)
         else:
             reply = await self.upstream.send_stream(
-                "upload_part", stored(), stored_size, Bucket=state.bucket, Key=state.key,
-                UploadId=state.upload_id, PartNumber=number,
+                "upload_part",
+                stored(),
+                stored_size,
+                Bucket=state.bucket,
+                Key=state.key,
+                UploadId=state.upload_id,
+                PartNumber=number,
             )
             part = PartState(number, body.length, encryptor.md5, stored_size, reply.get("ETag", ""), None)
         await self.store.put_part(state.upload_id, part)
@@ -100,8 +109,11 @@ class MultipartObjects(ObjectsCore):
 
     async def upload_part_copy(self, request: Request) -> Reply:
         if self.stores_encrypted(request.key or ""):
-            raise S3Error("NotImplemented", "UploadPartCopy into an encrypted object is not supported; "
-                          "copy with CopyObject or upload the part", 501)
+            raise S3Error(
+                "NotImplemented",
+                "UploadPartCopy into an encrypted object is not supported; copy with CopyObject or upload the part",
+                501,
+            )
         return await super().upload_part_copy(request)
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
@@ -114,14 +126,19 @@ class MultipartObjects(ObjectsCore):
         for entry in listed:
             part = known.get(entry.part_number)
             if part is None or entry.etag.strip('"') != part.md5.hex():
-                raise S3Error("InvalidPart", "One or more of the specified parts could not be found. The part "
-                              "may not have been uploaded, or the specified entity tag may not match the "
-                              "part's entity tag.", 400)
+                raise S3Error(
+                    "InvalidPart",
+                    "One or more of the specified parts could not be found. The part "
+                    "may not have been uploaded, or the specified entity tag may not match the "
+                    "part's entity tag.",
+                    400,
+                )
             parts.append(part)
         for part in parts[:-1]:
             if part.size < MIN_PART:
-                raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the minimum allowed "
-                              "object size.", 400)
+                raise S3Error(
+                    "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size.", 400
+                )
         master = self.keyring.get(state.key_id)
         infos = [PartInfo(p.part_number, p.size, p.md5) for p in parts]
         trailer = build_trailer(master, state.salt, state.key, infos, single_put=False)
@@ -133,20 +150,29 @@ class MultipartObjects(ObjectsCore):
             upstream_parts.append({"PartNumber": last.part_number, "ETag": last.upstream_etag})
             final_number, final_body = last.part_number + 1, trailer
             if final_number > xml.MAX_PARTS:
-                raise S3Error("InvalidArgument", "the proxy needs one more part for its trailer; "
-                              "use at most 9999 parts", 400)
+                raise S3Error(
+                    "InvalidArgument", "the proxy needs one more part for its trailer; use at most 9999 parts", 400
+                )
         # An earlier Complete of this upload may have reached the upstream and lost its answer (the
         # proxy was killed, the client gave up waiting): then its object may be stored already.
         done = await self._completed_object(state, trailer) if state.completing else None
         if done is None:
             await self.store.mark_completing(state.upload_id)
             try:
-                reply = await self.upstream.call("upload_part", Bucket=state.bucket, Key=state.key,
-                                                 UploadId=state.upload_id, PartNumber=final_number,
-                                                 Body=final_body)
+                reply = await self.upstream.call(
+                    "upload_part",
+                    Bucket=state.bucket,
+                    Key=state.key,
+                    UploadId=state.upload_id,
+                    PartNumber=final_number,
+                    Body=final_body,
+                )
                 upstream_parts.append({"PartNumber": final_number, "ETag": reply["ETag"]})
                 done = await self.upstream.call(
-                    "complete_multipart_upload", Bucket=state.bucket, Key=state.key, UploadId=state.upload_id,
+                    "complete_multipart_upload",
+                    Bucket=state.bucket,
+                    Key=state.key,
+                    UploadId=state.upload_id,
                     MultipartUpload={"Parts": upstream_parts},
                 )
             except S3Error as err:
@@ -161,10 +187,16 @@ class MultipartObjects(ObjectsCore):
         self.metrics.multipart_finished()
         parsed = Trailer.from_tail(trailer)
         stored_size = sum(p.stored_size for p in parts) + len(trailer)
-        await self._remember_written(state.bucket, state.key, done.get("ETag", ""), stored_size,
-                                     View("encrypted", parsed.plaintext_size, parsed.etag, parsed))
-        return Reply.xml(xml.complete_multipart(done.get("Location", ""), state.bucket, state.key,
-                                                quote_etag(parsed.etag)))
+        await self._remember_written(
+            state.bucket,
+            state.key,
+            done.get("ETag", ""),
+            stored_size,
+            View("encrypted", parsed.plaintext_size, parsed.etag, parsed),
+        )
+        return Reply.xml(
+            xml.complete_multipart(done.get("Location", ""), state.bucket, state.key, quote_etag(parsed.etag))
+        )
 
     async def _completed_object(self, state: UploadState, trailer: bytes) -> dict[str, str] | None:
         """The stored object's upstream reply when an earlier Complete of this very upload stored it.
@@ -179,8 +211,12 @@ class MultipartObjects(ObjectsCore):
             return None
         if view.trailer is None or view.trailer.record != trailer:
             return None
-        log.info("Complete of %r (upload %s): an earlier Complete already stored it (its answer was lost)",
-                 state.key, state.upload_id, extra={"event": "complete_recovered", "upload_id": state.upload_id})
+        log.info(
+            "Complete of %r (upload %s): an earlier Complete already stored it (its answer was lost)",
+            state.key,
+            state.upload_id,
+            extra={"event": "complete_recovered", "upload_id": state.upload_id},
+        )
         return {"ETag": head.get("ETag", "")}
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
@@ -230,26 +266,38 @@ class MultipartObjects(ObjectsCore):
         dropped = 0
         for state in await self.store.list_uploads(idle_since=time.time() - idle_seconds):
             try:
-                await self.upstream.call("abort_multipart_upload", Bucket=state.bucket, Key=state.key,
-                                         UploadId=state.upload_id)
+                await self.upstream.call(
+                    "abort_multipart_upload", Bucket=state.bucket, Key=state.key, UploadId=state.upload_id
+                )
             except S3Error as err:
                 if err.code != "NoSuchUpload":  # already gone (completed, aborted): just forget it
-                    log.warning("cannot abort stale upload %s of %r: %s %s", state.upload_id, state.key,
-                                err.code, err.message, extra={"event": "stale_upload_abort_failed"})
+                    log.warning(
+                        "cannot abort stale upload %s of %r: %s %s",
+                        state.upload_id,
+                        state.key,
+                        err.code,
+                        err.message,
+                        extra={"event": "stale_upload_abort_failed"},
+                    )
                     continue
             await self.store.drop_upload(state.upload_id)
             dropped += 1
             idle_hours = (time.time() - state.touched) / 3600
-            log.info("aborted stale upload %s of %r in bucket %s (idle %.1f h)", state.upload_id, state.key,
-                     state.bucket, idle_hours, extra={"event": "stale_upload_aborted", "upload_id": state.upload_id})
+            log.info(
+                "aborted stale upload %s of %r in bucket %s (idle %.1f h)",
+                state.upload_id,
+                state.key,
+                state.bucket,
+                idle_hours,
+                extra={"event": "stale_upload_aborted", "upload_id": state.upload_id},
+            )
         return dropped
 
     async def list_parts(self, request: Request) -> Reply:
         state = await self._upload(request)
         if state is None:
             return await super().list_parts(request)
-        reply = await self.upstream.call("list_parts", Bucket=state.bucket, Key=state.key,
-                                         UploadId=state.upload_id)
+        reply = await self.upstream.call("list_parts", Bucket=state.bucket, Key=state.key, UploadId=state.upload_id)
         known = await self.store.get_parts(state.upload_id)
         uploaded = {p["PartNumber"]: p for p in reply.get("Parts", [])}
         parts = []
@@ -257,10 +305,14 @@ class MultipartObjects(ObjectsCore):
             upstream = uploaded.get(number)
             if part.held is None and upstream is None:
                 continue
-            parts.append({"PartNumber": number, "Size": part.size, "ETag": quote_etag(part.md5.hex()),
-                          "LastModified": (upstream or {}).get("LastModified") or datetime.now().astimezone()})
+            parts.append(
+                {
+                    "PartNumber": number,
+                    "Size": part.size,
+                    "ETag": quote_etag(part.md5.hex()),
+                    "LastModified": (upstream or {}).get("LastModified") or datetime.now().astimezone(),
+                }
+            )
         reply.update(Parts=parts, IsTruncated=False)
         reply.pop("NextPartNumberMarker", None)
         return Reply.xml(xml.list_parts(reply))
-
-

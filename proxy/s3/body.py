@@ -42,8 +42,10 @@ def _hash_pool() -> ThreadPoolExecutor:
     return _pool
 
 
-REQUEST_TIMEOUT = ("Your socket connection to the server was not read from or written to within the timeout "
-                   "period. Idle connections will be closed.")
+REQUEST_TIMEOUT = (
+    "Your socket connection to the server was not read from or written to within the timeout "
+    "period. Idle connections will be closed."
+)
 
 
 class ByteSource(Protocol):
@@ -102,8 +104,9 @@ class RequestBody:
     With ``timeout``, a read that gets no byte for that long fails with ``RequestTimeout``.
     """
 
-    def __init__(self, source: ByteSource, headers: Mapping[str, str], auth: AuthResult,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self, source: ByteSource, headers: Mapping[str, str], auth: AuthResult, timeout: float | None = None
+    ) -> None:
         self._source = source
         self._timer = _ReadTimer(timeout) if timeout else None
         self._auth = auth

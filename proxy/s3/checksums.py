@@ -69,9 +69,14 @@ class _PyCrc:
         for (word,) in struct.iter_unpack("<Q", view[:whole]):
             x = crc ^ word
             crc = (
-                t7[x & 0xFF] ^ t6[(x >> 8) & 0xFF] ^ t5[(x >> 16) & 0xFF]
-                ^ t4[(x >> 24) & 0xFF] ^ t3[(x >> 32) & 0xFF] ^ t2[(x >> 40) & 0xFF]
-                ^ t1[(x >> 48) & 0xFF] ^ t0[x >> 56]
+                t7[x & 0xFF]
+                ^ t6[(x >> 8) & 0xFF]
+                ^ t5[(x >> 16) & 0xFF]
+                ^ t4[(x >> 24) & 0xFF]
+                ^ t3[(x >> 32) & 0xFF]
+                ^ t2[(x >> 40) & 0xFF]
+                ^ t1[(x >> 48) & 0xFF]
+                ^ t0[x >> 56]
             )
         for byte in view[whole:]:
             crc = t0[(crc ^ byte) & 0xFF] ^ (crc >> 8)
@@ -220,8 +225,7 @@ class BodyChecksums:
                 found.append((algorithm, None, True))
         if len(found) > 1:
             raise S3Error.invalid_request(
-                "Expecting a single x-amz-checksum- header. Multiple checksum Types are not "
-                "allowed."
+                "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed."
             )
         sdk = hdrs.get("x-amz-sdk-checksum-algorithm")
         if sdk:
@@ -284,9 +288,7 @@ class BodyChecksums:
         if self.in_trailer:
             value = {k.lower(): v for k, v in (trailers or {}).items()}.get(algorithm.header)
             if value is None:
-                raise S3Error.invalid_request(
-                    f"The {algorithm.header} trailing header was declared but not sent."
-                )
+                raise S3Error.invalid_request(f"The {algorithm.header} trailing header was declared but not sent.")
             expected = _decode_checksum(algorithm, value, "trailing header")
         if self._hasher.digest() != expected:
             raise S3Error.of(

@@ -188,8 +188,7 @@ class AwsChunkedDecoder:
     def _on_chunk_header(self, line: bytes) -> None:
         size_part, _, extension = line.partition(b";")
         size_text = size_part.strip()
-        if not size_text or len(size_text) > 16 or any(c not in b"0123456789abcdefABCDEF"
-                                                        for c in size_text):
+        if not size_text or len(size_text) > 16 or any(c not in b"0123456789abcdefABCDEF" for c in size_text):
             raise _framing("aws-chunked: invalid chunk size")
         size = int(size_text, 16)
         if self._signed:
@@ -223,8 +222,7 @@ class AwsChunkedDecoder:
         auth = self._auth
         assert auth is not None
         string_to_sign = (
-            f"AWS4-HMAC-SHA256-PAYLOAD\n{auth.amz_date}\n{auth.scope}\n{self._previous}\n"
-            f"{EMPTY_SHA256}\n{data_sha256}"
+            f"AWS4-HMAC-SHA256-PAYLOAD\n{auth.amz_date}\n{auth.scope}\n{self._previous}\n{EMPTY_SHA256}\n{data_sha256}"
         )
         expected = sign(auth.signing_key, string_to_sign)
         if not signatures_equal(expected, self._chunk_signature):
@@ -267,8 +265,7 @@ class AwsChunkedDecoder:
             raise _bad_trailer(f"declared trailing headers missing: {', '.join(sorted(missing))}")
         if self._decoded_length is not None and self._declared != self._decoded_length:
             raise _incomplete(
-                "You did not provide the number of bytes specified by the "
-                "x-amz-decoded-content-length HTTP header"
+                "You did not provide the number of bytes specified by the x-amz-decoded-content-length HTTP header"
             )
         self._state = _State.DONE
 

@@ -42,13 +42,11 @@ ERROR_TABLE: Final[dict[str, tuple[int, str]]] = {
     "InvalidArgument": (400, "Invalid Argument"),
     "MalformedXML": (
         400,
-        "The XML you provided was not well-formed or did not validate against our "
-        "published schema.",
+        "The XML you provided was not well-formed or did not validate against our published schema.",
     ),
     "MalformedTrailerError": (
         400,
-        "The request contained trailing data that was not well-formed or did not conform "
-        "to our published schema.",
+        "The request contained trailing data that was not well-formed or did not conform to our published schema.",
     ),
     "IncompleteBody": (
         400,
@@ -69,8 +67,7 @@ ERROR_TABLE: Final[dict[str, tuple[int, str]]] = {
     ),
     "InvalidPartOrder": (
         400,
-        "The list of parts was not in ascending order. The parts list must be specified in "
-        "order by part number.",
+        "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
     ),
     "EntityTooSmall": (400, "Your proposed upload is smaller than the minimum allowed size"),
     "EntityTooLarge": (400, "Your proposed upload exceeds the maximum allowed size"),

@@ -33,9 +33,7 @@ class Service(Protocol):
 
 RequestObserver = Callable[[dict[str, Any]], None]
 
-_BODY_OPERATIONS = frozenset(
-    {"PutObject", "UploadPart", "CompleteMultipartUpload", "DeleteObjects", "CreateBucket"}
-)
+_BODY_OPERATIONS = frozenset({"PutObject", "UploadPart", "CompleteMultipartUpload", "DeleteObjects", "CreateBucket"})
 
 
 class Frontend:
@@ -130,9 +128,7 @@ class Frontend:
             return
         check_scope(target, query, scope, source)
 
-    async def _handle(
-        self, http: web.Request, request_id: str, fields: dict[str, Any]
-    ) -> web.StreamResponse:
+    async def _handle(self, http: web.Request, request_id: str, fields: dict[str, Any]) -> web.StreamResponse:
         bucket, key = bucket_and_key(http.raw_path, http.host, self.virtual_suffixes)
         fields.update(bucket=bucket, key=key)
         raw_path, _, raw_query = http.raw_path.partition("?")
@@ -159,8 +155,9 @@ class Frontend:
             fields["bytes_in"] = body.received
         return response
 
-    async def _reply(self, http: web.Request, reply: Reply, request_id: str,
-                     fields: dict[str, Any]) -> web.StreamResponse:
+    async def _reply(
+        self, http: web.Request, reply: Reply, request_id: str, fields: dict[str, Any]
+    ) -> web.StreamResponse:
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in reply.headers.items():
             headers[name] = value  # case-insensitive: a later override replaces the upstream's
@@ -187,8 +184,7 @@ class Frontend:
             # Headers are gone: the only honest signal left is a short read.
             fields["bytes_out"] = sent
             fields["error"] = getattr(exc, "code", type(exc).__name__)
-            log.error("aborting a response after %d bytes: %s", sent, exc,
-                      extra={"request_id": request_id})
+            log.error("aborting a response after %d bytes: %s", sent, exc, extra={"request_id": request_id})
             response.force_close()
             if http.transport is not None:
                 http.transport.abort()

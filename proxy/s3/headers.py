@@ -65,7 +65,7 @@ def object_params(headers: Mapping[str, str]) -> dict[str, Any]:
         elif lname.startswith("x-amz-meta-"):
             if lname.startswith(INTERNAL_META_PREFIX):
                 raise S3Error("InvalidArgument", f"metadata {lname} is reserved by the proxy", 400)
-            metadata[lname[len("x-amz-meta-"):]] = value
+            metadata[lname[len("x-amz-meta-") :]] = value
     if metadata:
         params["Metadata"] = metadata
     return params
@@ -101,8 +101,9 @@ def quote_etag(etag: str) -> str:
     return '"' + etag.strip('"') + '"'
 
 
-def int_param(query: Mapping[str, str], name: str, default: int | None = None,
-              lo: int = 0, hi: int = 2**63) -> int | None:
+def int_param(
+    query: Mapping[str, str], name: str, default: int | None = None, lo: int = 0, hi: int = 2**63
+) -> int | None:
     value = query.get(name)
     if value is None or value == "":
         return default

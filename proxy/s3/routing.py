@@ -11,11 +11,35 @@ from proxy.s3.errors import S3Error
 # Bucket sub-resources we recognise only to refuse them clearly.
 _UNSUPPORTED_SUBRESOURCES = frozenset(
     {
-        "acl", "analytics", "accelerate", "cors", "encryption", "intelligent-tiering",
-        "inventory", "lifecycle", "logging", "metrics", "notification", "object-lock",
-        "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
-        "requestPayment", "retention", "legal-hold", "restore", "select", "tagging",
-        "torrent", "versioning", "versions", "website", "attributes", "session",
+        "acl",
+        "analytics",
+        "accelerate",
+        "cors",
+        "encryption",
+        "intelligent-tiering",
+        "inventory",
+        "lifecycle",
+        "logging",
+        "metrics",
+        "notification",
+        "object-lock",
+        "ownershipControls",
+        "policy",
+        "policyStatus",
+        "publicAccessBlock",
+        "replication",
+        "requestPayment",
+        "retention",
+        "legal-hold",
+        "restore",
+        "select",
+        "tagging",
+        "torrent",
+        "versioning",
+        "versions",
+        "website",
+        "attributes",
+        "session",
     }
 )
 
@@ -34,9 +58,7 @@ def split_host(host: str) -> str:
     return host.rsplit(":", 1)[0] if ":" in host else host
 
 
-def bucket_and_key(
-    raw_path: str, host: str, virtual_suffixes: Iterable[str]
-) -> tuple[str | None, str | None]:
+def bucket_and_key(raw_path: str, host: str, virtual_suffixes: Iterable[str]) -> tuple[str | None, str | None]:
     """Path-style ``/bucket/key`` or virtual-host ``bucket.suffix`` + ``/key``."""
     path = unquote(raw_path.split("?", 1)[0])
     hostname = split_host(host).lower()
@@ -53,8 +75,9 @@ def bucket_and_key(
     return bucket, (key or None)
 
 
-def route(method: str, bucket: str | None, key: str | None, query: Mapping[str, str],
-          headers: Mapping[str, str]) -> Route:
+def route(
+    method: str, bucket: str | None, key: str | None, query: Mapping[str, str], headers: Mapping[str, str]
+) -> Route:
     """Name the S3 operation, or raise NotImplemented / MethodNotAllowed."""
     for name in query:
         if name in _UNSUPPORTED_SUBRESOURCES:
@@ -113,10 +136,19 @@ def _object_operation(method: str, query: Mapping[str, str], headers: Mapping[st
 # --- client scopes ---------------------------------------------------------------------------
 
 # Operations on a bucket's objects: the key in the URL must be in scope.
-_KEY_OPERATIONS = frozenset({
-    "GetObject", "HeadObject", "PutObject", "DeleteObject", "CreateMultipartUpload", "UploadPart",
-    "CompleteMultipartUpload", "AbortMultipartUpload", "ListParts",
-})
+_KEY_OPERATIONS = frozenset(
+    {
+        "GetObject",
+        "HeadObject",
+        "PutObject",
+        "DeleteObject",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "ListParts",
+    }
+)
 # ... and the copy source (``x-amz-copy-source``) too.
 _COPY_OPERATIONS = frozenset({"CopyObject", "UploadPartCopy"})
 # Listings: the ``prefix`` parameter must be inside the scope's prefix.
@@ -127,8 +159,14 @@ _BUCKET_OPERATIONS = frozenset({"HeadBucket", "GetBucketLocation", "DeleteObject
 # Whole-bucket changes: the bucket in scope and no prefix restriction.
 _WHOLE_BUCKET_OPERATIONS = frozenset({"CreateBucket", "DeleteBucket"})
 # Every operation ``route`` can name has a rule above; any other is refused to a scoped client.
-SCOPED_OPERATIONS = (_KEY_OPERATIONS | _COPY_OPERATIONS | _LIST_OPERATIONS | _BUCKET_OPERATIONS
-                     | _WHOLE_BUCKET_OPERATIONS | {"ListBuckets"})
+SCOPED_OPERATIONS = (
+    _KEY_OPERATIONS
+    | _COPY_OPERATIONS
+    | _LIST_OPERATIONS
+    | _BUCKET_OPERATIONS
+    | _WHOLE_BUCKET_OPERATIONS
+    | {"ListBuckets"}
+)
 
 
 @dataclass(frozen=True)
@@ -167,8 +205,9 @@ def _dot_segment(key: str) -> bool:
     return any(segment in (".", "..") for segment in key.split("/"))
 
 
-def check_scope(target: Route, query: Mapping[str, str], scope: ClientScope,
-                copy_source: tuple[str, str] | None = None) -> None:
+def check_scope(
+    target: Route, query: Mapping[str, str], scope: ClientScope, copy_source: tuple[str, str] | None = None
+) -> None:
     """Raise AccessDenied when a routed request reaches outside the client's scope.
 
     ``copy_source`` is the (bucket, key) a CopyObject or UploadPartCopy reads, parsed as the
@@ -183,8 +222,7 @@ def check_scope(target: Route, query: Mapping[str, str], scope: ClientScope,
     if operation in _KEY_OPERATIONS:
         allowed = scope.allows_key(bucket, key)
     elif operation in _COPY_OPERATIONS:
-        allowed = (scope.allows_key(bucket, key) and copy_source is not None
-                   and scope.allows_key(*copy_source))
+        allowed = scope.allows_key(bucket, key) and copy_source is not None and scope.allows_key(*copy_source)
     elif operation in _LIST_OPERATIONS:
         allowed = scope.allows_listing(bucket, query.get("prefix", ""))
     elif operation in _BUCKET_OPERATIONS:

@@ -77,13 +77,17 @@ def sign_request(
         all_headers["x-amz-security-token"] = credentials.token
     names = sorted(all_headers)
     query_string = canonical_query((k.encode(), v.encode()) for k, v in query)
-    canonical = canonical_request(method, path, query_string, {n: [all_headers[n]] for n in names}, names,
-                                  UNSIGNED_PAYLOAD)
+    canonical = canonical_request(
+        method, path, query_string, {n: [all_headers[n]] for n in names}, names, UNSIGNED_PAYLOAD
+    )
     scope = f"{date}/{region}/s3/aws4_request"
-    signature = sign(derive_signing_key(credentials.secret_key, date, region), string_to_sign(amz_date, scope,
-                                                                                               canonical))
-    all_headers["authorization"] = (f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
-                                    f"SignedHeaders={';'.join(names)}, Signature={signature}")
+    signature = sign(
+        derive_signing_key(credentials.secret_key, date, region), string_to_sign(amz_date, scope, canonical)
+    )
+    all_headers["authorization"] = (
+        f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
     del all_headers["host"]  # the HTTP client writes it from the URL
     base = str(endpoint).rstrip("/")
     url = URL(f"{base}{path}" + (f"?{query_string}" if query_string else ""), encoded=True)

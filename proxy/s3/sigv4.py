@@ -61,9 +61,7 @@ class PayloadMode(enum.Enum):
         )
 
 
-_SPECIAL_PAYLOADS: Final = {
-    m.value: m for m in PayloadMode if m is not PayloadMode.SHA256
-}
+_SPECIAL_PAYLOADS: Final = {m.value: m for m in PayloadMode if m is not PayloadMode.SHA256}
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 
@@ -95,15 +93,9 @@ class AuthResult:
 # Building blocks (also used by the aws-chunked decoder and by tests)
 # --------------------------------------------------------------------------------------------
 
-_UNRESERVED: Final = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-)
-_ENCODE_TABLE: Final = tuple(
-    chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in range(256)
-)
-_ENCODE_TABLE_SLASH: Final = tuple(
-    "/" if b == 0x2F else _ENCODE_TABLE[b] for b in range(256)
-)
+_UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ENCODE_TABLE: Final = tuple(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in range(256))
+_ENCODE_TABLE_SLASH: Final = tuple("/" if b == 0x2F else _ENCODE_TABLE[b] for b in range(256))
 
 
 def uri_encode(value: bytes | str, keep_slash: bool = False) -> str:
@@ -162,9 +154,7 @@ def canonical_request(
     payload_value: str,
 ) -> str:
     """The SigV4 canonical request; ``headers`` maps lowercase names to their values."""
-    header_lines = "".join(
-        f"{name}:{canonical_header_value(headers.get(name, ()))}\n" for name in signed_headers
-    )
+    header_lines = "".join(f"{name}:{canonical_header_value(headers.get(name, ()))}\n" for name in signed_headers)
     return "\n".join(
         [
             method.upper(),
@@ -186,9 +176,7 @@ def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
 def verify_payload_sha256(expected_hex: str, actual_digest: bytes | str) -> None:
     """Compare the announced ``x-amz-content-sha256`` with the body's digest (raw or hex)."""
     actual_hex = actual_digest if isinstance(actual_digest, str) else actual_digest.hex()
-    if not hmac.compare_digest(
-        expected_hex.lower().encode("ascii", "replace"), actual_hex.lower().encode("ascii")
-    ):
+    if not hmac.compare_digest(expected_hex.lower().encode("ascii", "replace"), actual_hex.lower().encode("ascii")):
         raise S3Error.of(
             "XAmzContentSHA256Mismatch",
             ClientComputedContentSHA256=expected_hex,
@@ -214,9 +202,7 @@ class _Parsed:
 
 def _malformed_auth(detail: str, region: str | None = None) -> S3Error:
     extra = {"Region": region} if region else {}
-    return S3Error.of(
-        "AuthorizationHeaderMalformed", f"The authorization header is malformed; {detail}", **extra
-    )
+    return S3Error.of("AuthorizationHeaderMalformed", f"The authorization header is malformed; {detail}", **extra)
 
 
 def _query_error(message: str) -> S3Error:
@@ -239,14 +225,12 @@ def _parse_query(query: QueryLike) -> list[tuple[bytes, bytes]]:
 def _parse_credential(credential: str, malformed: Callable[[str], S3Error]) -> list[str]:
     parts = credential.rsplit("/", 4)
     if len(parts) != 5 or not parts[0]:
-        raise malformed(
-            'the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/'
-            'aws4_request".'
-        )
+        raise malformed('the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".')
     _akid, date, region, service, terminator = parts
     if not re.fullmatch(r"\d{8}", date):
-        raise malformed(f"incorrect date format \"{date}\". This date in the credential must be "
-                        'in the format "yyyyMMdd".')
+        raise malformed(
+            f'incorrect date format "{date}". This date in the credential must be in the format "yyyyMMdd".'
+        )
     if not region:
         raise malformed("the region is empty.")
     if service != "s3":
@@ -268,8 +252,7 @@ def _parse_authorization(header: str, headers: Mapping[str, list[str]]) -> _Pars
     if algorithm != ALGORITHM:
         if algorithm == "AWS" or algorithm.startswith("AWS4-"):
             raise S3Error.invalid_request(
-                "The authorization mechanism you have provided is not supported. "
-                "Please use AWS4-HMAC-SHA256."
+                "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
             )
         raise S3Error.invalid_argument("Unsupported Authorization Type", "Authorization", header)
     fields: dict[str, str] = {}
@@ -325,9 +308,8 @@ def _iso(moment: datetime) -> str:
 
 def _parse_presigned(params: dict[str, str]) -> tuple[_Parsed, int]:
     if params.get("X-Amz-Algorithm") != ALGORITHM:
-        raise _query_error("X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"")
-    for name in ("X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date", "X-Amz-SignedHeaders",
-                 "X-Amz-Expires"):
+        raise _query_error('X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
+    for name in ("X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Expires"):
         if name not in params:
             raise _query_error(
                 "Query-string authentication version 4 requires the X-Amz-Algorithm, "
@@ -335,8 +317,7 @@ def _parse_presigned(params: dict[str, str]) -> tuple[_Parsed, int]:
                 "X-Amz-Expires parameters."
             )
     akid, date, region, service, _ = _parse_credential(
-        params["X-Amz-Credential"], lambda d: _query_error(f"Error parsing the X-Amz-Credential "
-                                                           f"parameter; {d}")
+        params["X-Amz-Credential"], lambda d: _query_error(f"Error parsing the X-Amz-Credential parameter; {d}")
     )
     amz_date = params["X-Amz-Date"]
     if not _AMZ_DATE.fullmatch(amz_date):
@@ -348,8 +329,7 @@ def _parse_presigned(params: dict[str, str]) -> tuple[_Parsed, int]:
     if expires > MAX_PRESIGNED_EXPIRES:
         raise _query_error("X-Amz-Expires must be less than a week (in seconds) that is 604800")
     signed = _parse_signed_headers(
-        params["X-Amz-SignedHeaders"], lambda d: _query_error(f"Error parsing the "
-                                                              f"X-Amz-SignedHeaders parameter; {d}")
+        params["X-Amz-SignedHeaders"], lambda d: _query_error(f"Error parsing the X-Amz-SignedHeaders parameter; {d}")
     )
     parsed = _Parsed(akid, date, region, service, signed, params["X-Amz-Signature"], amz_date)
     return parsed, expires
@@ -455,8 +435,13 @@ def _claim_of(hdrs: dict[str, list[str]], pairs: list[tuple[bytes, bytes]]) -> _
         )
     if presigned:
         parsed, expires = _parse_presigned(params)
-        return _Claim(parsed, True, expires, params.get("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD"),
-                      [(k, v) for k, v in pairs if k != b"X-Amz-Signature"])
+        return _Claim(
+            parsed,
+            True,
+            expires,
+            params.get("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD"),
+            [(k, v) for k, v in pairs if k != b"X-Amz-Signature"],
+        )
     if not authorization:
         raise S3Error.access_denied()
     if len(authorization) > 1:
@@ -473,8 +458,8 @@ def _check_scope(parsed: _Parsed, region: str | None, presigned: bool) -> None:
         raise _malformed_auth(f"the region '{parsed.region}' is wrong; expecting '{region}'", region)
     if parsed.date != parsed.amz_date[:8]:
         message = (
-            f"Invalid credential date \"{parsed.date}\". This date is not the same as "
-            "X-Amz-Date: \"" + parsed.amz_date[:8] + '".'
+            f'Invalid credential date "{parsed.date}". This date is not the same as '
+            'X-Amz-Date: "' + parsed.amz_date[:8] + '".'
         )
         raise _query_error(message) if presigned else _malformed_auth(message)
 
@@ -486,8 +471,7 @@ def _check_clock(claim: _Claim, now: datetime, max_skew_seconds: float) -> None:
     try:
         request_time = _parse_amz_date(parsed.amz_date)
     except ValueError:
-        raise S3Error.access_denied("AWS authentication requires a valid Date or x-amz-date "
-                                    "header") from None
+        raise S3Error.access_denied("AWS authentication requires a valid Date or x-amz-date header") from None
     skew = timedelta(seconds=max_skew_seconds)
     if claim.presigned:
         if request_time - now > skew:
@@ -495,9 +479,11 @@ def _check_clock(claim: _Claim, now: datetime, max_skew_seconds: float) -> None:
         if now > request_time + timedelta(seconds=claim.expires):
             raise S3Error.access_denied(
                 "Request has expired",
-                **{"X-Amz-Expires": str(claim.expires),
-                   "Expires": _iso(request_time + timedelta(seconds=claim.expires)),
-                   "ServerTime": _iso(now)},
+                **{
+                    "X-Amz-Expires": str(claim.expires),
+                    "Expires": _iso(request_time + timedelta(seconds=claim.expires)),
+                    "ServerTime": _iso(now),
+                },
             )
     elif abs(now - request_time) > skew:
         raise S3Error.of(
@@ -520,9 +506,9 @@ def _check_signed_headers(parsed: _Parsed, hdrs: dict[str, list[str]], presigned
             HeadersNotSigned="x-amz-content-sha256",
         )
     unsigned = sorted(
-        name for name in hdrs
-        if name.startswith("x-amz-") and name not in signed_set
-        and not (presigned and name == "x-amz-content-sha256")
+        name
+        for name in hdrs
+        if name.startswith("x-amz-") and name not in signed_set and not (presigned and name == "x-amz-content-sha256")
     )
     if unsigned:
         raise S3Error.access_denied(
@@ -531,8 +517,9 @@ def _check_signed_headers(parsed: _Parsed, hdrs: dict[str, list[str]], presigned
         )
 
 
-def _check_signature(method: str, raw_path: str, claim: _Claim, hdrs: dict[str, list[str]], scope: str,
-                     signing_key: bytes) -> None:
+def _check_signature(
+    method: str, raw_path: str, claim: _Claim, hdrs: dict[str, list[str]], scope: str, signing_key: bytes
+) -> None:
     """The signature over the canonical request, for each spelling of the path a client may
     have signed; SignatureDoesNotMatch names the first."""
     parsed = claim.parsed

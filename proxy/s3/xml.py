@@ -697,8 +697,17 @@ def _object_identifier(element: ET.Element) -> ObjectIdentifier:
 MAX_LIST_PAGE = 16 * 1024 * 1024
 
 _LIST_INTS = {"MaxKeys", "KeyCount"}
-_LIST_STRINGS = {"Name", "Prefix", "Delimiter", "Marker", "NextMarker", "ContinuationToken",
-                 "NextContinuationToken", "StartAfter", "EncodingType"}
+_LIST_STRINGS = {
+    "Name",
+    "Prefix",
+    "Delimiter",
+    "Marker",
+    "NextMarker",
+    "ContinuationToken",
+    "NextContinuationToken",
+    "StartAfter",
+    "EncodingType",
+}
 _LIST_DECODED = {"Prefix", "Delimiter", "Marker", "NextMarker", "StartAfter"}
 
 

@@ -147,9 +147,7 @@ def test_range_decryptor_every_range() -> None:
     seed=st.integers(0, 2**32),
     mode=st.sampled_from(MODES),
 )
-def test_property_round_trip(
-    size: int, nparts: int, C: int, piece: int, seed: int, mode: str
-) -> None:
+def test_property_round_trip(size: int, nparts: int, C: int, piece: int, seed: int, mode: str) -> None:
     rng = random.Random(seed)
     data = rng.randbytes(size)
     parts = None if nparts == 1 else [(i + 1, s) for i, s in enumerate(rnd_sizes(rng, size, nparts))]
@@ -191,8 +189,14 @@ def test_streaming_encryptor_stores_the_same_bytes(size: int, C: int, pieces: li
     outputs = []
     for part_size in (None, size):
         iv_source, clock = _counter_ivs()
-        enc = PartEncryptor(keys, part_number, chunk_size=C, iv_source=iv_source, clock=clock,  # type: ignore[arg-type]
-                            part_size=part_size)
+        enc = PartEncryptor(
+            keys,
+            part_number,
+            chunk_size=C,
+            iv_source=iv_source,
+            clock=clock,  # type: ignore[arg-type]
+            part_size=part_size,
+        )
         stored, pos, i = bytearray(), 0, 0
         while pos < size:
             step = pieces[i % len(pieces)]

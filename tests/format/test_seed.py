@@ -226,8 +226,16 @@ def test_every_range_small(size: int) -> None:
 def test_ranges_real_chunk_size(objects: dict[int, tuple[bytes, bytes]]) -> None:
     data, stored = objects[3 * MiB + 5]
     n = len(data)
-    cases = [(0, 0), (0, n - 1), (MiB - 1, MiB), (MiB, 2 * MiB - 1), (3 * MiB, n - 1),
-             (n - 1, n - 1), (5, 3 * MiB + 1), (2 * MiB + 7, 2 * MiB + 7)]
+    cases = [
+        (0, 0),
+        (0, n - 1),
+        (MiB - 1, MiB),
+        (MiB, 2 * MiB - 1),
+        (3 * MiB, n - 1),
+        (n - 1, n - 1),
+        (5, 3 * MiB + 1),
+        (2 * MiB + 7, 2 * MiB + 7),
+    ]
     for first, last in cases:
         r = seed_stored_range(first, last)
         assert r.start == first // MiB * SEED_FULL_RECORD_SIZE
@@ -235,8 +243,7 @@ def test_ranges_real_chunk_size(objects: dict[int, tuple[bytes, bytes]]) -> None
         for clamp in (False, True):
             assert _range(stored, first, last, MiB, clamp, 1 << 20) == data[first : last + 1]
     start, end, index, skip, length = seed_stored_range(MiB + 3, 2 * MiB + 4, len(stored))
-    assert (start, end, index, skip, length) == (
-        SEED_FULL_RECORD_SIZE, 3 * SEED_FULL_RECORD_SIZE - 1, 1, 3, MiB + 2)
+    assert (start, end, index, skip, length) == (SEED_FULL_RECORD_SIZE, 3 * SEED_FULL_RECORD_SIZE - 1, 1, 3, MiB + 2)
     with pytest.raises(ValueError):
         seed_stored_range(4 * MiB, 4 * MiB, len(stored))
 

@@ -84,9 +84,7 @@ def expected_exc(name: str, mode: str) -> type[Exception]:
     return TamperedError
 
 
-def run(
-    stored: bytes, mode: str, released: bytearray, trailer: Trailer | None = None
-) -> bytearray:
+def run(stored: bytes, mode: str, released: bytearray, trailer: Trailer | None = None) -> bytearray:
     """Decrypt in `mode`; in "trailer" mode use `trailer` as if it had been read first."""
     if mode == "trailer" and trailer is not None:
         t = trailer
@@ -96,9 +94,7 @@ def run(
         released += dec.finish()
         return released
     if mode == "hint":  # hints as object metadata would carry them, from the original
-        dec = ObjectDecryptor(
-            RING, "bucketless/key", key_id=TRAILER.key_id, salt=TRAILER.salt, chunk_size=16
-        )
+        dec = ObjectDecryptor(RING, "bucketless/key", key_id=TRAILER.key_id, salt=TRAILER.salt, chunk_size=16)
         for i in range(0, len(stored), 13):
             released += dec.feed(stored[i : i + 13])
         released += dec.finish()
@@ -109,8 +105,18 @@ def run(
 def test_regions_cover_everything() -> None:
     names = {region(p)[0] for p in range(len(STORED))}
     assert names == {
-        "length", "token", "filler", "t-length", "t-magic", "t-version", "t-flags",
-        "t-keyid", "t-body", "t-mac", "f-length", "f-magic",
+        "length",
+        "token",
+        "filler",
+        "t-length",
+        "t-magic",
+        "t-version",
+        "t-flags",
+        "t-keyid",
+        "t-body",
+        "t-mac",
+        "f-length",
+        "f-magic",
     }
 
 
@@ -176,9 +182,7 @@ def test_reorder_drop_duplicate(case: str, mode: str) -> None:
         return
     assert DATA.startswith(released)
     order = CASES[case]
-    first_bad = next(
-        (i for i in range(len(order)) if i >= len(CHUNK_RECS) or order[i] != i), len(order)
-    )
+    first_bad = next((i for i in range(len(order)) if i >= len(CHUNK_RECS) or order[i] != i), len(order))
     limit = PT_START[first_bad] if first_bad < len(PT_START) else len(DATA)
     assert len(released) <= limit  # nothing from the first out-of-place chunk on
     if mode == "buffered":

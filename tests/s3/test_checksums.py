@@ -176,9 +176,11 @@ def test_invalid_trailer_value() -> None:
 
 def test_other_checksum_headers_are_not_values() -> None:
     # CreateMultipartUpload / GetObject headers that share the prefix but carry no value.
-    checks = BodyChecksums.from_headers({
-        "x-amz-checksum-algorithm": "CRC32",
-        "x-amz-checksum-type": "COMPOSITE",
-        "x-amz-checksum-mode": "ENABLED",
-    })
+    checks = BodyChecksums.from_headers(
+        {
+            "x-amz-checksum-algorithm": "CRC32",
+            "x-amz-checksum-type": "COMPOSITE",
+            "x-amz-checksum-mode": "ENABLED",
+        }
+    )
     assert checks.algorithm is None

@@ -78,9 +78,7 @@ def _doc_signing_key(date: str) -> bytes:
     return key
 
 
-def build_signed_body(
-    seed: str, data: bytes, chunk_size: int, trailers: dict[str, str] | None = None
-) -> bytes:
+def build_signed_body(seed: str, data: bytes, chunk_size: int, trailers: dict[str, str] | None = None) -> bytes:
     """The AWS documentation's chunk-signed encoding, written independently of the proxy."""
     amz_date = "20261129T120000Z"
     scope = "20261129/eu-west-1/s3/aws4_request"
@@ -89,8 +87,9 @@ def build_signed_body(
     out = bytearray()
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] + [b""]
     for chunk in chunks:
-        sts = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, previous, EMPTY,
-                         hashlib.sha256(chunk).hexdigest()])
+        sts = "\n".join(
+            ["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, previous, EMPTY, hashlib.sha256(chunk).hexdigest()]
+        )
         previous = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
         out += f"{len(chunk):x};chunk-signature={previous}\r\n".encode() + chunk
         if chunk:
@@ -98,8 +97,7 @@ def build_signed_body(
     if trailers is None:
         return bytes(out + b"\r\n")
     lines = "".join(f"{k}:{v}\n" for k, v in trailers.items())
-    sts = "\n".join(["AWS4-HMAC-SHA256-TRAILER", amz_date, scope, previous,
-                     hashlib.sha256(lines.encode()).hexdigest()])
+    sts = "\n".join(["AWS4-HMAC-SHA256-TRAILER", amz_date, scope, previous, hashlib.sha256(lines.encode()).hexdigest()])
     signature = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
     for k, v in trailers.items():
         out += f"{k}:{v}\r\n".encode()
@@ -107,8 +105,9 @@ def build_signed_body(
     return bytes(out)
 
 
-def botocore_unsigned_body(data: bytes, chunk_size: int, checksum: Any = Crc32Checksum,
-                           name: str = "x-amz-checksum-crc32") -> bytes:
+def botocore_unsigned_body(
+    data: bytes, chunk_size: int, checksum: Any = Crc32Checksum, name: str = "x-amz-checksum-crc32"
+) -> bytes:
     """Exactly what botocore sends for STREAMING-UNSIGNED-PAYLOAD-TRAILER."""
     return AwsChunkedWrapper(io.BytesIO(data), checksum, name, chunk_size=chunk_size).read()
 
@@ -165,8 +164,7 @@ def test_real_boto3_put_object_body(how: str) -> None:
 
 def test_real_boto3_multi_mib_body_in_random_pieces() -> None:
     body = random.Random(1).randbytes(2 * 1024 * 1024 + 12345)
-    wire = capture(lambda c: c.upload_part(Bucket="medusa-bkp", Key="k", UploadId="u",
-                                           PartNumber=1, Body=body))
+    wire = capture(lambda c: c.upload_part(Bucket="medusa-bkp", Key="k", UploadId="u", PartNumber=1, Body=body))
     auth = wire.verify()
     assert wire.body.count(b"\r\n") >= 6  # three 1 MiB-or-less chunks
     decoder = AwsChunkedDecoder(auth, auth.payload_mode, len(body), ["x-amz-checksum-crc32"])
@@ -188,9 +186,7 @@ def test_unsigned_trailer_small_chunks(chunk_size: int, how: str) -> None:
     decoder = AwsChunkedDecoder(None, UNSIGNED_TRAILER, len(body), ["x-amz-checksum-sha256"])
     data, trailers = decode(decoder, splits(encoded, how, seed=chunk_size))
     assert data == body
-    assert trailers == {
-        "x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(body).digest()).decode()
-    }
+    assert trailers == {"x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(body).digest()).decode()}
 
 
 def test_unsigned_payload_streams_before_chunk_end() -> None:
@@ -209,9 +205,7 @@ def test_empty_body() -> None:
 
 def test_bad_trailer_checksum() -> None:
     body = b"payload bytes"
-    encoded = botocore_unsigned_body(body, 5).replace(
-        _crc32_b64(body).encode(), _crc32_b64(b"other").encode()
-    )
+    encoded = botocore_unsigned_body(body, 5).replace(_crc32_b64(body).encode(), _crc32_b64(b"other").encode())
     decoder = AwsChunkedDecoder(None, UNSIGNED_TRAILER, len(body), ["x-amz-checksum-crc32"])
     data, trailers = decode(decoder, [encoded])
     checks = BodyChecksums.from_headers({}, ["x-amz-checksum-crc32"])
@@ -428,8 +422,7 @@ def test_any_split_round_trips(body: bytes, chunk_size: int, cuts: list[int], si
     if signed:
         auth: AuthResult | None = _cached_auth(SIGNED_TRAILER)
         assert auth is not None
-        encoded = build_signed_body(auth.seed_signature, body, chunk_size,
-                                    {"x-amz-checksum-crc32": _crc32_b64(body)})
+        encoded = build_signed_body(auth.seed_signature, body, chunk_size, {"x-amz-checksum-crc32": _crc32_b64(body)})
         mode = SIGNED_TRAILER
     else:
         auth = None

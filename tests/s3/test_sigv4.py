@@ -107,9 +107,7 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 _CLIENTS: dict[tuple[Any, ...], tuple[Any, list[Wire]]] = {}
 
 
-def make_client(
-    endpoint: str = "https://s3.example.com", style: str = "path", **config: Any
-) -> tuple[Any, list[Wire]]:
+def make_client(endpoint: str = "https://s3.example.com", style: str = "path", **config: Any) -> tuple[Any, list[Wire]]:
     """A boto3 S3 client that records requests instead of sending them (cached: clients are
     slow to build; the capture list is emptied on each call)."""
     cache_key = (endpoint, style, *sorted(config.items()))
@@ -117,13 +115,11 @@ def make_client(
         client, captured = _CLIENTS[cache_key]
         captured.clear()
         return client, captured
-    session = boto3.session.Session(
-        aws_access_key_id=AKID, aws_secret_access_key=SECRET, region_name="eu-west-1"
-    )
+    session = boto3.session.Session(aws_access_key_id=AKID, aws_secret_access_key=SECRET, region_name="eu-west-1")
     client = session.client(
-        "s3", endpoint_url=endpoint,
-        config=Config(s3={"addressing_style": style}, retries={"max_attempts": 0},
-                      signature_version="s3v4", **config),
+        "s3",
+        endpoint_url=endpoint,
+        config=Config(s3={"addressing_style": style}, retries={"max_attempts": 0}, signature_version="s3v4", **config),
     )
     captured = []
 
@@ -186,15 +182,15 @@ def test_get_odd_keys(key: str, style: str) -> None:
 def test_virtual_host_with_port() -> None:
     wire = capture(
         lambda c: c.head_object(Bucket="medusa-bkp", Key="a b"),
-        endpoint="http://s3.local:8333", style="virtual",
+        endpoint="http://s3.local:8333",
+        style="virtual",
     )
     assert wire.header("Host") == "medusa-bkp.s3.local:8333"
     wire.verify()
 
 
 def test_ranged_get_with_if_match() -> None:
-    wire = capture(lambda c: c.get_object(Bucket="medusa-bkp", Key="k", Range="bytes=0-9",
-                                          IfMatch='"abc"'))
+    wire = capture(lambda c: c.get_object(Bucket="medusa-bkp", Key="k", Range="bytes=0-9", IfMatch='"abc"'))
     result = wire.verify()
     assert "range" in result.signed_headers and "if-match" in result.signed_headers
 
@@ -204,8 +200,9 @@ def test_ranged_get_with_if_match() -> None:
     [
         lambda c: c.create_multipart_upload(Bucket="medusa-bkp", Key="big file"),
         lambda c: c.list_objects_v2(Bucket="medusa-bkp", Prefix="a/b", EncodingType="url"),
-        lambda c: c.list_objects_v2(Bucket="medusa-bkp", Prefix="sp ace+plus=eq&amp/ü",
-                                    Delimiter="/", ContinuationToken="tok+/=="),
+        lambda c: c.list_objects_v2(
+            Bucket="medusa-bkp", Prefix="sp ace+plus=eq&amp/ü", Delimiter="/", ContinuationToken="tok+/=="
+        ),
         lambda c: c.list_objects(Bucket="medusa-bkp", Marker="m~k", MaxKeys=5),
         lambda c: c.list_parts(Bucket="medusa-bkp", Key="k", UploadId="u+p/=="),
         lambda c: c.list_multipart_uploads(Bucket="medusa-bkp"),
@@ -221,8 +218,14 @@ def test_queries(call: Callable[[Any], Any], style: str) -> None:
     # The decoded-pairs form gives the same result as the raw query string.
     from urllib.parse import parse_qsl
 
-    verify_request(wire.method, wire.raw_path, parse_qsl(wire.raw_query, keep_blank_values=True),
-                   dict(wire.headers), lookup, FROZEN)
+    verify_request(
+        wire.method,
+        wire.raw_path,
+        parse_qsl(wire.raw_query, keep_blank_values=True),
+        dict(wire.headers),
+        lookup,
+        FROZEN,
+    )
 
 
 def test_query_with_blank_value_is_signed_as_key_equals() -> None:
@@ -266,10 +269,16 @@ def test_put_unsigned_payload() -> None:
 
 
 def test_metadata_and_whitespace_in_signed_headers() -> None:
-    wire = capture(lambda c: c.put_object(
-        Bucket="medusa-bkp", Key="k", Body=b"",
-        Metadata={"note": "  two   spaces\tand tab  "}, ContentType="text/plain",
-    ), endpoint="http://s3.local")
+    wire = capture(
+        lambda c: c.put_object(
+            Bucket="medusa-bkp",
+            Key="k",
+            Body=b"",
+            Metadata={"note": "  two   spaces\tand tab  "},
+            ContentType="text/plain",
+        ),
+        endpoint="http://s3.local",
+    )
     wire.verify()
 
 
@@ -319,12 +328,9 @@ def test_bad_signature() -> None:
 
 def test_tampered_path_query_and_header() -> None:
     wire = capture(lambda c: c.list_objects_v2(Bucket="medusa-bkp", Prefix="a"))
-    assert _code(Wire(wire.method, wire.raw_path + "x", wire.raw_query, wire.headers, b"")) \
-        == "SignatureDoesNotMatch"
-    assert _code(Wire(wire.method, wire.raw_path, wire.raw_query + "b", wire.headers, b"")) \
-        == "SignatureDoesNotMatch"
-    assert _code(Wire("DELETE", wire.raw_path, wire.raw_query, wire.headers, b"")) \
-        == "SignatureDoesNotMatch"
+    assert _code(Wire(wire.method, wire.raw_path + "x", wire.raw_query, wire.headers, b"")) == "SignatureDoesNotMatch"
+    assert _code(Wire(wire.method, wire.raw_path, wire.raw_query + "b", wire.headers, b"")) == "SignatureDoesNotMatch"
+    assert _code(Wire("DELETE", wire.raw_path, wire.raw_query, wire.headers, b"")) == "SignatureDoesNotMatch"
     assert _code(wire.with_header("Host", "other.example.com")) == "SignatureDoesNotMatch"
 
 
@@ -379,18 +385,17 @@ def test_content_sha256_must_be_signed() -> None:
 
 
 def test_sigv2_and_garbage_authorization() -> None:
-    base = Wire("GET", "/b/k", "", [("Host", "h"), ("Date", "Sun, 29 Nov 2026 12:00:00 GMT")],
-                b"")
+    base = Wire("GET", "/b/k", "", [("Host", "h"), ("Date", "Sun, 29 Nov 2026 12:00:00 GMT")], b"")
     assert _code(base.with_header("Authorization", "AWS AKID:c2ln")) == "InvalidRequest"
     assert _code(base.with_header("Authorization", "Bearer x")) == "InvalidArgument"
     wire = capture(lambda c: c.get_object(Bucket="medusa-bkp", Key="k"))
     auth = wire.header("Authorization")
-    assert _code(wire.with_header("Authorization", auth.replace("/s3/", "/ec2/"))) \
+    assert _code(wire.with_header("Authorization", auth.replace("/s3/", "/ec2/"))) == "AuthorizationHeaderMalformed"
+    assert _code(wire.with_header("Authorization", auth.split(", Signature")[0])) == "AuthorizationHeaderMalformed"
+    assert (
+        _code(wire.with_header("Authorization", auth.replace("20261129/", "20261128/")))
         == "AuthorizationHeaderMalformed"
-    assert _code(wire.with_header("Authorization", auth.split(", Signature")[0])) \
-        == "AuthorizationHeaderMalformed"
-    assert _code(wire.with_header("Authorization", auth.replace("20261129/", "20261128/"))) \
-        == "AuthorizationHeaderMalformed"
+    )
     assert _code(wire.with_header("x-amz-content-sha256", "nonsense")) == "InvalidArgument"
 
 
@@ -399,14 +404,16 @@ def _hand_signed(canonical: str, amz_date: str = "20261129T120000Z") -> str:
     import hmac
 
     scope = f"{amz_date[:8]}/us-east-1/s3/aws4_request"
-    sts = "AWS4-HMAC-SHA256\n" + amz_date + "\n" + scope + "\n" + hashlib.sha256(
-        canonical.encode()).hexdigest()
+    sts = "AWS4-HMAC-SHA256\n" + amz_date + "\n" + scope + "\n" + hashlib.sha256(canonical.encode()).hexdigest()
     key = ("AWS4" + SECRET).encode()
     for part in (amz_date[:8], "us-east-1", "s3", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
-    return f"AWS4-HMAC-SHA256 Credential={AKID}/{scope},SignedHeaders=" + \
-        canonical.split("\n")[-2] + f",Signature={signature}"
+    return (
+        f"AWS4-HMAC-SHA256 Credential={AKID}/{scope},SignedHeaders="
+        + canonical.split("\n")[-2]
+        + f",Signature={signature}"
+    )
 
 
 def test_date_header_instead_of_x_amz_date() -> None:
@@ -415,8 +422,12 @@ def test_date_header_instead_of_x_amz_date() -> None:
         "GET\n/b/k\n\ndate:Sun, 29 Nov 2026 12:00:00 GMT\nhost:h\n"
         f"x-amz-content-sha256:{empty}\n\ndate;host;x-amz-content-sha256\n{empty}"
     )
-    headers = [("Host", "h"), ("Date", "Sun, 29 Nov 2026 12:00:00 GMT"),
-               ("x-amz-content-sha256", empty), ("Authorization", _hand_signed(canonical))]
+    headers = [
+        ("Host", "h"),
+        ("Date", "Sun, 29 Nov 2026 12:00:00 GMT"),
+        ("x-amz-content-sha256", empty),
+        ("Authorization", _hand_signed(canonical)),
+    ]
     wire = Wire("GET", "/b/k", "", headers, b"")
     assert wire.verify().amz_date == "20261129T120000Z"
     assert _code(wire, now=FROZEN + timedelta(minutes=20)) == "RequestTimeTooSkewed"
@@ -431,8 +442,12 @@ def test_path_left_unencoded_on_the_wire_but_encoded_in_signature() -> None:
         f"x-amz-content-sha256:{empty}\nx-amz-date:20261129T120000Z\n\n"
         f"host;x-amz-content-sha256;x-amz-date\n{empty}"
     )
-    headers = [("Host", "h"), ("x-amz-date", "20261129T120000Z"),
-               ("x-amz-content-sha256", empty), ("Authorization", _hand_signed(canonical))]
+    headers = [
+        ("Host", "h"),
+        ("x-amz-date", "20261129T120000Z"),
+        ("x-amz-content-sha256", empty),
+        ("Authorization", _hand_signed(canonical)),
+    ]
     Wire("GET", "/b/a!b(c)", "", headers, b"").verify()
     Wire("GET", "/b/a%21b%28c%29", "", headers, b"").verify()
     assert _code(Wire("GET", "/b/a!b(c)x", "", headers, b"")) == "SignatureDoesNotMatch"
@@ -477,16 +492,18 @@ def test_presigned_expires_limit() -> None:
 
 def test_presigned_tampered() -> None:
     wire = presigned("get_object", {"Bucket": "medusa-bkp", "Key": "k"})
-    assert _code(Wire(wire.method, wire.raw_path + "2", wire.raw_query, wire.headers, b"")) \
-        == "SignatureDoesNotMatch"
-    assert _code(Wire("PUT", wire.raw_path, wire.raw_query, wire.headers, b"")) \
-        == "SignatureDoesNotMatch"
+    assert _code(Wire(wire.method, wire.raw_path + "2", wire.raw_query, wire.headers, b"")) == "SignatureDoesNotMatch"
+    assert _code(Wire("PUT", wire.raw_path, wire.raw_query, wire.headers, b"")) == "SignatureDoesNotMatch"
     assert _code(wire, lookup=lambda a: None) == "InvalidAccessKeyId"
     both = wire.with_header("Authorization", "AWS4-HMAC-SHA256 Credential=x")
     assert _code(both) == "InvalidArgument"
-    missing = Wire(wire.method, wire.raw_path,
-                   "&".join(p for p in wire.raw_query.split("&") if "Expires" not in p),
-                   wire.headers, b"")
+    missing = Wire(
+        wire.method,
+        wire.raw_path,
+        "&".join(p for p in wire.raw_query.split("&") if "Expires" not in p),
+        wire.headers,
+        b"",
+    )
     assert _code(missing) == "AuthorizationQueryParametersError"
 
 

@@ -295,9 +295,7 @@ def test_list_buckets_empty() -> None:
 # --------------------------------------------------------------------------- small results
 
 
-@pytest.mark.parametrize(
-    ("region", "want"), [("us-east-1", ""), (None, ""), ("", ""), ("eu-west-1", "eu-west-1")]
-)
+@pytest.mark.parametrize(("region", "want"), [("us-east-1", ""), (None, ""), ("", ""), ("eu-west-1", "eu-west-1")])
 def test_location(region: str | None, want: str) -> None:
     body = s3xml.location(region)
     assert f'<LocationConstraint xmlns="{NS}">'.encode() in body
@@ -593,8 +591,7 @@ def test_parse_delete_variants() -> None:
     ns = f'<Delete xmlns="{NS}"><Quiet> False </Quiet><Object><Key>k</Key></Object></Delete>'.encode()
     assert s3xml.parse_delete(ns) == ([ObjectIdentifier("k")], False)
     prefixed = (
-        f'<s3:Delete xmlns:s3="{NS}"><s3:Quiet>TRUE</s3:Quiet>'
-        "<s3:Object><s3:Key>k</s3:Key></s3:Object></s3:Delete>"
+        f'<s3:Delete xmlns:s3="{NS}"><s3:Quiet>TRUE</s3:Quiet><s3:Object><s3:Key>k</s3:Key></s3:Object></s3:Delete>'
     )
     assert s3xml.parse_delete(prefixed.encode()) == ([ObjectIdentifier("k")], True)
 
