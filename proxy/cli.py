@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -26,15 +25,6 @@ def _load(path: str) -> Config:
         for problem in err.problems:
             print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-
-
-def _run(coro: object) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
-        asyncio.run(coro)  # type: ignore[arg-type]
-    else:
-        uvloop.run(coro)  # type: ignore[arg-type]
 
 
 def _preflight(config: Config) -> list[str]:
@@ -84,13 +74,13 @@ def _ready_to_start(config: Config) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.logs import setup_logging
-    from proxy.server import serve
+    from proxy.server import run, serve
 
     config = _load(args.config)
     if not _ready_to_start(config):
         return EXIT_CONFIG
     setup_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
-    _run(serve(config, config_path=args.config))
+    run(serve(config, config_path=args.config))
     return 0
 
 

@@ -31,11 +31,10 @@ def run_demo(port: int, workdir: str | None) -> int:
             file=sys.stderr,
         )
         return 2
-    from proxy.cli import _run
     from proxy.config import parse_config
     from proxy.keyfiles import generate_key_file
     from proxy.logs import setup_logging
-    from proxy.server import serve
+    from proxy.server import run, serve
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     work = Path(workdir or tempfile.mkdtemp(prefix="medusa-crypt-proxy-demo-"))
@@ -91,7 +90,7 @@ Stop with Ctrl-C.
     )
     setup_logging("text", "INFO")
     try:
-        _run(serve(config))
+        run(serve(config))
     finally:
         s3.stop()
     return 0

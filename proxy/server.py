@@ -9,7 +9,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -548,6 +548,16 @@ async def serve(
 
 # Settings SIGHUP applies; a change anywhere else needs a restart.
 _RELOADED = frozenset({"clients", "encryption.key_files"})
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run the daemon's coroutine to its end, on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:

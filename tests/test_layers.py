@@ -44,6 +44,49 @@ def test_the_format_is_pure() -> None:
                 assert top != "asyncio", f"{path.name} imports asyncio"
 
 
+#: What each layer must not import (module prefixes): a layer sees only those below it. Leaves
+#: (config, logs, metrics, cache, policy, conditions, manifest, keyfiles, tls) sit beside them.
+FORBIDDEN = {
+    "proxy.s3": (
+        "proxy.service",
+        "proxy.upstream",
+        "proxy.objects",
+        "proxy.server",
+        "proxy.cli",
+        "proxy.format",
+        "proxy.config",
+    ),
+    "proxy.rawget": ("proxy.",),
+    "proxy.upstream": ("proxy.service", "proxy.objects", "proxy.server", "proxy.cli", "proxy.format"),
+    "proxy.service": ("proxy.objects", "proxy.server", "proxy.cli", "proxy.format"),
+    "proxy.objects": ("proxy.server", "proxy.cli", "proxy.demo", "proxy.offline", "proxy.verify_bucket"),
+    "proxy.server": ("proxy.cli", "proxy.demo"),
+    "proxy.demo": ("proxy.cli",),
+}
+
+
+def layer_of(module: str) -> str | None:
+    return next((layer for layer in FORBIDDEN if module == layer or module.startswith(layer + ".")), None)
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layers_import_downwards(layer: str) -> None:
+    """Nothing imports what sits above it; nothing but ``proxy.__main__`` imports the command line."""
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        if layer_of(module) != layer:
+            continue
+        for name in imported(path):
+            bad = [prefix for prefix in FORBIDDEN[layer] if name.startswith(prefix) and not name.startswith(layer)]
+            assert not bad, f"{module} imports {name}"
+
+
+def test_only_main_imports_the_command_line() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.name not in ("__main__.py", "cli.py"):
+            assert not any(name == "proxy.cli" for name in imported(path)), f"{path} imports proxy.cli"
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_alone(module: str) -> None:
     """A fresh interpreter imports ``module`` first: a cycle that depends on another module having
