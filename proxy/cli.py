@@ -185,6 +185,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from proxy.format.errors import FormatError
+
+        if not isinstance(exc, OSError | ValueError | FormatError):
+            raise
+        # What an operator can fix (a missing file or directory, a bad key file, a damaged
+        # object, a port in use): one line naming it, no traceback. Messages carry no key material.
+        print(f"medusa-crypt-proxy {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

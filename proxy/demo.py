@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import socket
 import sys
 import tempfile
@@ -69,8 +70,7 @@ def run_demo(port: int, workdir: str | None) -> int:
             "logging": {"format": "text"},
         }
     )
-    print(
-        f"""\
+    banner = f"""\
 Demo: an in-memory S3 server on {endpoint} with bucket '{DEMO_BUCKET}', the proxy on
 http://127.0.0.1:{port}. Files in {work}. Point Medusa at the proxy with:
 
@@ -85,12 +85,12 @@ key_file = {credentials}
 
 or try: AWS_SHARED_CREDENTIALS_FILE={credentials} aws --endpoint-url http://127.0.0.1:{port} s3 ls s3://{DEMO_BUCKET}
 Stop with Ctrl-C.
-""",
-        flush=True,
-    )
+"""
     setup_logging("text", "INFO")
     try:
-        run(serve(config))
+        run(serve(config, on_ready=lambda: print(banner, flush=True)))
     finally:
         s3.stop()
+        if workdir is None:  # a temporary directory of its own: gone with the demo
+            shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -470,12 +470,15 @@ async def _health(http: web.Request, state: State) -> web.StreamResponse:
 
 
 async def serve(
-    config: Config, stop: asyncio.Event | None = None, config_path: str | os.PathLike[str] | None = None
+    config: Config,
+    stop: asyncio.Event | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then drain in-flight requests and exit.
 
     SIGHUP re-reads ``config_path`` (the file the daemon was started with) and applies its
-    client credentials and key files; see ``_reload``.
+    client credentials and key files; see ``_reload``. ``on_ready`` runs once the port is bound.
     """
     ALLOCATOR.limit_arenas()
     app = make_app(config)
@@ -498,16 +501,15 @@ async def serve(
         shutdown_timeout=CUT_TIMEOUT_SECONDS,
     )
     await runner.setup()
-    ssl_context = None
-    if config.tls is not None:
-        ssl_context = server_ssl_context(config.tls.cert_file, config.tls.key_file)
-    site = web.TCPSite(
-        runner,
-        config.listen.host,
-        config.listen.port,
-        ssl_context=ssl_context,
-    )
-    await site.start()
+    try:
+        ssl_context = None
+        if config.tls is not None:
+            ssl_context = server_ssl_context(config.tls.cert_file, config.tls.key_file)
+        site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=ssl_context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # the upstream clients close too: a port in use is one clean error line
+        raise
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -525,6 +527,8 @@ async def serve(
         config.upstream.endpoint_url or f"AWS S3 ({config.upstream.region})",
         extra={"event": "ready", "port": address[1]},
     )
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
     state: State = app["state"]
     state.draining = True

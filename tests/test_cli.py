@@ -189,3 +189,43 @@ cache: {{path: {blocker / "sub" / "cache.sqlite"}}}
     lines = done.stderr.strip().splitlines()
     assert any("not a Fernet key" in line for line in lines)
     assert any(line.startswith("medusa-crypt-proxy: cache: cannot create") for line in lines)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], command: str) -> str:
+    """The command failed with one readable line on stderr (warnings aside), no traceback."""
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "Unclosed" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith(f"medusa-crypt-proxy {command}: ")]
+    assert len(errors) == 1, done.stderr
+    return errors[0]
+
+
+def test_operator_mistakes_are_one_line(tmp_path: Path) -> None:
+    missing_dir = tmp_path / "no" / "such" / "k.key"
+    assert "No such file or directory" in one_line_error(cli("keygen", str(missing_dir)), "keygen")
+    key = tmp_path / "k.key"
+    cli("keygen", str(key))
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key\n")
+    garbage.chmod(0o600)
+    data = tmp_path / "object.bin"
+    data.write_bytes(payload(5000, 3))
+    line = one_line_error(cli("decrypt", "--key-file", str(garbage), str(data), str(tmp_path / "out")), "decrypt")
+    assert "not a Fernet key" in line and "not a key" not in line  # the file's content is never echoed
+    line = one_line_error(
+        cli("decrypt", "--key-file", str(key), str(tmp_path / "nothing"), str(tmp_path / "o")), "decrypt"
+    )
+    assert "nothing" in line
+    assert cli("decrypt", "--key-file", str(key), str(data), str(tmp_path / "out2")).returncode != 0
+
+
+def test_demo_on_a_port_in_use_says_so(tmp_path: Path) -> None:
+    """One line, no banner promising a proxy that is not there, nothing left open."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = cli("demo", "--port", str(taken.getsockname()[1]), "--workdir", str(tmp_path / "demo"))
+    assert "address already in use" in one_line_error(done, "demo")
+    assert "Point Medusa at the proxy" not in done.stdout
