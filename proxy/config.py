@@ -246,7 +246,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
 
 def _format_error(err: Mapping[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "config"
-    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = "unknown field" if err.get("type") == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
     return f"{where}: {msg}"
 
 

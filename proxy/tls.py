@@ -9,6 +9,7 @@ it is its own CA and names `localhost`, `127.0.0.1` and `::1`.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import ipaddress
 import os
 import ssl
@@ -74,6 +75,9 @@ def make_self_signed(
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = out / CERT_NAME, out / KEY_NAME
+    for existing in (cert_path, key_path):
+        if existing.exists():  # as keygen: a certificate in use is never replaced by accident
+            raise FileExistsError(errno.EEXIST, "exists; remove it first to make a new one", str(existing))
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -89,6 +89,7 @@ surprise: 1
     assert "Traceback" not in done.stderr
     assert any("listen.port" in line for line in lines)
     assert any("encryption" in line and "key file" in line for line in lines)
+    assert "medusa-crypt-proxy: config error: surprise: unknown field" in lines
 
 
 def test_check_config_not_yaml(tmp_path: Path) -> None:
@@ -229,3 +230,12 @@ def test_demo_on_a_port_in_use_says_so(tmp_path: Path) -> None:
         done = cli("demo", "--port", str(taken.getsockname()[1]), "--workdir", str(tmp_path / "demo"))
     assert "address already in use" in one_line_error(done, "demo")
     assert "Point Medusa at the proxy" not in done.stdout
+
+
+def test_tls_selfsigned_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    assert cli("tls-selfsigned", "--out", str(out)).returncode == 0
+    before = (out / "tls.key").read_bytes()
+    line = one_line_error(cli("tls-selfsigned", "--out", str(out)), "tls-selfsigned")
+    assert "exists" in line
+    assert (out / "tls.key").read_bytes() == before
