@@ -187,11 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         from proxy.format.errors import FormatError
+        from proxy.s3.errors import S3Error
 
-        if not isinstance(exc, OSError | ValueError | FormatError):
+        if not isinstance(exc, OSError | ValueError | FormatError | S3Error):
             raise
         # What an operator can fix (a missing file or directory, a bad key file, a damaged
-        # object, a port in use): one line naming it, no traceback. Messages carry no key material.
+        # object, a port in use, a bucket unreachable or refusing): one line naming it, no
+        # traceback. Messages carry no key material.
         print(f"medusa-crypt-proxy {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 1
 

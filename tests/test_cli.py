@@ -239,3 +239,32 @@ def test_tls_selfsigned_refuses_to_overwrite(tmp_path: Path) -> None:
     line = one_line_error(cli("tls-selfsigned", "--out", str(out)), "tls-selfsigned")
     assert "exists" in line
     assert (out / "tls.key").read_bytes() == before
+
+
+def test_verify_bucket_failures_are_one_line(upstream: Any, tmp_path: Path) -> None:
+    """No credentials, an unreachable upstream, a bucket that does not exist: one line each."""
+    config = write_config(
+        tmp_path,
+        f"upstream: {{endpoint_url: '{upstream.endpoint_url}', region: us-east-1, max_attempts: 1}}\n",
+    )
+    creds = {"AWS_ACCESS_KEY_ID": upstream.access_key, "AWS_SECRET_ACCESS_KEY": upstream.secret_key}
+    line = one_line_error(
+        cli("verify-bucket", "--config", str(config), "--bucket", "no-such-bucket-here", env=creds), "verify-bucket"
+    )
+    assert "no-such-bucket-here" in line or "NoSuchBucket" in line, line
+    dead = write_config(
+        tmp_path, "upstream: {endpoint_url: 'http://127.0.0.1:9', region: us-east-1, max_attempts: 1}\n"
+    )
+    assert "Could not connect" in one_line_error(
+        cli("verify-bucket", "--config", str(dead), "--bucket", "b", env=creds), "verify-bucket"
+    )
+    no_creds = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | no_creds
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "verify-bucket", "--config", str(config), "--bucket", "b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert "credentials" in one_line_error(done, "verify-bucket")
