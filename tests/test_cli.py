@@ -252,8 +252,9 @@ def test_verify_bucket_failures_are_one_line(upstream: Any, tmp_path: Path) -> N
         cli("verify-bucket", "--config", str(config), "--bucket", "no-such-bucket-here", env=creds), "verify-bucket"
     )
     assert "no-such-bucket-here" in line or "NoSuchBucket" in line, line
+    (tmp_path / "dead").mkdir()
     dead = write_config(
-        tmp_path, "upstream: {endpoint_url: 'http://127.0.0.1:9', region: us-east-1, max_attempts: 1}\n"
+        tmp_path / "dead", "upstream: {endpoint_url: 'http://127.0.0.1:9', region: us-east-1, max_attempts: 1}\n"
     )
     assert "Could not connect" in one_line_error(
         cli("verify-bucket", "--config", str(dead), "--bucket", "b", env=creds), "verify-bucket"
