@@ -34,11 +34,11 @@ def _preflight(config: Config) -> list[str]:
     problems = []
     if config.encryption.enabled:
         for what, files in (("key", config.encryption.key_files), ("seed key", config.encryption.seed_key_files)):
-            try:
-                if files:
-                    load_key_ring(files)
-            except (OSError, ValueError) as exc:
-                problems.append(f"{what} error: {exc}")
+            for path in files:  # each one: every bad file in one run
+                try:
+                    load_key_ring([path])
+                except (OSError, ValueError) as exc:
+                    problems.append(f"{what} error: {exc}")
         cache_dir = Path(config.cache.path).parent
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)

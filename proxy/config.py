@@ -256,11 +256,45 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(["config: the top level must be a mapping"])
-    data = _apply_env(data, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    data = _apply_env(data, environ)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+        problems = [_from_env(_format_error(e), e["loc"], environ) for e in exc.errors()]
+        raise ConfigError(problems + _unreadable_files(data, problems)) from None
+
+
+def _from_env(problem: str, loc: tuple[Any, ...], environ: Mapping[str, str]) -> str:
+    """``problem``, naming the environment variable its value came from, if one did."""
+    for depth in range(len(loc), 0, -1):
+        name = ENV_PREFIX + "__".join(str(part).upper() for part in loc[:depth])
+        if name in environ:
+            return f"{problem} (set by {name})"
+    return problem
+
+
+def _unreadable_files(data: Mapping[str, Any], problems: list[str]) -> list[str]:
+    """Key and secret files the config names that cannot be read, found even when other problems
+    stop validation before their own checks run: every problem in one run."""
+    named: list[tuple[str, Any]] = []
+    encryption = data.get("encryption")
+    if isinstance(encryption, dict):
+        for field in ("key_files", "seed_key_files"):
+            files = encryption.get(field)
+            if isinstance(files, list):
+                named += [(f"encryption.{field}.{i}", path) for i, path in enumerate(files)]
+    for section, entries in (("clients", data.get("clients")), ("upstream", [data.get("upstream")])):
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict) and isinstance(entry.get("secret_access_key_file"), str):
+                where = f"clients.{i}" if section == "clients" else "upstream"
+                named.append((f"{where}.secret_access_key_file", entry["secret_access_key_file"]))
+    found = []
+    for where, path in named:
+        if isinstance(path, str) and not os.access(path, os.R_OK) and not any(path in p for p in problems):
+            reason = "no such file" if not os.path.exists(path) else "not readable"
+            found.append(f"{where}: cannot read {path}: {reason}")
+    return found
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> Any:

@@ -19,6 +19,10 @@ __all__ = ["KeyFileError", "generate_key_file", "load_key_file", "load_key_ring"
 
 log = logging.getLogger(__name__)
 
+# (path, mode) of the loose key files warned about: a file is read several times (check-config's
+# preflight, then its key listing; every SIGHUP), its warning is given once.
+_WARNED: set[tuple[str, int]] = set()
+
 
 class KeyFileError(ValueError):
     """A key file is missing, unreadable or does not hold a Fernet key (no key material shown)."""
@@ -32,7 +36,8 @@ def load_key_file(path: str | os.PathLike[str]) -> MasterKey:
         data = p.read_bytes()
     except OSError as e:
         raise KeyFileError(f"cannot read key file {p}: {e.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and (str(p), st.st_mode) not in _WARNED:
+        _WARNED.add((str(p), st.st_mode))
         log.warning(
             "key file %s is accessible by group/other (mode %o); chmod 600 it",
             p,

@@ -269,3 +269,41 @@ def test_verify_bucket_failures_are_one_line(upstream: Any, tmp_path: Path) -> N
         env=env,
     )
     assert "credentials" in one_line_error(done, "verify-bucket")
+
+
+def test_check_config_tells_everything_at_once(tmp_path: Path) -> None:
+    """Schema problems, every unreadable key file and the variable a bad value came from, in one
+    run; a loose key file is warned about once."""
+    path = write_config(
+        tmp_path,
+        """
+clients: [{access_key_id: medusa, secret_access_key: s}]
+upstream: {endpoint_url: 'http://127.0.0.1:9', bogus: 1}
+encryption: {key_files: [/nonexistent/a.key, /nonexistent/b.key]}
+""",
+    )
+    done = cli("check-config", "--config", str(path), env={"MCP_LISTEN__PORT": "99999"})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2
+    assert any("listen.port" in line and "(set by MCP_LISTEN__PORT)" in line for line in lines), lines
+    assert any("upstream.bogus: unknown field" in line for line in lines), lines
+    assert sum("/nonexistent/" in line for line in lines) == 2, lines
+    key = tmp_path / "loose.key"
+    cli("keygen", str(key))
+    key.chmod(0o644)
+    good = write_config(
+        tmp_path,
+        f"""
+clients: [{{access_key_id: medusa, secret_access_key: s}}]
+upstream: {{endpoint_url: 'http://127.0.0.1:9'}}
+encryption: {{key_files: ['{key}', /nonexistent/c.key, /nonexistent/d.key]}}
+cache: {{path: '{tmp_path / "cache.sqlite"}'}}
+""",
+    )
+    done = cli("check-config", "--config", str(good))
+    assert done.returncode == 2
+    assert sum("/nonexistent/" in line for line in done.stderr.splitlines()) == 2, done.stderr
+    only_loose = write_config(tmp_path, good.read_text().replace(", /nonexistent/c.key, /nonexistent/d.key", ""))
+    done = cli("check-config", "--config", str(only_loose))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("chmod 600") == 1, done.stderr
