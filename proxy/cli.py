@@ -145,11 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the proxy")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--log-format", choices=["json", "text"], help="override logging.format")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", help="validate a config file and its keys, then exit")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="YAML config file to check")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("keygen", help="write a new Fernet key file (mode 0600) and print its key id")
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("demo", help="run the proxy in front of an embedded local S3 server")
-    p.add_argument("--port", type=int, default=8333)
+    p.add_argument("--port", type=int, default=8333, help="the proxy's port on 127.0.0.1 (default 8333)")
     p.add_argument("--workdir", help="where to keep the demo's key, config and cache")
     p.set_defaults(func=cmd_demo)
 

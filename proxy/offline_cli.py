@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def _files(source: str, target: str) -> Iterator[tuple[str, str]]:
+    """Paths for ``source`` and ``target``, where ``-`` is standard input or output: stdin is
+    spooled to a temporary file (decryption reads the trailer at the end first), stdout gets
+    the output only once it is complete (and so verified)."""
+    with tempfile.TemporaryDirectory(prefix="medusa-crypt-proxy-") as spool:
+        if source == "-":
+            source = os.path.join(spool, "input")
+            with open(source, "wb") as f:
+                shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        yield source, os.path.join(spool, "output") if target == "-" else target
+        if target == "-":
+            with open(os.path.join(spool, "output"), "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from proxy.keyfiles import load_key_ring
     from proxy.offline import encrypt_file
 
-    encrypt_file(load_key_ring(args.key_file), args.input, args.output, args.object_key)
+    keyring = load_key_ring(args.key_file)
+    with _files(args.input, args.output) as (source, target):
+        encrypt_file(keyring, source, target, args.object_key)
     return 0
 
 
@@ -20,8 +44,10 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from proxy.keyfiles import load_key_ring
     from proxy.offline import decrypt_file
 
+    keyring = load_key_ring(args.key_file)
     try:
-        decrypt_file(load_key_ring(args.key_file), args.input, args.output, args.object_key)
+        with _files(args.input, args.output) as (source, target):
+            decrypt_file(keyring, source, target, args.object_key)
     except FormatError as exc:
         print(f"medusa-crypt-proxy: {args.input}: {exc}", file=sys.stderr)
         return 1
@@ -38,7 +64,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"medusa-crypt-proxy: {args.input}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(info, indent=2, sort_keys=True))
-    return 0
+    # A damaged object (its trailer unreadable, or the old format's layout impossible) fails the
+    # command, so that scripts notice; the description above still says what was found.
+    return (
+        1 if info.get("trailer_error") or info.get("seed_layout_error") or info["classification"] == "tampered" else 0
+    )
 
 
 def cmd_verify_bucket(args: argparse.Namespace) -> int:
@@ -76,20 +106,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("encrypt", help="encrypt a file exactly as the proxy would store it")
     p.add_argument("--key-file", action="append", required=True, help="Fernet key file (first encrypts)")
     p.add_argument("--object-key", required=True, help="the S3 key the object will be stored under")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", help="the file to read, - for standard input")
+    p.add_argument("output", help="the file to write, - for standard output")
     p.set_defaults(func=cmd_encrypt)
 
     p = sub.add_parser("decrypt", help="decrypt an object downloaded from the bucket")
     p.add_argument("--key-file", action="append", required=True, help="Fernet key file (repeatable)")
     p.add_argument("--object-key", help="check the object was stored under this S3 key")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", help="the file to read, - for standard input")
+    p.add_argument("output", help="the file to write, - for standard output")
     p.set_defaults(func=cmd_decrypt)
 
     p = sub.add_parser("verify-bucket", help="check a bucket's backups against its manifests (key optional)")
     p.add_argument("--config", required=True, help="config file (only its upstream section is used)")
-    p.add_argument("--bucket", required=True)
+    p.add_argument("--bucket", required=True, help="the bucket Medusa's bucket_name names")
     p.add_argument("--prefix", default="", help="Medusa's storage prefix, with its trailing slash")
     p.add_argument("--backup", help="only this backup")
     p.add_argument(
@@ -101,5 +131,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_verify_bucket)
 
     p = sub.add_parser("inspect", help="show an object's format, key id, sizes and ETag (no key)")
-    p.add_argument("input")
+    p.add_argument("input", help="a stored object, as downloaded from the bucket")
     p.set_defaults(func=cmd_inspect)

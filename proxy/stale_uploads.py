@@ -278,7 +278,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="abort multipart uploads abandoned in the bucket (idle for --older-than; docs/OPERATIONS.md)",
     )
     p.add_argument("--config", required=True, help="the proxy's config file (its upstream section, its cache)")
-    p.add_argument("--bucket", required=True)
+    p.add_argument("--bucket", required=True, help="the bucket whose uploads are listed")
     p.add_argument("--prefix", default="", help="only uploads of keys under this prefix")
     p.add_argument(
         "--older-than",

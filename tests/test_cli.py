@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -307,3 +308,39 @@ cache: {{path: '{tmp_path / "cache.sqlite"}'}}
     done = cli("check-config", "--config", str(only_loose))
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("chmod 600") == 1, done.stderr
+
+
+def test_offline_tools_use_standard_streams(tmp_path: Path) -> None:
+    """``-`` reads standard input and writes standard output; a damaged object gives no byte on
+    standard output (it is written only once verified) and fails, as does ``inspect`` of it."""
+    key = tmp_path / "k.key"
+    cli("keygen", str(key))
+    data = payload(300_000, 4)
+
+    def run(*args: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "proxy", *args], input=stdin, capture_output=True, timeout=60)
+
+    stored = run("encrypt", "--key-file", str(key), "--object-key", "a/b", "-", "-", stdin=data)
+    assert stored.returncode == 0 and MARKER not in stored.stdout and len(stored.stdout) > len(data)
+    back = run("decrypt", "--key-file", str(key), "--object-key", "a/b", "-", "-", stdin=stored.stdout)
+    assert back.returncode == 0 and back.stdout == data
+    damaged = bytearray(stored.stdout)
+    damaged[len(damaged) // 2] ^= 1
+    bad = run("decrypt", "--key-file", str(key), "-", "-", stdin=bytes(damaged))
+    assert bad.returncode == 1 and bad.stdout == b"" and b"Traceback" not in bad.stderr
+    trailer_damaged = bytearray(stored.stdout)
+    trailer_damaged[-100] ^= 1
+    (tmp_path / "t.bin").write_bytes(trailer_damaged)
+    assert cli("inspect", str(tmp_path / "t.bin")).returncode == 1
+
+
+def test_every_command_and_option_has_help() -> None:
+    from proxy.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helped = {choice.dest for choice in commands._choices_actions if choice.help}
+    assert helped == set(commands.choices), set(commands.choices) - helped
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help"
