@@ -3,7 +3,13 @@
 #
 #   docker build -t medusa-crypt-proxy .
 #   docker run --read-only -v mcp-cache:/var/lib/medusa-crypt-proxy \
-#     -v /etc/medusa-crypt-proxy:/etc/medusa-crypt-proxy:ro -p 127.0.0.1:8333:8333 medusa-crypt-proxy
+#     -v /etc/medusa-crypt-proxy:/etc/medusa-crypt-proxy:ro \
+#     -e MCP_LISTEN__HOST=0.0.0.0 -p 127.0.0.1:8333:8333 medusa-crypt-proxy
+#
+# (The proxy listens on 127.0.0.1 by default, which inside a container is the container's own
+# loopback: MCP_LISTEN__HOST=0.0.0.0 lets the published port reach it, and -p 127.0.0.1:...
+# keeps it on the host's loopback. A Kubernetes sidecar shares the pod's loopback with Medusa
+# and keeps the default.)
 #
 # Everything the process writes goes to /var/lib/medusa-crypt-proxy (the metadata cache), so the
 # image runs with a read-only root filesystem. Config, keys and client secrets are mounted at
@@ -17,9 +23,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/medusa-crypt-proxy
-COPY pyproject.toml README* ./
+COPY pyproject.toml constraints.txt README* LICENSE ./
 COPY proxy ./proxy
-RUN /opt/medusa-crypt-proxy/bin/pip install --no-cache-dir . \
+# constraints.txt pins every dependency: the same sources give the same image.
+RUN /opt/medusa-crypt-proxy/bin/pip install --no-cache-dir -c constraints.txt . \
     && /opt/medusa-crypt-proxy/bin/medusa-crypt-proxy --version
 
 # ---- runtime: slim Python, the venv, a non-root user ----
