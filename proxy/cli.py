@@ -100,12 +100,47 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             "unencrypted objects under encrypted keys: "
             + (f"served when written before {cutoff.isoformat()}" if cutoff else "refused")
         )
+    if args.check_upstream:
+        from proxy.server import run
+
+        problems: list[str] = []
+        run(_check_upstream(config, problems))
+        if problems:
+            for line in problems:
+                print(f"medusa-crypt-proxy: upstream: {line}", file=sys.stderr)
+            return EXIT_CONFIG
     print(
         f"config ok: listening on {config.listen.host}:{config.listen.port}, "
         f"{len(config.clients)} client credential(s), upstream "
         f"{config.upstream.endpoint_url or 'AWS S3'}"
     )
     return 0
+
+
+async def _check_upstream(config: Config, problems: list[str]) -> None:
+    """Reach the bucket with the proxy's own credentials: each bucket a client is limited to must
+    answer HeadBucket, or, when none is named, ListBuckets must answer. Prints what answered."""
+    from proxy.s3.errors import S3Error
+    from proxy.upstream import Upstream
+
+    upstream = Upstream(config.upstream.model_copy(update={"max_attempts": 1}))
+    await upstream.start()
+    try:
+        buckets = sorted({bucket for client in config.clients for bucket in client.buckets})
+        for bucket in buckets:
+            try:
+                await upstream.call("head_bucket", Bucket=bucket)
+                print(f"upstream: bucket {bucket} reachable")
+            except S3Error as err:
+                problems.append(f"bucket {bucket}: {err.code} ({err.message})")
+        if not buckets:
+            try:
+                listed = await upstream.call("list_buckets")
+                print(f"upstream: reachable, {len(listed.get('Buckets', []))} bucket(s) listed")
+            except S3Error as err:
+                problems.append(f"ListBuckets: {err.code} ({err.message})")
+    finally:
+        await upstream.close()
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -150,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config file and its keys, then exit")
     p.add_argument("--config", required=True, help="YAML config file to check")
+    p.add_argument(
+        "--check-upstream",
+        action="store_true",
+        help="also reach the bucket with the upstream credentials (HeadBucket of each client's buckets)",
+    )
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("keygen", help="write a new Fernet key file (mode 0600) and print its key id")

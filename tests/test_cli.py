@@ -344,3 +344,30 @@ def test_every_command_and_option_has_help() -> None:
     for name, sub in commands.choices.items():
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings or action.dest}: no help"
+
+
+def test_check_config_can_reach_the_upstream(upstream: Any, bucket: str, tmp_path: Path) -> None:
+    """--check-upstream answers for the credentials and each bucket a client is limited to."""
+    key = tmp_path / "k.key"
+    cli("keygen", str(key))
+
+    def config(buckets: list[str], credentials: str) -> Path:
+        return write_config(
+            tmp_path,
+            f"""
+clients: [{{access_key_id: medusa, secret_access_key: s, buckets: {json.dumps(buckets)}}}]
+upstream: {{endpoint_url: '{upstream.endpoint_url}', addressing_style: path, {credentials}}}
+encryption: {{key_files: ['{key}']}}
+cache: {{path: '{tmp_path / "cache.sqlite"}'}}
+""",
+        )
+
+    good = f"access_key_id: {upstream.access_key}, secret_access_key: {upstream.secret_key}"
+    done = cli("check-config", "--config", str(config([bucket], good)), "--check-upstream")
+    assert done.returncode == 0, done.stderr
+    assert f"bucket {bucket} reachable" in done.stdout
+    done = cli("check-config", "--config", str(config([bucket, "no-such-bucket-x"], good)), "--check-upstream")
+    assert done.returncode == 2
+    problems = [line for line in done.stderr.splitlines() if line.startswith("medusa-crypt-proxy: upstream:")]
+    assert len(problems) == 1 and "no-such-bucket-x" in problems[0], done.stderr
+    assert "Traceback" not in done.stderr
