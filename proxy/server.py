@@ -170,7 +170,9 @@ async def _upstream_ready(state: State) -> bool:
         # A credential allowed to use a bucket but not to list buckets still proves the
         # endpoint answers and signs.
         if err.status != 403:
-            log.warning("readiness: upstream answered %s %s", err.status, err.code)
+            # The message tells a bucket's answer from the proxy's own failure to reach it (no
+            # credentials, connection refused), which are 503s too.
+            log.warning("readiness: upstream not ready: %s %s: %s", err.status, err.code, err.message)
             state.ready_at = 0.0
             return False
     state.ready_at = time.monotonic()
@@ -527,6 +529,12 @@ async def serve(
         config.upstream.endpoint_url or f"AWS S3 ({config.upstream.region})",
         extra={"event": "ready", "port": address[1]},
     )
+    if not app["state"].upstream.has_credentials():
+        log.warning(
+            "no upstream credentials: the AWS credential chain found none and the config names none; "
+            "every request to the bucket will fail (see upstream.access_key_id)",
+            extra={"event": "no_upstream_credentials"},
+        )
     if on_ready is not None:
         on_ready()
     await stop.wait()

@@ -305,6 +305,10 @@ class Upstream:
     async def close(self) -> None:
         await self._stack.aclose()
 
+    def has_credentials(self) -> bool:
+        """Whether the credential chain (or the config) gave the client any credentials."""
+        return self.client._request_signer._credentials is not None
+
     async def _signed(
         self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str]
     ) -> SignedRequest | None:

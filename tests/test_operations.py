@@ -421,6 +421,21 @@ def test_readiness_follows_the_upstream(make_proxy: Callable[..., ProxyProcess],
         own.stop()
 
 
+def test_no_upstream_credentials_is_said_at_start(make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> None:
+    """Without credentials the proxy still starts (the chain may find some later: a role), but
+    says so at once, and /readyz names the cause rather than a 503 the bucket never sent."""
+    nowhere = str(tmp_path / "none")
+    env = {"AWS_SHARED_CREDENTIALS_FILE": nowhere, "AWS_CONFIG_FILE": nowhere, "AWS_EC2_METADATA_DISABLED": "true"}
+    proxy = make_proxy(start=False, env=env)
+    proxy.config["upstream"] = {
+        k: v for k, v in proxy.config["upstream"].items() if k not in ("access_key_id", "secret_access_key")
+    }
+    proxy.start()
+    assert "no upstream credentials" in proxy.log_text()
+    assert http_status(proxy.endpoint_url + "/readyz", timeout=10) == 503
+    wait_for(lambda: "Unable to locate credentials" in proxy.log_text(), what="the readiness line naming the cause")
+
+
 # ------------------------------------------------------------------------------------
 # SIGHUP
 # ------------------------------------------------------------------------------------
