@@ -13,35 +13,28 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from typing import TYPE_CHECKING
 
 from proxy.format import keys as _keys
 from proxy.format.constants import (
     BLOCK_SIZE,
     CHUNK_SIZE,
     FERNET_VERSION,
-    HEADER_SIZE,
-    HMAC_SIZE,
     MAX_TRAILER_RECORD,
     MIN_CHUNK_L,
     RECORD_OVERHEAD,
     SALT_SIZE,
     SINGLE_PUT_PART_NUMBER,
-    TOKEN_PREFIX_SIZE,
     TRAILER_FIXED_SIZE,
     TRAILER_MAGIC,
     max_chunk_l,
 )
 from proxy.format.errors import FormatError, TamperedError, TruncatedError
 from proxy.format.layout import Layout, RecordRef, StoredRange, chunk_count
-from proxy.format.token import open_record_into, record_geometry, seal_record_into
+from proxy.format.token import RecordSealer, open_record_into, record_geometry, seal_record_into, write_length
 from proxy.format.trailer import Trailer, encode_trailer
 
 if TYPE_CHECKING:
@@ -60,9 +53,6 @@ __all__ = [
 ]
 
 Buffer = bytes | bytearray | memoryview
-_PREFIX = struct.Struct(">IBQ")  # record L, version, timestamp (as in proxy.format.token)
-_BINDING = struct.Struct(">II")  # part number, chunk index
-_PADS = [bytes([p]) * p for p in range(17)]
 #: Largest object ObjectDecryptor decrypts without knowing its keys up front (it must hold
 #: the records until the trailer names the salt).
 DEFAULT_MAX_BUFFER = 256 * 1024 * 1024
@@ -138,8 +128,7 @@ class PartEncryptor:
         # write position and the plaintext bytes in it.
         self._rec: bytearray | None = None
         self._rmv: memoryview | None = None
-        self._cbc: Any = None
-        self._mac: Any = None
+        self._sealer = RecordSealer()
         self._w = 0
         self._plen = 0
         self._md5 = hashlib.md5()
@@ -181,47 +170,27 @@ class PartEncryptor:
         return mv
 
     def _start_record(self, o: memoryview, L: int) -> int:
-        """Write the record's length field ``L``, token prefix, IV and encrypted binding header
-        into ``o``, and start its CBC and HMAC; bytes written."""
-        iv = self._iv(16)
-        _PREFIX.pack_into(o, 0, L, FERNET_VERSION, self._clock())
-        o[13:29] = iv
-        self._cbc = Cipher(algorithms.AES(self._ek), modes.CBC(iv)).encryptor()
-        w = 4 + TOKEN_PREFIX_SIZE
-        w += self._cbc.update_into(_BINDING.pack(self.part_number, self._chunks), o[w:])
-        self._mac = hmac.HMAC(self._sk, hashes.SHA256())
-        self._mac.update(o[4:w])
-        return w
+        """Start the next chunk's record at ``o`` (proxy.format.token.RecordSealer); bytes written."""
+        return self._sealer.start(o, L, self._sk, self._ek, self.part_number, self._chunks, self._iv(16), self._clock())
 
     def _seal_record(self, o: memoryview, m: int) -> int:
-        """Pad and finish the open record of ``m`` plaintext bytes into ``o`` (its HMAC and zero
-        filler), and count it; bytes written."""
-        w = self._cbc.update_into(_PADS[BLOCK_SIZE - (m + HEADER_SIZE) % BLOCK_SIZE], o)
-        self._cbc.finalize()
-        self._mac.update(o[:w])
-        o[w : w + HMAC_SIZE] = self._mac.finalize()
-        end = w + HMAC_SIZE
-        k = record_geometry(m)[2]
-        o[end : end + k] = bytes(k)
-        self._cbc = self._mac = None
+        """Finish the open record of ``m`` plaintext bytes into ``o``, and count it; bytes written."""
+        end = self._sealer.finish(o, m)
         self._plen = 0
         self._chunks += 1
         self._stored += RECORD_OVERHEAD + m
-        return end + k
+        return end
 
     def _add(self, mv: memoryview, data: memoryview) -> None:
         """Encrypt ``data`` (at most what the open chunk still takes) into the open record."""
-        w = self._w
-        w2 = w + self._cbc.update_into(data, mv[w:])
-        self._mac.update(mv[w:w2])
-        self._w = w2
+        self._w += self._sealer.add(data, mv[self._w :])
         self._plen += len(data)
 
     def _close(self) -> bytearray:
         """Pad, authenticate and return the open record (``RECORD_OVERHEAD + m`` bytes)."""
         rec, mv, m = self._rec, self._rmv, self._plen
         assert rec is not None and mv is not None
-        mv[0:4] = record_geometry(m)[0].to_bytes(4, "big")  # known only now: the last chunk is short
+        write_length(mv, m)  # known only now: the last chunk is short
         size = self._w + self._seal_record(mv[self._w :], m)
         assert size == RECORD_OVERHEAD + m
         mv.release()
@@ -238,12 +207,11 @@ class PartEncryptor:
         o = memoryview(out)
         w = pos = 0
         while pos < n:
-            if self._cbc is None:
+            if not self._sealer.is_open:
                 w += self._open_sized(o[w:])
             take = min(self._m - self._plen, n - pos)
-            w2 = w + self._cbc.update_into(mv[pos : pos + take], o[w:])
-            self._mac.update(o[w:w2])
-            w, pos = w2, pos + take
+            w += self._sealer.add(mv[pos : pos + take], o[w:])
+            pos += take
             self._plen += take
             if self._plen == self._m:
                 w += self._seal_record(o[w:], self._m)

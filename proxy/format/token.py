@@ -13,6 +13,7 @@ import os
 import struct
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac
@@ -30,12 +31,14 @@ from proxy.format.constants import (
 from proxy.format.errors import TamperedError
 
 __all__ = [
+    "RecordSealer",
     "decrypt_token",
     "encrypt_token",
     "open_record_into",
     "record_geometry",
     "seal_record",
     "seal_record_into",
+    "write_length",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -113,6 +116,71 @@ def decrypt_token(signing_key: bytes, encryption_key: bytes, token: Buffer) -> b
 # --------------------------------------------------------------------------- chunk records
 
 
+class RecordSealer:
+    """One chunk record being written, the only code that lays one out (docs/FORMAT.md,
+    "Records"): ``start`` writes the length field, token prefix, IV and the encrypted binding
+    header; ``add`` encrypts plaintext as it arrives (CBC and the HMAC are both incremental);
+    ``finish`` pads, authenticates and writes the zero filler."""
+
+    __slots__ = ("_cbc", "_mac")
+
+    def __init__(self) -> None:
+        self._cbc: Any = None
+        self._mac: Any = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a record is started and not yet finished."""
+        return self._cbc is not None
+
+    def start(
+        self,
+        out: memoryview,
+        L: int,
+        signing_key: bytes,
+        encryption_key: bytes,
+        part_number: int,
+        chunk_index: int,
+        iv: bytes,
+        timestamp: int,
+    ) -> int:
+        """Write the record's head at ``out[0:]``; bytes written. ``L`` may be 0 and written later
+        (``write_length``) when the chunk's size is not known yet."""
+        _PREFIX.pack_into(out, 0, L, FERNET_VERSION, timestamp)
+        out[13:29] = iv
+        self._cbc = Cipher(algorithms.AES(encryption_key), modes.CBC(iv)).encryptor()
+        w = 4 + TOKEN_PREFIX_SIZE
+        w += self._cbc.update_into(_HEADER.pack(part_number, chunk_index), out[w:])
+        self._mac = hmac.HMAC(signing_key, _sha256())
+        self._mac.update(out[4:w])
+        return w
+
+    def add(self, piece: Buffer, out: memoryview) -> int:
+        """Encrypt ``piece`` into ``out[0:]``; bytes written."""
+        w: int = self._cbc.update_into(piece, out)
+        self._mac.update(out[:w])
+        return w
+
+    def finish(self, out: memoryview, m: int) -> int:
+        """Pad and close a record of ``m`` plaintext bytes into ``out[0:]``: the last cipher
+        block, the HMAC and the zero filler; bytes written."""
+        w = self._cbc.update_into(_PADS[BLOCK_SIZE - (m + HEADER_SIZE) % BLOCK_SIZE], out)
+        self._cbc.finalize()
+        self._mac.update(out[:w])
+        out[w : w + HMAC_SIZE] = self._mac.finalize()
+        end = w + HMAC_SIZE
+        k = record_geometry(m)[2]
+        if k:
+            out[end : end + k] = bytes(k)
+        self._cbc = self._mac = None
+        return end + k
+
+
+def write_length(out: memoryview, m: int) -> None:
+    """The length field of a record whose ``m`` plaintext bytes are known only at its end."""
+    out[0:4] = record_geometry(m)[0].to_bytes(4, "big")
+
+
 def seal_record_into(
     out: memoryview,
     signing_key: bytes,
@@ -129,25 +197,14 @@ def seal_record_into(
     Pieces avoid concatenating a held-back tail with new input: CBC takes them in turn.
     Returns the record size (85 + m).
     """
-    L, tl, k = record_geometry(m)
-    _PREFIX.pack_into(out, 0, L, FERNET_VERSION, timestamp)
-    out[13:29] = iv
-    enc = Cipher(algorithms.AES(encryption_key), modes.CBC(iv)).encryptor()
-    w = 4 + TOKEN_PREFIX_SIZE
-    w += enc.update_into(_HEADER.pack(part_number, chunk_index), out[w:])
+    sealer = RecordSealer()
+    w = sealer.start(out, record_geometry(m)[0], signing_key, encryption_key, part_number, chunk_index, iv, timestamp)
     for piece in pieces:
         if len(piece):
-            w += enc.update_into(piece, out[w:])
-    w += enc.update_into(_PADS[BLOCK_SIZE - (m + HEADER_SIZE) % BLOCK_SIZE], out[w:])
-    enc.finalize()
-    h = hmac.HMAC(signing_key, _sha256())
-    h.update(out[4:w])
-    out[w : w + HMAC_SIZE] = h.finalize()
-    end = w + HMAC_SIZE
-    if k:
-        out[end : end + k] = bytes(k)
-    assert end - 4 == tl and end + k == RECORD_OVERHEAD + m
-    return RECORD_OVERHEAD + m
+            w += sealer.add(piece, out[w:])
+    w += sealer.finish(out[w:], m)
+    assert w == RECORD_OVERHEAD + m
+    return w
 
 
 def seal_record(
