@@ -11,7 +11,7 @@ Nothing here ever receives key material: `set_build_info` takes key *ids* only.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -65,15 +65,7 @@ TimeoutKind = Literal[
     "client_send",
     "client_idle",
 ]
-TIMEOUT_KINDS: tuple[TimeoutKind, ...] = (
-    "upstream_connect",
-    "upstream_read",
-    "upstream_deadline",
-    "client_header",
-    "client_body",
-    "client_send",
-    "client_idle",
-)
+TIMEOUT_KINDS: tuple[TimeoutKind, ...] = get_args(TimeoutKind)
 IntegrityKind = Literal[
     "tampered",
     "truncated",
