@@ -20,7 +20,7 @@ from proxy import __version__
 from proxy.config import ClientCredential, Config, ConfigError, load_config
 from proxy.logs import log_request
 from proxy.metrics import Metrics
-from proxy.objects import build_encrypted_service
+from proxy.objects import build_service
 from proxy.s3.body import PIECE
 from proxy.s3.errors import S3Error
 from proxy.s3.frontend import Frontend
@@ -225,7 +225,7 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
         upstream = Upstream(config.upstream, metrics)
     elif upstream.metrics is None:
         upstream.metrics = metrics
-    service = build_encrypted_service(config, upstream, metrics)
+    service = build_service(config, upstream, metrics)
     observe = _observer(metrics)
     frontend = Frontend(
         service,

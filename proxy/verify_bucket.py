@@ -39,7 +39,7 @@ from proxy.format.seed import SeedDecryptor, fernet_keys_from_ring, seed_plainte
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keyfiles import load_key_ring
 from proxy.manifest import SOURCE_MD5, SOURCE_SIZE, NotAManifest, iter_entries
-from proxy.objects.core import read_range, tail_spec
+from proxy.objects.views import read_range, tail_spec
 from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
 

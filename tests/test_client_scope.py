@@ -32,7 +32,7 @@ from proxy.s3.api import Request
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import SCOPED_OPERATIONS, ClientScope, Route, check_scope, route
 from proxy.server import client_scopes
-from proxy.service import PassthroughService
+from proxy.objects.passthrough import PassthroughService
 from tests.conftest import MEDUSA_CLIENT_CONFIG
 from tests.servers import REGION, ProxyProcess, S3Server
 

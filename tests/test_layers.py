@@ -48,7 +48,6 @@ def test_the_format_is_pure() -> None:
 #: (config, logs, metrics, cache, policy, conditions, manifest, keyfiles, tls) sit beside them.
 FORBIDDEN = {
     "proxy.s3": (
-        "proxy.service",
         "proxy.upstream",
         "proxy.objects",
         "proxy.server",
@@ -57,8 +56,14 @@ FORBIDDEN = {
         "proxy.config",
     ),
     "proxy.rawget": ("proxy.",),
-    "proxy.upstream": ("proxy.service", "proxy.objects", "proxy.server", "proxy.cli", "proxy.format"),
-    "proxy.service": ("proxy.objects", "proxy.server", "proxy.cli", "proxy.format"),
+    "proxy.upstream": ("proxy.objects", "proxy.server", "proxy.cli", "proxy.format"),
+    # The code for each kind of key is handed requests by proxy.objects.service and never calls
+    # back into it; passthrough knows nothing of the format or of the other kinds.
+    "proxy.objects.passthrough": ("proxy.objects.", "proxy.server", "proxy.cli", "proxy.format"),
+    "proxy.objects.views": ("proxy.objects.service", "proxy.objects.encrypted", "proxy.objects.manifests"),
+    "proxy.objects.encrypted": ("proxy.objects.service", "proxy.objects.manifests", "proxy.objects.multipart"),
+    "proxy.objects.manifests": ("proxy.objects.service", "proxy.objects.multipart"),
+    "proxy.objects.multipart": ("proxy.objects.service", "proxy.objects.encrypted", "proxy.objects.manifests"),
     "proxy.objects": ("proxy.server", "proxy.cli", "proxy.demo", "proxy.offline", "proxy.verify_bucket"),
     "proxy.server": ("proxy.cli", "proxy.demo"),
     "proxy.demo": ("proxy.cli",),
@@ -66,7 +71,9 @@ FORBIDDEN = {
 
 
 def layer_of(module: str) -> str | None:
-    return next((layer for layer in FORBIDDEN if module == layer or module.startswith(layer + ".")), None)
+    """The most specific layer ``module`` belongs to."""
+    layers = [layer for layer in FORBIDDEN if module == layer or module.startswith(layer + ".")]
+    return max(layers, key=len, default=None)
 
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
@@ -77,7 +84,11 @@ def test_layers_import_downwards(layer: str) -> None:
         if layer_of(module) != layer:
             continue
         for name in imported(path):
-            bad = [prefix for prefix in FORBIDDEN[layer] if name.startswith(prefix) and not name.startswith(layer)]
+            bad = [
+                prefix
+                for prefix in FORBIDDEN[layer]
+                if name.startswith(prefix) and not (name == layer or name.startswith(layer + "."))
+            ]
             assert not bad, f"{module} imports {name}"
 
 
@@ -103,9 +114,23 @@ def test_the_front_end_does_not_load_the_upstream() -> None:
     code = (
         "import sys, proxy.s3.frontend; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'aiobotocore') "
-        "or m in ('proxy.upstream', 'proxy.service', 'proxy.objects')))"
+        "or m in ('proxy.upstream', 'proxy.objects')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_services_are_composed_not_inherited() -> None:
+    """The service hands each request to the code for its key's kind: no class of
+    ``proxy.objects`` extends another one (an inheritance chain hid which code served a key)."""
+    import ast
+
+    for path in (PACKAGE / "objects").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = [ast.unparse(base) for base in node.bases]
+                assert all(base in ("Exception", "S3Error", "Protocol") for base in bases), (
+                    f"{path.name}: {node.name}({', '.join(bases)})"
+                )

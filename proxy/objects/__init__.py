@@ -1,6 +1,5 @@
-"""Encrypted objects: the view (core), manifests, multipart uploads and the service."""
+"""What the proxy does to an object: the service (``service``) and the code for each kind of key."""
 
-from proxy.objects.core import read_trailer
-from proxy.objects.encrypted import EncryptedService, build_encrypted_service
+from proxy.objects.service import ObjectService, build_service
 
-__all__ = ["EncryptedService", "build_encrypted_service", "read_trailer"]
+__all__ = ["ObjectService", "build_service"]

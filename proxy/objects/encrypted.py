@@ -6,14 +6,11 @@ of the plaintext; the stored format is ``proxy.format``'s.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import Any
 
-from proxy.cache import CachedView, StateStore, version_of
 from proxy.conditions import check_conditions, parse_range
-from proxy.config import Config
 from proxy.format.codec import (
     PartEncryptor,
     PartInfo,
@@ -28,11 +25,8 @@ from proxy.format.seed import (
     seed_stored_range,
 )
 from proxy.format.trailer import Trailer
-from proxy.keyfiles import load_key_ring
-from proxy.metrics import Metrics
-from proxy.objects.core import IntegrityRefusal, ObjectChanged, View, cached_view, if_match, mark_damaged
-from proxy.objects.manifests import ManifestObjects
-from proxy.objects.multipart import MultipartObjects
+from proxy.objects.passthrough import SMALL_BODY, request_body, visible_headers
+from proxy.objects.views import ObjectChanged, View, Views, if_match
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request, parse_copy_source
 from proxy.s3.errors import S3Error
@@ -43,93 +37,24 @@ from proxy.s3.headers import (
     reject_sse_c,
     response_override_params,
 )
-from proxy.service import SMALL_BODY, PassthroughService, visible_headers
-from proxy.upstream import Upstream
 
 
-class EncryptedService(ManifestObjects, MultipartObjects):
-    """Every S3 operation with the encryption policy applied."""
+class EncryptedObjects:
+    """HEAD, GET, PUT and copy of the keys stored in the object format."""
 
-    async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
-        """Replace stored sizes and ETags with the plaintext view, resolving misses concurrently.
-
-        An entry that fails verification does not fail the page: it is listed as ``DAMAGED``
-        (a size and ETag no object can have), so Medusa's verify names it and a differential
-        backup uploads the file again; GET and HEAD of it stay refused.
-        """
-        manifests = [entry for entry in contents if self.policy.is_manifest(entry["Key"])]
-        wanted = [entry for entry in contents if self.policy.encrypts(entry["Key"])]
-        for entry in manifests:
-            try:
-                view, _ = await self._manifest_view(
-                    bucket, entry["Key"], entry.get("ETag", ""), int(entry.get("Size", 0)), entry.get("LastModified")
-                )
-            except IntegrityRefusal:
-                mark_damaged(entry)
-                continue
-            entry["Size"], entry["ETag"] = view.size, quote_etag(view.etag)
-        if not wanted:
-            return
-
-        def version(entry: dict[str, Any]) -> str:
-            return version_of(entry.get("ETag"), int(entry.get("Size", 0)), entry.get("LastModified"))
-
-        cached = await self.store.get_views(bucket, [(e["Key"], version(e)) for e in wanted])
-        learned: list[tuple[str, str, CachedView]] = []
-
-        async def resolve(entry: dict[str, Any]) -> None:
-            hit = cached.get((entry["Key"], version(entry)))
-            self.metrics.cache_lookup(hit=hit is not None)
-            try:
-                if hit is not None:
-                    self.recheck_legacy(entry["Key"], hit.kind, entry.get("LastModified"))
-                else:
-                    view = await self._inspect(
-                        bucket,
-                        entry["Key"],
-                        entry.get("ETag", ""),
-                        int(entry.get("Size", 0)),
-                        entry.get("LastModified"),
-                    )
-                    hit = cached_view(view)
-                    learned.append((entry["Key"], version(entry), hit))
-            except IntegrityRefusal:
-                mark_damaged(entry)
-                return
-            entry["Size"], entry["ETag"] = hit.size, quote_etag(hit.etag)
-
-        await asyncio.gather(*(resolve(entry) for entry in wanted))
-        await self.store.put_views(bucket, learned)
+    def __init__(self, views: Views) -> None:
+        self.views = views
+        self.upstream = views.upstream
+        self.policy = views.policy
 
     # --- reads ---------------------------------------------------------------------------
 
     async def head_object(self, request: Request) -> Reply:
-        bucket, key = request.bucket or "", request.key or ""
-        if self.policy.is_manifest(key):
-            reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
-            view, _ = await self._manifest_view(
-                bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)), reply.get("LastModified")
-            )
-        elif not self.policy.encrypts(key):
-            return await super().head_object(request)
-        else:
-            reply, view = await self._head(bucket, key)
-        check_conditions(request.headers, view.etag, reply["LastModified"])
-        headers = visible_headers(reply)
-        headers["ETag"] = quote_etag(view.etag)
-        headers["Content-Length"] = str(view.size)
-        headers["Accept-Ranges"] = "bytes"
-        headers.pop("x-amz-mp-parts-count", None)
-        return Reply(200, headers, b"", view.size)
+        reply, view = await self.views.head(request.bucket or "", request.key or "")
+        return head_reply(request, reply, view)
 
     async def get_object(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
-        if self.policy.is_manifest(key):
-            served = await self._get_manifest(request, bucket, key)
-            if served is not None:
-                return served  # else: stored as an encrypted object, served as one below
-        elif not self.policy.encrypts(key):
-            return await super().get_object(request)
         if request.query.get("partNumber"):
             raise S3Error("NotImplemented", "GET by partNumber is not supported for encrypted objects", 501)
         for _ in range(_GET_ATTEMPTS - 1):
@@ -142,7 +67,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
 
     async def _get_current(self, request: Request, bucket: str, key: str) -> Reply:
         """GET of the version the HEAD found; _Overwritten if another replaced it before the GET."""
-        head, view = await self._head(bucket, key)
+        head, view = await self.views.head(bucket, key)
         check_conditions(request.headers, view.etag, head["LastModified"])
         wanted = parse_range(request.headers.get("range"), view.size)
         params: dict[str, Any] = {"Bucket": bucket, "Key": key, **if_match(head.get("ETag", ""))}
@@ -155,19 +80,21 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             return self._get_reply(reply, view, wanted, pieces)
         decryptor: Any
         if wanted is None:
-            decryptor = self._whole_decryptor(key, view)
+            decryptor = self.views.whole_decryptor(key, view)
         elif view.kind == "seed":
             seed_range = seed_stored_range(wanted.first, wanted.last, int(head["ContentLength"]))
             params["Range"] = seed_range.http_range
-            decryptor = SeedRangeDecryptor(self.seed_keys, seed_range)
+            decryptor = SeedRangeDecryptor(self.views.seed_keys, seed_range)
         else:
             assert view.trailer is not None
             stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
             params["Range"] = stored.http_range
-            decryptor = RangeDecryptor(self.keyring, view.trailer, stored, self.written_as(key, view.trailer))
+            decryptor = RangeDecryptor(
+                self.views.keyring, view.trailer, stored, self.views.written_as(key, view.trailer)
+            )
         with _overwritten_on_refusal():
             reply, pieces = await self._stored_stream(params, view)
-            plaintext = await _started(self._decrypting(bucket, key, head, pieces, decryptor))
+            plaintext = await _started(self.views.decrypting(bucket, key, head, pieces, decryptor))
         return self._get_reply(reply, view, wanted, plaintext)
 
     async def _stored_stream(self, params: dict[str, Any], view: View) -> tuple[dict[str, Any], AsyncIterator[Any]]:
@@ -199,30 +126,27 @@ class EncryptedService(ManifestObjects, MultipartObjects):
     # --- writes --------------------------------------------------------------------------
 
     async def put_object(self, request: Request) -> Reply:
-        key = request.key or ""
-        if self.policy.is_manifest(key):
-            return await self._put_manifest(request, request.bucket or "", key)
-        if not self.policy.encrypts(key):
-            return await super().put_object(request)
         reject_sse_c(request.headers)
-        body = self._body(request)
+        body = request_body(request)
         if body.length is None:
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-        etag = await self._put_encrypted(request.bucket or "", key, body, body.length, object_params(request.headers))
+        etag = await self.put_stream(
+            request.bucket or "", request.key or "", body, body.length, object_params(request.headers)
+        )
         return Reply(200, {"ETag": quote_etag(etag)})
 
-    async def _put_encrypted(
+    async def put_stream(
         self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any]
     ) -> str:
         """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the plaintext ETag."""
-        master = self.keyring.primary
+        master = self.views.keyring.primary
         salt = new_salt()
         encryptor = PartEncryptor(derive_object_keys(master, salt), 1, part_size=length)
         trailer_len = len(build_trailer(master, salt, key, [PartInfo(1, length, bytes(16))], single_put=True))
         stored_size = part_stored_size(length) + trailer_len
 
         async def stored() -> AsyncIterator[Chunk]:
-            async for records in self._encrypting(encryptor, source):
+            async for records in self.views.encrypting(encryptor, source):
                 yield records
                 del records
             last = encryptor.finish()
@@ -231,7 +155,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             )
             yield last + trailer
 
-        params = self._with_hint(params, master)
+        params = self.views.with_hint(params, master)
         if length <= SMALL_BODY:
             payload = b"".join([piece async for piece in stored()])
             reply = await self.upstream.fast_put(bucket, key, payload, params) or await self.upstream.call(
@@ -245,36 +169,24 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         trailer = Trailer.from_tail(
             build_trailer(master, salt, key, [PartInfo(1, length, encryptor.md5)], single_put=True)
         )
-        await self._remember_written(
+        await self.views.remember_written(
             bucket, key, reply.get("ETag", ""), stored_size, View("encrypted", length, etag, trailer)
         )
         return etag
 
     async def copy_object(self, request: Request) -> Reply:
+        """A copy from or to an encrypted key (neither a manifest): a verified read of the
+        source's plaintext, written as the destination's kind asks."""
         bucket, key = request.bucket or "", request.key or ""
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
-        if self.policy.is_manifest(key) or self.policy.is_manifest(src_key):
-            return await self._copy_manifest(request, src_bucket, src_key)
-        if not self.policy.encrypts(key) and not self.policy.encrypts(src_key):
-            return await super().copy_object(request)
         reject_sse_c(request.headers)
         head, view = (
-            (await self._head(src_bucket, src_key, full=True))
+            (await self.views.head(src_bucket, src_key, full=True))
             if self.policy.encrypts(src_key)
             else await self._plain_head(src_bucket, src_key)
         )
-        conditions = {
-            name[len("x-amz-copy-source-") :]: value
-            for name, value in request.headers.items()
-            if name.lower().startswith("x-amz-copy-source-if-")
-        }
-        try:
-            check_conditions({k.lower(): v for k, v in conditions.items()}, view.etag, head["LastModified"])
-        except S3Error as err:
-            if err.status != 304:
-                raise
-            # A copy has no "not modified": S3 answers every failed copy-source condition with 412.
-            raise S3Error("PreconditionFailed") from None
+        with copy_source_conditions():
+            check_conditions(copy_source_condition_headers(request), view.etag, head["LastModified"])
         if request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
             params = object_params(request.headers)
         else:
@@ -283,7 +195,7 @@ class EncryptedService(ManifestObjects, MultipartObjects):
                 params["StorageClass"] = request.headers["x-amz-storage-class"]
         plaintext = await self._plaintext_stream(src_bucket, src_key, head, view)
         if self.policy.encrypts(key):
-            etag = await self._put_encrypted(bucket, key, plaintext, view.size, params)
+            etag = await self.put_stream(bucket, key, plaintext, view.size, params)
         else:
             reply = await self.upstream.send_stream(
                 "put_object", plaintext, view.size, Bucket=bucket, Key=key, **params
@@ -291,37 +203,6 @@ class EncryptedService(ManifestObjects, MultipartObjects):
             etag = reply.get("ETag", "")
         done = await self.upstream.call("head_object", Bucket=bucket, Key=key)
         return Reply.xml(xml.copy_object_result(quote_etag(etag), done["LastModified"]))
-
-    async def _copy_manifest(self, request: Request, src_bucket: str, src_key: str) -> Reply:
-        """A manifest's seal names its key, so a copy is a read of the source as Medusa wrote it
-        (verified) and a PUT of that to the destination (sealed for it); the copy-source
-        conditions apply to the source as a GET's own would."""
-        conditions = {
-            name[len("x-amz-copy-source-") :].lower(): value
-            for name, value in request.headers.items()
-            if name.lower().startswith("x-amz-copy-source-if-")
-        }
-        read = Request("GetObject", src_bucket, src_key, {}, conditions, scope=request.scope)
-        try:
-            source = await self.get_object(read)
-        except S3Error as err:
-            if err.status != 304:
-                raise
-            raise S3Error("PreconditionFailed") from None  # a copy has no "not modified"
-        headers = {k: v for k, v in request.headers.items() if not k.lower().startswith("x-amz-copy-source")}
-        if request.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
-            headers.update(
-                {
-                    k: v
-                    for k, v in source.headers.items()
-                    if k.lower() == "content-type" or k.lower().startswith("x-amz-meta-")
-                }
-            )
-        written = await self.put_object(
-            Request("PutObject", request.bucket, request.key, {}, headers, _ReplyBody(source), scope=request.scope)
-        )
-        done = await self.upstream.call("head_object", Bucket=request.bucket or "", Key=request.key or "")
-        return Reply.xml(xml.copy_object_result(written.headers["ETag"], done["LastModified"]))
 
     async def _plain_head(self, bucket: str, key: str) -> tuple[dict[str, Any], View]:
         reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
@@ -356,10 +237,42 @@ class EncryptedService(ManifestObjects, MultipartObjects):
         _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(str(head.get("ETag", ""))))
         if view.kind == "plaintext":
             return pieces
-        return self._decrypting(bucket, key, head, pieces, self._whole_decryptor(key, view))
+        return self.views.decrypting(bucket, key, head, pieces, self.views.whole_decryptor(key, view))
 
 
-class _ReplyBody:
+def head_reply(request: Request, reply: Mapping[str, Any], view: View) -> Reply:
+    """The answer to a HEAD of a stored object: its plaintext view, the client's conditions checked."""
+    check_conditions(request.headers, view.etag, reply["LastModified"])
+    headers = visible_headers(reply)
+    headers["ETag"] = quote_etag(view.etag)
+    headers["Content-Length"] = str(view.size)
+    headers["Accept-Ranges"] = "bytes"
+    headers.pop("x-amz-mp-parts-count", None)
+    return Reply(200, headers, b"", view.size)
+
+
+def copy_source_condition_headers(request: Request) -> dict[str, str]:
+    """A copy's ``x-amz-copy-source-if-*`` headers as the ``if-*`` headers of a read of the source."""
+    prefix = "x-amz-copy-source-"
+    return {
+        name[len(prefix) :].lower(): value
+        for name, value in request.headers.items()
+        if name.lower().startswith(prefix + "if-")
+    }
+
+
+@contextlib.contextmanager
+def copy_source_conditions() -> Iterator[None]:
+    """A copy has no "not modified": S3 answers every failed copy-source condition with 412."""
+    try:
+        yield
+    except S3Error as err:
+        if err.status != 304:
+            raise
+        raise S3Error("PreconditionFailed") from None
+
+
+class ReplyBody:
     """A reply's body as a request's (proxy.s3.api.Body): what a copy reads, it writes."""
 
     def __init__(self, reply: Reply) -> None:
@@ -429,10 +342,3 @@ class _Started:
     async def aclose(self) -> None:
         self._first = None
         await self._rest.aclose()
-
-
-def build_encrypted_service(config: Config, upstream: Upstream, metrics: Metrics) -> PassthroughService:
-    if not config.encryption.enabled:
-        return PassthroughService(upstream)
-    keyring = load_key_ring(config.encryption.key_files)
-    return EncryptedService(config, upstream, metrics, keyring, StateStore(config.cache.path))

@@ -36,14 +36,15 @@ from proxy.manifest import (
     restored_digest,
     rewrite_into,
 )
-from proxy.objects.core import IntegrityRefusal, ObjectsCore, View, cached_view, if_match, integrity_error
+from proxy.objects.encrypted import EncryptedObjects, head_reply
+from proxy.objects.passthrough import request_body, visible_headers
+from proxy.objects.views import IntegrityRefusal, View, Views, cached_view, if_match, integrity_error, mark_damaged
 from proxy.s3.api import Chunk, Reply, Request
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     object_params,
     quote_etag,
 )
-from proxy.service import visible_headers
 
 log = logging.getLogger("proxy.objects")
 
@@ -75,19 +76,25 @@ async def _pieces_of(data: bytes) -> AsyncIterator[Chunk]:
         yield data[at : at + _BODY_PIECE]
 
 
-class ManifestObjects(ObjectsCore):
-    # --- provided by the service --------------------------------------------------------
+class ManifestObjects:
+    """HEAD, GET, PUT and the listing view of Medusa's manifests; a body named like a manifest
+    that cannot be one goes to ``encrypted``."""
 
-    async def _put_encrypted(
-        self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any]
-    ) -> str:
-        raise NotImplementedError  # pragma: no cover - EncryptedService
+    def __init__(self, views: Views, encrypted: EncryptedObjects) -> None:
+        self.views = views
+        self.encrypted = encrypted
+        self.upstream = views.upstream
+        self.config = views.config
+        self.store = views.store
+        self.metrics = views.metrics
+        self.policy = views.policy
 
     # --- writes --------------------------------------------------------------------------
 
-    async def _put_manifest(self, request: Request, bucket: str, key: str) -> Reply:
+    async def put_object(self, request: Request) -> Reply:
         """Store a manifest whose entries describe the stored (encrypted) objects, sealed."""
-        source = self._body(request)
+        bucket, key = request.bucket or "", request.key or ""
+        source = request_body(request)
         params = object_params(request.headers)
         limit = self.config.limits.max_manifest_bytes
         if source.length is not None and source.length > limit:
@@ -126,7 +133,9 @@ class ManifestObjects(ObjectsCore):
             await self.upstream.fast_put(bucket, key, out, params)  # type: ignore[arg-type]
             or await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=out, **params)
         )
-        await self._remember_written(bucket, key, reply.get("ETag", ""), len(out), View(MANIFEST_KIND, length, etag))
+        await self.views.remember_written(
+            bucket, key, reply.get("ETag", ""), len(out), View(MANIFEST_KIND, length, etag)
+        )
         return Reply(200, {"ETag": quote_etag(etag)})
 
     def _encrypted_paths(self, text: str) -> dict[str, str]:
@@ -136,7 +145,7 @@ class ManifestObjects(ObjectsCore):
 
     def _rewrite_and_seal(self, key: str, text: str, stored: dict[str, Stored], out: bytearray) -> None:
         rewrite_into(text, stored, out)
-        seal_in_place(self.keyring.primary, key, out)
+        seal_in_place(self.views.keyring.primary, key, out)
 
     async def _put_as_object(
         self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any], reason: str
@@ -148,7 +157,7 @@ class ManifestObjects(ObjectsCore):
             reason,
             extra={"event": "manifest_stored_encrypted"},
         )
-        etag = await self._put_encrypted(bucket, key, source, length, params)
+        etag = await self.encrypted.put_stream(bucket, key, source, length, params)
         return Reply(200, {"ETag": quote_etag(etag)})
 
     async def _stored_objects(self, bucket: str, wanted: dict[str, str]) -> dict[str, Stored]:
@@ -222,7 +231,7 @@ class ManifestObjects(ObjectsCore):
 
         async def resolve(path: str, entry: dict[str, Any]) -> None:
             try:
-                view = await self._inspect(
+                view = await self.views.inspect(
                     bucket, entry["Key"], entry.get("ETag", ""), int(entry["Size"]), entry.get("LastModified")
                 )
             except IntegrityRefusal:
@@ -240,6 +249,18 @@ class ManifestObjects(ObjectsCore):
 
     # --- the view ------------------------------------------------------------------------
 
+    async def adjust_listing(self, bucket: str, entries: list[dict[str, Any]]) -> None:
+        """The plaintext view of the manifests of a listing page (see ``Views.adjust_listing``)."""
+        for entry in entries:
+            try:
+                view, _ = await self._manifest_view(
+                    bucket, entry["Key"], entry.get("ETag", ""), int(entry.get("Size", 0)), entry.get("LastModified")
+                )
+            except IntegrityRefusal:
+                mark_damaged(entry)
+                continue
+            entry["Size"], entry["ETag"] = view.size, quote_etag(view.etag)
+
     async def _manifest_view(
         self, bucket: str, key: str, etag: str, size: int, last_modified: object
     ) -> tuple[View, LoadedManifest | None]:
@@ -255,14 +276,14 @@ class ManifestObjects(ObjectsCore):
             if cached.kind == LEGACY_KIND:
                 self._require_legacy_manifest(key, last_modified)
             elif cached.kind != MANIFEST_KIND:
-                self.recheck_legacy(key, cached.kind, last_modified)
+                self.views.recheck_legacy(key, cached.kind, last_modified)
             trailer = Trailer.parse(cached.trailer) if cached.trailer else None
             return View(cached.kind, cached.size, cached.etag, trailer), None
         loaded = None
         if size <= self.config.limits.max_manifest_bytes:
             loaded = await self._load_manifest(bucket, key, etag, size, last_modified)
         if loaded is None:
-            view = await self._inspect(bucket, key, etag, size, last_modified)
+            view = await self.views.inspect(bucket, key, etag, size, last_modified)
         elif loaded.text is not None:
             try:
                 view = View(MANIFEST_KIND, *await asyncio.to_thread(restored_digest, loaded.text))
@@ -271,7 +292,7 @@ class ManifestObjects(ObjectsCore):
         else:
             assert loaded.raw is not None
             view = View(LEGACY_KIND, len(loaded.raw), hashlib.md5(loaded.raw, usedforsecurity=False).hexdigest())
-        await self._remember(bucket, key, version, view)
+        await self.views.remember(bucket, key, version, view)
         return view, loaded
 
     async def _load_manifest(
@@ -289,9 +310,9 @@ class ManifestObjects(ObjectsCore):
             self._require_legacy_manifest(key, last_modified)
             return LoadedManifest(raw=await asyncio.to_thread(restore, data))  # type: ignore[arg-type]
         try:
-            await asyncio.to_thread(verify_manifest, self.keyring, data, self._manifest_names(key))
+            await asyncio.to_thread(verify_manifest, self.views.keyring, data, self._manifest_names(key))
         except UnknownKeyError as exc:
-            raise self._integrity(key, exc) from None
+            raise self.views.integrity(key, exc) from None
         except ManifestSealError as exc:
             raise self._manifest_refused(key, exc) from None
         del data[seal.body_len :]
@@ -334,7 +355,7 @@ class ManifestObjects(ObjectsCore):
 
     def _require_legacy_manifest(self, key: str, last_modified: object) -> None:
         """Refuse a manifest without a MAC unless it is declared legacy."""
-        if self.legacy_allowed(last_modified):
+        if self.views.legacy_allowed(last_modified):
             return
         cutoff = self.config.encryption.legacy_plaintext_before
         declared = (
@@ -353,13 +374,22 @@ class ManifestObjects(ObjectsCore):
 
     # --- reads ---------------------------------------------------------------------------
 
-    async def _get_manifest(self, request: Request, bucket: str, key: str) -> Reply | None:
+    async def head_object(self, request: Request) -> Reply:
+        bucket, key = request.bucket or "", request.key or ""
+        reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
+        view, _ = await self._manifest_view(
+            bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)), reply.get("LastModified")
+        )
+        return head_reply(request, reply, view)
+
+    async def get_object(self, request: Request) -> Reply | None:
         """GET of a manifest as Medusa wrote it; None when it is stored as an encrypted object
         (the caller then serves it as one)."""
+        bucket, key = request.bucket or "", request.key or ""
         head = await self.upstream.head(bucket, key)
         etag, size = head.get("ETag", ""), int(head.get("ContentLength", 0))
         if not etag.strip('"'):
-            self._heads_lack_etags = True
+            self.views.heads_lack_etags = True
         view, loaded = await self._manifest_view(bucket, key, etag, size, head.get("LastModified"))
         if view.kind not in (MANIFEST_KIND, LEGACY_KIND):
             return None
@@ -372,7 +402,7 @@ class ManifestObjects(ObjectsCore):
             actual = View(LEGACY_KIND, len(loaded.raw), hashlib.md5(loaded.raw, usedforsecurity=False).hexdigest())
             if actual != view:  # cached by another version of the proxy: the bytes decide
                 view = actual
-                await self._remember(bucket, key, version_of(etag, size, head.get("LastModified")), view)
+                await self.views.remember(bucket, key, version_of(etag, size, head.get("LastModified")), view)
                 check_conditions(request.headers, view.etag, head["LastModified"])
         wanted = parse_range(request.headers.get("range"), view.size)
         headers = visible_headers(head)
@@ -414,7 +444,7 @@ class ManifestObjects(ObjectsCore):
                 yield held
             held = piece[max(0, first - start) : last - start + 1]
         if md5 is not None and (offset != view.size or md5.hexdigest() != view.etag):
-            await self.forget(bucket, [key])
+            await self.views.forget(bucket, [key])
             raise self._manifest_refused(
                 key,
                 f"the restored manifest ({offset} bytes) differs from the "

@@ -19,7 +19,8 @@ from proxy.format.codec import (
 from proxy.format.keys import derive_object_keys
 from proxy.format.layout import part_stored_size
 from proxy.format.trailer import Trailer
-from proxy.objects.core import ObjectsCore, View
+from proxy.objects.passthrough import completed_parts, part_number, request_body
+from proxy.objects.views import View, Views
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request
 from proxy.s3.errors import S3Error
@@ -28,7 +29,6 @@ from proxy.s3.headers import (
     quote_etag,
     reject_sse_c,
 )
-from proxy.service import part_number
 
 log = logging.getLogger("proxy.objects")
 
@@ -39,28 +39,32 @@ STALE_UPLOAD_SECONDS = 24 * 3600
 SWEEP_INTERVAL_SECONDS = 3600
 
 
-class MultipartObjects(ObjectsCore):
-    _sweeper: asyncio.Task[None] | None = None
+class MultipartObjects:
+    """Multipart uploads into keys stored in the object format (manifests included: a
+    manifest's MAC needs its whole body in one PUT, so one sent in parts is stored encrypted)."""
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+        self.upstream = views.upstream
+        self.store = views.store
+        self.metrics = views.metrics
+        self._sweeper: asyncio.Task[None] | None = None
 
     # --- multipart -----------------------------------------------------------------------
 
     async def create_multipart_upload(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
-        if not self.stores_encrypted(key):
-            return await super().create_multipart_upload(request)
         reject_sse_c(request.headers)
-        master = self.keyring.primary
-        params = self._with_hint(object_params(request.headers), master)
+        master = self.views.keyring.primary
+        params = self.views.with_hint(object_params(request.headers), master)
         reply = await self.upstream.call("create_multipart_upload", Bucket=bucket, Key=key, **params)
         upload_id = reply["UploadId"]
         await self.store.put_upload(UploadState(upload_id, bucket, key, master.key_id, new_salt()))
         self.metrics.multipart_started()
         return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
 
-    async def _upload(self, request: Request) -> UploadState | None:
-        """The proxy's state for an encrypted upload; None for a passthrough key."""
-        if not self.stores_encrypted(request.key or ""):
-            return None
+    async def _upload(self, request: Request) -> UploadState:
+        """The proxy's state for an encrypted upload."""
         state = await self.store.get_upload(request.query["uploadId"])
         if state is None or state.bucket != request.bucket or state.key != request.key:
             raise S3Error(
@@ -73,18 +77,16 @@ class MultipartObjects(ObjectsCore):
 
     async def upload_part(self, request: Request) -> Reply:
         state = await self._upload(request)
-        if state is None:
-            return await super().upload_part(request)
         number = part_number(request.query)
-        body = self._body(request)
+        body = request_body(request)
         if body.length is None:
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-        master = self.keyring.get(state.key_id)
+        master = self.views.keyring.get(state.key_id)
         encryptor = PartEncryptor(derive_object_keys(master, state.salt), number, part_size=body.length)
         stored_size = part_stored_size(body.length)
 
         async def stored() -> AsyncIterator[Chunk]:
-            async for records in self._encrypting(encryptor, body):
+            async for records in self.views.encrypting(encryptor, body):
                 yield records
                 del records
             yield encryptor.finish()
@@ -108,19 +110,15 @@ class MultipartObjects(ObjectsCore):
         return Reply(200, {"ETag": quote_etag(part.md5.hex())})
 
     async def upload_part_copy(self, request: Request) -> Reply:
-        if self.stores_encrypted(request.key or ""):
-            raise S3Error(
-                "NotImplemented",
-                "UploadPartCopy into an encrypted object is not supported; copy with CopyObject or upload the part",
-                501,
-            )
-        return await super().upload_part_copy(request)
+        raise S3Error(
+            "NotImplemented",
+            "UploadPartCopy into an encrypted object is not supported; copy with CopyObject or upload the part",
+            501,
+        )
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
         state = await self._upload(request)
-        if state is None:
-            return await super().complete_multipart_upload(request)
-        listed = await self._completed_parts(request)
+        listed = await completed_parts(request)
         known = await self.store.get_parts(state.upload_id)
         parts: list[PartState] = []
         for entry in listed:
@@ -139,7 +137,7 @@ class MultipartObjects(ObjectsCore):
                 raise S3Error(
                     "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size.", 400
                 )
-        master = self.keyring.get(state.key_id)
+        master = self.views.keyring.get(state.key_id)
         infos = [PartInfo(p.part_number, p.size, p.md5) for p in parts]
         trailer = build_trailer(master, state.salt, state.key, infos, single_put=False)
         upstream_parts = [{"PartNumber": p.part_number, "ETag": p.upstream_etag} for p in parts[:-1]]
@@ -187,7 +185,7 @@ class MultipartObjects(ObjectsCore):
         self.metrics.multipart_finished()
         parsed = Trailer.from_tail(trailer)
         stored_size = sum(p.stored_size for p in parts) + len(trailer)
-        await self._remember_written(
+        await self.views.remember_written(
             state.bucket,
             state.key,
             done.get("ETag", ""),
@@ -206,7 +204,7 @@ class MultipartObjects(ObjectsCore):
         gives None.
         """
         try:
-            head, view = await self._head(state.bucket, state.key)
+            head, view = await self.views.head(state.bucket, state.key)
         except S3Error:
             return None
         if view.trailer is None or view.trailer.record != trailer:
@@ -222,15 +220,16 @@ class MultipartObjects(ObjectsCore):
     async def abort_multipart_upload(self, request: Request) -> Reply:
         upload_id = request.query["uploadId"]
         try:
-            reply = await super().abort_multipart_upload(request)
+            await self.upstream.call(
+                "abort_multipart_upload", Bucket=request.bucket, Key=request.key, UploadId=upload_id
+            )
         except S3Error as err:
             # Gone upstream (aborted or completed elsewhere): the state is of no use either.
-            if err.code == "NoSuchUpload" and self.stores_encrypted(request.key or ""):
+            if err.code == "NoSuchUpload":
                 await self._forget_upload(upload_id)
             raise
-        if self.stores_encrypted(request.key or ""):
-            await self._forget_upload(upload_id)
-        return reply
+        await self._forget_upload(upload_id)
+        return Reply(204)
 
     async def _forget_upload(self, upload_id: str) -> None:
         if await self.store.get_upload(upload_id) is not None:
@@ -239,8 +238,7 @@ class MultipartObjects(ObjectsCore):
 
     # --- uploads nobody finishes -----------------------------------------------------------
 
-    async def start(self) -> None:
-        await super().start()
+    def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -249,7 +247,6 @@ class MultipartObjects(ObjectsCore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        await super().close()
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -295,8 +292,6 @@ class MultipartObjects(ObjectsCore):
 
     async def list_parts(self, request: Request) -> Reply:
         state = await self._upload(request)
-        if state is None:
-            return await super().list_parts(request)
         reply = await self.upstream.call("list_parts", Bucket=state.bucket, Key=state.key, UploadId=state.upload_id)
         known = await self.store.get_parts(state.upload_id)
         uploaded = {p["PartNumber"]: p for p in reply.get("Parts", [])}

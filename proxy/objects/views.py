@@ -40,7 +40,6 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     quote_etag,
 )
-from proxy.service import PassthroughService
 from proxy.upstream import Upstream
 
 log = logging.getLogger("proxy.objects")
@@ -146,13 +145,14 @@ def integrity_kind(exc: Exception) -> IntegrityKind:
     return "tampered"
 
 
-class ObjectsCore(PassthroughService):
-    """State and helpers shared by the encrypted operations."""
+class Views:
+    """The plaintext view of stored objects, and what reading and writing them needs: the keys,
+    the crypto threads, the view cache. Shared by the code of each kind of key."""
 
     def __init__(
         self, config: Config, upstream: Upstream, metrics: Metrics, keyring: KeyRing, store: StateStore
     ) -> None:
-        super().__init__(upstream)
+        self.upstream = upstream
         self.config = config
         self.metrics = metrics
         self.keyring = keyring
@@ -162,7 +162,7 @@ class ObjectsCore(PassthroughService):
         self.seed_keys = fernet_keys_from_ring(load_key_ring(seed_files)) if seed_files else []
         self._pool = ThreadPoolExecutor(config.limits.crypto_threads, thread_name_prefix="crypto")
         self._lookups = asyncio.Semaphore(COLD_LOOKUPS)
-        self._heads_lack_etags = False  # see _remember_written
+        self.heads_lack_etags = False  # see _remember_written
 
     def stores_encrypted(self, key: str) -> bool:
         """Whether a body written to ``key`` by multipart or copy is stored in our format: all but
@@ -200,7 +200,7 @@ class ObjectsCore(PassthroughService):
             extra={"event": "keys_reloaded", "primary_key_id": ring.primary.key_id_hex},
         )
 
-    async def _crypt(self, fn: Callable[..., T], *args: Any) -> T:
+    async def crypt(self, fn: Callable[..., T], *args: Any) -> T:
         """Run crypto on large buffers in the pool (it releases the GIL), small ones inline."""
         size = sum(len(a) for a in args if isinstance(a, (bytes, bytearray, memoryview)))
         if size < INLINE_CRYPTO:
@@ -223,20 +223,61 @@ class ObjectsCore(PassthroughService):
             trailer = Trailer.parse(cached.trailer) if cached.trailer else None
             return View(cached.kind, cached.size, cached.etag, trailer)
         learned_at = time.time()  # before the read: what it finds is at least this recent
-        view = await self._inspect(bucket, key, etag, size, last_modified, follow=False)
-        await self._remember(bucket, key, version, view, learned_at=learned_at)
+        view = await self.inspect(bucket, key, etag, size, last_modified, follow=False)
+        await self.remember(bucket, key, version, view, learned_at=learned_at)
         return view
+
+    async def adjust_listing(self, bucket: str, entries: list[dict[str, Any]]) -> None:
+        """Replace the stored sizes and ETags of a listing page's encrypted objects with their
+        plaintext view, resolving cache misses concurrently.
+
+        An entry that fails verification does not fail the page: it is listed as damaged
+        (``mark_damaged``: a size and ETag no object can have), so Medusa's verify names it and a
+        differential backup uploads the file again; GET and HEAD of it stay refused.
+        """
+        if not entries:
+            return
+
+        def version(entry: dict[str, Any]) -> str:
+            return version_of(entry.get("ETag"), int(entry.get("Size", 0)), entry.get("LastModified"))
+
+        cached = await self.store.get_views(bucket, [(e["Key"], version(e)) for e in entries])
+        learned: list[tuple[str, str, CachedView]] = []
+
+        async def resolve(entry: dict[str, Any]) -> None:
+            hit = cached.get((entry["Key"], version(entry)))
+            self.metrics.cache_lookup(hit=hit is not None)
+            try:
+                if hit is not None:
+                    self.recheck_legacy(entry["Key"], hit.kind, entry.get("LastModified"))
+                else:
+                    view = await self.inspect(
+                        bucket,
+                        entry["Key"],
+                        entry.get("ETag", ""),
+                        int(entry.get("Size", 0)),
+                        entry.get("LastModified"),
+                    )
+                    hit = cached_view(view)
+                    learned.append((entry["Key"], version(entry), hit))
+            except IntegrityRefusal:
+                mark_damaged(entry)
+                return
+            entry["Size"], entry["ETag"] = hit.size, quote_etag(hit.etag)
+
+        await asyncio.gather(*(resolve(entry) for entry in entries))
+        await self.store.put_views(bucket, learned)
 
     async def forget(self, bucket: str, keys: list[str]) -> None:
         await self.store.forget_views(bucket, keys)
 
-    async def _remember(
+    async def remember(
         self, bucket: str, key: str, version: str, view: View, *, learned_at: float | None = None
     ) -> None:
         """Cache a view (one of a size + Last-Modified version only once settled: ``proxy.cache.settled``)."""
         await self.store.put_view(bucket, key, version, cached_view(view), learned_at=learned_at)
 
-    async def _remember_written(self, bucket: str, key: str, upstream_etag: str, stored_size: int, view: View) -> None:
+    async def remember_written(self, bucket: str, key: str, upstream_etag: str, stored_size: int, view: View) -> None:
         """Cache what was just written, so the HEAD every client makes next costs no trailer read.
 
         The cache key must be the one the next HEAD will compute: the upstream's ETag. An upstream
@@ -247,10 +288,10 @@ class ObjectsCore(PassthroughService):
         reads the trailer. (A HEAD here used to learn that version; it also made the PUT fail with
         NoSuchKey or a size mismatch when another client deleted or overwrote the key meanwhile.)
         """
-        if upstream_etag.strip('"') and not self._heads_lack_etags:
-            await self._remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
+        if upstream_etag.strip('"') and not self.heads_lack_etags:
+            await self.remember(bucket, key, version_of(upstream_etag, stored_size, None), view)
 
-    async def _inspect(
+    async def inspect(
         self, bucket: str, key: str, etag: str, size: int, last_modified: object, *, follow: bool = True
     ) -> View:
         """Read the trailer (one suffix range) and decide: ours and verified, declared legacy, or refused.
@@ -296,7 +337,7 @@ class ObjectsCore(PassthroughService):
                 try:
                     record_len = parse_footer(tail)
                 except TamperedError as exc:
-                    raise await self._refusal(bucket, key, etag, size, last_modified, exc) from None
+                    raise await self.refusal(bucket, key, etag, size, last_modified, exc) from None
                 except FormatError:
                     return await self._without_trailer(bucket, key, etag, size, last_modified, tail)
                 if record_len > len(tail):
@@ -313,7 +354,7 @@ class ObjectsCore(PassthroughService):
             if trailer.object_stored_size != size:
                 raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
         except FormatError as exc:
-            raise await self._refusal(bucket, key, etag, size, last_modified, exc) from None
+            raise await self.refusal(bucket, key, etag, size, last_modified, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
 
     async def _read_failure(
@@ -350,13 +391,13 @@ class ObjectsCore(PassthroughService):
         now = version_of(head.get("ETag"), int(head.get("ContentLength", -1)), head.get("LastModified"))
         return now != version_of(etag, size, last_modified) or not settled(now, time.time())
 
-    async def _refusal(
+    async def refusal(
         self, bucket: str, key: str, etag: str, size: int, last_modified: object, exc: Exception
     ) -> S3Error:
         """The integrity failure ``exc``, unless the read met another version (ObjectChanged)."""
         if await self._changed(bucket, key, etag, size, last_modified):
             return ObjectChanged(key)
-        return self._integrity(key, exc)
+        return self.integrity(key, exc)
 
     async def _without_trailer(
         self, bucket: str, key: str, etag: str, size: int, last_modified: object, tail: bytes
@@ -367,7 +408,7 @@ class ObjectsCore(PassthroughService):
         head = tail if size <= len(tail) else await read_range(self.upstream, bucket, key, etag, "bytes=0-15")
         kind = classify(head[:16], tail[-16:])
         if kind == "tampered":
-            raise await self._refusal(
+            raise await self.refusal(
                 bucket,
                 key,
                 etag,
@@ -376,7 +417,7 @@ class ObjectsCore(PassthroughService):
                 TamperedError("stored object starts like an encrypted one but has no valid trailer"),
             )
         if kind == "seed-fernet" and self.seed_keys:
-            self._require_legacy(key, last_modified, "an object of the old in-Medusa encryption")
+            self.require_legacy(key, last_modified, "an object of the old in-Medusa encryption")
             return await self._seed_view(bucket, key, etag, size)
         if not self.legacy_allowed(last_modified) and await self._changed(bucket, key, etag, size, last_modified):
             raise ObjectChanged(key)
@@ -400,7 +441,7 @@ class ObjectsCore(PassthroughService):
             return False
         return last_modified < cutoff
 
-    def _require_legacy(self, key: str, last_modified: object, what: str) -> None:
+    def require_legacy(self, key: str, last_modified: object, what: str) -> None:
         """Refuse (unexpected-plaintext) an object that is not ours unless it is declared legacy."""
         if self.legacy_allowed(last_modified):
             return
@@ -419,10 +460,10 @@ class ObjectsCore(PassthroughService):
     def recheck_legacy(self, key: str, kind: str, last_modified: object) -> None:
         """A cached view of an object that is not ours obeys today's cutoff, not the one it was cached under."""
         if kind != "encrypted":
-            self._require_legacy(key, last_modified, "not encrypted")
+            self.require_legacy(key, last_modified, "not encrypted")
 
     def _unverified(self, key: str, size: int, etag: str, last_modified: object, what: str) -> View:
-        self._require_legacy(key, last_modified, what)
+        self.require_legacy(key, last_modified, what)
         return View("plaintext", size, etag.strip('"'))
 
     async def _seed_view(self, bucket: str, key: str, etag: str, size: int) -> View:
@@ -438,10 +479,10 @@ class ObjectsCore(PassthroughService):
             decryptor = SeedDecryptor(self.seed_keys, expected_size=plaintext_size)
             _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(etag))
             async for piece in pieces:
-                await self._crypt(decryptor.feed, piece)
+                await self.crypt(decryptor.feed, piece)
             decryptor.finish()
         except FormatError as exc:
-            raise self._integrity(key, exc) from None
+            raise self.integrity(key, exc) from None
         return View("seed", plaintext_size, decryptor.md5_hex)
 
     def written_as(self, key: str, trailer: Trailer) -> str:
@@ -453,13 +494,13 @@ class ObjectsCore(PassthroughService):
                     return old
         return key
 
-    def _integrity(self, key: str, exc: Exception) -> IntegrityRefusal:
+    def integrity(self, key: str, exc: Exception) -> IntegrityRefusal:
         kind = integrity_kind(exc)
         self.metrics.integrity_failure(kind)
         log.error("integrity check failed for %r: %s", key, exc, extra={"event": "integrity_failure", "kind": kind})
         return integrity_error(key, exc)
 
-    async def _head(self, bucket: str, key: str, *, full: bool = False) -> tuple[dict[str, Any], View]:
+    async def head(self, bucket: str, key: str, *, full: bool = False) -> tuple[dict[str, Any], View]:
         """The stored object's HEAD and its view; ``full`` asks botocore for every field (a copy
         carries them over), else the fast HEAD's ETag, size, time, metadata and headers do."""
         for attempt in range(1, CHANGE_ATTEMPTS + 1):
@@ -467,7 +508,7 @@ class ObjectsCore(PassthroughService):
                 self.upstream.call("head_object", Bucket=bucket, Key=key) if full else self.upstream.head(bucket, key)
             )
             if not reply.get("ETag", "").strip('"'):
-                self._heads_lack_etags = True
+                self.heads_lack_etags = True
             try:
                 view = await self.view_of(
                     bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)), reply.get("LastModified")
@@ -479,10 +520,10 @@ class ObjectsCore(PassthroughService):
             return reply, view
         raise AssertionError("unreachable")
 
-    async def _encrypting(self, encryptor: PartEncryptor, source: AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
+    async def encrypting(self, encryptor: PartEncryptor, source: AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
         """The complete records of ``source``'s plaintext (the caller adds ``finish()``)."""
         async for piece in source:
-            out = await self._crypt(encryptor.update, piece)
+            out = await self.crypt(encryptor.update, piece)
             self.metrics.add_encrypted(len(piece))
             del piece  # a reference held across the yield keeps ~1 MiB per transfer alive
             if out:
@@ -490,14 +531,14 @@ class ObjectsCore(PassthroughService):
             del out
 
     @staticmethod
-    def _with_hint(params: dict[str, Any], master: MasterKey) -> dict[str, Any]:
+    def with_hint(params: dict[str, Any], master: MasterKey) -> dict[str, Any]:
         """Add the format hint to user metadata (a hint only: some servers drop metadata)."""
         metadata = dict(params.get("Metadata", {}))
         metadata.update(FORMAT_HINT)
         metadata["mcp-key-id"] = master.key_id_hex
         return {**params, "Metadata": metadata}
 
-    def _whole_decryptor(self, key: str, view: View) -> ObjectDecryptor | SeedDecryptor:
+    def whole_decryptor(self, key: str, view: View) -> ObjectDecryptor | SeedDecryptor:
         if view.kind == "seed":
             return SeedDecryptor(self.seed_keys, expected_size=view.size, expected_md5=view.etag)
         assert view.trailer is not None
@@ -525,7 +566,7 @@ class ObjectsCore(PassthroughService):
             if close is not None:
                 await close()  # the upstream connection goes now, not when collected
 
-    async def _decrypting(
+    async def decrypting(
         self, bucket: str, key: str, head: Mapping[str, Any], pieces: AsyncIterator[bytes], decryptor: Any
     ) -> AsyncGenerator[Chunk, None]:
         """The plaintext of ``pieces``, the stored body of the version ``head`` named. A body that fails
@@ -533,7 +574,7 @@ class ObjectsCore(PassthroughService):
         a write raced the read; the client, whose body is cut short, retries)."""
         try:
             async for piece in self._received(pieces):
-                out = await self._crypt(decryptor.feed, piece)
+                out = await self.crypt(decryptor.feed, piece)
                 del piece
                 if out:
                     self.metrics.add_decrypted(len(out))
@@ -544,6 +585,6 @@ class ObjectsCore(PassthroughService):
                 self.metrics.add_decrypted(len(out))
                 yield out
         except FormatError as exc:
-            raise await self._refusal(
+            raise await self.refusal(
                 bucket, key, str(head.get("ETag", "")), int(head.get("ContentLength", 0)), head.get("LastModified"), exc
             ) from None

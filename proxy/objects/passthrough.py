@@ -1,14 +1,15 @@
-"""The S3 operations, as the client sees them: passthrough or encrypted, plaintext view.
+"""The S3 operations forwarded to the bucket unchanged: buckets, listings, plaintext keys.
 
-The front end (``proxy.s3.frontend``) parses and authenticates a request and hands it here as a
-``Request``; the answer is a ``Reply`` whose body is bytes or an async iterator. This module never
-sees HTTP connections, and the object format lives in ``proxy.format``.
+``PassthroughService`` is the whole service when encryption is off; with encryption on,
+``proxy.objects.service`` hands it the requests for plaintext keys and the bucket operations,
+and plugs the plaintext view of listings in through ``Listing``. It never sees HTTP
+connections (``proxy.s3.frontend`` does) nor the object format (``proxy.format``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.s3 import xml
 from proxy.s3.api import Body, Handler, Reply, Request, parse_copy_source
@@ -32,11 +33,30 @@ def visible_headers(reply: Mapping[str, Any]) -> dict[str, str]:
     return {k: v for k, v in reply_headers(dict(reply)).items() if not k.startswith(INTERNAL_META_PREFIX)}
 
 
-class PassthroughService:
-    """Forwards every operation to the upstream bucket unchanged (issue 2's transparent proxy)."""
+class Listing(Protocol):
+    """What a listing shows of stored objects, and what a delete makes the proxy forget."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None: ...
+
+    async def forget(self, bucket: str, keys: list[str]) -> None: ...
+
+
+class StoredAsIs:
+    """The ``Listing`` of a bucket without encryption: stored sizes and ETags are the client's."""
+
+    async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
+        return None
+
+    async def forget(self, bucket: str, keys: list[str]) -> None:
+        return None
+
+
+class PassthroughService:
+    """Forwards every operation to the upstream bucket unchanged."""
+
+    def __init__(self, upstream: Upstream, listing: Listing | None = None) -> None:
         self.upstream = upstream
+        self.listing: Listing = listing or StoredAsIs()
         self.handlers: dict[str, Handler] = {
             "ListBuckets": self.list_buckets,
             "HeadBucket": self.head_bucket,
@@ -98,13 +118,13 @@ class PassthroughService:
     async def list_objects_v2(self, request: Request) -> Reply:
         encoding = self._encoding(request.query)
         reply = await self._list(request, v2=True)
-        await self.adjust_listing(request.bucket or "", reply.get("Contents", []))
+        await self.listing.adjust_listing(request.bucket or "", reply.get("Contents", []))
         return Reply.xml(xml.list_objects_v2(reply, encoding))
 
     async def list_objects_v1(self, request: Request) -> Reply:
         encoding = self._encoding(request.query)
         reply = await self._list(request, v2=False)
-        await self.adjust_listing(request.bucket or "", reply.get("Contents", []))
+        await self.listing.adjust_listing(request.bucket or "", reply.get("Contents", []))
         return Reply.xml(xml.list_objects_v1(reply, encoding))
 
     async def _list(self, request: Request, v2: bool) -> dict[str, Any]:
@@ -125,9 +145,6 @@ class PassthroughService:
         if fetch_owner:
             params["FetchOwner"] = True
         return await self.upstream.call("list_objects_v2" if v2 else "list_objects", **params)
-
-    async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
-        """Turn stored sizes and ETags into the plaintext view (nothing to do in passthrough)."""
 
     # --- objects -------------------------------------------------------------------------
 
@@ -158,7 +175,7 @@ class PassthroughService:
 
     async def put_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
-        body = self._body(request)
+        body = request_body(request)
         params = object_params(request.headers)
         reply = await self._send(body, "put_object", Bucket=request.bucket, Key=request.key, **params)
         return Reply(200, {"ETag": quote_etag(reply.get("ETag", ""))})
@@ -197,11 +214,11 @@ class PassthroughService:
 
     async def delete_object(self, request: Request) -> Reply:
         await self.upstream.call("delete_object", Bucket=request.bucket, Key=request.key)
-        await self.forget(request.bucket or "", [request.key or ""])
+        await self.listing.forget(request.bucket or "", [request.key or ""])
         return Reply(204)
 
     async def delete_objects(self, request: Request) -> Reply:
-        payload = await self._body(request).read_all(MAX_XML_BODY)
+        payload = await request_body(request).read_all(MAX_XML_BODY)
         try:
             objects, quiet = xml.parse_delete(payload)
         except xml.MalformedXMLError as exc:
@@ -218,11 +235,8 @@ class PassthroughService:
         reply = await self.upstream.call(
             "delete_objects", Bucket=request.bucket, Delete={"Objects": entries, "Quiet": quiet}
         )
-        await self.forget(request.bucket or "", [deleted["Key"] for deleted in reply.get("Deleted", [])])
+        await self.listing.forget(request.bucket or "", [deleted["Key"] for deleted in reply.get("Deleted", [])])
         return Reply.xml(xml.delete_result(reply.get("Deleted", []), reply.get("Errors", []), quiet))
-
-    async def forget(self, bucket: str, keys: list[str]) -> None:
-        """Deleted objects: nothing is remembered about them in passthrough."""
 
     # --- multipart -----------------------------------------------------------------------
 
@@ -237,7 +251,7 @@ class PassthroughService:
         return Reply.xml(xml.initiate_multipart(request.bucket or "", request.key or "", reply["UploadId"]))
 
     async def upload_part(self, request: Request) -> Reply:
-        body = self._body(request)
+        body = request_body(request)
         reply = await self._send(
             body,
             "upload_part",
@@ -266,7 +280,7 @@ class PassthroughService:
         return Reply.xml(xml.copy_part_result(result.get("ETag", ""), result["LastModified"]))
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
-        parts = await self._completed_parts(request)
+        parts = await completed_parts(request)
         reply = await self.upstream.call(
             "complete_multipart_upload",
             Bucket=request.bucket,
@@ -279,18 +293,6 @@ class PassthroughService:
                 reply.get("Location", ""), request.bucket or "", request.key or "", reply.get("ETag", "")
             )
         )
-
-    async def _completed_parts(self, request: Request) -> list[Any]:
-        payload = await self._body(request).read_all(MAX_XML_BODY)
-        try:
-            parts = xml.parse_complete_multipart(payload)
-        except xml.MalformedXMLError as exc:
-            raise S3Error("MalformedXML", str(exc), 400) from None
-        if not parts:
-            raise S3Error("MalformedXML", "CompleteMultipartUpload lists no parts", 400)
-        if not xml.is_ascending(parts):
-            raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.", 400)
-        return parts
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
         await self.upstream.call(
@@ -332,12 +334,6 @@ class PassthroughService:
 
     # --- helpers -------------------------------------------------------------------------
 
-    @staticmethod
-    def _body(request: Request) -> Body:
-        if request.body is None:
-            raise S3Error("IncompleteBody", "this request needs a body", 400)
-        return request.body
-
     async def _send(self, body: Body, operation: str, **params: Any) -> dict[str, Any]:
         """Forward a body: small ones whole (verified first, retryable), large ones streamed."""
         if body.length is None:
@@ -365,3 +361,23 @@ def part_number(query: Mapping[str, str]) -> int:
     if number is None:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000", 400)
     return number
+
+
+def request_body(request: Request) -> Body:
+    if request.body is None:
+        raise S3Error("IncompleteBody", "this request needs a body", 400)
+    return request.body
+
+
+async def completed_parts(request: Request) -> list[xml.CompletedPart]:
+    """The parts a CompleteMultipartUpload lists, checked as S3 checks them."""
+    payload = await request_body(request).read_all(MAX_XML_BODY)
+    try:
+        parts = xml.parse_complete_multipart(payload)
+    except xml.MalformedXMLError as exc:
+        raise S3Error("MalformedXML", str(exc), 400) from None
+    if not parts:
+        raise S3Error("MalformedXML", "CompleteMultipartUpload lists no parts", 400)
+    if not xml.is_ascending(parts):
+        raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.", 400)
+    return parts
