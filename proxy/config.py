@@ -156,6 +156,11 @@ class Encryption(_Model):
     # names ``from_prefix + rest`` is accepted. Anything else under another name is refused.
     accept_moved: list[MovedPrefix] = Field(default_factory=list)
 
+    @property
+    def moved_prefixes(self) -> tuple[tuple[str, str], ...]:
+        """``accept_moved`` as (from_prefix, to_prefix) pairs (``proxy.policy.accepted_names``)."""
+        return tuple((m.from_prefix, m.to_prefix) for m in self.accept_moved)
+
     @model_validator(mode="before")
     @classmethod
     def _replaced_fields(cls, data: Any) -> Any:

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import translate
 
@@ -180,3 +180,15 @@ class Policy:
     def is_manifest(self, key: str) -> bool:
         """Whether ``key`` is a Medusa manifest, stored in the clear and rewritten."""
         return self.kind(key) is Kind.MANIFEST
+
+
+def accepted_names(key: str, moved: Iterable[tuple[str, str]]) -> list[str]:
+    """``key`` and the names an object stored under it may have been written as: backups moved
+    outside the proxy, ``encryption.accept_moved`` as (from_prefix, to_prefix) pairs."""
+    return [key] + [old + key[len(new) :] for old, new in moved if key.startswith(new)]
+
+
+def written_as(key: str, written: str, moved: Iterable[tuple[str, str]]) -> str:
+    """The name an object stored under ``key`` must have been written under, given the name its
+    trailer gives (``written``): that one when it is accepted, else ``key`` itself."""
+    return written if written in accepted_names(key, moved) else key

@@ -36,10 +36,11 @@ from proxy.format.errors import FormatError, TamperedError, UnknownKeyError
 from proxy.format.keys import KeyRing
 from proxy.format.manifest_mac import ManifestSealError, find_seal, verify_manifest
 from proxy.format.seed import SeedDecryptor, fernet_keys_from_ring, seed_plaintext_size, source_md5_hex
-from proxy.format.trailer import Trailer, parse_footer
+from proxy.format.trailer import Trailer
 from proxy.keyfiles import load_key_ring
 from proxy.manifest import SOURCE_MD5, SOURCE_SIZE, NotAManifest, iter_entries
-from proxy.objects.views import read_range, tail_spec
+from proxy.objects.views import complete_tail, read_range, tail_spec
+from proxy.policy import accepted_names, written_as
 from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
 
@@ -75,7 +76,7 @@ def load_options(path: str | os.PathLike[str], environ: Mapping[str, str] | None
     return Options(
         seed_keys,
         encryption.legacy_plaintext_before,
-        tuple((m.from_prefix, m.to_prefix) for m in encryption.accept_moved),
+        encryption.moved_prefixes,
         limits.max_manifest_bytes,
     )
 
@@ -131,15 +132,6 @@ def node_manifest_key(prefix: str, index_key: str) -> str | None:
     if not backup or not name.startswith("manifest_") or not name.endswith(".json"):
         return None
     return f"{prefix}{name[len('manifest_') : -len('.json')]}/{backup}/meta/manifest.json"
-
-
-def _names(key: str, options: Options) -> list[str]:
-    """``key`` and its accepted old names (backups moved outside the proxy)."""
-    return [key] + [old + key[len(new) :] for old, new in options.accept_moved if key.startswith(new)]
-
-
-def _written_as(key: str, written: str, options: Options) -> str:
-    return written if written in _names(key, options) else key
 
 
 async def verify_bucket(
@@ -226,7 +218,7 @@ def _manifest_text(run: _Run, key: str, head: Mapping[str, Any], data: bytes) ->
     if seal is not None:
         if run.keyring is not None:
             try:
-                verify_manifest(run.keyring, data, _names(key, options))
+                verify_manifest(run.keyring, data, accepted_names(key, options.accept_moved))
             except (ManifestSealError, UnknownKeyError) as exc:
                 report.problem(key, f"{exc}; its objects are not checked")
                 return None
@@ -241,7 +233,7 @@ def _manifest_text(run: _Run, key: str, head: Mapping[str, Any], data: bytes) ->
             return None
         try:
             trailer = Trailer.from_tail(data)
-            text = _decrypt(run.keyring, data, _written_as(key, trailer.object_key, options))
+            text = _decrypt(run.keyring, data, written_as(key, trailer.object_key, options.accept_moved))
         except FormatError as exc:
             report.problem(key, f"{exc}; its objects are not checked")
             return None
@@ -353,14 +345,8 @@ async def _check_encrypted(
 ) -> None:
     """An object of ours: its trailer verifies, names it, and gives the manifest's plaintext values."""
     assert run.keyring is not None
-    record_len = parse_footer(tail)
-    if record_len > len(tail):
-        tail = await read_range(run.upstream, run.bucket, path, etag, f"bytes=-{record_len}")
-    trailer = Trailer.from_tail(tail)
-    trailer.verify(run.keyring)
-    trailer.check_object_key(_written_as(path, trailer.object_key, run.options))
-    if trailer.object_stored_size != size:
-        raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
+    trailer = Trailer.from_tail(await complete_tail(run.upstream, run.bucket, path, etag, tail))
+    trailer.check_stored(run.keyring, written_as(path, trailer.object_key, run.options.accept_moved), size)
     if expected is None:
         run.report.problem(path, f"an encrypted object, but the manifest records no {SOURCE_SIZE}/{SOURCE_MD5}")
     elif (trailer.plaintext_size, trailer.etag) != (expected[0], _md5_hex(expected[1])):

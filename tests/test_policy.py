@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config import Encryption
-from proxy.policy import Kind, Policy
+from proxy.policy import Kind, Policy, accepted_names, written_as
 
 E, P, M = Kind.ENCRYPTED, Kind.PLAINTEXT, Kind.MANIFEST
 CFID = "0123456789abcdef0123456789abcdef"
@@ -375,3 +375,20 @@ pattern_chars = st.text("ab/*?[]!-", max_size=6)
 def test_patterns_match_like_fnmatchcase(patterns: list[str], key: str) -> None:
     policy = Policy(patterns, ["*"])
     assert policy.encrypts(key) is any(fnmatchcase(key, pattern) for pattern in patterns)
+
+
+MOVED = (("old-cluster/", "new-cluster/"), ("a/", "b/c/"))
+
+
+def test_accepted_names_of_a_moved_key() -> None:
+    assert accepted_names("new-cluster/h1/data/f", MOVED) == ["new-cluster/h1/data/f", "old-cluster/h1/data/f"]
+    assert accepted_names("b/c/x", MOVED) == ["b/c/x", "a/x"]
+    assert accepted_names("elsewhere/x", MOVED) == ["elsewhere/x"]
+
+
+def test_written_as_accepts_only_a_declared_old_name() -> None:
+    assert written_as("new-cluster/f", "old-cluster/f", MOVED) == "old-cluster/f"
+    # Any other name the trailer gives is not accepted: the object must have been written as
+    # the key it is stored under (and its check then fails naming that key).
+    assert written_as("new-cluster/f", "other/f", MOVED) == "new-cluster/f"
+    assert written_as("elsewhere/f", "old-cluster/f", MOVED) == "elsewhere/f"

@@ -225,6 +225,15 @@ class Trailer:
         """
         return verify_trailer(keyring, self)
 
+    def check_stored(self, keyring: KeyRing, object_key: str, stored_size: int) -> ObjectKeys:
+        """Everything a stored object's trailer vouches for, checked: its MAC, the S3 key it was
+        written under and the object's stored size (a cut or extended object). Returns the keys."""
+        keys = self.verify(keyring)
+        self.check_object_key(object_key)
+        if self.object_stored_size != stored_size:
+            raise TamperedError(f"stored size {stored_size} differs from the trailer's {self.object_stored_size}")
+        return keys
+
     def check_object_key(self, expected_object_key: str | None) -> None:
         """WrongObjectError if the object was written under another S3 key."""
         if expected_object_key is not None and expected_object_key != self.object_key:

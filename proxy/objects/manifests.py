@@ -39,6 +39,7 @@ from proxy.manifest import (
 from proxy.objects.encrypted import EncryptedObjects, head_reply
 from proxy.objects.passthrough import request_body, visible_headers
 from proxy.objects.views import IntegrityRefusal, View, Views, cached_view, if_match, integrity_error, mark_damaged
+from proxy.policy import accepted_names
 from proxy.s3.api import Chunk, Reply, Request
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
@@ -310,7 +311,9 @@ class ManifestObjects:
             self._require_legacy_manifest(key, last_modified)
             return LoadedManifest(raw=await asyncio.to_thread(restore, data))  # type: ignore[arg-type]
         try:
-            await asyncio.to_thread(verify_manifest, self.views.keyring, data, self._manifest_names(key))
+            await asyncio.to_thread(
+                verify_manifest, self.views.keyring, data, accepted_names(key, self.config.encryption.moved_prefixes)
+            )
         except UnknownKeyError as exc:
             raise self.views.integrity(key, exc) from None
         except ManifestSealError as exc:
@@ -344,14 +347,6 @@ class ManifestObjects:
         if pos != size:
             raise S3Error("InternalError", f"{key!r} changed while it was read", 500)
         return buf
-
-    def _manifest_names(self, key: str) -> list[str]:
-        """The names a manifest stored under ``key`` may have been written as (``accept_moved``)."""
-        names = [key]
-        for moved in self.config.encryption.accept_moved:
-            if key.startswith(moved.to_prefix):
-                names.append(moved.from_prefix + key[len(moved.to_prefix) :])
-        return names
 
     def _require_legacy_manifest(self, key: str, last_modified: object) -> None:
         """Refuse a manifest without a MAC unless it is declared legacy."""

@@ -34,7 +34,7 @@ from proxy.format.seed import (
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keyfiles import load_key_ring
 from proxy.metrics import IntegrityKind, Metrics
-from proxy.policy import Kind, Policy
+from proxy.policy import Kind, Policy, written_as
 from proxy.s3.api import Chunk
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
@@ -89,13 +89,14 @@ def tail_spec(size: int) -> str | None:
     return f"bytes=-{TRAILER_PROBE}" if size > WHOLE_READ else None
 
 
-async def read_trailer(upstream: Upstream, bucket: str, key: str, etag: str, size: int) -> Trailer:
-    """The trailer of a stored object, not yet verified; FormatError when it has none."""
-    tail = await read_range(upstream, bucket, key, etag, tail_spec(size))
+async def complete_tail(upstream: Upstream, bucket: str, key: str, etag: str, tail: bytes) -> bytes:
+    """``tail`` (the ``tail_spec`` read of a stored version), read again longer when the trailer
+    its footer announces is longer: what ``Trailer.from_tail`` parses. FormatError (no footer)
+    or TamperedError (an impossible length) from the footer."""
     record_len = parse_footer(tail)
     if record_len > len(tail):
         tail = await read_range(upstream, bucket, key, etag, f"bytes=-{record_len}")
-    return Trailer.from_tail(tail)
+    return tail
 
 
 def cached_view(view: View) -> CachedView:
@@ -333,15 +334,13 @@ class Views:
             return self._unverified(key, size, etag, last_modified, "an empty object")
         try:
             async with self._lookups:
-                tail = await read_range(self.upstream, bucket, key, etag, tail_spec(size))
+                probe = await read_range(self.upstream, bucket, key, etag, tail_spec(size))
                 try:
-                    record_len = parse_footer(tail)
+                    tail = await complete_tail(self.upstream, bucket, key, etag, probe)
                 except TamperedError as exc:
                     raise await self.refusal(bucket, key, etag, size, last_modified, exc) from None
                 except FormatError:
-                    return await self._without_trailer(bucket, key, etag, size, last_modified, tail)
-                if record_len > len(tail):
-                    tail = await read_range(self.upstream, bucket, key, etag, f"bytes=-{record_len}")
+                    return await self._without_trailer(bucket, key, etag, size, last_modified, probe)
         except Exception as exc:
             failure = await self._read_failure(bucket, key, etag, size, last_modified, exc)
             if failure is exc:
@@ -349,10 +348,7 @@ class Views:
             raise failure from None
         try:
             trailer = Trailer.from_tail(tail)
-            trailer.verify(self.keyring)
-            trailer.check_object_key(self.written_as(key, trailer))
-            if trailer.object_stored_size != size:
-                raise TamperedError(f"stored size {size} differs from the trailer's {trailer.object_stored_size}")
+            trailer.check_stored(self.keyring, self.written_as(key, trailer), size)
         except FormatError as exc:
             raise await self.refusal(bucket, key, etag, size, last_modified, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
@@ -487,12 +483,7 @@ class Views:
 
     def written_as(self, key: str, trailer: Trailer) -> str:
         """The name the object must have been written under: ``key``, or its accepted old name."""
-        for moved in self.config.encryption.accept_moved:
-            if key.startswith(moved.to_prefix):
-                old = moved.from_prefix + key[len(moved.to_prefix) :]
-                if trailer.object_key == old:
-                    return old
-        return key
+        return written_as(key, trailer.object_key, self.config.encryption.moved_prefixes)
 
     def integrity(self, key: str, exc: Exception) -> IntegrityRefusal:
         kind = integrity_kind(exc)

@@ -258,3 +258,14 @@ def test_classify() -> None:
     # the documented false positive: plaintext that starts like a chunk record is refused
     fp = struct.pack(">I", 1000) + b"\x80" + b"plain text"
     assert classify(fp[:10], fp[-12:], len(fp)) == "tampered"
+
+
+def test_check_stored_vouches_for_mac_name_and_size() -> None:
+    """``Trailer.check_stored``: the one check the proxy and verify-bucket make of a trailer."""
+    TRAILER.check_stored(RING, "bucketless/key", len(STORED))
+    with pytest.raises(WrongObjectError):
+        TRAILER.check_stored(RING, "bucketless/other", len(STORED))
+    with pytest.raises(TamperedError, match="stored size"):
+        TRAILER.check_stored(RING, "bucketless/key", len(STORED) + 1)
+    with pytest.raises(UnknownKeyError):
+        TRAILER.check_stored(RING_B, "bucketless/key", len(STORED))
