@@ -28,11 +28,11 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from proxy.config import ConfigError, parse_config
+from proxy.objects.passthrough import PassthroughService
 from proxy.s3.api import Request
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import SCOPED_OPERATIONS, ClientScope, Route, check_scope, route
 from proxy.server import client_scopes
-from proxy.objects.passthrough import PassthroughService
 from tests.conftest import MEDUSA_CLIENT_CONFIG
 from tests.servers import REGION, ProxyProcess, S3Server
 
