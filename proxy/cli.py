@@ -73,8 +73,8 @@ def _ready_to_start(config: Config) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.daemon.server import run, serve
     from proxy.logs import setup_logging
-    from proxy.server import run, serve
 
     config = _load(args.config)
     if not _ready_to_start(config):
@@ -101,7 +101,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             + (f"served when written before {cutoff.isoformat()}" if cutoff else "refused")
         )
     if args.check_upstream:
-        from proxy.server import run
+        from proxy.daemon.server import run
 
         problems: list[str] = []
         run(_check_upstream(config, problems))
@@ -156,13 +156,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.demo import run_demo
+    from proxy.tools.demo import run_demo
 
     return run_demo(args.port, args.workdir)
 
 
 def cmd_tls_selfsigned(args: argparse.Namespace) -> int:
-    from proxy.tls import make_self_signed
+    from proxy.daemon.tls import make_self_signed
 
     cert, key = make_self_signed(args.out)
     print(f"certificate: {cert}\nprivate key: {key}")
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tls_selfsigned)
 
     _add_offline_tools(sub)
-    from proxy import stale_uploads
+    from proxy.tools import stale_uploads
 
     stale_uploads.register(sub)  # abort-stale-uploads
     return parser
@@ -214,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_offline_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """encrypt / decrypt / inspect: disaster recovery without the daemon."""
-    from proxy import offline_cli
+    from proxy.tools import files_cli
 
-    offline_cli.register(sub)
+    files_cli.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

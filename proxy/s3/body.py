@@ -27,7 +27,7 @@ from proxy.s3.sigv4 import AuthResult, PayloadMode, verify_payload_sha256
 # (hashlib releases the GIL) while the consumer works on the same piece: the event loop only
 # moves bytes. Smaller pieces are not worth the hop.
 INLINE_HASH = 64 << 10
-# Body pieces are read at most this large (the socket reads, ``read_bufsize`` in proxy.server, are
+# Body pieces are read at most this large (the socket reads, ``read_bufsize`` in proxy.daemon.server, are
 # as large): up to three pieces of every request are alive at once (the one being hashed and held
 # back, the one being encrypted, the reader's buffer), times every part in flight. readany()
 # would join whatever the reader buffered, up to its high-water mark and more.

@@ -31,7 +31,7 @@ def _files(source: str, target: str) -> Iterator[tuple[str, str]]:
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from proxy.keyfiles import load_key_ring
-    from proxy.offline import encrypt_file
+    from proxy.tools.files import encrypt_file
 
     keyring = load_key_ring(args.key_file)
     with _files(args.input, args.output) as (source, target):
@@ -42,7 +42,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from proxy.format.errors import FormatError
     from proxy.keyfiles import load_key_ring
-    from proxy.offline import decrypt_file
+    from proxy.tools.files import decrypt_file
 
     keyring = load_key_ring(args.key_file)
     try:
@@ -56,7 +56,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from proxy.format.errors import FormatError
-    from proxy.offline import inspect_file
+    from proxy.tools.files import inspect_file
 
     try:
         info = inspect_file(args.input)
@@ -76,8 +76,8 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
 
     from proxy.config import ConfigError, load_upstream_config
     from proxy.keyfiles import load_key_ring
+    from proxy.tools.verify_bucket import load_options, verify_bucket
     from proxy.upstream import Upstream
-    from proxy.verify_bucket import load_options, verify_bucket
 
     try:
         upstream_config = load_upstream_config(args.config)

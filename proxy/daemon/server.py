@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy import __version__
 from proxy.config import ClientCredential, Config, ConfigError, load_config
+from proxy.daemon.tls import server_ssl_context
 from proxy.logs import log_request
 from proxy.metrics import Metrics
 from proxy.objects import build_service
@@ -25,10 +26,9 @@ from proxy.s3.body import PIECE
 from proxy.s3.errors import S3Error
 from proxy.s3.frontend import Frontend
 from proxy.s3.routing import ClientScope, bucket_and_key, route
-from proxy.tls import server_ssl_context
 from proxy.upstream import Upstream
 
-log = logging.getLogger("proxy.server")
+log = logging.getLogger("proxy.daemon.server")
 access_log = logging.getLogger("proxy.access")
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})

@@ -33,9 +33,9 @@ def run_demo(port: int, workdir: str | None) -> int:
         )
         return 2
     from proxy.config import parse_config
+    from proxy.daemon.server import run, serve
     from proxy.keyfiles import generate_key_file
     from proxy.logs import setup_logging
-    from proxy.server import run, serve
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     work = Path(workdir or tempfile.mkdtemp(prefix="medusa-crypt-proxy-demo-"))

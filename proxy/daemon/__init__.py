@@ -1,0 +1,1 @@
+"""The daemon: the app and its lifecycle (drain, readiness, signals, reload), TLS, memory tuning."""
