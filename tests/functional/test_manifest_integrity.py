@@ -15,9 +15,10 @@ from botocore.exceptions import ClientError
 
 from proxy.format.manifest_mac import find_seal
 from tests.conftest import MEDUSA_CLIENT_CONFIG
-from tests.functional.test_manifest import medusa_manifest, run_verify_bucket
+from tests.functional.test_manifest import run_verify_bucket
 from tests.functional.test_objects import MIB, payload, raw_bytes
 from tests.functional.test_operations import metric, scrape
+from tests.support.medusa_helpers import medusa_manifest
 from tests.support.servers import ProxyProcess
 
 NODE_KEY = "node1/bk1/meta/manifest.json"

@@ -186,6 +186,20 @@ def s3_etag(data_or_path: bytes | Path, part_size: int = 5 * MiB, threshold: int
     return hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f"-{len(parts)}"
 
 
+def medusa_manifest(entries: list[tuple[str, str, int]]) -> bytes:
+    """A manifest (one table, ``(path, MD5, size)`` per object) serialised exactly as Medusa does
+    (json.dumps of a list of sections)."""
+    return json.dumps(
+        [
+            {
+                "keyspace": "ks1",
+                "columnfamily": "t-1",
+                "objects": [{"path": p, "MD5": m, "size": s} for p, m, s in entries],
+            }
+        ]
+    ).encode()
+
+
 # ------------------------------------------------------------------------------------
 # raw bucket inspection
 # ------------------------------------------------------------------------------------
