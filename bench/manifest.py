@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from proxy.format import encrypt_object  # noqa: E402
 from proxy.keyfiles import load_key_ring  # noqa: E402
-from tests.servers import ProxyProcess, RcloneS3Server, generate_fernet_key_file, proxy_config  # noqa: E402
+from tests.support.servers import ProxyProcess, RcloneS3Server, generate_fernet_key_file, proxy_config  # noqa: E402
 
 MiB = 1 << 20
 MEDUSA = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from boto3.s3.transfer import TransferConfig
 
-from tests.servers import ProxyProcess, RcloneS3Server, proxy_config
+from tests.support.servers import ProxyProcess, RcloneS3Server, proxy_config
 
 MIB = 1 << 20
 MEDUSA = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}

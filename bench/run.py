@@ -48,7 +48,7 @@ from boto3.s3.transfer import TransferConfig
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.servers import (  # noqa: E402
+from tests.support.servers import (  # noqa: E402
     ProxyProcess,
     RcloneS3Server,
     _clean_env,

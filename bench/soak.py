@@ -8,7 +8,7 @@ For each upstream in turn (default: moto, then rclone), starts on loopback, in a
 directory under /tmp (deleted at the end unless --keep):
   upstream  moto's server mode, or `rclone serve s3` over a local directory (`--etag-hash ""` unless
             --rclone-etag md5: the proxy then keys its view cache on size + Last-Modified)
-  faults    with --faults RATE: tests/faults.py's FaultInjector between the proxy(s) and the upstream,
+  faults    with --faults RATE: tests/support/faults.py's FaultInjector between the proxy(s) and the upstream,
             faulting RATE of the upstream requests (--fault-kinds, default the transient ones)
   proxy     `python -m proxy serve` (one, or --proxies P sharing the bucket and the key, each with a
             cache of its own; client i talks to proxy i % P)
@@ -35,7 +35,7 @@ peak and end, open file descriptors and TCP connections (client side, upstream s
 end (from /proc/PID/fd and /proc/PID/net/tcp), threads, CPU seconds; the load average while it ran.
 JSON goes to bench/results/soak-*.json. MB = 10^6 bytes.
 
-The functions are importable (tests/test_soak.py runs a short version): ``run_soak(SoakOptions(...))``
+The functions are importable (tests/e2e/test_soak.py runs a short version): ``run_soak(SoakOptions(...))``
 returns a ``SoakResult``.
 """
 
@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.servers import (  # noqa: E402
+from tests.support.servers import (  # noqa: E402
     MotoServer,
     ProxyProcess,
     RcloneS3Server,
@@ -862,11 +862,11 @@ def start_upstream(opts: SoakOptions, root: Path) -> S3Server:
 
 
 def load_injector() -> Any:
-    """tests/faults.py's FaultInjector (another part of the test suite)."""
+    """tests/support/faults.py's FaultInjector (another part of the test suite)."""
     try:
-        from tests.faults import FaultInjector
+        from tests.support.faults import FaultInjector
     except ImportError as exc:  # pragma: no cover - the hook stays usable without it
-        raise SystemExit(f"--faults needs tests/faults.py (FaultInjector): {exc}") from None
+        raise SystemExit(f"--faults needs tests/support/faults.py (FaultInjector): {exc}") from None
     return FaultInjector
 
 
@@ -1093,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         metavar="RATE",
-        help="fault this share of upstream requests (tests/faults.py)",
+        help="fault this share of upstream requests (tests/support/faults.py)",
     )
     parser.add_argument("--fault-kinds", default=",".join(DEFAULT_FAULT_KINDS))
     parser.add_argument("--seed", type=int, default=1)

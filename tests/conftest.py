@@ -37,9 +37,9 @@ from typing import Any
 
 import pytest
 
-from tests import toolenv
-from tests.medusa_helpers import FakeSnapshot, make_snapshot, medusa_storage
-from tests.servers import (
+from tests.support import toolenv
+from tests.support.medusa_helpers import FakeSnapshot, make_snapshot, medusa_storage
+from tests.support.servers import (
     MotoServer,
     ProxyProcess,
     RcloneS3Server,

@@ -312,7 +312,7 @@ class ClientConnection(web_protocol.RequestHandler):
 
     Timers are moved lazily (each fires at most once per timeout to look again), so reads and
     writes only note the time. This leans on aiohttp internals (``_waiter``, ``_messages``,
-    ``_current_request``, ``_process_keepalive``); tests/test_timeouts.py pins each behaviour.
+    ``_current_request``, ``_process_keepalive``); tests/functional/test_timeouts.py pins each behaviour.
     """
 
     __slots__ = ("_head_timer", "_limits", "_send_since", "_send_timer")

@@ -1,7 +1,7 @@
 """Format constants of the encrypted object format (see docs/FORMAT.md).
 
 Changing any of these changes the stored format: the known-answer vectors in
-tests/format/vectors must break when they do.
+tests/unit/format/vectors must break when they do.
 """
 
 from typing import Final

@@ -4,7 +4,7 @@ A token here is byte-for-byte the base64url-decoded form of a Fernet token:
 ``0x80 | timestamp u64 BE | IV (16) | AES-128-CBC(PKCS7(payload)) | HMAC-SHA256``.
 Skipping base64 and writing straight into preallocated buffers (``update_into``)
 is what makes this ~3-5x faster than ``cryptography.fernet.Fernet`` while staying
-spec-compatible (proved in tests/format/test_token.py).
+spec-compatible (proved in tests/unit/format/test_token.py).
 """
 
 from __future__ import annotations

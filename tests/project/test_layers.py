@@ -1,0 +1,136 @@
+"""The package's layers, checked on the code (docs/ARCHITECTURE.md): what each layer may import,
+and no import cycle that only works by accident of import order (each module imports alone)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
+MODULES = sorted(
+    ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    for path in PACKAGE.rglob("*.py")
+    if path.name != "__main__.py"  # runs the command line
+)
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in it (functions and TYPE_CHECKING blocks too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "proxy")
+    return names
+
+
+def test_the_format_is_pure() -> None:
+    """``proxy.format`` (bytes at rest) needs the standard library and cryptography only: no
+    asyncio, no HTTP, nothing else of the proxy."""
+    allowed_third_party = {"cryptography"}
+    for path in (PACKAGE / "format").glob("*.py"):
+        for name in imported(path):
+            top = name.split(".")[0]
+            if top == "proxy":
+                assert name.startswith("proxy.format"), f"{path.name} imports {name}"
+            else:
+                assert top in allowed_third_party or top in sys.stdlib_module_names, f"{path.name} imports {name}"
+                assert top != "asyncio", f"{path.name} imports asyncio"
+
+
+#: What each layer must not import (module prefixes): a layer sees only those below it. Leaves
+#: (config, logs, metrics, cache, policy, conditions, manifest, keyfiles, tls) sit beside them.
+FORBIDDEN = {
+    "proxy.s3": (
+        "proxy.upstream",
+        "proxy.objects",
+        "proxy.server",
+        "proxy.cli",
+        "proxy.format",
+        "proxy.config",
+    ),
+    "proxy.rawget": ("proxy.",),
+    "proxy.upstream": ("proxy.objects", "proxy.server", "proxy.cli", "proxy.format"),
+    # The code for each kind of key is handed requests by proxy.objects.service and never calls
+    # back into it; passthrough knows nothing of the format or of the other kinds.
+    "proxy.objects.passthrough": ("proxy.objects.", "proxy.server", "proxy.cli", "proxy.format"),
+    "proxy.objects.views": ("proxy.objects.service", "proxy.objects.encrypted", "proxy.objects.manifests"),
+    "proxy.objects.encrypted": ("proxy.objects.service", "proxy.objects.manifests", "proxy.objects.multipart"),
+    "proxy.objects.manifests": ("proxy.objects.service", "proxy.objects.multipart"),
+    "proxy.objects.multipart": ("proxy.objects.service", "proxy.objects.encrypted", "proxy.objects.manifests"),
+    "proxy.objects": ("proxy.server", "proxy.cli", "proxy.demo", "proxy.offline", "proxy.verify_bucket"),
+    "proxy.server": ("proxy.cli", "proxy.demo"),
+    "proxy.demo": ("proxy.cli",),
+}
+
+
+def layer_of(module: str) -> str | None:
+    """The most specific layer ``module`` belongs to."""
+    layers = [layer for layer in FORBIDDEN if module == layer or module.startswith(layer + ".")]
+    return max(layers, key=len, default=None)
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layers_import_downwards(layer: str) -> None:
+    """Nothing imports what sits above it; nothing but ``proxy.__main__`` imports the command line."""
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        if layer_of(module) != layer:
+            continue
+        for name in imported(path):
+            bad = [
+                prefix
+                for prefix in FORBIDDEN[layer]
+                if name.startswith(prefix) and not (name == layer or name.startswith(layer + "."))
+            ]
+            assert not bad, f"{module} imports {name}"
+
+
+def test_only_main_imports_the_command_line() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.name not in ("__main__.py", "cli.py"):
+            assert not any(name == "proxy.cli" for name in imported(path)), f"{path} imports proxy.cli"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_imports_alone(module: str) -> None:
+    """A fresh interpreter imports ``module`` first: a cycle that depends on another module having
+    been imported before fails here."""
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=PACKAGE.parent
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_front_end_does_not_load_the_upstream() -> None:
+    """The S3 front end (parsing, authentication, dispatch) runs without botocore or the
+    upstream: a change to the bucket's side cannot reach it."""
+    code = (
+        "import sys, proxy.s3.frontend; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'aiobotocore') "
+        "or m in ('proxy.upstream', 'proxy.objects')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_services_are_composed_not_inherited() -> None:
+    """The service hands each request to the code for its key's kind: no class of
+    ``proxy.objects`` extends another one (an inheritance chain hid which code served a key)."""
+    import ast
+
+    for path in (PACKAGE / "objects").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = [ast.unparse(base) for base in node.bases]
+                assert all(base in ("Exception", "S3Error", "Protocol") for base in bases), (
+                    f"{path.name}: {node.name}({', '.join(bases)})"
+                )

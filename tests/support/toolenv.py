@@ -1,0 +1,108 @@
+"""Virtual environments for tools that must stay out of the product's venv.
+
+cassandra-medusa and awscli both pin botocore; installed next to the product they would
+drag aiobotocore down (DESIGN.md section 7).  Each gets a venv of its own under
+``<repo>/.venvs/``, built on first use.  A file lock makes parallel pytest-xdist workers
+wait for one build instead of racing; a ``.ready`` stamp holding the pip spec marks a
+finished build, so an interrupted build is redone.
+
+``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds both up front
+(``.ci/run`` does this).  ``MEDUSA_PYTHON`` / ``AWS_CLI`` environment variables point at
+existing tools instead (e.g. for local experiments); the default is to build.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENVS_DIR = Path(os.environ.get("TOOL_VENVS_DIR", REPO_ROOT / ".venvs"))
+
+MEDUSA_SPEC = ["cassandra-medusa==0.31.0"]
+# The awscli version the traffic reference (shared/reference/medusa-s3-traffic.md) measured.
+AWSCLI_SPEC = ["awscli==1.45.11"]
+
+
+class ToolEnvError(RuntimeError):
+    pass
+
+
+def _python_for_venvs() -> str:
+    """A base interpreter (not a venv's) of the running Python version."""
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return base if Path(base).exists() else sys.executable
+
+
+def _build(name: str, spec: list[str], check_import: str) -> Path:
+    """Return the venv dir for name, building it (under a file lock) if not ready."""
+    VENVS_DIR.mkdir(parents=True, exist_ok=True)
+    venv = VENVS_DIR / name
+    stamp = venv / ".ready"
+    wanted = " ".join(spec)
+    if stamp.exists() and stamp.read_text().strip() == wanted:
+        return venv
+    lock_path = VENVS_DIR / f"{name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it right now
+        try:
+            if stamp.exists() and stamp.read_text().strip() == wanted:
+                return venv
+            started = time.monotonic()
+            print(f"[toolenv] building {venv} ({wanted})", file=sys.stderr, flush=True)
+            shutil.rmtree(venv, ignore_errors=True)
+            log = VENVS_DIR / f"{name}.build.log"
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_REQUIRE"))}
+            env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+            env["PIP_NO_INPUT"] = "1"
+            with open(log, "w") as out:
+                steps = [
+                    [_python_for_venvs(), "-m", "venv", str(venv)],
+                    [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *spec],
+                    [str(venv / "bin" / "python"), "-c", check_import],
+                ]
+                for cmd in steps:
+                    out.write(f"$ {' '.join(cmd)}\n")
+                    out.flush()
+                    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                    if rc != 0:
+                        raise ToolEnvError(
+                            f"building {venv} failed at {' '.join(cmd)} (exit {rc}):\n" + log.read_text()[-5000:]
+                        )
+            stamp.write_text(wanted + "\n")
+            print(f"[toolenv] built {venv} in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+            return venv
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def medusa_python() -> str:
+    """The python of a venv with cassandra-medusa 0.31.0 (and nothing of the product)."""
+    override = os.environ.get("MEDUSA_PYTHON")
+    if override:
+        return override
+    venv = _build("medusa-0.31.0", MEDUSA_SPEC, "import medusa.backup_node, medusa.storage.s3_base_storage")
+    return str(venv / "bin" / "python")
+
+
+def aws_cli() -> str:
+    """Path of an ``aws`` executable (awscli v1) from a venv of its own."""
+    override = os.environ.get("AWS_CLI")
+    if override:
+        return override
+    venv = _build("awscli-1.45.11", AWSCLI_SPEC, "import awscli.clidriver")
+    return str(venv / "bin" / "aws")
+
+
+def build_all() -> None:
+    print(medusa_python())
+    print(aws_cli())
+
+
+if __name__ == "__main__":
+    build_all()
