@@ -156,7 +156,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.tools.demo import run_demo
+    from proxy.daemon.demo import run_demo
 
     return run_demo(args.port, args.workdir)
 

@@ -1,1 +1,1 @@
-"""Operator commands that run without the daemon: offline file tools, verify-bucket, abort-stale-uploads, the demo."""
+"""Operator commands that run without the daemon: offline file tools, verify-bucket, abort-stale-uploads."""

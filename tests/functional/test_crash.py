@@ -34,7 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from proxy.format.keys import KeyRing
 from proxy.format.trailer import Trailer
 from proxy.keyfiles import load_key_ring
-from proxy.offline import decrypt_file
+from proxy.tools.files import decrypt_file
 from tests.functional.test_durability import metric
 from tests.functional.test_objects import MIB, payload
 from tests.functional.test_protocol import raw_uploads, sign

@@ -435,6 +435,6 @@ def test_moved_backup_is_accepted_with_accept_moved(
     ],
 )
 def test_node_manifest_key(prefix: str, index_key: str, node_key: str | None) -> None:
-    from proxy.verify_bucket import node_manifest_key
+    from proxy.tools.verify_bucket import node_manifest_key
 
     assert node_manifest_key(prefix, index_key) == node_key

@@ -199,7 +199,7 @@ async def test_fast_paths_over_tls(tmp_path: Any) -> None:
     import http.client
     import ssl
 
-    from proxy.tls import make_self_signed
+    from proxy.daemon.tls import make_self_signed
     from tests.support.servers import RcloneS3Server
 
     cert, key = make_self_signed(tmp_path / "tls")

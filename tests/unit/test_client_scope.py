@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from proxy.config import ConfigError, parse_config
+from proxy.daemon.server import client_scopes
 from proxy.objects.passthrough import PassthroughService
 from proxy.s3.api import Request
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import SCOPED_OPERATIONS, ClientScope, Route, check_scope, route
-from proxy.server import client_scopes
 
 PREFIX = "cluster1/"
 SCOPE = ClientScope(frozenset({"a"}), PREFIX)

@@ -1,7 +1,7 @@
 import pytest
 
 from proxy.format import TamperedError, WrongObjectError, decrypt_object
-from proxy.offline import decrypt_file, encrypt_file, inspect_file
+from proxy.tools.files import decrypt_file, encrypt_file, inspect_file
 from tests.unit.format.helpers import RING, RING_AB, pattern
 
 

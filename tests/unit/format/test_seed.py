@@ -27,7 +27,7 @@ from proxy.format.seed import (
     seed_token_size,
     source_md5_hex,
 )
-from proxy.offline import decrypt_file, inspect_file
+from proxy.tools.files import decrypt_file, inspect_file
 from tests.unit.format.helpers import RAW_A, RAW_B, RING, RING_B, pattern
 
 MiB = SEED_CHUNK_SIZE

@@ -1,4 +1,4 @@
-"""Unit tests for proxy.tls: the self-signed certificate works in a real TLS handshake."""
+"""Unit tests for proxy.daemon.tls: the self-signed certificate works in a real TLS handshake."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from proxy.tls import make_self_signed, server_ssl_context
+from proxy.daemon.tls import make_self_signed, server_ssl_context
 
 
 def test_files_and_certificate(tmp_path: Path) -> None:
