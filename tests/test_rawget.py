@@ -1,4 +1,4 @@
-"""proxy.rawget against a loopback server that answers with exactly the bytes each test writes.
+"""proxy.upstream.http against a loopback server that answers with exactly the bytes each test writes.
 
 The real upstreams (moto, rclone) are covered through the proxy in test_objects; these are the
 faults they do not produce on demand: short bodies, chunked bodies, dropped keep-alives.
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from yarl import URL
 
-from proxy.rawget import BodyError, RecordReader, parse_head
+from proxy.upstream.http import BodyError, RecordReader, parse_head
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 

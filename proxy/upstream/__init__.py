@@ -10,6 +10,10 @@ Every call is bounded (docs/OPERATIONS.md, "Timeouts"): by ``connect_timeout`` a
 trips a read timeout. A call that times out fails with 503 ServiceUnavailable; a fast path that
 times out does not fall back (the upstream is silent, not strange: asking again would only hold
 the client for longer; the client retries). A connection that timed out is closed, never pooled.
+
+One job per module: this one is ``Upstream`` (the calls, their bounds and metrics);
+``http`` is the direct HTTP stack of the fast paths, ``errors`` maps every failure to an S3
+error, ``streaming`` holds the streamed request body and its silence timer.
 """
 
 from __future__ import annotations
@@ -23,14 +27,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiobotocore.session
 import aiohttp
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
-from proxy.rawget import BodyError, RawTimeout, RecordReader
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
+from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
+from proxy.upstream.http import BodyError, RawTimeout, RecordReader
+from proxy.upstream.streaming import Silence, StreamingBody
+
+__all__ = [
+    "FORWARDED_HEADERS",
+    "LONG_OPERATIONS",
+    "Silence",
+    "StreamingBody",
+    "Upstream",
+    "client_error_to_s3",
+    "operation_name",
+    "reply_headers",
+    "timeout_kind",
+]
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics, TimeoutKind
@@ -63,128 +81,6 @@ FORWARDED_HEADERS = (
 
 # S3 may work on these for minutes (it sends whitespace meanwhile): long_request_timeout bounds them.
 LONG_OPERATIONS = frozenset({"complete_multipart_upload", "copy_object", "upload_part_copy"})
-# upstream_errors_total codes of the timeouts (botocore's exception names where it has one).
-_TIMEOUT_CODES = {
-    "upstream_connect": "ConnectTimeoutError",
-    "upstream_read": "ReadTimeoutError",
-    "upstream_deadline": "DeadlineExceeded",
-}
-
-_HEAD_STATUS_CODES = {
-    "404": "NoSuchKey",
-    "403": "AccessDenied",
-    "412": "PreconditionFailed",
-    "304": "NotModified",
-    "400": "InvalidRequest",
-    "416": "InvalidRange",
-    "405": "MethodNotAllowed",
-    "500": "InternalError",
-    "501": "NotImplemented",
-    "503": "ServiceUnavailable",
-}
-
-
-class Silence:
-    """Cancels a task once the upstream has kept it waiting ``timeout`` seconds in one go.
-
-    ``upstream()`` starts the upstream's turn (connecting, 100 Continue, taking a piece of the
-    body, answering), ``source()`` the source's (the client's body, the encryptor), whose waits do
-    not count. One timer per call, moved on only when it fires early: a turn costs two attribute
-    stores. ``fired`` tells the cancellation it caused from any other.
-    """
-
-    __slots__ = ("fired", "handle", "loop", "since", "task", "timeout")
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        self.fired = False
-        self.since: float | None = None
-        self.handle: asyncio.TimerHandle | None = None
-        self.upstream()
-
-    def upstream(self) -> None:
-        self.since = now = self.loop.time()
-        if self.handle is None:
-            self.handle = self.loop.call_at(now + self.timeout, self._check)
-
-    def source(self) -> None:
-        self.since = None
-
-    def _check(self) -> None:
-        self.handle = None
-        if self.since is None:
-            return  # the source's turn: the next upstream turn arms the timer again
-        due = self.since + self.timeout
-        if self.loop.time() < due:
-            self.handle = self.loop.call_at(due, self._check)
-        elif self.task is not None and not self.task.done():
-            self.fired = True
-            self.task.cancel()
-
-    def close(self) -> None:
-        self.since = None
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-
-class StreamingBody:
-    """A request body botocore accepts (it has ``read``) but aiohttp streams (``__aiter__``).
-
-    botocore's parameter validation wants a file-like object; aiohttp sends any async iterable
-    chunk by chunk. An error raised by the source is kept in ``error`` because botocore replaces
-    it with UnseekableStreamError when it tries to rewind for a retry. With ``silence``, the time
-    aiohttp takes to send each piece (and, after the last, to get the answer) is the upstream's.
-    """
-
-    def __init__(self, source: AsyncIterable[bytes | bytearray], silence: Silence | None = None) -> None:
-        self._source = source
-        self._silence = silence
-        self.error: BaseException | None = None
-        self.sent = 0
-
-    def read(self, *_: Any) -> bytes:  # pragma: no cover - botocore only checks it exists
-        raise RuntimeError("StreamingBody is read asynchronously")
-
-    async def _iterate(self) -> AsyncIterator[memoryview]:
-        silence = self._silence
-        try:
-            if silence is not None:
-                silence.source()
-            async for piece in self._source:
-                self.sent += len(piece)
-                if silence is not None:
-                    silence.upstream()
-                # A memoryview: aiohttp slices each piece to the declared length, which copies
-                # a bytearray (1 MiB per record) but not a view.
-                yield memoryview(piece)
-                del piece
-                if silence is not None:
-                    silence.source()
-            if silence is not None:
-                silence.upstream()  # the answer
-        except BaseException as exc:
-            self.error = exc
-            raise
-
-    def __aiter__(self) -> AsyncIterator[memoryview]:
-        return self._iterate()
-
-
-def client_error_to_s3(exc: ClientError) -> S3Error:
-    """Carry an upstream S3 error back to the client with the same code and status."""
-    err = exc.response.get("Error", {})
-    meta = exc.response.get("ResponseMetadata", {})
-    status = int(meta.get("HTTPStatusCode") or 500)
-    code = str(err.get("Code") or "InternalError")
-    if code.isdigit():  # a HEAD answer has no body: botocore names the error by its status
-        code = _HEAD_STATUS_CODES.get(code) or ("InternalError" if status >= 500 else "InvalidRequest")
-    message = str(err.get("Message") or f"upstream answered {status}")
-    return S3Error(code, message, status)
-
-
 _OPERATION_NAMES: dict[str, str] = {}
 
 
@@ -195,17 +91,6 @@ def operation_name(method: str) -> str:
     if name is None:
         name = _OPERATION_NAMES[method] = "".join(part[:1].upper() + part[1:] for part in method.split("_"))
     return name
-
-
-def timeout_kind(exc: BaseException) -> TimeoutKind | None:
-    """Which timeout ``exc`` is (botocore's, aiohttp's, the record reader's), or None."""
-    if isinstance(exc, RawTimeout):
-        return "upstream_connect" if exc.kind == "upstream_connect" else "upstream_read"
-    if isinstance(exc, ConnectTimeoutError | aiohttp.ConnectionTimeoutError):
-        return "upstream_connect"
-    if isinstance(exc, ReadTimeoutError | TimeoutError):  # aiohttp's ServerTimeoutError is one
-        return "upstream_read"
-    return None
 
 
 def _retries(response: Any) -> int:
@@ -337,7 +222,7 @@ class Upstream:
         """Count a timeout of ``operation`` and the S3 error the client gets for it."""
         if self.metrics is not None:
             self.metrics.timeout(kind)
-        self._failed(operation, _TIMEOUT_CODES[kind], sent=sent)
+        self._failed(operation, TIMEOUT_CODES[kind], sent=sent)
         if kind == "upstream_connect":
             message = f"The upstream bucket could not be reached within {self.cfg.connect_timeout:g}s."
         elif kind == "upstream_read":
