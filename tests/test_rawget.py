@@ -1,7 +1,8 @@
 """proxy.upstream.http against a loopback server that answers with exactly the bytes each test writes.
 
-The real upstreams (moto, rclone) are covered through the proxy in test_objects; these are the
-faults they do not produce on demand: short bodies, chunked bodies, dropped keep-alives.
+The real upstreams (moto, rclone) are covered through the proxy in test_objects and against
+botocore in test_upstream_fast; these are the faults they do not produce on demand: short
+bodies, chunked bodies, dropped keep-alives, error answers, silence.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from yarl import URL
 
-from proxy.upstream.http import BodyError, RecordReader, parse_head
+from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout, parse_head
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -51,21 +52,21 @@ class RawServer:
             writer.close()
 
 
-Serve = Callable[[Handler], Awaitable[tuple[RawServer, RecordReader]]]
+Serve = Callable[..., Awaitable[tuple[RawServer, ConnectionPool]]]
 
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     servers: list[asyncio.Server] = []
-    readers: list[RecordReader] = []
+    readers: list[ConnectionPool] = []
 
-    async def start(handler: Handler) -> tuple[RawServer, RecordReader]:
+    async def start(handler: Handler, read_timeout: float = 5) -> tuple[RawServer, ConnectionPool]:
         raw = RawServer(handler)
         server = await asyncio.start_server(raw.serve, "127.0.0.1", 0)
         servers.append(server)
         port = server.sockets[0].getsockname()[1]
-        reader = RecordReader(
-            URL(f"http://127.0.0.1:{port}"), verify_tls=True, connect_timeout=5, read_timeout=5, max_idle=4
+        reader = ConnectionPool(
+            URL(f"http://127.0.0.1:{port}"), verify_tls=True, connect_timeout=5, read_timeout=read_timeout, max_idle=4
         )
         readers.append(reader)
         return raw, reader
@@ -82,7 +83,7 @@ def ok(body: bytes, extra: str = "") -> bytes:
     return f'HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nETag: "abc"\r\n{extra}\r\n'.encode() + body
 
 
-async def read_all(reader: RecordReader, piece: int, target: str = "/b/k") -> tuple[list[int], bytes] | None:
+async def read_all(reader: ConnectionPool, piece: int, target: str = "/b/k") -> tuple[list[int], bytes] | None:
     opened = await reader.open(target, {"x-test": "1"})
     if opened is None:
         return None
@@ -223,3 +224,247 @@ async def test_read_body_whole_then_reuse(serve: Serve) -> None:
     with pytest.raises(BodyError):
         await reader.read_body(opened[1], opened[0].length)
     assert reader._idle == []
+
+
+# --- HEAD, PUT, whole bodies, error answers, silence -------------------------------------------
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+async def test_head_reads_no_body_and_reuses_the_connection(serve: Serve) -> None:
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 3:  # a missing key: an error status, still no body
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 250\r\nContent-Type: application/xml\r\n\r\n")
+        else:  # the object's length, and (for the second) a transfer coding a HEAD answer may name
+            coding = "Transfer-Encoding: chunked\r\n" if n == 2 else ""
+            writer.write(f'HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\nETag: "e{n}"\r\n{coding}\r\n'.encode())
+        await writer.drain()
+
+    raw, pool = await serve(handler)
+    for n in (1, 2):
+        head = await pool.head("/b/k", {"x-test": "1"})
+        assert head is not None
+        assert (head.status, head.length, head.headers["content-length"], head.headers["etag"]) == (
+            200,
+            0,
+            "1048576",
+            f'"e{n}"',
+        )
+    missing = await pool.head("/b/absent", {})
+    assert missing is not None and missing.status == 404
+    assert raw.connections == 1  # three answers, one connection: no body was waited for
+    assert len(pool._idle) == 1
+    assert raw.requests[0].startswith(b"HEAD /b/k HTTP/1.1\r\n")
+    assert b"content-length" not in raw.requests[0].lower()
+
+
+async def test_put_sends_the_body_exactly_and_reads_the_answer(serve: Serve) -> None:
+    received: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        received.append(await reader.readexactly(content_length(raw.requests[n - 1])))
+        writer.write(b'HTTP/1.1 200 OK\r\nETag: "put-%d"\r\nContent-Length: 0\r\n\r\n' % n)
+        await writer.drain()
+
+    raw, pool = await serve(handler)
+    bodies = [b"small body", bytes(range(256)) * 12_000, b""]  # 10 B, 3 MB (more than a socket buffer), empty
+    for n, body in enumerate(bodies, 1):
+        got = await pool.fetch("/b/k", {"x-amz-meta-a": "1"}, method="PUT", body=body)
+        assert got is not None
+        head, answer = got
+        assert (head.status, head.headers["etag"], answer) == (200, f'"put-{n}"', b"")
+    assert received == bodies
+    assert raw.connections == 1
+    assert raw.requests[0].startswith(b"PUT /b/k HTTP/1.1\r\n")
+    assert b"Content-Length: 10\r\n" in raw.requests[0] and b"x-amz-meta-a: 1\r\n" in raw.requests[0]
+    assert b"Content-Length: 0\r\n" in raw.requests[2]
+
+
+async def test_an_answer_before_the_whole_body_was_sent_is_not_reused(serve: Serve) -> None:
+    """A server that answers a PUT before it read the body: what is still to send would be read
+    as the next request's bytes, so the connection is closed."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.transport.abort()  # without reading the body
+        else:
+            writer.write(ok(b"next"))
+            await writer.drain()
+
+    raw, pool = await serve(handler)
+    got = await pool.fetch("/b/k", {}, method="PUT", body=bytes(32 << 20))  # more than the socket buffers
+    assert got is not None and got[0].status == 200
+    assert pool._idle == []
+    assert await read_all(pool, 1024) == ([4], b"next")
+    assert raw.connections == 2
+
+
+async def test_fetch_reads_a_whole_body_within_its_limit(serve: Serve) -> None:
+    page = b"<ListBucketResult>" + b"x" * 200_000 + b"</ListBucketResult>"
+
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(ok(page))
+        await writer.drain()
+
+    raw, pool = await serve(handler)
+    got = await pool.fetch("/b?list-type=2", {})
+    assert got is not None and got[1] == page
+    assert await pool.fetch("/b?list-type=2", {}, limit=len(page) - 1) is None  # larger than asked: closed
+    assert pool._idle == []
+    got = await pool.fetch("/b?list-type=2", {}, limit=len(page))
+    assert got is not None and got[1] == page
+    assert raw.connections == 2
+
+
+async def test_an_error_body_that_came_with_the_head_is_drained_and_the_connection_reused(serve: Serve) -> None:
+    error = b"<Error><Code>PreconditionFailed</Code></Error>"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readexactly(content_length(raw.requests[n - 1]))
+        if n % 2:
+            writer.write(b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: %d\r\n\r\n%s" % (len(error), error))
+        else:
+            writer.write(ok(b"after-%d" % n))
+        await writer.drain()
+
+    raw, pool = await serve(handler)
+    assert await read_all(pool, 1024) is None  # GET
+    assert await read_all(pool, 1024) == ([7], b"after-2")  # its own answer, not the error's bytes
+    assert await pool.fetch("/b/k", {}, method="PUT", body=b"data") is None
+    got = await pool.fetch("/b/k", {}, method="PUT", body=b"data")
+    assert got is not None and got[1] == b"after-4"
+    assert raw.connections == 1
+
+
+async def test_an_error_body_still_on_the_wire_closes_the_connection(serve: Serve) -> None:
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            writer.write(b"HTTP/1.1 503 Slow Down\r\nContent-Length: 10\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"0123456789")  # too late: nobody reads it
+        else:
+            writer.write(ok(b"fine"))
+        await writer.drain()
+
+    raw, pool = await serve(handler)
+    assert await pool.fetch("/b?list-type=2", {}) is None
+    assert pool._idle == []  # never pooled with unread bytes
+    got = await pool.fetch("/b?list-type=2", {})
+    assert got is not None and got[1] == b"fine"
+    assert raw.connections == 2
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+async def test_a_chunked_answer_returns_none(method: str, serve: Serve) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readexactly(content_length(raw.requests[n - 1]))
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ndata\r\n0\r\n\r\n")
+        await writer.drain()
+
+    raw, pool = await serve(handler)
+    assert await pool.fetch("/b/k", {}, method=method, body=b"x" if method == "PUT" else b"") is None
+    assert pool._idle == []
+
+
+async def test_a_header_that_cannot_be_sent_returns_none(serve: Serve) -> None:
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(ok(b""))
+        await writer.drain()
+
+    raw, pool = await serve(handler)
+    for value in ("a\r\nx-injected: 1", "a\nb", "caf\u00e9 \u2615"):
+        assert await pool.fetch("/b/k", {"x-amz-meta-v": value}, method="PUT", body=b"x") is None
+    assert raw.requests == []
+
+
+async def test_silence_before_the_head_is_a_read_timeout_and_closes(serve: Serve) -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.read()  # never answers; returns when the client closes
+        closed.set()
+
+    _, pool = await serve(handler, read_timeout=0.3)
+    for call in (
+        pool.head("/b/k", {}),
+        pool.open("/b/k", {}),
+        pool.fetch("/b/k", {}, method="PUT", body=b"x" * 100_000),
+    ):
+        closed.clear()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RawTimeout) as timeout:
+            await call
+        assert timeout.value.kind == "upstream_read"
+        assert 0.25 < asyncio.get_running_loop().time() - started < 2
+        await asyncio.wait_for(closed.wait(), 2)  # the connection was closed, not pooled
+    assert pool._idle == []
+
+
+async def test_a_trickling_head_is_not_silence(serve: Serve) -> None:
+    """Bytes keep coming, so the read timeout (silence) does not fire: the caller's own bound
+    on the whole call does, and the connection is closed."""
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nx-trickle: " + b"a" * 100:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            pass
+        finally:
+            closed.set()
+
+    _, pool = await serve(handler, read_timeout=0.3)
+    with pytest.raises(TimeoutError) as timeout:
+        async with asyncio.timeout(1.0):
+            await pool.head("/b/k", {})
+    assert not isinstance(timeout.value, RawTimeout)
+    await asyncio.wait_for(closed.wait(), 5)
+    assert pool._idle == []
+
+
+async def test_a_body_that_stops_is_a_read_timeout_and_closes(serve: Serve) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 30_000)
+        await writer.drain()
+        await reader.read()
+
+    raw, pool = await serve(handler, read_timeout=0.3)
+    opened = await pool.open("/b/k", {})
+    assert opened is not None
+    with pytest.raises(RawTimeout):
+        await pool.read_body(opened[1], opened[0].length)
+    assert opened[1].closed and pool._idle == []
+    with pytest.raises(RawTimeout):
+        await read_all(pool, 10_000)
+    assert raw.connections == 2
+
+
+async def test_an_endpoint_that_does_not_accept_is_a_connect_timeout() -> None:
+    import socket
+
+    # A listening socket whose accept queue is full drops SYNs: connecting never finishes.
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())
+        host, port = listener.getsockname()
+        pool = ConnectionPool(
+            URL(f"http://{host}:{port}"), verify_tls=True, connect_timeout=0.3, read_timeout=5, max_idle=4
+        )
+        with pytest.raises(RawTimeout) as timeout:
+            await pool.head("/b/k", {})
+        assert timeout.value.kind == "upstream_connect"
+        pool.close()

@@ -35,7 +35,7 @@ from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
 from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
-from proxy.upstream.http import BodyError, RawTimeout, RecordReader
+from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
 from proxy.upstream.streaming import Silence, StreamingBody
 
 __all__ = [
@@ -120,7 +120,7 @@ class Upstream:
         self._client: Any = None
         self._fast: aiohttp.ClientSession | None = None
         self._endpoint: URL | None = None
-        self._records: RecordReader | None = None
+        self._records: ConnectionPool | None = None
         self._streaming_client: Any = None
 
     def _boto_config(self, retries: dict[str, Any]) -> BotoConfig:
@@ -169,7 +169,7 @@ class Upstream:
         endpoint = URL(self.cfg.endpoint_url or "")
         if endpoint.is_absolute() and endpoint.path in ("", "/") and self.cfg.addressing_style != "virtual":
             self._endpoint = endpoint
-            self._records = RecordReader(
+            self._records = ConnectionPool(
                 endpoint,
                 verify_tls=self.cfg.verify_tls,
                 connect_timeout=self.cfg.connect_timeout,

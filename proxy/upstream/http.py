@@ -1,17 +1,22 @@
-"""Object GETs read from the socket straight into the buffers the decryptor takes.
+"""The direct HTTP stack: the fast paths' requests to the bucket, without botocore or aiohttp.
 
-aiohttp hands a response body over in the pieces the socket gave (64-256 KiB each, a new
-``bytes`` per read), and reading one 1 MiB record joins them: on a GET the event loop copied
-every byte once more, and the record framer copied it again. Here an
-:class:`asyncio.BufferedProtocol` receives the body directly into a record-sized buffer that is
-reused, on kept-alive connections. Only what this needs of HTTP/1.1 is here: a GET, a response
-with a Content-Length. Anything else (an error status, a chunked body, a dropped connection
+One small HTTP/1.1 client on a pool of kept-alive connections, for the requests the proxy makes
+most: HEAD, GET (a data GET, a trailer, a LIST page) and PUT of a small body held in memory.
+Only what those need is here: a response with a Content-Length (after a HEAD, no body at all).
+Anything else (a chunked or unframed body, a head that is not HTTP/1.x, a dropped connection
 before the head) returns None, and the caller asks botocore, which maps errors and retries.
 
-Every wait is bounded: connecting by ``connect_timeout``, the response head by ``read_timeout``,
-and the body by ``read_timeout`` of silence (no byte at all, however long the whole body takes).
-A wait that runs out raises :class:`RawTimeout` and closes the connection: a connection is put
-back in the pool only after its whole response was read.
+Data GETs are read from the socket straight into the buffers the decryptor takes: aiohttp hands
+a body over in the pieces the socket gave (64-256 KiB each, a new ``bytes`` per read), and
+reading one 1 MiB record joined them (the event loop copied every byte once more, and the record
+framer again). Here an :class:`asyncio.BufferedProtocol` receives the body directly into a
+record-sized buffer that is reused.
+
+Every wait is bounded: connecting by ``connect_timeout``; the response head, and the body, by
+``read_timeout`` of silence (no byte at all, however long the whole takes: the caller bounds the
+whole call). A wait that runs out raises :class:`RawTimeout` and closes the connection. A
+connection goes back to the pool only when its whole response was read and its request sent; an
+error answer (non-2xx) is drained when its body came with the head, else its connection is closed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from yarl import URL
 
 MAX_HEAD = 64 << 10  # a response head larger than this is not S3's
 _SCRATCH = 64 << 10
+
+Body = bytes | bytearray | memoryview
 
 
 class BodyError(Exception):
@@ -44,13 +51,14 @@ class RawTimeout(TimeoutError):
 class Head:
     status: int
     headers: dict[str, str]  # lowercase names, repeated headers joined with ", "
-    length: int
+    length: int  # body bytes that follow (none after a HEAD, whose Content-Length is the object's)
     keep_alive: bool  # the connection may carry another request after this body
 
 
-def parse_head(raw: bytes) -> Head | None:
+def parse_head(raw: bytes, bodiless: bool = False) -> Head | None:
     """Status and headers of a response head (without the blank line); None if it is not one
-    this reader can stream (no Content-Length, a transfer coding, not HTTP/1.x)."""
+    this client can read (not HTTP/1.x; with a body, no Content-Length or a transfer coding).
+    ``bodiless``: the answer to a HEAD, which has no body whatever its headers say."""
     lines = raw.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     status_text = rest.partition(" ")[0]
@@ -63,10 +71,12 @@ def parse_head(raw: bytes) -> Head | None:
             return None
         name, value = name.strip().lower(), value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    keep_alive = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
+    if bodiless:
+        return Head(int(status_text), headers, 0, keep_alive)
     length = headers.get("content-length", "")
     if "transfer-encoding" in headers or not length.isdigit():
         return None
-    keep_alive = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
     return Head(int(status_text), headers, int(length), keep_alive)
 
 
@@ -76,11 +86,12 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._progress = 0.0  # loop time of the last body bytes received
+        self._progress = 0.0  # loop time of the last sign of life: bytes received, or taken to send
         self._timer: asyncio.TimerHandle | None = None
         self._scratch = bytearray(_SCRATCH)
         self._head = bytearray()
         self._head_waiter: asyncio.Future[Head | None] | None = None
+        self._bodiless = False
         self._leftover = memoryview(b"")  # body bytes that came with the head
         self._target: memoryview | None = None
         self._filled = 0
@@ -102,16 +113,20 @@ class _Connection(asyncio.BufferedProtocol):
         return view[: self.remaining] if len(view) > self.remaining else view
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._progress = self._loop.time() if self._loop is not None else 0.0
         if self._target is None:
             self._head += self._scratch[:nbytes]
             self._head_received()
             return
         self._filled += nbytes
         self.remaining -= nbytes
-        self._progress = self._loop.time() if self._loop is not None else 0.0
         if self._filled == len(self._target) or self.remaining == 0:
             self._pause()
             _resolve(self._waiter, None)
+
+    def resume_writing(self) -> None:
+        # The kernel took what was waiting to be sent: the upstream is reading the request.
+        self._progress = self._loop.time() if self._loop is not None else 0.0
 
     def eof_received(self) -> bool:
         return False  # close: S3 never half-closes a response it still owes
@@ -129,8 +144,9 @@ class _Connection(asyncio.BufferedProtocol):
         if end < 0:
             if len(self._head) > MAX_HEAD:
                 self.close()
+                _resolve(self._head_waiter, None)
             return
-        head = parse_head(bytes(self._head[:end]))
+        head = parse_head(bytes(self._head[:end]), self._bodiless)
         self._leftover = memoryview(bytes(self._head[end + 4 :]))
         self._head = bytearray()
         if head is None or len(self._leftover) > head.length:
@@ -146,16 +162,25 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
-    # --- what the reader calls ---------------------------------------------------------------
+    # --- what the pool calls -----------------------------------------------------------------
 
-    async def request(self, raw: bytes) -> Head | None:
-        """Send a request head; its response head, or None when there is none to stream."""
-        assert self.transport is not None
-        self._head_waiter = asyncio.get_running_loop().create_future()
+    async def request(self, raw: bytes, body: Body, bodiless: bool, timeout: float) -> Head | None:
+        """Send a request head and ``body``; the response head, or None when there is none this
+        client can read. RawTimeout (and the connection closed) after ``timeout`` of silence."""
+        if self.closed or self.transport is None:
+            return None
+        self._bodiless = bodiless
+        self._head_waiter = waiter = asyncio.get_running_loop().create_future()
         self.transport.write(raw)
+        if body:
+            self.transport.write(body)
         if self.transport.is_reading() is False:
             self.transport.resume_reading()
-        return await self._head_waiter
+        try:
+            await self._within(waiter, timeout, "no answer from the upstream")
+        finally:
+            self._head_waiter = None
+        return waiter.result()
 
     async def readinto(self, buf: bytearray, timeout: float) -> int:
         """Fill ``buf`` with the next body bytes; fewer only at the end of the body.
@@ -171,31 +196,48 @@ class _Connection(asyncio.BufferedProtocol):
         if self.closed or self.transport is None:
             raise BodyError("upstream connection lost")
         self._target, self._filled = target, taken
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
-        self._progress = loop.time()
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
         self.transport.resume_reading()
-        # One timer per call, moved on only when it fires early: received bytes just note the time.
-        self._timer = loop.call_at(self._progress + timeout, self._check_progress, waiter, timeout)
+        try:
+            await self._within(waiter, timeout, "no body byte from the upstream")
+        finally:
+            self._target, self._waiter = None, None
+        return self._filled
+
+    async def _within(self, waiter: asyncio.Future[Any], timeout: float, what: str) -> None:
+        """Wait for ``waiter`` until the upstream has been silent for ``timeout`` seconds.
+
+        One timer per wait, moved on only when it fires early: received bytes just note the time."""
+        loop = asyncio.get_running_loop()
+        self._progress = loop.time()
+        self._timer = loop.call_at(self._progress + timeout, self._check_progress, waiter, timeout, what)
         try:
             await waiter
+        except BaseException:
+            self.close()  # cancelled or timed out midway: the connection is in an unknown state
+            raise
         finally:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            self._target, self._waiter = None, None
-        return self._filled
 
-    def _check_progress(self, waiter: asyncio.Future[None], timeout: float) -> None:
+    def _check_progress(self, waiter: asyncio.Future[Any], timeout: float, what: str) -> None:
         self._timer = None
         if waiter.done() or self._loop is None:
             return
         due = self._progress + timeout
-        if self._loop.time() < due:  # bytes came meanwhile: look again when the newest is that old
-            self._timer = self._loop.call_at(due, self._check_progress, waiter, timeout)
+        if self._loop.time() < due:  # bytes moved meanwhile: look again when the newest is that old
+            self._timer = self._loop.call_at(due, self._check_progress, waiter, timeout, what)
             return
-        waiter.set_exception(RawTimeout("upstream_read", f"no body byte from the upstream for {timeout:g}s"))
+        waiter.set_exception(RawTimeout("upstream_read", f"{what} for {timeout:g}s"))
         self.close()
+
+    def skip_buffered_body(self) -> None:
+        """Drop the body if all of it came with the head (a small error document), so the
+        connection can carry another request; a body still on the wire stays (and the
+        connection is closed when it is released)."""
+        if self.remaining == 0:
+            self._leftover = memoryview(b"")
 
     @property
     def has_more(self) -> bool:
@@ -203,7 +245,15 @@ class _Connection(asyncio.BufferedProtocol):
 
     @property
     def finished(self) -> bool:
-        return self.remaining == 0 and not self._leftover and not self.closed and self._keep_alive
+        """Nothing of this exchange is left on the wire either way: the connection is reusable."""
+        return (
+            self.remaining == 0
+            and not self._leftover
+            and not self.closed
+            and self._keep_alive
+            and self.transport is not None
+            and self.transport.get_write_buffer_size() == 0
+        )
 
     def close(self) -> None:
         if self.transport is not None:
@@ -216,8 +266,16 @@ def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
         future.set_result(value)
 
 
-class RecordReader:
-    """GETs on a small pool of kept-alive connections to one endpoint."""
+class ConnectionPool:
+    """Requests on a pool of kept-alive connections to one endpoint.
+
+    The pool keeps at most ``max_idle`` connections idle (the upstream's ``max_pool_connections``,
+    the budget botocore's pools have too). It does not bound the connections in use: each
+    request holds one for its own duration only, on behalf of a client request, and the server
+    bounds those (``limits.max_concurrent_requests``; a listing resolves its misses 64 at a time
+    within one). A queue here would only move the wait from the client's request to ours, and a
+    count could not see a body the caller stops reading without closing it.
+    """
 
     def __init__(
         self, endpoint: URL, *, verify_tls: bool, connect_timeout: float, read_timeout: float, max_idle: int
@@ -229,10 +287,102 @@ class RecordReader:
             if not verify_tls:
                 self._ssl.check_hostname = False
                 self._ssl.verify_mode = ssl.CERT_NONE
+        host = endpoint.raw_host or ""
+        self._host = host if endpoint.is_default_port() else f"{host}:{endpoint.port}"
         self._connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._max_idle = max_idle
         self._idle: list[_Connection] = []
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def head(self, target: str, headers: Mapping[str, str]) -> Head | None:
+        """HEAD ``target`` (encoded path and query): the answer's head whatever its status (it
+        has no body to read, so its connection is reused at once), else None."""
+        exchanged = await self._exchange("HEAD", target, headers, b"", bodiless=True)
+        if exchanged is None:
+            return None
+        head, conn = exchanged
+        self.release(conn)
+        return head
+
+    async def open(
+        self, target: str, headers: Mapping[str, str], *, method: str = "GET", body: Body = b""
+    ) -> tuple[Head, _Connection] | None:
+        """A request whose 2xx answer's body the caller reads (``pieces``, ``read_body``): its
+        head and connection. Any other status returns None (the error body drained if it came
+        with the head, else the connection closed); so does an answer this client cannot read."""
+        exchanged = await self._exchange(method, target, headers, body, bodiless=False)
+        if exchanged is None:
+            return None
+        head, conn = exchanged
+        if not 200 <= head.status < 300:
+            conn.skip_buffered_body()  # the error document: botocore will fetch and map it
+            self.release(conn)
+            return None
+        return exchanged
+
+    async def fetch(
+        self,
+        target: str,
+        headers: Mapping[str, str],
+        *,
+        method: str = "GET",
+        body: Body = b"",
+        limit: int | None = None,
+    ) -> tuple[Head, bytearray] | None:
+        """A request and its 2xx answer read whole (a LIST page, a trailer, a PUT's answer);
+        None as ``open``, and for a body over ``limit`` bytes (its connection closed)."""
+        opened = await self.open(target, headers, method=method, body=body)
+        if opened is None:
+            return None
+        head, conn = opened
+        if limit is not None and head.length > limit:
+            conn.close()
+            return None
+        return head, await self.read_body(conn, head.length)
+
+    def _request_head(self, method: str, target: str, headers: Mapping[str, str], body: Body) -> bytes | None:
+        """The request's head; None if it cannot be sent as given (a line break in a header would
+        split it, a character outside latin-1 cannot be written)."""
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host}", *(f"{k}: {v}" for k, v in headers.items())]
+        if body or method in ("PUT", "POST"):
+            lines.append(f"Content-Length: {len(body)}")
+        text = "\r\n".join(lines)
+        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+            return None
+        try:
+            return (text + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+
+    async def _exchange(
+        self, method: str, target: str, headers: Mapping[str, str], body: Body, *, bodiless: bool
+    ) -> tuple[Head, _Connection] | None:
+        """Send one request; the answer's head (any status) and its connection, else None.
+
+        A kept-alive connection the server has meanwhile closed is replaced once (the request
+        was not answered: HEAD, GET and PUT can be sent again)."""
+        raw = self._request_head(method, target, headers, body)
+        if raw is None:
+            return None
+        for attempt in range(2):
+            conn = self._idle_connection() if attempt == 0 else None
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect()
+            try:
+                head = await conn.request(raw, body, bodiless, self.read_timeout)
+            except BaseException:
+                conn.close()
+                raise
+            if head is None:
+                conn.close()
+                if reused:
+                    continue
+                return None
+            return head, conn
+        return None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -247,42 +397,7 @@ class RecordReader:
             ) from None
         return conn
 
-    async def open(self, target: str, headers: Mapping[str, str]) -> tuple[Head, _Connection] | None:
-        """GET ``target`` (encoded path and query); the 2xx head and its connection, else None.
-
-        A kept-alive connection the server has meanwhile closed is replaced once.
-        """
-        host = self.endpoint.raw_host or ""
-        if not self.endpoint.is_default_port():
-            host = f"{host}:{self.endpoint.port}"
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
-        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        for attempt in range(2):
-            conn = self._idle_connection() if attempt == 0 else None
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect()
-            try:
-                async with asyncio.timeout(self.read_timeout):
-                    head = await conn.request(raw)
-            except TimeoutError:
-                conn.close()
-                raise RawTimeout(
-                    "upstream_read", f"no answer from the upstream within {self.read_timeout:g}s"
-                ) from None
-            except BaseException:
-                conn.close()
-                raise
-            if head is None:
-                conn.close()
-                if reused:
-                    continue
-                return None
-            if not 200 <= head.status < 300:
-                conn.close()  # the body is an error document: botocore will fetch and map it
-                return None
-            return head, conn
-        return None
+    # --- bodies ------------------------------------------------------------------------------
 
     async def pieces(self, conn: _Connection, piece_size: int) -> AsyncIterator[memoryview]:
         """The body in ``piece_size`` pieces, all read into one buffer: a piece is valid until the
@@ -308,6 +423,8 @@ class RecordReader:
             raise BodyError(f"body ended after {got} of {length} bytes")
         return body
 
+    # --- the pool ----------------------------------------------------------------------------
+
     def _idle_connection(self) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()
@@ -316,6 +433,7 @@ class RecordReader:
         return None
 
     def release(self, conn: _Connection) -> None:
+        """Back to the pool if nothing of its exchange is left on the wire, else closed."""
         if conn.finished and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
