@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from yarl import URL
@@ -408,6 +409,30 @@ async def test_silence_before_the_head_is_a_read_timeout_and_closes(serve: Serve
         assert 0.25 < asyncio.get_running_loop().time() - started < 2
         await asyncio.wait_for(closed.wait(), 2)  # the connection was closed, not pooled
     assert pool._idle == []
+
+
+async def test_a_timed_out_put_is_closed_at_once_with_its_body_unsent(serve: Serve) -> None:
+    """An upstream that reads nothing of a PUT: after the read timeout the socket is closed, not
+    held open to flush the rest of the body."""
+    connections: list[Any] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await asyncio.sleep(3)  # reads nothing meanwhile
+
+    _, pool = await serve(handler, read_timeout=0.3)
+    connect = pool._connect
+
+    async def recording() -> Any:
+        conn = await connect()
+        lost = conn.connection_lost
+        conn.connection_lost = lambda exc: (connections.append(conn), lost(exc))
+        return conn
+
+    pool._connect = recording  # type: ignore[method-assign]
+    with pytest.raises(RawTimeout):
+        await pool.fetch("/b/k", {}, method="PUT", body=bytes(32 << 20))
+    await asyncio.sleep(0.2)
+    assert len(connections) == 1  # the transport let go of the socket
 
 
 async def test_a_trickling_head_is_not_silence(serve: Serve) -> None:

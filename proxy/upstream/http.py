@@ -256,8 +256,10 @@ class _Connection(asyncio.BufferedProtocol):
         )
 
     def close(self) -> None:
+        """Close now: a request body still unsent is dropped, not flushed to an upstream that may
+        never read it (``Transport.close`` would hold the socket open until it did)."""
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
         self.closed = True
 
 
