@@ -365,16 +365,119 @@ async def test_an_error_body_still_on_the_wire_closes_the_connection(serve: Serv
     assert raw.connections == 2
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT"])
-async def test_a_chunked_answer_returns_none(method: str, serve: Serve) -> None:
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+# chunk extensions, an upper-case size, a zero-padded one, trailers: all of RFC 9112 7.1 a server may send
+CHUNKED_BODY = b"4;name=v\r\n<Lis\r\nA\r\ntBucketRes\r\n0007\r\nult/>..\r\n0\r\nX-Trailer: 1\r\n\r\n"
+DECODED = b"<ListBucketResult/>.."
+
+
+async def test_a_chunked_answer_is_read_whole_but_never_streamed(serve: Serve) -> None:
+    """``rclone serve s3`` sends a LIST page of more than 4 KiB chunked: ``fetch`` decodes it, in
+    whatever pieces it arrives; a body streamed into record buffers (``open``) must have a length."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await reader.readexactly(content_length(raw.requests[n - 1]))
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ndata\r\n0\r\n\r\n")
+        if n == 2:  # a byte at a time
+            for byte in CHUNKED + CHUNKED_BODY:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0)
+        else:
+            writer.write(CHUNKED + CHUNKED_BODY)
+            await writer.drain()
+
+    raw, pool = await serve(handler)
+    for method in ("GET", "GET", "PUT"):
+        got = await pool.fetch("/b?list-type=2", {}, method=method, body=b"x" if method == "PUT" else b"")
+        assert got is not None
+        assert (got[0].status, got[0].chunked, got[1]) == (200, True, DECODED)
+    assert raw.connections == 1  # each body was read to its end: the connection carried them all
+    assert await read_all(pool, 1024) is None  # a chunked body cannot be read into records
+    assert pool._idle == []
+
+
+async def test_a_large_chunked_body(serve: Serve) -> None:
+    page = bytes(range(256)) * 4000  # 1 MB, in chunks of 10,000 bytes
+
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(CHUNKED)
+        for i in range(0, len(page), 10_000):
+            piece = page[i : i + 10_000]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
         await writer.drain()
 
     raw, pool = await serve(handler)
-    assert await pool.fetch("/b/k", {}, method=method, body=b"x" if method == "PUT" else b"") is None
+    for _ in range(2):
+        got = await pool.fetch("/b?list-type=2", {})
+        assert got is not None and got[1] == page
+    assert await pool.fetch("/b?list-type=2", {}, limit=len(page) - 1) is None  # past the limit: closed
     assert pool._idle == []
+    got = await pool.fetch("/b?list-type=2", {}, limit=len(page))
+    assert got is not None and got[1] == page
+    assert raw.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"zz\r\ndata\r\n0\r\n\r\n",  # not a size
+        b"4\r\ndataXX0\r\n\r\n",  # no CRLF after the data
+        b"-4\r\ndata\r\n0\r\n\r\n",
+        b"4\r\nda",  # cut short
+    ],
+    ids=["bad-size", "no-crlf", "negative", "cut"],
+)
+async def test_a_bad_chunked_body_raises_and_closes(answer: bytes, serve: Serve) -> None:
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(CHUNKED + answer)
+        await writer.drain()
+        writer.close()
+
+    _, pool = await serve(handler)
+    with pytest.raises(BodyError):
+        await pool.fetch("/b?list-type=2", {})
+    assert pool._idle == []
+
+
+async def test_bytes_after_a_chunked_body_end_the_connection(serve: Serve) -> None:
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(CHUNKED + CHUNKED_BODY + (b"HTTP/1.1 200 OK\r\n" if n == 1 else b""))
+        await writer.drain()
+
+    raw, pool = await serve(handler)
+    for _ in range(2):
+        got = await pool.fetch("/b?list-type=2", {})
+        assert got is not None and got[1] == DECODED
+    assert raw.connections == 2
+
+
+async def test_silence_in_a_chunked_body_is_a_read_timeout(serve: Serve) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(CHUNKED + b"4\r\ndata\r\n")
+        await writer.drain()
+        await reader.read()
+
+    _, pool = await serve(handler, read_timeout=0.3)
+    with pytest.raises(RawTimeout):
+        await pool.fetch("/b?list-type=2", {})
+    assert pool._idle == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 4",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked",
+        b"HTTP/1.1 200 OK\r\nConnection: close",
+    ],
+    ids=["other-coding", "both-framings", "http-1.0", "unframed"],
+)
+def test_framings_it_does_not_read(head: bytes) -> None:
+    assert parse_head(head) is None
+    assert parse_head(head, bodiless=True) is not None  # the answer to a HEAD has no body to frame
 
 
 async def test_a_header_that_cannot_be_sent_returns_none(serve: Serve) -> None:

@@ -2,9 +2,11 @@
 
 One small HTTP/1.1 client on a pool of kept-alive connections, for the requests the proxy makes
 most: HEAD, GET (a data GET, a trailer, a LIST page) and PUT of a small body held in memory.
-Only what those need is here: a response with a Content-Length (after a HEAD, no body at all).
-Anything else (a chunked or unframed body, a head that is not HTTP/1.x, a dropped connection
-before the head) returns None, and the caller asks botocore, which maps errors and retries.
+Only what those need is here: a response with a Content-Length (after a HEAD, no body at all),
+or, for a body read whole, a chunked one (``rclone serve s3`` sends its LIST pages so). Anything
+else (a body streamed in pieces that is chunked, an unframed body, a head that is not HTTP/1.x, a
+dropped connection before the head) returns None, and the caller asks botocore, which maps
+errors and retries.
 
 Data GETs are read from the socket straight into the buffers the decryptor takes: aiohttp hands
 a body over in the pieces the socket gave (64-256 KiB each, a new ``bytes`` per read), and
@@ -30,6 +32,7 @@ from typing import Any, cast
 from yarl import URL
 
 MAX_HEAD = 64 << 10  # a response head larger than this is not S3's
+_MAX_CHUNK_LINE = 4 << 10  # a chunk-size line (with extensions) or a trailer line
 _SCRATCH = 64 << 10
 
 Body = bytes | bytearray | memoryview
@@ -37,6 +40,10 @@ Body = bytes | bytearray | memoryview
 
 class BodyError(Exception):
     """The body ended or failed before Content-Length bytes arrived."""
+
+
+class _TooLarge(BodyError):
+    """A chunked body grew past the limit it was read with."""
 
 
 class RawTimeout(TimeoutError):
@@ -53,12 +60,14 @@ class Head:
     headers: dict[str, str]  # lowercase names, repeated headers joined with ", "
     length: int  # body bytes that follow (none after a HEAD, whose Content-Length is the object's)
     keep_alive: bool  # the connection may carry another request after this body
+    chunked: bool = False  # the body is chunked (``length`` is 0): only ``fetch`` reads it
 
 
 def parse_head(raw: bytes, bodiless: bool = False) -> Head | None:
     """Status and headers of a response head (without the blank line); None if it is not one
-    this client can read (not HTTP/1.x; with a body, no Content-Length or a transfer coding).
-    ``bodiless``: the answer to a HEAD, which has no body whatever its headers say."""
+    this client can read (not HTTP/1.x; with a body, neither a Content-Length nor HTTP/1.1's
+    chunked coding alone). ``bodiless``: the answer to a HEAD, which has no body whatever its
+    headers say."""
     lines = raw.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     status_text = rest.partition(" ")[0]
@@ -74,10 +83,78 @@ def parse_head(raw: bytes, bodiless: bool = False) -> Head | None:
     keep_alive = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
     if bodiless:
         return Head(int(status_text), headers, 0, keep_alive)
+    coding = headers.get("transfer-encoding")
+    if coding is not None:
+        if coding.lower() != "chunked" or version != "HTTP/1.1" or "content-length" in headers:
+            return None
+        return Head(int(status_text), headers, 0, keep_alive, chunked=True)
     length = headers.get("content-length", "")
-    if "transfer-encoding" in headers or not length.isdigit():
+    if not length.isdigit():
         return None
     return Head(int(status_text), headers, int(length), keep_alive)
+
+
+class _Dechunker:
+    """A chunked body (RFC 9112, 7.1) decoded as it arrives into one bytearray; trailers dropped."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.body = bytearray()
+        self.done = False
+        self.extra = False  # bytes came after the body: the connection cannot be trusted again
+        self._limit = limit
+        self._pending = bytearray()  # received, not decoded yet
+        self._left = 0  # data bytes of the current chunk still to come
+        self._state = "size"  # size, data, data-end, trailer
+
+    def feed(self, data: Body) -> bool:
+        """Take received bytes; whether the body is complete. BodyError on bad framing,
+        _TooLarge past the limit."""
+        if self.done:
+            self.extra = self.extra or bool(data)
+            return True
+        pending = self._pending
+        pending += data
+        pos = 0
+        while not self.done:
+            if self._state == "data":
+                take = min(self._left, len(pending) - pos)
+                self.body += memoryview(pending)[pos : pos + take]
+                pos += take
+                self._left -= take
+                if self._left:
+                    break
+                self._state = "data-end"
+            elif self._state == "data-end":
+                if len(pending) - pos < 2:
+                    break
+                if pending[pos : pos + 2] != b"\r\n":
+                    raise BodyError("bad chunked body: no CRLF after a chunk")
+                pos += 2
+                self._state = "size"
+            else:
+                end = pending.find(b"\r\n", pos)
+                if end < 0:
+                    if len(pending) - pos > _MAX_CHUNK_LINE:
+                        raise BodyError("bad chunked body: a line too long")
+                    break
+                self._line(bytes(pending[pos:end]))
+                pos = end + 2
+        del pending[:pos]
+        self.extra = self.done and bool(pending)
+        return self.done
+
+    def _line(self, line: bytes) -> None:
+        """A chunk-size line, or a trailer line (the empty one ends the body)."""
+        if self._state == "trailer":
+            self.done = not line
+            return
+        size = line.partition(b";")[0].strip()
+        if not size or size.strip(b"0123456789abcdefABCDEF"):
+            raise BodyError(f"bad chunked body: chunk size {size[:20]!r}")
+        self._left = int(size, 16)
+        if self._limit is not None and len(self.body) + self._left > self._limit:
+            raise _TooLarge(f"chunked body larger than {self._limit} bytes")
+        self._state = "data" if self._left else "trailer"
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -96,7 +173,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._target: memoryview | None = None
         self._filled = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._dechunker: _Dechunker | None = None
         self.remaining = 0  # body bytes still on the wire
+        self._chunked = False  # a chunked body not read to its end is on the wire
         self._keep_alive = False
         self.closed = False
 
@@ -114,6 +193,9 @@ class _Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._progress = self._loop.time() if self._loop is not None else 0.0
+        if self._dechunker is not None:
+            self._chunk_received(self._dechunker, nbytes)
+            return
         if self._target is None:
             self._head += self._scratch[:nbytes]
             self._head_received()
@@ -149,14 +231,27 @@ class _Connection(asyncio.BufferedProtocol):
         head = parse_head(bytes(self._head[:end]), self._bodiless)
         self._leftover = memoryview(bytes(self._head[end + 4 :]))
         self._head = bytearray()
-        if head is None or len(self._leftover) > head.length:
+        if head is None or (len(self._leftover) > head.length and not head.chunked):
             self.close()
             _resolve(self._head_waiter, None)
             return
-        self.remaining = head.length - len(self._leftover)
+        self.remaining = 0 if head.chunked else head.length - len(self._leftover)
+        self._chunked = head.chunked
         self._keep_alive = head.keep_alive
         self._pause()
         _resolve(self._head_waiter, head)
+
+    def _chunk_received(self, dechunker: _Dechunker, nbytes: int) -> None:
+        try:
+            done = dechunker.feed(memoryview(self._scratch)[:nbytes])
+        except BodyError as exc:
+            self.close()
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_exception(exc)
+            return
+        if done:
+            self._pause()
+            _resolve(self._waiter, None)
 
     def _pause(self) -> None:
         if self.transport is not None and not self.closed:
@@ -204,6 +299,31 @@ class _Connection(asyncio.BufferedProtocol):
             self._target, self._waiter = None, None
         return self._filled
 
+    async def read_chunked(self, limit: int | None, timeout: float) -> bytearray:
+        """The whole chunked body; BodyError if it is malformed or cut, _TooLarge past ``limit``,
+        RawTimeout (and the connection closed) once no byte has come for ``timeout`` seconds."""
+        dechunker = _Dechunker(limit)
+        leftover, self._leftover = self._leftover, memoryview(b"")
+        try:
+            done = dechunker.feed(leftover)
+        except BodyError:
+            self.close()
+            raise
+        if not done:
+            if self.closed or self.transport is None:
+                raise BodyError("upstream connection lost")
+            self._dechunker = dechunker
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            self.transport.resume_reading()
+            try:
+                await self._within(waiter, timeout, "no body byte from the upstream")
+            finally:
+                self._dechunker, self._waiter = None, None
+        self._chunked = False
+        if dechunker.extra:
+            self._keep_alive = False
+        return dechunker.body
+
     async def _within(self, waiter: asyncio.Future[Any], timeout: float, what: str) -> None:
         """Wait for ``waiter`` until the upstream has been silent for ``timeout`` seconds.
 
@@ -248,6 +368,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Nothing of this exchange is left on the wire either way: the connection is reusable."""
         return (
             self.remaining == 0
+            and not self._chunked
             and not self._leftover
             and not self.closed
             and self._keep_alive
@@ -314,6 +435,11 @@ class ConnectionPool:
         """A request whose 2xx answer's body the caller reads (``pieces``, ``read_body``): its
         head and connection. Any other status returns None (the error body drained if it came
         with the head, else the connection closed); so does an answer this client cannot read."""
+        return await self._open(method, target, headers, body, chunked=False)
+
+    async def _open(
+        self, method: str, target: str, headers: Mapping[str, str], body: Body, *, chunked: bool
+    ) -> tuple[Head, _Connection] | None:
         exchanged = await self._exchange(method, target, headers, body, bodiless=False)
         if exchanged is None:
             return None
@@ -321,6 +447,9 @@ class ConnectionPool:
         if not 200 <= head.status < 300:
             conn.skip_buffered_body()  # the error document: botocore will fetch and map it
             self.release(conn)
+            return None
+        if head.chunked and not chunked:
+            conn.close()
             return None
         return exchanged
 
@@ -333,16 +462,25 @@ class ConnectionPool:
         body: Body = b"",
         limit: int | None = None,
     ) -> tuple[Head, bytearray] | None:
-        """A request and its 2xx answer read whole (a LIST page, a trailer, a PUT's answer);
-        None as ``open``, and for a body over ``limit`` bytes (its connection closed)."""
-        opened = await self.open(target, headers, method=method, body=body)
+        """A request and its 2xx answer read whole (a LIST page, a trailer, a PUT's answer),
+        with a Content-Length or chunked; None as ``open``, and for a body over ``limit`` bytes
+        (its connection closed)."""
+        opened = await self._open(method, target, headers, body, chunked=True)
         if opened is None:
             return None
         head, conn = opened
-        if limit is not None and head.length > limit:
-            conn.close()
+        if not head.chunked:
+            if limit is not None and head.length > limit:
+                conn.close()
+                return None
+            return head, await self.read_body(conn, head.length)
+        try:
+            data = await conn.read_chunked(limit, self.read_timeout)
+        except _TooLarge:
             return None
-        return head, await self.read_body(conn, head.length)
+        finally:
+            self.release(conn)
+        return head, data
 
     def _request_head(self, method: str, target: str, headers: Mapping[str, str], body: Body) -> bytes | None:
         """The request's head; None if it cannot be sent as given (a line break in a header would
