@@ -3,6 +3,8 @@
 aiobotocore does every operation; the requests made most (HEAD, data GETs, trailer reads, LIST
 pages, small PUTs) also have a fast path signed here (``proxy.s3.signer``) that falls back to the
 botocore call on any answer it does not expect, so errors are mapped and retried in one place.
+Every fast path goes through one hand-written HTTP client, ``proxy.upstream.http`` (one pool of
+kept-alive connections), and its failures through one mapping (``Upstream._direct``).
 
 Every call is bounded (docs/OPERATIONS.md, "Timeouts"): by ``connect_timeout`` and ``read_timeout``
 (silence) on every path, and, when it has no streamed body, by ``request_timeout`` as a whole
@@ -79,6 +81,8 @@ FORWARDED_HEADERS = (
     "x-amz-mp-parts-count",
 )
 
+# A PUT's answer has no body on S3: anything larger than this is not an answer the fast path expects.
+_PUT_ANSWER = 64 << 10
 # S3 may work on these for minutes (it sends whitespace meanwhile): long_request_timeout bounds them.
 LONG_OPERATIONS = frozenset({"complete_multipart_upload", "copy_object", "upload_part_copy"})
 _OPERATION_NAMES: dict[str, str] = {}
@@ -108,6 +112,11 @@ def _without_expect_header(params: dict[str, Any], **_: Any) -> None:
 class Upstream:
     """One aiobotocore S3 client with its own credentials, pool, timeouts and retries.
 
+    One connection budget, ``max_pool_connections``: botocore's pool (and the streaming
+    client's) hold at most that many connections, and the direct HTTP stack keeps at most that
+    many idle; its connections in use follow the client requests being served (see
+    ``ConnectionPool``), and botocore's pools bound every fallback.
+
     With ``metrics``, every call is counted (``upstream_requests_total`` by operation and
     outcome, ``upstream_errors_total`` by error code, retries botocore made) and body bytes
     are added to ``upstream_bytes_sent_total`` / ``upstream_bytes_received_total``.
@@ -118,9 +127,8 @@ class Upstream:
         self.metrics = metrics
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
-        self._fast: aiohttp.ClientSession | None = None
         self._endpoint: URL | None = None
-        self._records: ConnectionPool | None = None
+        self._http: ConnectionPool | None = None  # the fast paths' direct HTTP stack
         self._streaming_client: Any = None
 
     def _boto_config(self, retries: dict[str, Any]) -> BotoConfig:
@@ -169,23 +177,14 @@ class Upstream:
         endpoint = URL(self.cfg.endpoint_url or "")
         if endpoint.is_absolute() and endpoint.path in ("", "/") and self.cfg.addressing_style != "virtual":
             self._endpoint = endpoint
-            self._records = ConnectionPool(
+            self._http = ConnectionPool(
                 endpoint,
                 verify_tls=self.cfg.verify_tls,
                 connect_timeout=self.cfg.connect_timeout,
                 read_timeout=self.cfg.read_timeout,
                 max_idle=self.cfg.max_pool_connections,
             )
-            self._stack.callback(self._records.close)
-            self._fast = await self._stack.enter_async_context(
-                aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=self.cfg.max_pool_connections, ssl=self.cfg.verify_tls),
-                    timeout=aiohttp.ClientTimeout(
-                        sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout
-                    ),
-                    auto_decompress=False,
-                )
-            )
+            self._stack.callback(self._http.close)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -199,7 +198,7 @@ class Upstream:
     ) -> SignedRequest | None:
         """A request signed with the client's (refreshable) credentials; None without them."""
         credentials = self.client._request_signer._credentials
-        if self._fast is None or self._endpoint is None or credentials is None:
+        if self._http is None or self._endpoint is None or credentials is None:
             return None
         frozen = await credentials.get_frozen_credentials()
         return sign_request(
@@ -246,26 +245,35 @@ class Upstream:
 
     # --- fast paths ----------------------------------------------------------------------
 
+    async def _direct(self, operation: str, work: Awaitable[T], sent: int = 0) -> T | None:
+        """``work`` on the direct HTTP stack (``proxy.upstream.http``), its failures mapped here
+        for every fast path: a timeout is the 503 S3Error (no fallback); a connection that failed
+        or a body cut short is None, and the caller asks botocore."""
+        try:
+            return await work
+        except RawTimeout as exc:
+            raise self._timed_out(operation, timeout_kind(exc) or "upstream_read", sent=sent) from None
+        except (OSError, BodyError):
+            return None
+
     async def fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
-        """A small (ranged) GET without botocore's per-request machinery, on the record
-        reader's connections (the cheapest request the proxy makes: a cold listing makes one per
+        """A small (ranged) GET without botocore's per-request machinery, on the direct
+        connections (the cheapest request the proxy makes: a cold listing makes one per
         object). Any answer but 200/206 returns None, and the caller asks botocore, which maps
         errors and retries properly; a timeout is a 503 S3Error.
         """
-        if self._records is None:
+        if self._http is None:
             return None
         return await self._bounded("get_object", self._fast_range(bucket, key, spec, etag))
 
     async def _fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
-        opened = await self._open_records(bucket, key, spec, etag)
-        if opened is None or self._records is None:
+        request = await self._signed_get(bucket, key, spec, etag)
+        if request is None or self._http is None:
             return None
-        try:
-            data = bytes(await self._records.read_body(opened[1], opened[0].length))
-        except RawTimeout as exc:
-            raise self._timed_out("get_object", timeout_kind(exc) or "upstream_read") from None
-        except (OSError, BodyError):
+        fetched = await self._direct("get_object", self._http.fetch(request.url.raw_path_qs, request.headers))
+        if fetched is None:
             return None
+        data = bytes(fetched[1])
         self._ok("get_object", None, received=len(data))
         return data
 
@@ -276,7 +284,7 @@ class Upstream:
         in the shape botocore gives. Anything but a 200 with a parseable page returns None, and
         the caller asks botocore; a timeout is a 503 S3Error.
         """
-        if self._fast is None:
+        if self._http is None:
             return None
         operation = "list_objects_v2" if v2 else "list_objects"
         return await self._bounded(operation, self._fast_list(bucket, query, v2, operation))
@@ -288,19 +296,16 @@ class Upstream:
         if v2:
             query.append(("list-type", "2"))
         request = await self._signed("GET", object_path(bucket), query, {})
-        if request is None or self._fast is None:
+        if request is None or self._http is None:
+            return None
+        # A page larger than the parser takes would be refused anyway: it is not read.
+        fetched = await self._direct(
+            operation, self._http.fetch(request.url.raw_path_qs, request.headers, limit=xml.MAX_LIST_PAGE)
+        )
+        if fetched is None or fetched[0].status != 200:
             return None
         try:
-            async with self._fast.get(request.url, headers=request.headers) as reply:
-                if reply.status != 200:
-                    return None
-                body = await reply.read()
-        except TimeoutError as exc:  # aiohttp's ServerTimeoutError is a TimeoutError
-            raise self._timed_out(operation, timeout_kind(exc) or "upstream_read") from None
-        except aiohttp.ClientError:
-            return None
-        try:
-            page = xml.parse_list_objects(body)
+            page = xml.parse_list_objects(bytes(fetched[1]))
         except ValueError:
             return None
         self._ok(operation, None)
@@ -311,7 +316,7 @@ class Upstream:
         PUT). Only user metadata and Content-Type are carried; with any other parameter, or on
         any answer but 200, it returns None and the caller asks botocore (a PUT can be repeated);
         a timeout is a 503 S3Error."""
-        if not set(params) <= {"Metadata", "ContentType"} or self._fast is None:
+        if not set(params) <= {"Metadata", "ContentType"} or self._http is None:
             return None
         return await self._bounded("put_object", self._fast_put(bucket, key, body, params))
 
@@ -322,51 +327,40 @@ class Upstream:
         if not all(value.isascii() and value.isprintable() for value in headers.values()):
             return None
         request = await self._signed("PUT", object_path(bucket, key), [], headers)
-        if request is None or self._fast is None:
+        if request is None or self._http is None:
             return None
-        try:
-            async with self._fast.put(
-                request.url, headers=request.headers, data=body, skip_auto_headers=("Content-Type",)
-            ) as reply:
-                if reply.status != 200:
-                    return None
-                etag = reply.headers.get("ETag", "")
-        except TimeoutError as exc:
-            raise self._timed_out("put_object", timeout_kind(exc) or "upstream_read", sent=len(body)) from None
-        except aiohttp.ClientError:
+        fetched = await self._direct(
+            "put_object",
+            self._http.fetch(request.url.raw_path_qs, request.headers, method="PUT", body=body, limit=_PUT_ANSWER),
+            sent=len(body),
+        )
+        if fetched is None or fetched[0].status != 200:
             return None
         self._ok("put_object", None, sent=len(body))
-        return {"ETag": etag}
+        return {"ETag": fetched[0].headers.get("etag", "")}
 
     async def fast_head(self, bucket: str, key: str) -> dict[str, Any] | None:
         """HeadObject without botocore (about 1.5 ms of CPU less per HEAD, and one is made before
         every GET of an encrypted object): ETag, ContentLength, LastModified, Metadata and the
         headers, in botocore's shape. 404 is NoSuchKey; any other non-200 returns None, and the
         caller asks botocore; a timeout is a 503 S3Error."""
-        if self._fast is None:
+        if self._http is None:
             return None
         return await self._bounded("head_object", self._fast_head(bucket, key))
 
     async def _fast_head(self, bucket: str, key: str) -> dict[str, Any] | None:
         request = await self._signed("HEAD", object_path(bucket, key), [], {})
-        if request is None or self._fast is None:
+        if request is None or self._http is None:
             return None
-        try:
-            async with self._fast.head(request.url, headers=request.headers) as reply:
-                status = reply.status
-                headers: dict[str, str] = {}
-                for name, value in reply.headers.items():
-                    lower = name.lower()
-                    headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
-        except TimeoutError as exc:
-            raise self._timed_out("head_object", timeout_kind(exc) or "upstream_read") from None
-        except aiohttp.ClientError:
+        head = await self._direct("head_object", self._http.head(request.url.raw_path_qs, request.headers))
+        if head is None:
             return None
-        if status == 404:
+        if head.status == 404:
             self._failed("head_object", "NoSuchKey")
             raise S3Error("NoSuchKey", "Not Found", 404)
+        headers = head.headers
         length, modified = headers.get("content-length", ""), headers.get("last-modified")
-        if status != 200 or not length.isdigit() or not modified:
+        if head.status != 200 or not length.isdigit() or not modified:
             return None
         try:
             last_modified = parsedate_to_datetime(modified)
@@ -380,7 +374,7 @@ class Upstream:
             "Metadata": {
                 name[len("x-amz-meta-") :]: value for name, value in headers.items() if name.startswith("x-amz-meta-")
             },
-            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers},
+            "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": headers},
         }
 
     async def head(self, bucket: str, key: str) -> dict[str, Any]:
@@ -394,10 +388,10 @@ class Upstream:
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int
     ) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
         """GetObject read in place into one reused ``piece_size`` buffer (see
-        ``proxy.rawget``): each piece is valid only until the next one is asked for. None when
-        the fast path cannot serve it; the caller then uses ``get_stream``. The answer's head is
-        bounded by ``request_timeout``, the body by ``read_timeout`` of silence."""
-        if self._records is None:
+        ``proxy.upstream.http``): each piece is valid only until the next one is asked for. None
+        when the fast path cannot serve it; the caller then uses ``get_stream``. The answer's head
+        is bounded by ``request_timeout``, the body by ``read_timeout`` of silence."""
+        if self._http is None:
             return None
         opened = await self._bounded("get_object", self._open_records(bucket, key, spec, etag))
         if opened is None:
@@ -409,21 +403,20 @@ class Upstream:
             "ETag": head.headers.get("etag", ""),
             "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": head.headers},
         }
-        return reply, self._counted(self._records.pieces(conn, piece_size))
+        return reply, self._counted(self._http.pieces(conn, piece_size))
 
     async def _open_records(self, bucket: str, key: str, spec: str | None, etag: str) -> Any:
+        request = await self._signed_get(bucket, key, spec, etag)
+        if request is None or self._http is None:
+            return None
+        return await self._direct("get_object", self._http.open(request.url.raw_path_qs, request.headers))
+
+    async def _signed_get(self, bucket: str, key: str, spec: str | None, etag: str) -> SignedRequest | None:
+        """A GetObject of ``spec`` (a Range, or None for all) of the version whose ETag is ``etag``."""
         headers = {"range": spec} if spec is not None else {}
         if etag.strip('"'):
             headers["if-match"] = etag
-        request = await self._signed("GET", object_path(bucket, key), [], headers)
-        if request is None or self._records is None:
-            return None
-        try:
-            return await self._records.open(request.url.raw_path_qs, request.headers)
-        except RawTimeout as exc:
-            raise self._timed_out("get_object", timeout_kind(exc) or "upstream_read") from None
-        except OSError:
-            return None
+        return await self._signed("GET", object_path(bucket, key), [], headers)
 
     async def _counted(self, pieces: AsyncIterator[memoryview]) -> AsyncIterator[memoryview]:
         received = 0

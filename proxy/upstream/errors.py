@@ -50,7 +50,7 @@ def client_error_to_s3(exc: ClientError) -> S3Error:
 
 
 def timeout_kind(exc: BaseException) -> TimeoutKind | None:
-    """Which timeout ``exc`` is (botocore's, aiohttp's, the record reader's), or None."""
+    """Which timeout ``exc`` is (botocore's, aiohttp's under it, the direct HTTP stack's), or None."""
     if isinstance(exc, RawTimeout):
         return "upstream_connect" if exc.kind == "upstream_connect" else "upstream_read"
     if isinstance(exc, ConnectTimeoutError | aiohttp.ConnectionTimeoutError):
