@@ -1,7 +1,7 @@
 """What the front end hands the service and gets back: the request and reply types, pure.
 
 ``proxy.s3.frontend`` parses and authenticates an HTTP request into a ``Request``; a service
-(``proxy.service``, ``proxy.objects``) answers with a ``Reply`` whose body is bytes or an async
+(``proxy.objects``) answers with a ``Reply`` whose body is bytes or an async
 iterator. Nothing here knows HTTP connections or the upstream.
 """
 

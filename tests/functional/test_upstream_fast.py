@@ -121,6 +121,21 @@ async def test_fast_list_is_botocores_listing(
     assert keys == sorted(ODD_KEYS)
 
 
+async def test_fast_list_of_a_large_page(fast_upstream: Upstream, upstream: S3Server, bucket: str) -> None:
+    """A page of more than 4 KiB: rclone (Go's HTTP server) sends it chunked, moto with a length;
+    both are parsed here, not left to botocore."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    raw = upstream.client()
+    keys = [f"node1/data/ks/tbl/nb-{i}-big-Data.db" for i in range(120)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: raw.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
+    page = await fast_upstream.fast_list(bucket, [], True)
+    assert page is not None
+    assert [entry["Key"] for entry in page["Contents"]] == sorted(keys)
+    assert page == botocore_page(await fast_upstream.call("list_objects_v2", Bucket=bucket), True)
+
+
 async def test_fast_list_refused_signature_falls_back(rclone_server: Any) -> None:
     bucket = rclone_server.create_bucket()
     upstream = started(rclone_server, "wrong-secret")

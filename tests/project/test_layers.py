@@ -57,7 +57,7 @@ FORBIDDEN = {
         "proxy.format",
         "proxy.config",
     ),
-    "proxy.rawget": ("proxy.",),
+    "proxy.upstream.http": ("proxy.",),  # the direct HTTP stack: nothing of the proxy
     "proxy.upstream": ("proxy.objects", "proxy.daemon", "proxy.tools", "proxy.cli", "proxy.format"),
     # The code for each kind of key is handed requests by proxy.objects.service and never calls
     # back into it; passthrough knows nothing of the format or of the other kinds.

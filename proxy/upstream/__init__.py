@@ -3,6 +3,8 @@
 aiobotocore does every operation; the requests made most (HEAD, data GETs, trailer reads, LIST
 pages, small PUTs) also have a fast path signed here (``proxy.s3.signer``) that falls back to the
 botocore call on any answer it does not expect, so errors are mapped and retried in one place.
+Every fast path goes through one hand-written HTTP client, ``proxy.upstream.http`` (one pool of
+kept-alive connections), and its failures through one mapping (``Upstream._direct``).
 
 Every call is bounded (docs/OPERATIONS.md, "Timeouts"): by ``connect_timeout`` and ``read_timeout``
 (silence) on every path, and, when it has no streamed body, by ``request_timeout`` as a whole
@@ -10,6 +12,10 @@ Every call is bounded (docs/OPERATIONS.md, "Timeouts"): by ``connect_timeout`` a
 trips a read timeout. A call that times out fails with 503 ServiceUnavailable; a fast path that
 times out does not fall back (the upstream is silent, not strange: asking again would only hold
 the client for longer; the client retries). A connection that timed out is closed, never pooled.
+
+One job per module: this one is ``Upstream`` (the calls, their bounds and metrics);
+``http`` is the direct HTTP stack of the fast paths, ``errors`` maps every failure to an S3
+error, ``streaming`` holds the streamed request body and its silence timer.
 """
 
 from __future__ import annotations
@@ -23,14 +29,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiobotocore.session
 import aiohttp
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
-from proxy.rawget import BodyError, RawTimeout, RecordReader
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
+from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
+from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
+from proxy.upstream.streaming import Silence, StreamingBody
+
+__all__ = [
+    "FORWARDED_HEADERS",
+    "LONG_OPERATIONS",
+    "Silence",
+    "StreamingBody",
+    "Upstream",
+    "client_error_to_s3",
+    "operation_name",
+    "reply_headers",
+    "timeout_kind",
+]
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics, TimeoutKind
@@ -61,130 +81,10 @@ FORWARDED_HEADERS = (
     "x-amz-mp-parts-count",
 )
 
+# A PUT's answer has no body on S3: anything larger than this is not an answer the fast path expects.
+_PUT_ANSWER = 64 << 10
 # S3 may work on these for minutes (it sends whitespace meanwhile): long_request_timeout bounds them.
 LONG_OPERATIONS = frozenset({"complete_multipart_upload", "copy_object", "upload_part_copy"})
-# upstream_errors_total codes of the timeouts (botocore's exception names where it has one).
-_TIMEOUT_CODES = {
-    "upstream_connect": "ConnectTimeoutError",
-    "upstream_read": "ReadTimeoutError",
-    "upstream_deadline": "DeadlineExceeded",
-}
-
-_HEAD_STATUS_CODES = {
-    "404": "NoSuchKey",
-    "403": "AccessDenied",
-    "412": "PreconditionFailed",
-    "304": "NotModified",
-    "400": "InvalidRequest",
-    "416": "InvalidRange",
-    "405": "MethodNotAllowed",
-    "500": "InternalError",
-    "501": "NotImplemented",
-    "503": "ServiceUnavailable",
-}
-
-
-class Silence:
-    """Cancels a task once the upstream has kept it waiting ``timeout`` seconds in one go.
-
-    ``upstream()`` starts the upstream's turn (connecting, 100 Continue, taking a piece of the
-    body, answering), ``source()`` the source's (the client's body, the encryptor), whose waits do
-    not count. One timer per call, moved on only when it fires early: a turn costs two attribute
-    stores. ``fired`` tells the cancellation it caused from any other.
-    """
-
-    __slots__ = ("fired", "handle", "loop", "since", "task", "timeout")
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        self.fired = False
-        self.since: float | None = None
-        self.handle: asyncio.TimerHandle | None = None
-        self.upstream()
-
-    def upstream(self) -> None:
-        self.since = now = self.loop.time()
-        if self.handle is None:
-            self.handle = self.loop.call_at(now + self.timeout, self._check)
-
-    def source(self) -> None:
-        self.since = None
-
-    def _check(self) -> None:
-        self.handle = None
-        if self.since is None:
-            return  # the source's turn: the next upstream turn arms the timer again
-        due = self.since + self.timeout
-        if self.loop.time() < due:
-            self.handle = self.loop.call_at(due, self._check)
-        elif self.task is not None and not self.task.done():
-            self.fired = True
-            self.task.cancel()
-
-    def close(self) -> None:
-        self.since = None
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-
-class StreamingBody:
-    """A request body botocore accepts (it has ``read``) but aiohttp streams (``__aiter__``).
-
-    botocore's parameter validation wants a file-like object; aiohttp sends any async iterable
-    chunk by chunk. An error raised by the source is kept in ``error`` because botocore replaces
-    it with UnseekableStreamError when it tries to rewind for a retry. With ``silence``, the time
-    aiohttp takes to send each piece (and, after the last, to get the answer) is the upstream's.
-    """
-
-    def __init__(self, source: AsyncIterable[bytes | bytearray], silence: Silence | None = None) -> None:
-        self._source = source
-        self._silence = silence
-        self.error: BaseException | None = None
-        self.sent = 0
-
-    def read(self, *_: Any) -> bytes:  # pragma: no cover - botocore only checks it exists
-        raise RuntimeError("StreamingBody is read asynchronously")
-
-    async def _iterate(self) -> AsyncIterator[memoryview]:
-        silence = self._silence
-        try:
-            if silence is not None:
-                silence.source()
-            async for piece in self._source:
-                self.sent += len(piece)
-                if silence is not None:
-                    silence.upstream()
-                # A memoryview: aiohttp slices each piece to the declared length, which copies
-                # a bytearray (1 MiB per record) but not a view.
-                yield memoryview(piece)
-                del piece
-                if silence is not None:
-                    silence.source()
-            if silence is not None:
-                silence.upstream()  # the answer
-        except BaseException as exc:
-            self.error = exc
-            raise
-
-    def __aiter__(self) -> AsyncIterator[memoryview]:
-        return self._iterate()
-
-
-def client_error_to_s3(exc: ClientError) -> S3Error:
-    """Carry an upstream S3 error back to the client with the same code and status."""
-    err = exc.response.get("Error", {})
-    meta = exc.response.get("ResponseMetadata", {})
-    status = int(meta.get("HTTPStatusCode") or 500)
-    code = str(err.get("Code") or "InternalError")
-    if code.isdigit():  # a HEAD answer has no body: botocore names the error by its status
-        code = _HEAD_STATUS_CODES.get(code) or ("InternalError" if status >= 500 else "InvalidRequest")
-    message = str(err.get("Message") or f"upstream answered {status}")
-    return S3Error(code, message, status)
-
-
 _OPERATION_NAMES: dict[str, str] = {}
 
 
@@ -195,17 +95,6 @@ def operation_name(method: str) -> str:
     if name is None:
         name = _OPERATION_NAMES[method] = "".join(part[:1].upper() + part[1:] for part in method.split("_"))
     return name
-
-
-def timeout_kind(exc: BaseException) -> TimeoutKind | None:
-    """Which timeout ``exc`` is (botocore's, aiohttp's, the record reader's), or None."""
-    if isinstance(exc, RawTimeout):
-        return "upstream_connect" if exc.kind == "upstream_connect" else "upstream_read"
-    if isinstance(exc, ConnectTimeoutError | aiohttp.ConnectionTimeoutError):
-        return "upstream_connect"
-    if isinstance(exc, ReadTimeoutError | TimeoutError):  # aiohttp's ServerTimeoutError is one
-        return "upstream_read"
-    return None
 
 
 def _retries(response: Any) -> int:
@@ -223,6 +112,11 @@ def _without_expect_header(params: dict[str, Any], **_: Any) -> None:
 class Upstream:
     """One aiobotocore S3 client with its own credentials, pool, timeouts and retries.
 
+    One connection budget, ``max_pool_connections``: botocore's pool (and the streaming
+    client's) hold at most that many connections, and the direct HTTP stack keeps at most that
+    many idle; its connections in use follow the client requests being served (see
+    ``ConnectionPool``), and botocore's pools bound every fallback.
+
     With ``metrics``, every call is counted (``upstream_requests_total`` by operation and
     outcome, ``upstream_errors_total`` by error code, retries botocore made) and body bytes
     are added to ``upstream_bytes_sent_total`` / ``upstream_bytes_received_total``.
@@ -233,9 +127,8 @@ class Upstream:
         self.metrics = metrics
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
-        self._fast: aiohttp.ClientSession | None = None
         self._endpoint: URL | None = None
-        self._records: RecordReader | None = None
+        self._http: ConnectionPool | None = None  # the fast paths' direct HTTP stack
         self._streaming_client: Any = None
 
     def _boto_config(self, retries: dict[str, Any]) -> BotoConfig:
@@ -284,23 +177,14 @@ class Upstream:
         endpoint = URL(self.cfg.endpoint_url or "")
         if endpoint.is_absolute() and endpoint.path in ("", "/") and self.cfg.addressing_style != "virtual":
             self._endpoint = endpoint
-            self._records = RecordReader(
+            self._http = ConnectionPool(
                 endpoint,
                 verify_tls=self.cfg.verify_tls,
                 connect_timeout=self.cfg.connect_timeout,
                 read_timeout=self.cfg.read_timeout,
                 max_idle=self.cfg.max_pool_connections,
             )
-            self._stack.callback(self._records.close)
-            self._fast = await self._stack.enter_async_context(
-                aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=self.cfg.max_pool_connections, ssl=self.cfg.verify_tls),
-                    timeout=aiohttp.ClientTimeout(
-                        sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout
-                    ),
-                    auto_decompress=False,
-                )
-            )
+            self._stack.callback(self._http.close)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -314,7 +198,7 @@ class Upstream:
     ) -> SignedRequest | None:
         """A request signed with the client's (refreshable) credentials; None without them."""
         credentials = self.client._request_signer._credentials
-        if self._fast is None or self._endpoint is None or credentials is None:
+        if self._http is None or self._endpoint is None or credentials is None:
             return None
         frozen = await credentials.get_frozen_credentials()
         return sign_request(
@@ -337,7 +221,7 @@ class Upstream:
         """Count a timeout of ``operation`` and the S3 error the client gets for it."""
         if self.metrics is not None:
             self.metrics.timeout(kind)
-        self._failed(operation, _TIMEOUT_CODES[kind], sent=sent)
+        self._failed(operation, TIMEOUT_CODES[kind], sent=sent)
         if kind == "upstream_connect":
             message = f"The upstream bucket could not be reached within {self.cfg.connect_timeout:g}s."
         elif kind == "upstream_read":
@@ -361,26 +245,35 @@ class Upstream:
 
     # --- fast paths ----------------------------------------------------------------------
 
+    async def _direct(self, operation: str, work: Awaitable[T], sent: int = 0) -> T | None:
+        """``work`` on the direct HTTP stack (``proxy.upstream.http``), its failures mapped here
+        for every fast path: a timeout is the 503 S3Error (no fallback); a connection that failed
+        or a body cut short is None, and the caller asks botocore."""
+        try:
+            return await work
+        except RawTimeout as exc:
+            raise self._timed_out(operation, timeout_kind(exc) or "upstream_read", sent=sent) from None
+        except (OSError, BodyError):
+            return None
+
     async def fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
-        """A small (ranged) GET without botocore's per-request machinery, on the record
-        reader's connections (the cheapest request the proxy makes: a cold listing makes one per
+        """A small (ranged) GET without botocore's per-request machinery, on the direct
+        connections (the cheapest request the proxy makes: a cold listing makes one per
         object). Any answer but 200/206 returns None, and the caller asks botocore, which maps
         errors and retries properly; a timeout is a 503 S3Error.
         """
-        if self._records is None:
+        if self._http is None:
             return None
         return await self._bounded("get_object", self._fast_range(bucket, key, spec, etag))
 
     async def _fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
-        opened = await self._open_records(bucket, key, spec, etag)
-        if opened is None or self._records is None:
+        request = await self._signed_get(bucket, key, spec, etag)
+        if request is None or self._http is None:
             return None
-        try:
-            data = bytes(await self._records.read_body(opened[1], opened[0].length))
-        except RawTimeout as exc:
-            raise self._timed_out("get_object", timeout_kind(exc) or "upstream_read") from None
-        except (OSError, BodyError):
+        fetched = await self._direct("get_object", self._http.fetch(request.url.raw_path_qs, request.headers))
+        if fetched is None:
             return None
+        data = bytes(fetched[1])
         self._ok("get_object", None, received=len(data))
         return data
 
@@ -391,7 +284,7 @@ class Upstream:
         in the shape botocore gives. Anything but a 200 with a parseable page returns None, and
         the caller asks botocore; a timeout is a 503 S3Error.
         """
-        if self._fast is None:
+        if self._http is None:
             return None
         operation = "list_objects_v2" if v2 else "list_objects"
         return await self._bounded(operation, self._fast_list(bucket, query, v2, operation))
@@ -403,19 +296,16 @@ class Upstream:
         if v2:
             query.append(("list-type", "2"))
         request = await self._signed("GET", object_path(bucket), query, {})
-        if request is None or self._fast is None:
+        if request is None or self._http is None:
+            return None
+        # A page larger than the parser takes would be refused anyway: it is not read.
+        fetched = await self._direct(
+            operation, self._http.fetch(request.url.raw_path_qs, request.headers, limit=xml.MAX_LIST_PAGE)
+        )
+        if fetched is None or fetched[0].status != 200:
             return None
         try:
-            async with self._fast.get(request.url, headers=request.headers) as reply:
-                if reply.status != 200:
-                    return None
-                body = await reply.read()
-        except TimeoutError as exc:  # aiohttp's ServerTimeoutError is a TimeoutError
-            raise self._timed_out(operation, timeout_kind(exc) or "upstream_read") from None
-        except aiohttp.ClientError:
-            return None
-        try:
-            page = xml.parse_list_objects(body)
+            page = xml.parse_list_objects(bytes(fetched[1]))
         except ValueError:
             return None
         self._ok(operation, None)
@@ -426,7 +316,7 @@ class Upstream:
         PUT). Only user metadata and Content-Type are carried; with any other parameter, or on
         any answer but 200, it returns None and the caller asks botocore (a PUT can be repeated);
         a timeout is a 503 S3Error."""
-        if not set(params) <= {"Metadata", "ContentType"} or self._fast is None:
+        if not set(params) <= {"Metadata", "ContentType"} or self._http is None:
             return None
         return await self._bounded("put_object", self._fast_put(bucket, key, body, params))
 
@@ -437,51 +327,40 @@ class Upstream:
         if not all(value.isascii() and value.isprintable() for value in headers.values()):
             return None
         request = await self._signed("PUT", object_path(bucket, key), [], headers)
-        if request is None or self._fast is None:
+        if request is None or self._http is None:
             return None
-        try:
-            async with self._fast.put(
-                request.url, headers=request.headers, data=body, skip_auto_headers=("Content-Type",)
-            ) as reply:
-                if reply.status != 200:
-                    return None
-                etag = reply.headers.get("ETag", "")
-        except TimeoutError as exc:
-            raise self._timed_out("put_object", timeout_kind(exc) or "upstream_read", sent=len(body)) from None
-        except aiohttp.ClientError:
+        fetched = await self._direct(
+            "put_object",
+            self._http.fetch(request.url.raw_path_qs, request.headers, method="PUT", body=body, limit=_PUT_ANSWER),
+            sent=len(body),
+        )
+        if fetched is None or fetched[0].status != 200:
             return None
         self._ok("put_object", None, sent=len(body))
-        return {"ETag": etag}
+        return {"ETag": fetched[0].headers.get("etag", "")}
 
     async def fast_head(self, bucket: str, key: str) -> dict[str, Any] | None:
         """HeadObject without botocore (about 1.5 ms of CPU less per HEAD, and one is made before
         every GET of an encrypted object): ETag, ContentLength, LastModified, Metadata and the
         headers, in botocore's shape. 404 is NoSuchKey; any other non-200 returns None, and the
         caller asks botocore; a timeout is a 503 S3Error."""
-        if self._fast is None:
+        if self._http is None:
             return None
         return await self._bounded("head_object", self._fast_head(bucket, key))
 
     async def _fast_head(self, bucket: str, key: str) -> dict[str, Any] | None:
         request = await self._signed("HEAD", object_path(bucket, key), [], {})
-        if request is None or self._fast is None:
+        if request is None or self._http is None:
             return None
-        try:
-            async with self._fast.head(request.url, headers=request.headers) as reply:
-                status = reply.status
-                headers: dict[str, str] = {}
-                for name, value in reply.headers.items():
-                    lower = name.lower()
-                    headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
-        except TimeoutError as exc:
-            raise self._timed_out("head_object", timeout_kind(exc) or "upstream_read") from None
-        except aiohttp.ClientError:
+        head = await self._direct("head_object", self._http.head(request.url.raw_path_qs, request.headers))
+        if head is None:
             return None
-        if status == 404:
+        if head.status == 404:
             self._failed("head_object", "NoSuchKey")
             raise S3Error("NoSuchKey", "Not Found", 404)
+        headers = head.headers
         length, modified = headers.get("content-length", ""), headers.get("last-modified")
-        if status != 200 or not length.isdigit() or not modified:
+        if head.status != 200 or not length.isdigit() or not modified:
             return None
         try:
             last_modified = parsedate_to_datetime(modified)
@@ -495,7 +374,7 @@ class Upstream:
             "Metadata": {
                 name[len("x-amz-meta-") :]: value for name, value in headers.items() if name.startswith("x-amz-meta-")
             },
-            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers},
+            "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": headers},
         }
 
     async def head(self, bucket: str, key: str) -> dict[str, Any]:
@@ -509,10 +388,10 @@ class Upstream:
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int
     ) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
         """GetObject read in place into one reused ``piece_size`` buffer (see
-        ``proxy.rawget``): each piece is valid only until the next one is asked for. None when
-        the fast path cannot serve it; the caller then uses ``get_stream``. The answer's head is
-        bounded by ``request_timeout``, the body by ``read_timeout`` of silence."""
-        if self._records is None:
+        ``proxy.upstream.http``): each piece is valid only until the next one is asked for. None
+        when the fast path cannot serve it; the caller then uses ``get_stream``. The answer's head
+        is bounded by ``request_timeout``, the body by ``read_timeout`` of silence."""
+        if self._http is None:
             return None
         opened = await self._bounded("get_object", self._open_records(bucket, key, spec, etag))
         if opened is None:
@@ -524,21 +403,20 @@ class Upstream:
             "ETag": head.headers.get("etag", ""),
             "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": head.headers},
         }
-        return reply, self._counted(self._records.pieces(conn, piece_size))
+        return reply, self._counted(self._http.pieces(conn, piece_size))
 
     async def _open_records(self, bucket: str, key: str, spec: str | None, etag: str) -> Any:
+        request = await self._signed_get(bucket, key, spec, etag)
+        if request is None or self._http is None:
+            return None
+        return await self._direct("get_object", self._http.open(request.url.raw_path_qs, request.headers))
+
+    async def _signed_get(self, bucket: str, key: str, spec: str | None, etag: str) -> SignedRequest | None:
+        """A GetObject of ``spec`` (a Range, or None for all) of the version whose ETag is ``etag``."""
         headers = {"range": spec} if spec is not None else {}
         if etag.strip('"'):
             headers["if-match"] = etag
-        request = await self._signed("GET", object_path(bucket, key), [], headers)
-        if request is None or self._records is None:
-            return None
-        try:
-            return await self._records.open(request.url.raw_path_qs, request.headers)
-        except RawTimeout as exc:
-            raise self._timed_out("get_object", timeout_kind(exc) or "upstream_read") from None
-        except OSError:
-            return None
+        return await self._signed("GET", object_path(bucket, key), [], headers)
 
     async def _counted(self, pieces: AsyncIterator[memoryview]) -> AsyncIterator[memoryview]:
         received = 0
