@@ -100,17 +100,11 @@ class EncryptedObjects:
     async def _stored_stream(self, params: dict[str, Any], view: View) -> tuple[dict[str, Any], AsyncIterator[Any]]:
         """The stored bytes to decrypt: read in place a record at a time when the request is a
         plain (ranged) GET of our format, else through botocore."""
-        if view.trailer is not None and set(params) <= {"Bucket", "Key", "Range", "IfMatch"}:
-            fast = await self.upstream.get_records(
-                params["Bucket"],
-                params["Key"],
-                params.get("Range"),
-                params.get("IfMatch", ""),
-                record_size(view.trailer.chunk_size),
-            )
-            if fast is not None:
-                return fast
-        return await self.upstream.get_stream(**params)
+        stored = {k: v for k, v in params.items() if k not in ("Bucket", "Key", "Range", "IfMatch")}
+        piece_size = record_size(view.trailer.chunk_size) if view.trailer is not None else None
+        return await self.upstream.open(
+            params["Bucket"], params["Key"], params.get("Range"), params.get("IfMatch", ""), piece_size, **stored
+        )
 
     @staticmethod
     def _get_reply(reply: dict[str, Any], view: View, wanted: Any, pieces: AsyncIterator[Chunk]) -> Reply:
@@ -158,9 +152,7 @@ class EncryptedObjects:
         params = self.views.with_hint(params, master)
         if length <= SMALL_BODY:
             payload = b"".join([piece async for piece in stored()])
-            reply = await self.upstream.fast_put(bucket, key, payload, params) or await self.upstream.call(
-                "put_object", Bucket=bucket, Key=key, Body=payload, **params
-            )
+            reply = await self.upstream.put_small(bucket, key, payload, params)
         else:
             reply = await self.upstream.send_stream(
                 "put_object", stored(), stored_size, Bucket=bucket, Key=key, **params

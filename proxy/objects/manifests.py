@@ -38,7 +38,7 @@ from proxy.manifest import (
 )
 from proxy.objects.encrypted import EncryptedObjects, head_reply
 from proxy.objects.passthrough import request_body, visible_headers
-from proxy.objects.views import IntegrityRefusal, View, Views, cached_view, if_match, integrity_error, mark_damaged
+from proxy.objects.views import IntegrityRefusal, View, Views, cached_view, integrity_error, mark_damaged
 from proxy.policy import accepted_names
 from proxy.s3.api import Chunk, Reply, Request
 from proxy.s3.errors import S3Error
@@ -130,10 +130,7 @@ class ManifestObjects:
                 f"it cannot be stored for a byte-exact read ({exc})",
             )
         del text, stored
-        reply = (
-            await self.upstream.fast_put(bucket, key, out, params)  # type: ignore[arg-type]
-            or await self.upstream.call("put_object", Bucket=bucket, Key=key, Body=out, **params)
-        )
+        reply = await self.upstream.put_small(bucket, key, out, params)
         await self.views.remember_written(
             bucket, key, reply.get("ETag", ""), len(out), View(MANIFEST_KIND, length, etag)
         )
@@ -196,13 +193,7 @@ class ManifestObjects:
         query = [("prefix", prefix), ("delimiter", "/"), ("max-keys", "1000")]
         if token:
             query.append(("continuation-token", token))
-        page = await self.upstream.fast_list(bucket, query, True)
-        if page is not None:
-            return page
-        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
-        if token:
-            params["ContinuationToken"] = token
-        return await self.upstream.call("list_objects_v2", **params)
+        return await self.upstream.list_page(bucket, query, True)
 
     async def _ours_among(
         self, bucket: str, found: list[tuple[str, dict[str, Any]]], result: dict[str, Stored]
@@ -328,10 +319,7 @@ class ManifestObjects:
     async def _read_whole(self, bucket: str, key: str, etag: str, size: int) -> bytearray:
         """One stored version, read into a single buffer of its size."""
         buf = bytearray(size)
-        fast = await self.upstream.get_records(bucket, key, None, quote_etag(etag) if etag.strip('"') else "", PIECE)
-        _, pieces = (
-            fast if fast is not None else await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(etag))
-        )
+        _, pieces = await self.upstream.open(bucket, key, None, quote_etag(etag) if etag.strip('"') else "", PIECE)
         pos = 0
         try:
             async for piece in pieces:

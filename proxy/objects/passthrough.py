@@ -128,7 +128,7 @@ class PassthroughService:
         return Reply.xml(xml.list_objects_v1(reply, encoding))
 
     async def _list(self, request: Request, v2: bool) -> dict[str, Any]:
-        """One upstream listing page: parsed here when possible, else through botocore."""
+        """One upstream listing page with the client's parameters."""
         q = request.query
         names = _LIST_V2_PARAMS if v2 else _LIST_V1_PARAMS
         wanted = [(name, q[name]) for name in names if q.get(name)]
@@ -137,14 +137,7 @@ class PassthroughService:
         query = [*wanted, ("max-keys", str(max_keys))]
         if fetch_owner:
             query.append(("fetch-owner", "true"))
-        page = await self.upstream.fast_list(request.bucket or "", query, v2)
-        if page is not None:
-            return page
-        params: dict[str, Any] = {"Bucket": request.bucket, "MaxKeys": max_keys}
-        params.update((names[name], value) for name, value in wanted)
-        if fetch_owner:
-            params["FetchOwner"] = True
-        return await self.upstream.call("list_objects_v2" if v2 else "list_objects", **params)
+        return await self.upstream.list_page(request.bucket or "", query, v2)
 
     # --- objects -------------------------------------------------------------------------
 
@@ -347,13 +340,9 @@ class PassthroughService:
 SMALL_BODY = 1 << 20
 
 
-_LIST_V2_PARAMS = {
-    "prefix": "Prefix",
-    "delimiter": "Delimiter",
-    "continuation-token": "ContinuationToken",
-    "start-after": "StartAfter",
-}
-_LIST_V1_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "marker": "Marker"}
+#: The S3 query parameters of a listing page that are forwarded (by version).
+_LIST_V2_PARAMS = ("prefix", "delimiter", "continuation-token", "start-after")
+_LIST_V1_PARAMS = ("prefix", "delimiter", "marker")
 
 
 def part_number(query: Mapping[str, str]) -> int:

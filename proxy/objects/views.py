@@ -70,13 +70,7 @@ def if_match(etag: str) -> dict[str, Any]:
 async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str | None) -> bytes:
     """A small ranged read of one stored version (If-Match guards against a concurrent overwrite);
     ``spec`` None reads the whole object."""
-    data = await upstream.fast_range(bucket, key, spec, quote_etag(etag) if etag.strip('"') else "")
-    if data is not None:
-        return data
-    params: dict[str, Any] = {"Bucket": bucket, "Key": key, **if_match(etag)}
-    if spec is not None:
-        params["Range"] = spec
-    return await upstream.read(**params)
+    return await upstream.read_range(bucket, key, spec, quote_etag(etag) if etag.strip('"') else "")
 
 
 def tail_spec(size: int) -> str | None:

@@ -256,7 +256,7 @@ class Upstream:
         except (OSError, BodyError):
             return None
 
-    async def fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
+    async def direct_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
         """A small (ranged) GET without botocore's per-request machinery, on the direct
         connections (the cheapest request the proxy makes: a cold listing makes one per
         object). Any answer but 200/206 returns None, and the caller asks botocore, which maps
@@ -277,7 +277,7 @@ class Upstream:
         self._ok("get_object", None, received=len(data))
         return data
 
-    async def fast_list(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any] | None:
+    async def direct_list(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any] | None:
         """ListObjects(V2) parsed here (botocore spends ~0.1 s of CPU on a page of 1,000 keys).
 
         ``query`` holds the S3 query parameters; keys are asked URL-encoded and come back decoded,
@@ -311,7 +311,9 @@ class Upstream:
         self._ok(operation, None)
         return page
 
-    async def fast_put(self, bucket: str, key: str, body: bytes, params: dict[str, Any]) -> dict[str, Any] | None:
+    async def direct_put(
+        self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """PutObject of a small body held in memory, without botocore (about 1.5 ms of CPU per
         PUT). Only user metadata and Content-Type are carried; with any other parameter, or on
         any answer but 200, it returns None and the caller asks botocore (a PUT can be repeated);
@@ -320,7 +322,9 @@ class Upstream:
             return None
         return await self._bounded("put_object", self._fast_put(bucket, key, body, params))
 
-    async def _fast_put(self, bucket: str, key: str, body: bytes, params: dict[str, Any]) -> dict[str, Any] | None:
+    async def _fast_put(
+        self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]
+    ) -> dict[str, Any] | None:
         headers = {f"x-amz-meta-{name.lower()}": value for name, value in params.get("Metadata", {}).items()}
         if "ContentType" in params:
             headers["content-type"] = params["ContentType"]
@@ -339,7 +343,7 @@ class Upstream:
         self._ok("put_object", None, sent=len(body))
         return {"ETag": fetched[0].headers.get("etag", "")}
 
-    async def fast_head(self, bucket: str, key: str) -> dict[str, Any] | None:
+    async def direct_head(self, bucket: str, key: str) -> dict[str, Any] | None:
         """HeadObject without botocore (about 1.5 ms of CPU less per HEAD, and one is made before
         every GET of an encrypted object): ETag, ContentLength, LastModified, Metadata and the
         headers, in botocore's shape. 404 is NoSuchKey; any other non-200 returns None, and the
@@ -377,6 +381,64 @@ class Upstream:
             "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": headers},
         }
 
+    # --- object operations: the direct path where it serves, else botocore ---------------
+    # (The ``direct_*`` methods are the direct paths alone, for these and for tests: nothing
+    # outside this package chooses between the paths; tests/project/test_layers.py checks it.)
+
+    async def read_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes:
+        """A small read of one stored version, whole (``spec`` None) or a Range; ``etag`` (as
+        the bucket gave it) guards against an overwrite, an empty one guards nothing."""
+        guard = etag if etag.strip('"') else ""
+        data = await self.direct_range(bucket, key, spec, guard)
+        if data is not None:
+            return data
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if guard:
+            params["IfMatch"] = guard
+        if spec is not None:
+            params["Range"] = spec
+        return await self.read(**params)
+
+    async def open(
+        self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int | None = None, **params: Any
+    ) -> tuple[dict[str, Any], AsyncIterator[Any]]:
+        """GetObject of one stored version as a stream of pieces. With ``piece_size`` and no
+        other parameter it is read in place, a ``piece_size`` buffer at a time (each piece valid
+        until the next is asked for), else botocore streams it (``params`` are botocore's)."""
+        guard = etag if etag.strip('"') else ""
+        if piece_size is not None and not params:
+            opened = await self.direct_records(bucket, key, spec, guard, piece_size)
+            if opened is not None:
+                return opened
+        if guard:
+            params["IfMatch"] = guard
+        if spec is not None:
+            params["Range"] = spec
+        return await self.get_stream(Bucket=bucket, Key=key, **params)
+
+    async def put_small(self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]) -> dict[str, Any]:
+        """PutObject of a body held in memory (``params`` are botocore's: Metadata, ContentType...)."""
+        reply = await self.direct_put(bucket, key, body, params)
+        if reply is not None:
+            return reply
+        return await self.call("put_object", Bucket=bucket, Key=key, Body=body, **params)
+
+    async def list_page(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any]:
+        """One ListObjects(V2) page in botocore's shape; ``query`` holds the S3 query parameters
+        (prefix, delimiter, marker or continuation-token and start-after, max-keys, fetch-owner)."""
+        page = await self.direct_list(bucket, query, v2)
+        if page is not None:
+            return page
+        params: dict[str, Any] = {"Bucket": bucket}
+        for name, value in query:
+            if name == "max-keys":
+                params["MaxKeys"] = int(value)
+            elif name == "fetch-owner":
+                params["FetchOwner"] = value == "true"
+            else:
+                params[_LIST_PARAMS[name]] = value
+        return await self.call("list_objects_v2" if v2 else "list_objects", **params)
+
     async def head(self, bucket: str, key: str) -> dict[str, Any]:
         """HeadObject: the fast path, else botocore (which maps and retries), within one deadline."""
         return await self._bounded("head_object", self._head(bucket, key))
@@ -384,7 +446,7 @@ class Upstream:
     async def _head(self, bucket: str, key: str) -> dict[str, Any]:
         return await self._fast_head(bucket, key) or await self._call("head_object", Bucket=bucket, Key=key)
 
-    async def get_records(
+    async def direct_records(
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int
     ) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
         """GetObject read in place into one reused ``piece_size`` buffer (see
@@ -595,6 +657,15 @@ class Upstream:
             raise self._unreachable("get_object", exc) from None
         self._ok("get_object", result)
         return result
+
+
+_LIST_PARAMS = {
+    "prefix": "Prefix",
+    "delimiter": "Delimiter",
+    "marker": "Marker",
+    "continuation-token": "ContinuationToken",
+    "start-after": "StartAfter",
+}
 
 
 def reply_headers(reply: dict[str, Any]) -> dict[str, str]:

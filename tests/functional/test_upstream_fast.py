@@ -63,7 +63,7 @@ async def test_fast_range_is_signed_correctly(rclone_server: Any) -> None:
         await upstream.start()
         try:
             return [
-                await upstream.fast_range(bucket, key, spec, raw.head_object(Bucket=bucket, Key=key)["ETag"])
+                await upstream.direct_range(bucket, key, spec, raw.head_object(Bucket=bucket, Key=key)["ETag"])
                 for key in ODD_KEYS
             ]
         finally:
@@ -99,7 +99,7 @@ async def test_fast_list_is_botocores_listing(
     ]
     for params in cases:
         query = [(name, value) for name, value in params.items()]
-        page = await fast_upstream.fast_list(bucket, query, v2)
+        page = await fast_upstream.direct_list(bucket, query, v2)
         assert page is not None, params
         names = {"prefix": "Prefix", "delimiter": "Delimiter", "max-keys": "MaxKeys"}
         kwargs: dict[str, Any] = {names[k]: (int(v) if k == "max-keys" else v) for k, v in params.items()}
@@ -111,7 +111,7 @@ async def test_fast_list_is_botocores_listing(
     keys: list[str] = []
     query: list[tuple[str, str]] = [("max-keys", "2")]
     while True:
-        page = await fast_upstream.fast_list(bucket, query, v2)
+        page = await fast_upstream.direct_list(bucket, query, v2)
         assert page is not None
         keys += [entry["Key"] for entry in page.get("Contents", [])]
         if not page["IsTruncated"]:
@@ -130,7 +130,7 @@ async def test_fast_list_of_a_large_page(fast_upstream: Upstream, upstream: S3Se
     keys = [f"node1/data/ks/tbl/nb-{i}-big-Data.db" for i in range(120)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda key: raw.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
-    page = await fast_upstream.fast_list(bucket, [], True)
+    page = await fast_upstream.direct_list(bucket, [], True)
     assert page is not None
     assert [entry["Key"] for entry in page["Contents"]] == sorted(keys)
     assert page == botocore_page(await fast_upstream.call("list_objects_v2", Bucket=bucket), True)
@@ -141,7 +141,7 @@ async def test_fast_list_refused_signature_falls_back(rclone_server: Any) -> Non
     upstream = started(rclone_server, "wrong-secret")
     await upstream.start()
     try:
-        assert await upstream.fast_list(bucket, [], True) is None
+        assert await upstream.direct_list(bucket, [], True) is None
     finally:
         await upstream.close()
 
@@ -154,7 +154,7 @@ async def test_get_records_reads_stored_bytes_in_place(
     etag = raw.put_object(Bucket=bucket, Key="n/data/ünï cødé", Body=stored)["ETag"]
 
     async def read(spec: str | None, if_match: str) -> tuple[list[int], bytes] | None:
-        got = await fast_upstream.get_records(bucket, "n/data/ünï cødé", spec, if_match, 1 << 20)
+        got = await fast_upstream.direct_records(bucket, "n/data/ünï cødé", spec, if_match, 1 << 20)
         if got is None:
             return None
         reply, pieces = got
@@ -177,14 +177,14 @@ async def test_fast_head_is_botocores_head(fast_upstream: Upstream, upstream: S3
     raw = upstream.client()
     for key in ODD_KEYS:
         raw.put_object(Bucket=bucket, Key=key, Body=b"0123456789", Metadata={"mcp-format": "1", "Owner": "x y"})
-        fast = await fast_upstream.fast_head(bucket, key)
+        fast = await fast_upstream.direct_head(bucket, key)
         assert fast is not None, key
         slow = await fast_upstream.call("head_object", Bucket=bucket, Key=key)
         for field in ("ETag", "ContentLength", "LastModified", "Metadata"):
             assert fast[field] == slow[field], (key, field)
         assert fast["ResponseMetadata"]["HTTPHeaders"]["content-length"] == "10"
     with pytest.raises(S3Error) as missing:
-        await fast_upstream.fast_head(bucket, "n/data/absent")
+        await fast_upstream.direct_head(bucket, "n/data/absent")
     assert (missing.value.code, missing.value.status) == ("NoSuchKey", 404)
 
 
@@ -197,14 +197,14 @@ async def test_fast_put_stores_what_botocore_would(fast_upstream: Upstream, upst
         params: dict[str, Any] = {"Metadata": {"mcp-format": "1", "who": "medusa"}}
         if i % 2:
             params["ContentType"] = "application/x-test"
-        reply = await fast_upstream.fast_put(bucket, key, body, params)
+        reply = await fast_upstream.direct_put(bucket, key, body, params)
         assert reply is not None and reply["ETag"].strip('"') == hashlib.md5(body).hexdigest()
         raw.put_object(Bucket=bucket, Key=f"{key}-by-botocore", Body=body, **params)
         head, expected = (raw.head_object(Bucket=bucket, Key=name) for name in (key, f"{key}-by-botocore"))
         for field in ("Metadata", "ContentType", "ETag", "ContentLength"):
             assert head[field] == expected[field], (key, field)
         assert raw.get_object(Bucket=bucket, Key=key)["Body"].read() == body
-    assert await fast_upstream.fast_put(bucket, "k", b"x", {"CacheControl": "no-cache"}) is None  # botocore's job
+    assert await fast_upstream.direct_put(bucket, "k", b"x", {"CacheControl": "no-cache"}) is None  # botocore's job
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -254,16 +254,16 @@ async def test_fast_paths_over_tls(tmp_path: Any) -> None:
             )
             await upstream.start()
             try:
-                got = await upstream.get_records("tls-bucket", "n/data/x", None, "", 1 << 20)
-                tail = await upstream.fast_range("tls-bucket", "n/data/x", "bytes=-10", "")
+                got = await upstream.direct_records("tls-bucket", "n/data/x", None, "", 1 << 20)
+                tail = await upstream.direct_range("tls-bucket", "n/data/x", "bytes=-10", "")
                 if not verify:
                     assert got is not None and tail == stored[-10:]
                     data = bytearray()
                     async for piece in got[1]:
                         data += piece
                     assert data == stored
-                    assert (await upstream.fast_list("tls-bucket", [], True) or {}).get("KeyCount") == 1
-                    head = await upstream.fast_head("tls-bucket", "n/data/x")
+                    assert (await upstream.direct_list("tls-bucket", [], True) or {}).get("KeyCount") == 1
+                    head = await upstream.direct_head("tls-bucket", "n/data/x")
                     assert head is not None and head["ContentLength"] == len(stored)
                 else:
                     assert got is None and tail is None

@@ -135,3 +135,16 @@ def test_services_are_composed_not_inherited() -> None:
                 assert all(base in ("Exception", "S3Error", "Protocol") for base in bases), (
                     f"{path.name}: {node.name}({', '.join(bases)})"
                 )
+
+
+def test_only_the_upstream_chooses_between_its_paths() -> None:
+    """Callers ask ``Upstream`` for an operation (``head``, ``read_range``, ``open``,
+    ``put_small``, ``list_page``...); whether it goes the direct way or through botocore is
+    decided inside ``proxy.upstream`` only."""
+    import re
+
+    for path in PACKAGE.rglob("*.py"):
+        if "upstream" in path.relative_to(PACKAGE).parts:
+            continue
+        found = re.findall(r"\.(direct_[a-z]+|get_records|fast_[a-z]+)\(", path.read_text())
+        assert not found, f"{path.relative_to(PACKAGE)} calls {found}"

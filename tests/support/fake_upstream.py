@@ -3,8 +3,8 @@
 For unit tests of the upper layers in process: the code under test is the real service, only the
 bucket is replaced. It answers as S3 does where the objects code depends on it (ETags of stored
 bytes, If-Match, suffix and open ranges, multipart ETags, NoSuchKey / NoSuchUpload,
-PreconditionFailed, InvalidRange); it has no fast paths, so every read goes the botocore-shaped
-way. ``stored`` holds the bytes as the bucket keeps them, for tests to look at or tamper with.
+PreconditionFailed, InvalidRange); it has no direct paths: every answer is botocore-shaped.
+``stored`` holds the bytes as the bucket keeps them, for tests to look at or tamper with.
 """
 
 from __future__ import annotations
@@ -86,17 +86,32 @@ class FakeUpstream:
     async def head(self, bucket: str, key: str) -> dict[str, Any]:
         return await self.call("head_object", Bucket=bucket, Key=key)
 
-    async def fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
-        return None
+    async def read_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if etag:
+            params["IfMatch"] = etag
+        if spec is not None:
+            params["Range"] = spec
+        return await self.read(**params)
 
-    async def fast_list(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any] | None:
-        return None
+    async def open(
+        self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int | None = None, **params: Any
+    ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        if etag:
+            params["IfMatch"] = etag
+        if spec is not None:
+            params["Range"] = spec
+        return await self.get_stream(Bucket=bucket, Key=key, **params)
 
-    async def fast_put(self, bucket: str, key: str, body: bytes, params: dict[str, Any]) -> dict[str, Any] | None:
-        return None
+    async def put_small(self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("put_object", Bucket=bucket, Key=key, Body=bytes(body), **params)
 
-    async def get_records(self, *args: Any) -> None:
-        return None
+    async def list_page(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any]:
+        names = {"prefix": "Prefix", "delimiter": "Delimiter", "continuation-token": "ContinuationToken"}
+        params: dict[str, Any] = {names[n]: v for n, v in query if n in names}
+        if dict(query).get("max-keys"):
+            params["MaxKeys"] = int(dict(query)["max-keys"])
+        return await self.call("list_objects_v2", Bucket=bucket, **params)
 
     async def read(self, *, limit: int | None = None, **params: Any) -> bytes:
         reply = await self.call("get_object", **params)
