@@ -7,7 +7,7 @@ of the plaintext; the stored format is ``proxy.format``'s.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
 from proxy.conditions import check_conditions, parse_range
@@ -37,6 +37,7 @@ from proxy.s3.headers import (
     reject_sse_c,
     response_override_params,
 )
+from proxy.upstream import ObjectHead
 
 
 class EncryptedObjects:
@@ -68,9 +69,9 @@ class EncryptedObjects:
     async def _get_current(self, request: Request, bucket: str, key: str) -> Reply:
         """GET of the version the HEAD found; _Overwritten if another replaced it before the GET."""
         head, view = await self.views.head(bucket, key)
-        check_conditions(request.headers, view.etag, head["LastModified"])
+        check_conditions(request.headers, view.etag, head.last_modified)
         wanted = parse_range(request.headers.get("range"), view.size)
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key, **if_match(head.get("ETag", ""))}
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, **if_match(head.etag)}
         params.update(response_override_params(request.query))
         if view.kind == "plaintext":
             if wanted is not None:
@@ -82,7 +83,7 @@ class EncryptedObjects:
         if wanted is None:
             decryptor = self.views.whole_decryptor(key, view)
         elif view.kind == "seed":
-            seed_range = seed_stored_range(wanted.first, wanted.last, int(head["ContentLength"]))
+            seed_range = seed_stored_range(wanted.first, wanted.last, head.size)
             params["Range"] = seed_range.http_range
             decryptor = SeedRangeDecryptor(self.views.seed_keys, seed_range)
         else:
@@ -173,12 +174,12 @@ class EncryptedObjects:
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
         reject_sse_c(request.headers)
         head, view = (
-            (await self.views.head(src_bucket, src_key, full=True))
+            (await self.views.head(src_bucket, src_key))
             if self.policy.encrypts(src_key)
             else await self._plain_head(src_bucket, src_key)
         )
         with copy_source_conditions():
-            check_conditions(copy_source_condition_headers(request), view.etag, head["LastModified"])
+            check_conditions(copy_source_condition_headers(request), view.etag, head.last_modified)
         if request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
             params = object_params(request.headers)
         else:
@@ -196,51 +197,51 @@ class EncryptedObjects:
         done = await self.upstream.call("head_object", Bucket=bucket, Key=key)
         return Reply.xml(xml.copy_object_result(quote_etag(etag), done["LastModified"]))
 
-    async def _plain_head(self, bucket: str, key: str) -> tuple[dict[str, Any], View]:
-        reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
-        return reply, View("plaintext", int(reply["ContentLength"]), reply.get("ETag", "").strip('"'))
+    async def _plain_head(self, bucket: str, key: str) -> tuple[ObjectHead, View]:
+        reply = await self.upstream.head(bucket, key)
+        return reply, View("plaintext", reply.size, reply.etag.strip('"'))
 
     @staticmethod
-    def _copied_params(head: Mapping[str, Any]) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        for name in (
-            "ContentType",
-            "CacheControl",
-            "ContentDisposition",
-            "ContentEncoding",
-            "ContentLanguage",
-            "Expires",
-            "StorageClass",
-        ):
-            if head.get(name):
-                params[name] = head[name]
+    def _copied_params(head: ObjectHead) -> dict[str, Any]:
+        """What a copy carries over from its source (``x-amz-metadata-directive: COPY``)."""
+        params: dict[str, Any] = {
+            param: head.headers[name] for name, param in _COPIED_HEADERS.items() if head.headers.get(name)
+        }
         metadata = {
-            k: v
-            for k, v in head.get("Metadata", {}).items()
-            if not ("x-amz-meta-" + k.lower()).startswith(INTERNAL_META_PREFIX)
+            k: v for k, v in head.metadata.items() if not ("x-amz-meta-" + k.lower()).startswith(INTERNAL_META_PREFIX)
         }
         if metadata:
             params["Metadata"] = metadata
         return params
 
-    async def _plaintext_stream(
-        self, bucket: str, key: str, head: Mapping[str, Any], view: View
-    ) -> AsyncIterator[Chunk]:
-        _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(str(head.get("ETag", ""))))
+    async def _plaintext_stream(self, bucket: str, key: str, head: ObjectHead, view: View) -> AsyncIterator[Chunk]:
+        _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(head.etag))
         if view.kind == "plaintext":
             return pieces
         return self.views.decrypting(bucket, key, head, pieces, self.views.whole_decryptor(key, view))
 
 
-def head_reply(request: Request, reply: Mapping[str, Any], view: View) -> Reply:
+def head_reply(request: Request, reply: ObjectHead, view: View) -> Reply:
     """The answer to a HEAD of a stored object: its plaintext view, the client's conditions checked."""
-    check_conditions(request.headers, view.etag, reply["LastModified"])
+    check_conditions(request.headers, view.etag, reply.last_modified)
     headers = visible_headers(reply)
     headers["ETag"] = quote_etag(view.etag)
     headers["Content-Length"] = str(view.size)
     headers["Accept-Ranges"] = "bytes"
     headers.pop("x-amz-mp-parts-count", None)
     return Reply(200, headers, b"", view.size)
+
+
+#: The reply headers of a copy's source that its copy carries over, as botocore's parameters.
+_COPIED_HEADERS = {
+    "content-type": "ContentType",
+    "cache-control": "CacheControl",
+    "content-disposition": "ContentDisposition",
+    "content-encoding": "ContentEncoding",
+    "content-language": "ContentLanguage",
+    "expires": "Expires",
+    "x-amz-storage-class": "StorageClass",
+}
 
 
 def copy_source_condition_headers(request: Request) -> dict[str, str]:

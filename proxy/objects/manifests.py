@@ -359,34 +359,32 @@ class ManifestObjects:
 
     async def head_object(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
-        reply = await self.upstream.call("head_object", Bucket=bucket, Key=key)
-        view, _ = await self._manifest_view(
-            bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)), reply.get("LastModified")
-        )
-        return head_reply(request, reply, view)
+        head = await self.upstream.head(bucket, key)
+        view, _ = await self._manifest_view(bucket, key, head.etag, head.size, head.last_modified)
+        return head_reply(request, head, view)
 
     async def get_object(self, request: Request) -> Reply | None:
         """GET of a manifest as Medusa wrote it; None when it is stored as an encrypted object
         (the caller then serves it as one)."""
         bucket, key = request.bucket or "", request.key or ""
         head = await self.upstream.head(bucket, key)
-        etag, size = head.get("ETag", ""), int(head.get("ContentLength", 0))
+        etag, size = head.etag, head.size
         if not etag.strip('"'):
             self.views.heads_lack_etags = True
-        view, loaded = await self._manifest_view(bucket, key, etag, size, head.get("LastModified"))
+        view, loaded = await self._manifest_view(bucket, key, etag, size, head.last_modified)
         if view.kind not in (MANIFEST_KIND, LEGACY_KIND):
             return None
-        check_conditions(request.headers, view.etag, head["LastModified"])
+        check_conditions(request.headers, view.etag, head.last_modified)
         if loaded is None:
-            loaded = await self._load_manifest(bucket, key, etag, size, head.get("LastModified"))
+            loaded = await self._load_manifest(bucket, key, etag, size, head.last_modified)
             if loaded is None:
                 return None
         if loaded.raw is not None:
             actual = View(LEGACY_KIND, len(loaded.raw), hashlib.md5(loaded.raw, usedforsecurity=False).hexdigest())
             if actual != view:  # cached by another version of the proxy: the bytes decide
                 view = actual
-                await self.views.remember(bucket, key, version_of(etag, size, head.get("LastModified")), view)
-                check_conditions(request.headers, view.etag, head["LastModified"])
+                await self.views.remember(bucket, key, version_of(etag, size, head.last_modified), view)
+                check_conditions(request.headers, view.etag, head.last_modified)
         wanted = parse_range(request.headers.get("range"), view.size)
         headers = visible_headers(head)
         headers["ETag"] = quote_etag(view.etag)

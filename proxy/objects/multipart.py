@@ -215,7 +215,7 @@ class MultipartObjects:
             state.upload_id,
             extra={"event": "complete_recovered", "upload_id": state.upload_id},
         )
-        return {"ETag": head.get("ETag", "")}
+        return {"ETag": head.etag}
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
         upload_id = request.query["uploadId"]

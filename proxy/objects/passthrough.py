@@ -23,14 +23,14 @@ from proxy.s3.headers import (
     reject_sse_c,
     response_override_params,
 )
-from proxy.upstream import Upstream, reply_headers
+from proxy.upstream import ObjectHead, Upstream, reply_headers
 
 MAX_XML_BODY = 4 << 20
 
 
-def visible_headers(reply: Mapping[str, Any]) -> dict[str, str]:
+def visible_headers(reply: Mapping[str, Any] | ObjectHead) -> dict[str, str]:
     """Upstream reply headers for a client, without the proxy's own metadata hints."""
-    return {k: v for k, v in reply_headers(dict(reply)).items() if not k.startswith(INTERNAL_META_PREFIX)}
+    return {k: v for k, v in reply_headers(reply).items() if not k.startswith(INTERNAL_META_PREFIX)}
 
 
 class Listing(Protocol):

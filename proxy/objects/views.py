@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +40,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     quote_etag,
 )
-from proxy.upstream import Upstream
+from proxy.upstream import ObjectHead, Upstream
 
 log = logging.getLogger("proxy.objects")
 
@@ -318,8 +318,7 @@ class Views:
                 if err.code == "NoSuchKey":
                     raise ObjectChanged(key) from None
                 raise
-            etag, size = head.get("ETag", ""), int(head.get("ContentLength", 0))
-            last_modified = head.get("LastModified")
+            etag, size, last_modified = head.etag, head.size, head.last_modified
         raise ObjectChanged(key)
 
     async def _inspect_version(self, bucket: str, key: str, etag: str, size: int, last_modified: object) -> View:
@@ -378,7 +377,7 @@ class Views:
             if err.code == "NoSuchKey":
                 return True
             raise
-        now = version_of(head.get("ETag"), int(head.get("ContentLength", -1)), head.get("LastModified"))
+        now = version_of(head.etag, head.size, head.last_modified)
         return now != version_of(etag, size, last_modified) or not settled(now, time.time())
 
     async def refusal(
@@ -485,19 +484,14 @@ class Views:
         log.error("integrity check failed for %r: %s", key, exc, extra={"event": "integrity_failure", "kind": kind})
         return integrity_error(key, exc)
 
-    async def head(self, bucket: str, key: str, *, full: bool = False) -> tuple[dict[str, Any], View]:
-        """The stored object's HEAD and its view; ``full`` asks botocore for every field (a copy
-        carries them over), else the fast HEAD's ETag, size, time, metadata and headers do."""
+    async def head(self, bucket: str, key: str) -> tuple[ObjectHead, View]:
+        """The stored object's HEAD and its view (of the version that HEAD names)."""
         for attempt in range(1, CHANGE_ATTEMPTS + 1):
-            reply = await (
-                self.upstream.call("head_object", Bucket=bucket, Key=key) if full else self.upstream.head(bucket, key)
-            )
-            if not reply.get("ETag", "").strip('"'):
+            reply = await self.upstream.head(bucket, key)
+            if not reply.etag.strip('"'):
                 self.heads_lack_etags = True
             try:
-                view = await self.view_of(
-                    bucket, key, reply.get("ETag", ""), int(reply.get("ContentLength", 0)), reply.get("LastModified")
-                )
+                view = await self.view_of(bucket, key, reply.etag, reply.size, reply.last_modified)
             except ObjectChanged:
                 if attempt == CHANGE_ATTEMPTS:
                     raise
@@ -552,7 +546,7 @@ class Views:
                 await close()  # the upstream connection goes now, not when collected
 
     async def decrypting(
-        self, bucket: str, key: str, head: Mapping[str, Any], pieces: AsyncIterator[bytes], decryptor: Any
+        self, bucket: str, key: str, head: ObjectHead, pieces: AsyncIterator[bytes], decryptor: Any
     ) -> AsyncGenerator[Chunk, None]:
         """The plaintext of ``pieces``, the stored body of the version ``head`` named. A body that fails
         its check is an integrity failure unless that version was replaced meanwhile (ObjectChanged:
@@ -570,6 +564,4 @@ class Views:
                 self.metrics.add_decrypted(len(out))
                 yield out
         except FormatError as exc:
-            raise await self.refusal(
-                bucket, key, str(head.get("ETag", "")), int(head.get("ContentLength", 0)), head.get("LastModified"), exc
-            ) from None
+            raise await self.refusal(bucket, key, head.etag, head.size, head.last_modified, exc) from None

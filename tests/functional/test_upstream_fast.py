@@ -180,9 +180,13 @@ async def test_fast_head_is_botocores_head(fast_upstream: Upstream, upstream: S3
         fast = await fast_upstream.direct_head(bucket, key)
         assert fast is not None, key
         slow = await fast_upstream.call("head_object", Bucket=bucket, Key=key)
-        for field in ("ETag", "ContentLength", "LastModified", "Metadata"):
-            assert fast[field] == slow[field], (key, field)
-        assert fast["ResponseMetadata"]["HTTPHeaders"]["content-length"] == "10"
+        assert (fast.etag, fast.size, fast.last_modified, fast.metadata) == (
+            slow["ETag"],
+            slow["ContentLength"],
+            slow["LastModified"],
+            slow["Metadata"],
+        ), key
+        assert fast.headers["content-length"] == "10"
     with pytest.raises(S3Error) as missing:
         await fast_upstream.direct_head(bucket, "n/data/absent")
     assert (missing.value.code, missing.value.status) == ("NoSuchKey", 404)
@@ -264,7 +268,7 @@ async def test_fast_paths_over_tls(tmp_path: Any) -> None:
                     assert data == stored
                     assert (await upstream.direct_list("tls-bucket", [], True) or {}).get("KeyCount") == 1
                     head = await upstream.direct_head("tls-bucket", "n/data/x")
-                    assert head is not None and head["ContentLength"] == len(stored)
+                    assert head is not None and head.size == len(stored)
                 else:
                     assert got is None and tail is None
             finally:

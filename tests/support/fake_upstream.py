@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from proxy.s3.errors import S3Error
+from proxy.upstream.results import ObjectHead
 
 
 @dataclass
@@ -83,8 +84,8 @@ class FakeUpstream:
     def has_credentials(self) -> bool:
         return True
 
-    async def head(self, bucket: str, key: str) -> dict[str, Any]:
-        return await self.call("head_object", Bucket=bucket, Key=key)
+    async def head(self, bucket: str, key: str) -> ObjectHead:
+        return ObjectHead.from_botocore(await self.call("head_object", Bucket=bucket, Key=key))
 
     async def read_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes:
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
