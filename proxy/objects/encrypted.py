@@ -71,41 +71,34 @@ class EncryptedObjects:
         head, view = await self.views.head(bucket, key)
         check_conditions(request.headers, view.etag, head.last_modified)
         wanted = parse_range(request.headers.get("range"), view.size)
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key, **if_match(head.etag)}
-        params.update(response_override_params(request.query))
+        version = quote_etag(head.etag)
+        overrides = response_override_params(request.query)
         if view.kind == "plaintext":
-            if wanted is not None:
-                params["Range"] = f"bytes={wanted.first}-{wanted.last}"
+            spec = None if wanted is None else f"bytes={wanted.first}-{wanted.last}"
             with _overwritten_on_refusal():
-                reply, pieces = await self.upstream.get_stream(**params)
+                reply, pieces = await self.upstream.open(bucket, key, spec, version, **overrides)
             return self._get_reply(reply, view, wanted, pieces)
         decryptor: Any
+        spec = None
         if wanted is None:
             decryptor = self.views.whole_decryptor(key, view)
         elif view.kind == "seed":
             seed_range = seed_stored_range(wanted.first, wanted.last, head.size)
-            params["Range"] = seed_range.http_range
+            spec = seed_range.http_range
             decryptor = SeedRangeDecryptor(self.views.seed_keys, seed_range)
         else:
             assert view.trailer is not None
             stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
-            params["Range"] = stored.http_range
+            spec = stored.http_range
             decryptor = RangeDecryptor(
                 self.views.keyring, view.trailer, stored, self.views.written_as(key, view.trailer)
             )
+        # Our format is read in place a record at a time (the seed's through botocore).
+        piece_size = record_size(view.trailer.chunk_size) if view.trailer is not None else None
         with _overwritten_on_refusal():
-            reply, pieces = await self._stored_stream(params, view)
+            reply, pieces = await self.upstream.open(bucket, key, spec, version, piece_size, **overrides)
             plaintext = await _started(self.views.decrypting(bucket, key, head, pieces, decryptor))
         return self._get_reply(reply, view, wanted, plaintext)
-
-    async def _stored_stream(self, params: dict[str, Any], view: View) -> tuple[dict[str, Any], AsyncIterator[Any]]:
-        """The stored bytes to decrypt: read in place a record at a time when the request is a
-        plain (ranged) GET of our format, else through botocore."""
-        stored = {k: v for k, v in params.items() if k not in ("Bucket", "Key", "Range", "IfMatch")}
-        piece_size = record_size(view.trailer.chunk_size) if view.trailer is not None else None
-        return await self.upstream.open(
-            params["Bucket"], params["Key"], params.get("Range"), params.get("IfMatch", ""), piece_size, **stored
-        )
 
     @staticmethod
     def _get_reply(reply: dict[str, Any], view: View, wanted: Any, pieces: AsyncIterator[Chunk]) -> Reply:

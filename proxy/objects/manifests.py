@@ -319,7 +319,7 @@ class ManifestObjects:
     async def _read_whole(self, bucket: str, key: str, etag: str, size: int) -> bytearray:
         """One stored version, read into a single buffer of its size."""
         buf = bytearray(size)
-        _, pieces = await self.upstream.open(bucket, key, None, quote_etag(etag) if etag.strip('"') else "", PIECE)
+        _, pieces = await self.upstream.open(bucket, key, None, quote_etag(etag), PIECE)
         pos = 0
         try:
             async for piece in pieces:

@@ -79,10 +79,7 @@ class PassthroughService:
         }
 
     async def handle(self, request: Request) -> Reply:
-        handler = self.handlers.get(request.operation)
-        if handler is None:
-            raise S3Error("NotImplemented", f"{request.operation} is not supported by this proxy", 501)
-        return await handler(request)
+        return await dispatch(self.handlers, request)
 
     # --- buckets -------------------------------------------------------------------------
 
@@ -350,6 +347,14 @@ def part_number(query: Mapping[str, str]) -> int:
     if number is None:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000", 400)
     return number
+
+
+async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
+    """``request`` to the handler of its operation; 501 for an operation the proxy does not serve."""
+    handler = handlers.get(request.operation)
+    if handler is None:
+        raise S3Error("NotImplemented", f"{request.operation} is not supported by this proxy", 501)
+    return await handler(request)
 
 
 def request_body(request: Request) -> Body:

@@ -24,12 +24,11 @@ from proxy.objects.encrypted import (
 )
 from proxy.objects.manifests import ManifestObjects
 from proxy.objects.multipart import MultipartObjects
-from proxy.objects.passthrough import PassthroughService
+from proxy.objects.passthrough import PassthroughService, dispatch
 from proxy.objects.views import Views
 from proxy.policy import Kind
 from proxy.s3 import xml
 from proxy.s3.api import Handler, Reply, Request, parse_copy_source
-from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
 
 
@@ -59,10 +58,7 @@ class ObjectService:
         }
 
     async def handle(self, request: Request) -> Reply:
-        handler = self.handlers.get(request.operation)
-        if handler is None:
-            raise S3Error("NotImplemented", f"{request.operation} is not supported by this proxy", 501)
-        return await handler(request)
+        return await dispatch(self.handlers, request)
 
     # --- lifecycle (the daemon's) ----------------------------------------------------------
 

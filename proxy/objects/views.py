@@ -70,7 +70,7 @@ def if_match(etag: str) -> dict[str, Any]:
 async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str | None) -> bytes:
     """A small ranged read of one stored version (If-Match guards against a concurrent overwrite);
     ``spec`` None reads the whole object."""
-    return await upstream.read_range(bucket, key, spec, quote_etag(etag) if etag.strip('"') else "")
+    return await upstream.read_range(bucket, key, spec, quote_etag(etag))
 
 
 def tail_spec(size: int) -> str | None:

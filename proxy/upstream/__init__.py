@@ -385,12 +385,7 @@ class Upstream:
         data = await self.direct_range(bucket, key, spec, guard)
         if data is not None:
             return data
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if guard:
-            params["IfMatch"] = guard
-        if spec is not None:
-            params["Range"] = spec
-        return await self.read(**params)
+        return await self.read(**_get_params(bucket, key, spec, guard, {}))
 
     async def open(
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int | None = None, **params: Any
@@ -403,11 +398,7 @@ class Upstream:
             opened = await self.direct_records(bucket, key, spec, guard, piece_size)
             if opened is not None:
                 return opened
-        if guard:
-            params["IfMatch"] = guard
-        if spec is not None:
-            params["Range"] = spec
-        return await self.get_stream(Bucket=bucket, Key=key, **params)
+        return await self.get_stream(**_get_params(bucket, key, spec, guard, params))
 
     async def put_small(self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]) -> dict[str, Any]:
         """PutObject of a body held in memory (``params`` are botocore's: Metadata, ContentType...)."""
@@ -653,6 +644,16 @@ class Upstream:
             raise self._unreachable("get_object", exc) from None
         self._ok("get_object", result)
         return result
+
+
+def _get_params(bucket: str, key: str, spec: str | None, guard: str, params: dict[str, Any]) -> dict[str, Any]:
+    """botocore's GetObject parameters of a read of ``spec`` (None: all) guarded by ``guard``."""
+    params.update(Bucket=bucket, Key=key)
+    if guard:
+        params["IfMatch"] = guard
+    if spec is not None:
+        params["Range"] = spec
+    return params
 
 
 _LIST_PARAMS = {

@@ -89,7 +89,7 @@ class FakeUpstream:
 
     async def read_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes:
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if etag:
+        if etag.strip('"'):
             params["IfMatch"] = etag
         if spec is not None:
             params["Range"] = spec
@@ -98,7 +98,7 @@ class FakeUpstream:
     async def open(
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int | None = None, **params: Any
     ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
-        if etag:
+        if etag.strip('"'):
             params["IfMatch"] = etag
         if spec is not None:
             params["Range"] = spec
