@@ -26,7 +26,7 @@ from proxy.format.seed import (
 )
 from proxy.format.trailer import Trailer
 from proxy.objects.passthrough import SMALL_BODY, request_body, visible_headers
-from proxy.objects.views import ObjectChanged, View, Views, if_match
+from proxy.objects.views import ObjectChanged, View, Views
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request, parse_copy_source
 from proxy.s3.errors import S3Error
@@ -37,7 +37,7 @@ from proxy.s3.headers import (
     reject_sse_c,
     response_override_params,
 )
-from proxy.upstream import ObjectHead
+from proxy.upstream import ObjectHead, Opened
 
 
 class EncryptedObjects:
@@ -101,7 +101,7 @@ class EncryptedObjects:
         return self._get_reply(reply, view, wanted, plaintext)
 
     @staticmethod
-    def _get_reply(reply: dict[str, Any], view: View, wanted: Any, pieces: AsyncIterator[Chunk]) -> Reply:
+    def _get_reply(reply: Opened, view: View, wanted: Any, pieces: AsyncIterator[Chunk]) -> Reply:
         headers = visible_headers(reply)
         headers["ETag"] = quote_etag(view.etag)
         headers["Accept-Ranges"] = "bytes"
@@ -146,17 +146,15 @@ class EncryptedObjects:
         params = self.views.with_hint(params, master)
         if length <= SMALL_BODY:
             payload = b"".join([piece async for piece in stored()])
-            reply = await self.upstream.put_small(bucket, key, payload, params)
+            written = await self.upstream.put(bucket, key, payload, params)
         else:
-            reply = await self.upstream.send_stream(
-                "put_object", stored(), stored_size, Bucket=bucket, Key=key, **params
-            )
+            written = await self.upstream.put(bucket, key, stored(), params, stored_size)
         etag = encryptor.md5.hex()
         trailer = Trailer.from_tail(
             build_trailer(master, salt, key, [PartInfo(1, length, encryptor.md5)], single_put=True)
         )
         await self.views.remember_written(
-            bucket, key, reply.get("ETag", ""), stored_size, View("encrypted", length, etag, trailer)
+            bucket, key, written.etag, stored_size, View("encrypted", length, etag, trailer)
         )
         return etag
 
@@ -183,12 +181,9 @@ class EncryptedObjects:
         if self.policy.encrypts(key):
             etag = await self.put_stream(bucket, key, plaintext, view.size, params)
         else:
-            reply = await self.upstream.send_stream(
-                "put_object", plaintext, view.size, Bucket=bucket, Key=key, **params
-            )
-            etag = reply.get("ETag", "")
-        done = await self.upstream.call("head_object", Bucket=bucket, Key=key)
-        return Reply.xml(xml.copy_object_result(quote_etag(etag), done["LastModified"]))
+            etag = (await self.upstream.put(bucket, key, plaintext, params, view.size)).etag
+        done = await self.upstream.head(bucket, key)
+        return Reply.xml(xml.copy_object_result(quote_etag(etag), done.last_modified))
 
     async def _plain_head(self, bucket: str, key: str) -> tuple[ObjectHead, View]:
         reply = await self.upstream.head(bucket, key)
@@ -208,7 +203,7 @@ class EncryptedObjects:
         return params
 
     async def _plaintext_stream(self, bucket: str, key: str, head: ObjectHead, view: View) -> AsyncIterator[Chunk]:
-        _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(head.etag))
+        _, pieces = await self.upstream.open(bucket, key, None, quote_etag(head.etag))
         if view.kind == "plaintext":
             return pieces
         return self.views.decrypting(bucket, key, head, pieces, self.views.whole_decryptor(key, view))

@@ -130,10 +130,8 @@ class ManifestObjects:
                 f"it cannot be stored for a byte-exact read ({exc})",
             )
         del text, stored
-        reply = await self.upstream.put_small(bucket, key, out, params)
-        await self.views.remember_written(
-            bucket, key, reply.get("ETag", ""), len(out), View(MANIFEST_KIND, length, etag)
-        )
+        written = await self.upstream.put(bucket, key, out, params)
+        await self.views.remember_written(bucket, key, written.etag, len(out), View(MANIFEST_KIND, length, etag))
         return Reply(200, {"ETag": quote_etag(etag)})
 
     def _encrypted_paths(self, text: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ from proxy.s3.headers import (
     quote_etag,
     reject_sse_c,
 )
+from proxy.upstream import Written
 
 log = logging.getLogger("proxy.objects")
 
@@ -57,8 +58,7 @@ class MultipartObjects:
         reject_sse_c(request.headers)
         master = self.views.keyring.primary
         params = self.views.with_hint(object_params(request.headers), master)
-        reply = await self.upstream.call("create_multipart_upload", Bucket=bucket, Key=key, **params)
-        upload_id = reply["UploadId"]
+        upload_id = await self.upstream.create_upload(bucket, key, params)
         await self.store.put_upload(UploadState(upload_id, bucket, key, master.key_id, new_salt()))
         self.metrics.multipart_started()
         return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
@@ -96,16 +96,10 @@ class MultipartObjects:
             held = b"".join([piece async for piece in stored()])
             part = PartState(number, body.length, encryptor.md5, len(held), None, held)
         else:
-            reply = await self.upstream.send_stream(
-                "upload_part",
-                stored(),
-                stored_size,
-                Bucket=state.bucket,
-                Key=state.key,
-                UploadId=state.upload_id,
-                PartNumber=number,
+            written = await self.upstream.upload_part(
+                state.bucket, state.key, state.upload_id, number, stored(), stored_size
             )
-            part = PartState(number, body.length, encryptor.md5, stored_size, reply.get("ETag", ""), None)
+            part = PartState(number, body.length, encryptor.md5, stored_size, written.etag, None)
         await self.store.put_part(state.upload_id, part)
         return Reply(200, {"ETag": quote_etag(part.md5.hex())})
 
@@ -140,12 +134,12 @@ class MultipartObjects:
         master = self.views.keyring.get(state.key_id)
         infos = [PartInfo(p.part_number, p.size, p.md5) for p in parts]
         trailer = build_trailer(master, state.salt, state.key, infos, single_put=False)
-        upstream_parts = [{"PartNumber": p.part_number, "ETag": p.upstream_etag} for p in parts[:-1]]
+        upstream_parts = [(p.part_number, p.upstream_etag or "") for p in parts[:-1]]
         last = parts[-1]
         if last.held is not None:
             final_number, final_body = last.part_number, last.held + trailer
         else:
-            upstream_parts.append({"PartNumber": last.part_number, "ETag": last.upstream_etag})
+            upstream_parts.append((last.part_number, last.upstream_etag or ""))
             final_number, final_body = last.part_number + 1, trailer
             if final_number > xml.MAX_PARTS:
                 raise S3Error(
@@ -157,22 +151,11 @@ class MultipartObjects:
         if done is None:
             await self.store.mark_completing(state.upload_id)
             try:
-                reply = await self.upstream.call(
-                    "upload_part",
-                    Bucket=state.bucket,
-                    Key=state.key,
-                    UploadId=state.upload_id,
-                    PartNumber=final_number,
-                    Body=final_body,
+                final = await self.upstream.upload_part(
+                    state.bucket, state.key, state.upload_id, final_number, final_body
                 )
-                upstream_parts.append({"PartNumber": final_number, "ETag": reply["ETag"]})
-                done = await self.upstream.call(
-                    "complete_multipart_upload",
-                    Bucket=state.bucket,
-                    Key=state.key,
-                    UploadId=state.upload_id,
-                    MultipartUpload={"Parts": upstream_parts},
-                )
+                upstream_parts.append((final_number, final.etag))
+                done = await self.upstream.complete_upload(state.bucket, state.key, state.upload_id, upstream_parts)
             except S3Error as err:
                 # A concurrent (or lost) Complete may have finished it meanwhile: the upstream then
                 # answers NoSuchUpload (rclone, AWS) or an error (moto's 500 for a part after it).
@@ -188,15 +171,13 @@ class MultipartObjects:
         await self.views.remember_written(
             state.bucket,
             state.key,
-            done.get("ETag", ""),
+            done.etag,
             stored_size,
             View("encrypted", parsed.plaintext_size, parsed.etag, parsed),
         )
-        return Reply.xml(
-            xml.complete_multipart(done.get("Location", ""), state.bucket, state.key, quote_etag(parsed.etag))
-        )
+        return Reply.xml(xml.complete_multipart(done.location, state.bucket, state.key, quote_etag(parsed.etag)))
 
-    async def _completed_object(self, state: UploadState, trailer: bytes) -> dict[str, str] | None:
+    async def _completed_object(self, state: UploadState, trailer: bytes) -> Written | None:
         """The stored object's upstream reply when an earlier Complete of this very upload stored it.
 
         It is when its verified trailer is exactly the one this Complete would write: the same salt
@@ -215,14 +196,12 @@ class MultipartObjects:
             state.upload_id,
             extra={"event": "complete_recovered", "upload_id": state.upload_id},
         )
-        return {"ETag": head.etag}
+        return Written(head.etag, head.headers)
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
         upload_id = request.query["uploadId"]
         try:
-            await self.upstream.call(
-                "abort_multipart_upload", Bucket=request.bucket, Key=request.key, UploadId=upload_id
-            )
+            await self.upstream.abort_upload(request.bucket or "", request.key or "", upload_id)
         except S3Error as err:
             # Gone upstream (aborted or completed elsewhere): the state is of no use either.
             if err.code == "NoSuchUpload":
@@ -263,9 +242,7 @@ class MultipartObjects:
         dropped = 0
         for state in await self.store.list_uploads(idle_since=time.time() - idle_seconds):
             try:
-                await self.upstream.call(
-                    "abort_multipart_upload", Bucket=state.bucket, Key=state.key, UploadId=state.upload_id
-                )
+                await self.upstream.abort_upload(state.bucket, state.key, state.upload_id)
             except S3Error as err:
                 if err.code != "NoSuchUpload":  # already gone (completed, aborted): just forget it
                     log.warning(

@@ -23,12 +23,12 @@ from proxy.s3.headers import (
     reject_sse_c,
     response_override_params,
 )
-from proxy.upstream import ObjectHead, Upstream, reply_headers
+from proxy.upstream import ObjectHead, Opened, Upstream, reply_headers
 
 MAX_XML_BODY = 4 << 20
 
 
-def visible_headers(reply: Mapping[str, Any] | ObjectHead) -> dict[str, str]:
+def visible_headers(reply: ObjectHead | Opened) -> dict[str, str]:
     """Upstream reply headers for a client, without the proxy's own metadata hints."""
     return {k: v for k, v in reply_headers(reply).items() if not k.startswith(INTERNAL_META_PREFIX)}
 
@@ -139,50 +139,42 @@ class PassthroughService:
     # --- objects -------------------------------------------------------------------------
 
     async def head_object(self, request: Request) -> Reply:
-        reply = await self.upstream.call(
-            "head_object", Bucket=request.bucket, Key=request.key, **conditional_params(request.headers)
-        )
-        headers = visible_headers(reply)
-        headers["Content-Length"] = str(reply.get("ContentLength", 0))
-        return Reply(200, headers, b"", reply.get("ContentLength", 0))
+        head = await self.upstream.head(request.bucket or "", request.key or "", conditional_params(request.headers))
+        headers = visible_headers(head)
+        headers["Content-Length"] = str(head.size)
+        return Reply(200, headers, b"", head.size)
 
     async def get_object(self, request: Request) -> Reply:
-        params: dict[str, Any] = {"Bucket": request.bucket, "Key": request.key}
-        params.update(conditional_params(request.headers))
+        params = conditional_params(request.headers)
         params.update(response_override_params(request.query))
-        if request.headers.get("range"):
-            params["Range"] = request.headers["range"]
+        spec = request.headers.get("range") or None
         if request.query.get("partNumber"):
             params["PartNumber"] = int_param(request.query, "partNumber", None, 1, 10000)
-        reply, pieces = await self.upstream.get_stream(**params)
-        headers = visible_headers(reply)
+        opened, pieces = await self.upstream.open(request.bucket or "", request.key or "", spec, "", **params)
+        headers = visible_headers(opened)
         status = 200
-        if reply.get("ContentRange"):
-            headers["Content-Range"] = reply["ContentRange"]
+        if opened.content_range:
+            headers["Content-Range"] = opened.content_range
             status = 206
-        length = int(reply.get("ContentLength", 0))
-        return Reply(status, headers, pieces, length)
+        return Reply(status, headers, pieces, opened.length)
 
     async def put_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         body = request_body(request)
         params = object_params(request.headers)
-        reply = await self._send(body, "put_object", Bucket=request.bucket, Key=request.key, **params)
-        return Reply(200, {"ETag": quote_etag(reply.get("ETag", ""))})
+        bucket, key, length = request.bucket or "", request.key or "", _length(body)
+        if length <= SMALL_BODY:  # whole: verified before it is sent, and retryable
+            written = await self.upstream.put(bucket, key, await body.read_all(SMALL_BODY), params)
+        else:
+            written = await self.upstream.put(bucket, key, body, params, length)
+        return Reply(200, {"ETag": quote_etag(written.etag)})
 
     async def copy_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
         params = self._copy_params(request)
-        reply = await self.upstream.call(
-            "copy_object",
-            Bucket=request.bucket,
-            Key=request.key,
-            CopySource={"Bucket": src_bucket, "Key": src_key},
-            **params,
-        )
-        result = reply.get("CopyObjectResult", {})
-        return Reply.xml(xml.copy_object_result(result.get("ETag", ""), result["LastModified"]))
+        copied = await self.upstream.copy(request.bucket or "", request.key or "", (src_bucket, src_key), params)
+        return Reply.xml(xml.copy_object_result(copied.etag, copied.last_modified))
 
     @staticmethod
     def _copy_params(request: Request) -> dict[str, Any]:
@@ -203,7 +195,7 @@ class PassthroughService:
         return params
 
     async def delete_object(self, request: Request) -> Reply:
-        await self.upstream.call("delete_object", Bucket=request.bucket, Key=request.key)
+        await self.upstream.delete(request.bucket or "", request.key or "")
         await self.listing.forget(request.bucket or "", [request.key or ""])
         return Reply(204)
 
@@ -232,65 +224,43 @@ class PassthroughService:
 
     async def create_multipart_upload(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
-        reply = await self.upstream.call(
-            "create_multipart_upload",
-            Bucket=request.bucket,
-            Key=request.key,
-            **object_params(request.headers),
-        )
-        return Reply.xml(xml.initiate_multipart(request.bucket or "", request.key or "", reply["UploadId"]))
+        bucket, key = request.bucket or "", request.key or ""
+        upload_id = await self.upstream.create_upload(bucket, key, object_params(request.headers))
+        return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
 
     async def upload_part(self, request: Request) -> Reply:
         body = request_body(request)
-        reply = await self._send(
-            body,
-            "upload_part",
-            Bucket=request.bucket,
-            Key=request.key,
-            UploadId=request.query["uploadId"],
-            PartNumber=part_number(request.query),
-        )
-        return Reply(200, {"ETag": quote_etag(reply.get("ETag", ""))})
+        step = (request.bucket or "", request.key or "", request.query["uploadId"], part_number(request.query))
+        if _length(body) <= SMALL_BODY:
+            written = await self.upstream.upload_part(*step, await body.read_all(SMALL_BODY))
+        else:
+            written = await self.upstream.upload_part(*step, body, _length(body))
+        return Reply(200, {"ETag": quote_etag(written.etag)})
 
     async def upload_part_copy(self, request: Request) -> Reply:
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
         params: dict[str, Any] = {}
         if request.headers.get("x-amz-copy-source-range"):
             params["CopySourceRange"] = request.headers["x-amz-copy-source-range"]
-        reply = await self.upstream.call(
-            "upload_part_copy",
-            Bucket=request.bucket,
-            Key=request.key,
-            UploadId=request.query["uploadId"],
-            PartNumber=part_number(request.query),
-            CopySource={"Bucket": src_bucket, "Key": src_key},
-            **params,
+        copied = await self.upstream.copy_part(
+            request.bucket or "",
+            request.key or "",
+            request.query["uploadId"],
+            part_number(request.query),
+            (src_bucket, src_key),
+            params,
         )
-        result = reply.get("CopyPartResult", {})
-        return Reply.xml(xml.copy_part_result(result.get("ETag", ""), result["LastModified"]))
+        return Reply.xml(xml.copy_part_result(copied.etag, copied.last_modified))
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
         parts = await completed_parts(request)
-        reply = await self.upstream.call(
-            "complete_multipart_upload",
-            Bucket=request.bucket,
-            Key=request.key,
-            UploadId=request.query["uploadId"],
-            MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": quote_etag(p.etag)} for p in parts]},
-        )
-        return Reply.xml(
-            xml.complete_multipart(
-                reply.get("Location", ""), request.bucket or "", request.key or "", reply.get("ETag", "")
-            )
-        )
+        bucket, key = request.bucket or "", request.key or ""
+        listed = [(p.part_number, quote_etag(p.etag)) for p in parts]
+        done = await self.upstream.complete_upload(bucket, key, request.query["uploadId"], listed)
+        return Reply.xml(xml.complete_multipart(done.location, bucket, key, done.etag))
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
-        await self.upstream.call(
-            "abort_multipart_upload",
-            Bucket=request.bucket,
-            Key=request.key,
-            UploadId=request.query["uploadId"],
-        )
+        await self.upstream.abort_upload(request.bucket or "", request.key or "", request.query["uploadId"])
         return Reply(204)
 
     async def list_parts(self, request: Request) -> Reply:
@@ -324,17 +294,15 @@ class PassthroughService:
 
     # --- helpers -------------------------------------------------------------------------
 
-    async def _send(self, body: Body, operation: str, **params: Any) -> dict[str, Any]:
-        """Forward a body: small ones whole (verified first, retryable), large ones streamed."""
-        if body.length is None:
-            raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-        if body.length <= SMALL_BODY:
-            payload = await body.read_all(SMALL_BODY)
-            return await self.upstream.call(operation, Body=payload, **params)
-        return await self.upstream.send_stream(operation, body, body.length, **params)
-
 
 SMALL_BODY = 1 << 20
+
+
+def _length(body: Body) -> int:
+    """A forwarded body's length; S3 needs it up front."""
+    if body.length is None:
+        raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
+    return body.length
 
 
 #: The S3 query parameters of a listing page that are forwarded (by version).

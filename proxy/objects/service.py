@@ -150,8 +150,8 @@ class ObjectService:
         written = await self.put_object(
             Request("PutObject", request.bucket, request.key, {}, headers, ReplyBody(source), scope=request.scope)
         )
-        done = await self.views.upstream.call("head_object", Bucket=request.bucket or "", Key=request.key or "")
-        return Reply.xml(xml.copy_object_result(written.headers["ETag"], done["LastModified"]))
+        done = await self.views.upstream.head(request.bucket or "", request.key or "")
+        return Reply.xml(xml.copy_object_result(written.headers["ETag"], done.last_modified))
 
     # --- multipart -------------------------------------------------------------------------
 

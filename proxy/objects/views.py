@@ -62,11 +62,6 @@ class View:
     trailer: Trailer | None = None
 
 
-def if_match(etag: str) -> dict[str, Any]:
-    """Guard a read of one stored version (an empty ETag, as some servers give, guards nothing)."""
-    return {"IfMatch": quote_etag(etag)} if etag.strip('"') else {}
-
-
 async def read_range(upstream: Upstream, bucket: str, key: str, etag: str, spec: str | None) -> bytes:
     """A small ranged read of one stored version (If-Match guards against a concurrent overwrite);
     ``spec`` None reads the whole object."""
@@ -466,7 +461,7 @@ class Views:
             record = await read_range(self.upstream, bucket, key, etag, f"bytes={first}-{last}")
             plaintext_size = seed_last_record_plaintext_size(size, record, self.seed_keys)
             decryptor = SeedDecryptor(self.seed_keys, expected_size=plaintext_size)
-            _, pieces = await self.upstream.get_stream(Bucket=bucket, Key=key, **if_match(etag))
+            _, pieces = await self.upstream.open(bucket, key, None, quote_etag(etag))
             async for piece in pieces:
                 await self.crypt(decryptor.feed, piece)
             decryptor.finish()

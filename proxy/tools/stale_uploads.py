@@ -180,7 +180,7 @@ async def abort_stale_uploads(
             continue
         else:
             try:
-                await upstream.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+                await upstream.abort_upload(bucket, key, upload_id)
                 found.action = "aborted"
                 say(f"aborted {what}")
             except S3Error as err:

@@ -42,7 +42,7 @@ from proxy.manifest import SOURCE_MD5, SOURCE_SIZE, NotAManifest, iter_entries
 from proxy.objects.views import complete_tail, read_range, tail_spec
 from proxy.policy import accepted_names, written_as
 from proxy.s3.errors import S3Error
-from proxy.upstream import Upstream
+from proxy.upstream import ObjectHead, Upstream
 
 INDEX = "index/backup_index/"
 BATCH = 256  # entries checked concurrently
@@ -176,22 +176,18 @@ async def _verify_manifest(run: _Run, key: str, *, required: bool) -> None:
     """One manifest: its MAC (with the key), then every object it names."""
     report, options = run.report, run.options
     try:
-        head = await run.upstream.call("head_object", Bucket=run.bucket, Key=key)
+        head = await run.upstream.head(run.bucket, key)
     except S3Error as err:
         if required or err.code not in ("NoSuchKey", "NotFound", "404"):
             report.problem(key, f"{err.code} ({err.message})")
         else:
             report.note(key, "missing: only the index's copy of this manifest was checked")
         return
-    size = int(head.get("ContentLength", 0))
-    if size > 4 * options.max_manifest_bytes:
-        report.problem(key, f"{size} bytes: too large to check (limits.max_manifest_bytes)")
+    limit = 4 * options.max_manifest_bytes
+    if head.size > limit:
+        report.problem(key, f"{head.size} bytes: too large to check (limits.max_manifest_bytes)")
         return
-    data = (
-        await run.upstream.read(Bucket=run.bucket, Key=key, IfMatch=head["ETag"])
-        if head.get("ETag")
-        else await run.upstream.read(Bucket=run.bucket, Key=key)
-    )
+    data = await run.upstream.read_range(run.bucket, key, None, head.etag, limit)
     report.manifests += 1
     found = _manifest_text(run, key, head, data)
     if found is None:
@@ -205,7 +201,7 @@ async def _verify_manifest(run: _Run, key: str, *, required: bool) -> None:
     run.say(f"{key}: {count} objects")
 
 
-def _manifest_text(run: _Run, key: str, head: Mapping[str, Any], data: bytes) -> tuple[bytes, bool] | None:
+def _manifest_text(run: _Run, key: str, head: ObjectHead, data: bytes) -> tuple[bytes, bool] | None:
     """The manifest's JSON as Medusa's entries can be read from it, and whether those carry
     Medusa's plaintext values (a manifest stored encrypted); None when it is reported instead."""
     report, options = run.report, run.options
@@ -240,8 +236,8 @@ def _manifest_text(run: _Run, key: str, head: Mapping[str, Any], data: bytes) ->
         plaintext_values = True
     else:
         cutoff = options.legacy_before
-        modified = head.get("LastModified")
-        legacy = cutoff is not None and isinstance(modified, datetime) and modified < cutoff
+        modified = head.last_modified
+        legacy = cutoff is not None and modified < cutoff
         if run.keyring is not None and not legacy:
             declared = (
                 f"written at {modified}, after legacy_plaintext_before ({cutoff})"
@@ -287,11 +283,11 @@ async def _check(run: _Run, entry: dict[str, Any], plaintext_values: bool) -> No
     async with run.limit:
         report.objects += 1
         try:
-            head = await run.upstream.call("head_object", Bucket=run.bucket, Key=path)
+            head = await run.upstream.head(run.bucket, path)
         except S3Error as err:
             report.problem(path, f"{err.code} ({err.message})")
             return
-        size, etag = int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
+        size, etag = head.size, head.etag.strip('"')
         if not plaintext_values and (size != entry.get("size") or (etag and etag != entry.get("MD5"))):
             report.problem(
                 path,
@@ -370,7 +366,7 @@ async def _check_seed(run: _Run, path: str, etag: str, size: int, expected: tupl
         run.seed_unchecked = True
         return
     decryptor = SeedDecryptor(list(run.options.seed_keys), expected_size=expected[0], expected_md5=expected[1])
-    _, pieces = await run.upstream.get_stream(Bucket=run.bucket, Key=path, **({"IfMatch": f'"{etag}"'} if etag else {}))
+    _, pieces = await run.upstream.open(run.bucket, path, None, f'"{etag}"' if etag else "")
     async for piece in pieces:
         decryptor.feed(piece)
     decryptor.finish()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,16 +38,19 @@ from proxy.s3.errors import S3Error
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
 from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
-from proxy.upstream.results import ObjectHead
+from proxy.upstream.results import Copied, ObjectHead, Opened, Written
 from proxy.upstream.streaming import Silence, StreamingBody
 
 __all__ = [
     "FORWARDED_HEADERS",
     "LONG_OPERATIONS",
+    "Copied",
     "ObjectHead",
+    "Opened",
     "Silence",
     "StreamingBody",
     "Upstream",
+    "Written",
     "client_error_to_s3",
     "operation_name",
     "reply_headers",
@@ -258,7 +261,9 @@ class Upstream:
         except (OSError, BodyError):
             return None
 
-    async def direct_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
+    async def direct_range(
+        self, bucket: str, key: str, spec: str | None, etag: str, limit: int | None = None
+    ) -> bytes | None:
         """A small (ranged) GET without botocore's per-request machinery, on the direct
         connections (the cheapest request the proxy makes: a cold listing makes one per
         object). Any answer but 200/206 returns None, and the caller asks botocore, which maps
@@ -266,13 +271,15 @@ class Upstream:
         """
         if self._http is None:
             return None
-        return await self._bounded("get_object", self._fast_range(bucket, key, spec, etag))
+        return await self._bounded("get_object", self._fast_range(bucket, key, spec, etag, limit))
 
-    async def _fast_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes | None:
+    async def _fast_range(self, bucket: str, key: str, spec: str | None, etag: str, limit: int | None) -> bytes | None:
         request = await self._signed_get(bucket, key, spec, etag)
         if request is None or self._http is None:
             return None
-        fetched = await self._direct("get_object", self._http.fetch(request.url.raw_path_qs, request.headers))
+        fetched = await self._direct(
+            "get_object", self._http.fetch(request.url.raw_path_qs, request.headers, limit=limit)
+        )
         if fetched is None:
             return None
         data = bytes(fetched[1])
@@ -315,7 +322,7 @@ class Upstream:
 
     async def direct_put(
         self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]
-    ) -> dict[str, Any] | None:
+    ) -> Written | None:
         """PutObject of a small body held in memory, without botocore (about 1.5 ms of CPU per
         PUT). Only user metadata and Content-Type are carried; with any other parameter, or on
         any answer but 200, it returns None and the caller asks botocore (a PUT can be repeated);
@@ -324,9 +331,7 @@ class Upstream:
             return None
         return await self._bounded("put_object", self._fast_put(bucket, key, body, params))
 
-    async def _fast_put(
-        self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]
-    ) -> dict[str, Any] | None:
+    async def _fast_put(self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]) -> Written | None:
         headers = {f"x-amz-meta-{name.lower()}": value for name, value in params.get("Metadata", {}).items()}
         if "ContentType" in params:
             headers["content-type"] = params["ContentType"]
@@ -343,7 +348,7 @@ class Upstream:
         if fetched is None or fetched[0].status != 200:
             return None
         self._ok("put_object", None, sent=len(body))
-        return {"ETag": fetched[0].headers.get("etag", "")}
+        return Written(fetched[0].headers.get("etag", ""), fetched[0].headers)
 
     async def direct_head(self, bucket: str, key: str) -> ObjectHead | None:
         """HeadObject without botocore (about 1.5 ms of CPU less per HEAD, and one is made before
@@ -378,34 +383,108 @@ class Upstream:
     # (The ``direct_*`` methods are the direct paths alone, for these and for tests: nothing
     # outside this package chooses between the paths; tests/project/test_layers.py checks it.)
 
-    async def read_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes:
+    async def read_range(self, bucket: str, key: str, spec: str | None, etag: str, limit: int | None = None) -> bytes:
         """A small read of one stored version, whole (``spec`` None) or a Range; ``etag`` (as
-        the bucket gave it) guards against an overwrite, an empty one guards nothing."""
+        the bucket gave it) guards against an overwrite, an empty one guards nothing. An answer
+        longer than the range asked for (or than ``limit``) is refused, never read whole."""
         guard = etag if etag.strip('"') else ""
-        data = await self.direct_range(bucket, key, spec, guard)
+        limit = _span(spec) or limit
+        data = await self.direct_range(bucket, key, spec, guard, limit)
         if data is not None:
             return data
-        return await self.read(**_get_params(bucket, key, spec, guard, {}))
+        return await self.read(limit=limit, **_get_params(bucket, key, spec, guard, {}))
 
     async def open(
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int | None = None, **params: Any
-    ) -> tuple[dict[str, Any], AsyncIterator[Any]]:
-        """GetObject of one stored version as a stream of pieces. With ``piece_size`` and no
-        other parameter it is read in place, a ``piece_size`` buffer at a time (each piece valid
-        until the next is asked for), else botocore streams it (``params`` are botocore's)."""
+    ) -> tuple[Opened, AsyncIterator[Any]]:
+        """GetObject of one stored version (``etag`` as the bucket gave it; empty: whichever is
+        there) as a stream of pieces. With ``piece_size`` and no other parameter it is read in
+        place, a ``piece_size`` buffer at a time (each piece valid until the next is asked for),
+        else botocore streams it (``params`` are botocore's: conditions, response overrides,
+        PartNumber)."""
         guard = etag if etag.strip('"') else ""
         if piece_size is not None and not params:
             opened = await self.direct_records(bucket, key, spec, guard, piece_size)
             if opened is not None:
                 return opened
-        return await self.get_stream(**_get_params(bucket, key, spec, guard, params))
+        return await self._stream(**_get_params(bucket, key, spec, guard, params))
 
-    async def put_small(self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]) -> dict[str, Any]:
-        """PutObject of a body held in memory (``params`` are botocore's: Metadata, ContentType...)."""
-        reply = await self.direct_put(bucket, key, body, params)
-        if reply is not None:
-            return reply
-        return await self.call("put_object", Bucket=bucket, Key=key, Body=body, **params)
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes | bytearray | AsyncIterable[Any],
+        params: dict[str, Any],
+        length: int = 0,
+    ) -> Written:
+        """PutObject (``params`` are botocore's: Metadata, ContentType...) of a body held in memory
+        (repeatable: retried), or streamed, ``length`` bytes (not repeatable: see ``_send_stream``)."""
+        if not isinstance(body, bytes | bytearray):
+            return await self._send_stream("put_object", body, length, Bucket=bucket, Key=key, **params)
+        written = await self.direct_put(bucket, key, body, params)
+        if written is not None:
+            return written
+        return Written.from_botocore(await self.call("put_object", Bucket=bucket, Key=key, Body=body, **params))
+
+    # --- multipart steps, copies, deletes: botocore -----------------------------------------
+
+    async def create_upload(self, bucket: str, key: str, params: dict[str, Any]) -> str:
+        """CreateMultipartUpload; its upload id."""
+        reply = await self.call("create_multipart_upload", Bucket=bucket, Key=key, **params)
+        return str(reply["UploadId"])
+
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes | bytearray | AsyncIterable[Any],
+        length: int = 0,
+    ) -> Written:
+        """UploadPart of a body in memory (retried) or streamed (``length`` bytes)."""
+        params = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number}
+        if isinstance(body, bytes | bytearray):
+            return Written.from_botocore(await self.call("upload_part", Body=body, **params))
+        return await self._send_stream("upload_part", body, length, **params)
+
+    async def complete_upload(self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Written:
+        """CompleteMultipartUpload of ``parts`` (number, ETag as the bucket gave it)."""
+        listed = [{"PartNumber": number, "ETag": etag} for number, etag in parts]
+        reply = await self.call(
+            "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+        )
+        return Written.from_botocore(reply)
+
+    async def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        await self.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+
+    async def copy(self, bucket: str, key: str, source: tuple[str, str], params: dict[str, Any]) -> Copied:
+        """CopyObject of ``source`` (bucket, key) stored as it is, server side."""
+        src_bucket, src_key = source
+        reply = await self.call(
+            "copy_object", Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key}, **params
+        )
+        return Copied.from_botocore(reply.get("CopyObjectResult", {}))
+
+    async def copy_part(
+        self, bucket: str, key: str, upload_id: str, number: int, source: tuple[str, str], params: dict[str, Any]
+    ) -> Copied:
+        """UploadPartCopy of (a CopySourceRange of) ``source`` (bucket, key), server side."""
+        src_bucket, src_key = source
+        reply = await self.call(
+            "upload_part_copy",
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": src_bucket, "Key": src_key},
+            **params,
+        )
+        return Copied.from_botocore(reply.get("CopyPartResult", {}))
+
+    async def delete(self, bucket: str, key: str) -> None:
+        await self.call("delete_object", Bucket=bucket, Key=key)
 
     async def list_page(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any]:
         """One ListObjects(V2) page in botocore's shape; ``query`` holds the S3 query parameters
@@ -423,22 +502,23 @@ class Upstream:
                 params[_LIST_PARAMS[name]] = value
         return await self.call("list_objects_v2" if v2 else "list_objects", **params)
 
-    async def head(self, bucket: str, key: str) -> ObjectHead:
-        """HeadObject: the direct path, else botocore (which maps and retries), within one deadline."""
-        return await self._bounded("head_object", self._head(bucket, key))
+    async def head(self, bucket: str, key: str, conditions: Mapping[str, Any] | None = None) -> ObjectHead:
+        """HeadObject: the direct path, else botocore (which maps and retries), within one
+        deadline. ``conditions`` (botocore's IfMatch...) go to botocore."""
+        return await self._bounded("head_object", self._head(bucket, key, conditions or {}))
 
-    async def _head(self, bucket: str, key: str) -> ObjectHead:
-        direct = await self._fast_head(bucket, key)
+    async def _head(self, bucket: str, key: str, conditions: Mapping[str, Any]) -> ObjectHead:
+        direct = None if conditions else await self._fast_head(bucket, key)
         if direct is not None:
             return direct
-        return ObjectHead.from_botocore(await self._call("head_object", Bucket=bucket, Key=key))
+        return ObjectHead.from_botocore(await self._call("head_object", Bucket=bucket, Key=key, **conditions))
 
     async def direct_records(
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int
-    ) -> tuple[dict[str, Any], AsyncIterator[memoryview]] | None:
+    ) -> tuple[Opened, AsyncIterator[memoryview]] | None:
         """GetObject read in place into one reused ``piece_size`` buffer (see
         ``proxy.upstream.http``): each piece is valid only until the next one is asked for. None
-        when the fast path cannot serve it; the caller then uses ``get_stream``. The answer's head
+        when the fast path cannot serve it; the caller then uses ``_stream``. The answer's head
         is bounded by ``request_timeout``, the body by ``read_timeout`` of silence."""
         if self._http is None:
             return None
@@ -447,12 +527,8 @@ class Upstream:
             return None
         head, conn = opened
         self._ok("get_object", None)
-        reply = {
-            "ContentLength": head.length,
-            "ETag": head.headers.get("etag", ""),
-            "ResponseMetadata": {"HTTPStatusCode": head.status, "HTTPHeaders": head.headers},
-        }
-        return reply, self._counted(self._http.pieces(conn, piece_size))
+        answer = Opened(head.length, head.headers.get("etag", ""), head.headers, head.headers.get("content-range", ""))
+        return answer, self._counted(self._http.pieces(conn, piece_size))
 
     async def _open_records(self, bucket: str, key: str, spec: str | None, etag: str) -> Any:
         request = await self._signed_get(bucket, key, spec, etag)
@@ -545,9 +621,9 @@ class Upstream:
         self._ok(operation, result, sent, received)
         return result
 
-    async def send_stream(
+    async def _send_stream(
         self, operation: str, body: AsyncIterable[bytes | bytearray], length: int, **params: Any
-    ) -> dict[str, Any]:
+    ) -> Written:
         """PutObject/UploadPart with a streamed body of known length.
 
         If ``body`` raises, the upstream request is cut short, so the upstream never stores a
@@ -586,7 +662,7 @@ class Upstream:
         finally:
             silence.close()
         self._ok(operation, result, sent=stream.sent)
-        return result
+        return Written.from_botocore(result)
 
     async def read(self, *, limit: int | None = None, **params: Any) -> bytes:
         """GetObject of something small (a trailer, a manifest), whole; S3Error past ``limit``.
@@ -609,7 +685,7 @@ class Upstream:
             body.close()
         return data
 
-    async def get_stream(self, **params: Any) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+    async def _stream(self, **params: Any) -> tuple[Opened, AsyncIterator[bytes]]:
         """GetObject; returns the reply and an iterator over the body in large pieces. The
         answer's head is bounded by ``request_timeout``, the body by ``read_timeout`` of silence
         (botocore's, per socket read)."""
@@ -630,7 +706,7 @@ class Upstream:
                 if metrics is not None and received:
                     metrics.add_upstream_bytes(received=received)
 
-        return reply, pieces()
+        return Opened.from_botocore(reply), pieces()
 
     async def _get(self, **params: Any) -> dict[str, Any]:
         """GetObject counted like ``call`` except for its body bytes (counted as they arrive)."""
@@ -656,6 +732,14 @@ def _get_params(bucket: str, key: str, spec: str | None, guard: str, params: dic
     return params
 
 
+def _span(spec: str | None) -> int | None:
+    """How many bytes a Range of ``bytes=first-last`` or ``bytes=-suffix`` asks for (else None)."""
+    first, _, last = (spec or "").removeprefix("bytes=").partition("-")
+    if not last.isdigit() or not (first.isdigit() or not first):
+        return None
+    return int(last) if not first else max(int(last) - int(first) + 1, 0)
+
+
 _LIST_PARAMS = {
     "prefix": "Prefix",
     "delimiter": "Delimiter",
@@ -665,13 +749,10 @@ _LIST_PARAMS = {
 }
 
 
-def reply_headers(reply: Mapping[str, Any] | ObjectHead) -> dict[str, str]:
+def reply_headers(reply: ObjectHead | Opened) -> dict[str, str]:
     """The upstream reply headers that may be forwarded to a client, user metadata included."""
-    raw: Mapping[str, str] = (
-        reply.headers if isinstance(reply, ObjectHead) else reply.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    )
-    headers = {name: value for name, value in raw.items() if name in FORWARDED_HEADERS}
-    for name, value in raw.items():
+    headers = {name: value for name, value in reply.headers.items() if name in FORWARDED_HEADERS}
+    for name, value in reply.headers.items():
         if name.startswith("x-amz-meta-"):
             headers[name] = value
     return headers

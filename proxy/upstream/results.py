@@ -27,5 +27,57 @@ class ObjectHead:
 
     @classmethod
     def from_botocore(cls, reply: Mapping[str, Any]) -> ObjectHead:
-        headers: Mapping[str, str] = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        return cls(str(reply.get("ETag", "")), int(reply.get("ContentLength", 0)), reply["LastModified"], headers)
+        return cls(
+            str(reply.get("ETag", "")), int(reply.get("ContentLength", 0)), reply["LastModified"], _headers_of(reply)
+        )
+
+
+def _headers_of(reply: Mapping[str, Any]) -> Mapping[str, str]:
+    headers: Mapping[str, str] = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a write answers (PutObject, UploadPart, CompleteMultipartUpload): the stored
+    ETag as the bucket gave it, its Location (Complete only) and the reply headers."""
+
+    etag: str
+    headers: Mapping[str, str]
+    location: str = ""
+
+    @classmethod
+    def from_botocore(cls, reply: Mapping[str, Any]) -> Written:
+        return cls(str(reply.get("ETag", "")), _headers_of(reply), str(reply.get("Location", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """What a server-side copy answers (CopyObject, UploadPartCopy)."""
+
+    etag: str
+    last_modified: datetime
+
+    @classmethod
+    def from_botocore(cls, result: Mapping[str, Any]) -> Copied:
+        return cls(str(result.get("ETag", "")), result["LastModified"])
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A GetObject's answer before its body: the body's length, the version's ETag, the
+    Content-Range of a ranged read ("" else) and the reply headers."""
+
+    length: int
+    etag: str
+    headers: Mapping[str, str]
+    content_range: str = ""
+
+    @classmethod
+    def from_botocore(cls, reply: Mapping[str, Any]) -> Opened:
+        return cls(
+            int(reply.get("ContentLength", 0)),
+            str(reply.get("ETag", "")),
+            _headers_of(reply),
+            str(reply.get("ContentRange") or ""),
+        )

@@ -1,4 +1,4 @@
-"""Streamed request bodies to the bucket and the silence that bounds them (``Upstream.send_stream``)."""
+"""Streamed request bodies to the bucket and the silence that bounds them (``Upstream.put``, ``Upstream.upload_part``)."""
 
 from __future__ import annotations
 

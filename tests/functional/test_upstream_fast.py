@@ -158,7 +158,7 @@ async def test_get_records_reads_stored_bytes_in_place(
         if got is None:
             return None
         reply, pieces = got
-        assert reply["ContentLength"] == (len(stored) if spec is None else 1_500_000)
+        assert reply.length == (len(stored) if spec is None else 1_500_000)
         sizes, data = [], bytearray()
         async for piece in pieces:
             sizes.append(len(piece))
@@ -202,7 +202,7 @@ async def test_fast_put_stores_what_botocore_would(fast_upstream: Upstream, upst
         if i % 2:
             params["ContentType"] = "application/x-test"
         reply = await fast_upstream.direct_put(bucket, key, body, params)
-        assert reply is not None and reply["ETag"].strip('"') == hashlib.md5(body).hexdigest()
+        assert reply is not None and reply.etag.strip('"') == hashlib.md5(body).hexdigest()
         raw.put_object(Bucket=bucket, Key=f"{key}-by-botocore", Body=body, **params)
         head, expected = (raw.head_object(Bucket=bucket, Key=name) for name in (key, f"{key}-by-botocore"))
         for field in ("Metadata", "ContentType", "ETag", "ContentLength"):
@@ -292,3 +292,20 @@ def make_tls_client(server: S3Server) -> Any:
             response_checksum_validation="when_required",
         ),
     )
+
+
+async def test_read_range_refuses_an_answer_longer_than_asked(
+    fast_upstream: Upstream, upstream: S3Server, bucket: str
+) -> None:
+    """A small read never takes in more than its range (or ``limit``): a body that is longer
+    (an object swapped for a large one, a store that ignores Range) is refused, not read."""
+    from proxy.s3.errors import S3Error
+
+    data = bytes(range(100))
+    etag = upstream.client().put_object(Bucket=bucket, Key="n/small", Body=data)["ETag"]
+    assert await fast_upstream.read_range(bucket, "n/small", None, etag, 100) == data
+    assert await fast_upstream.read_range(bucket, "n/small", "bytes=10-19", etag) == data[10:20]
+    assert await fast_upstream.read_range(bucket, "n/small", "bytes=-30", etag, 5) == data[-30:]  # the range wins
+    with pytest.raises(S3Error) as refused:
+        await fast_upstream.read_range(bucket, "n/small", None, etag, 99)
+    assert "larger than 99 bytes" in refused.value.message

@@ -139,7 +139,7 @@ def test_services_are_composed_not_inherited() -> None:
 
 def test_only_the_upstream_chooses_between_its_paths() -> None:
     """Callers ask ``Upstream`` for an operation (``head``, ``read_range``, ``open``,
-    ``put_small``, ``list_page``...); whether it goes the direct way or through botocore is
+    ``put``, ``list_page``...); whether it goes the direct way or through botocore is
     decided inside ``proxy.upstream`` only."""
     import re
 
@@ -148,3 +148,29 @@ def test_only_the_upstream_chooses_between_its_paths() -> None:
             continue
         found = re.findall(r"\.(direct_[a-z]+|get_records|fast_[a-z]+)\(", path.read_text())
         assert not found, f"{path.relative_to(PACKAGE)} calls {found}"
+
+
+#: The operations still called by name (``Upstream.call``): listing pages and bucket-level calls,
+#: whose S3-shaped replies are re-encoded for the client as they are (docs/ARCHITECTURE.md).
+UNTYPED_OPERATIONS = {
+    "list_buckets",
+    "head_bucket",
+    "get_bucket_location",
+    "list_objects_v2",
+    "list_parts",
+    "list_multipart_uploads",
+    "delete_objects",
+}
+
+
+def test_object_operations_go_through_typed_upstream_calls() -> None:
+    """Every object operation (HEAD, GET, PUT, multipart steps, copies, deletes) has a typed
+    ``Upstream`` method with its own result type; only the listings and bucket-level calls above
+    are made by name."""
+    import re
+
+    for path in PACKAGE.rglob("*.py"):
+        if "upstream" in path.relative_to(PACKAGE).parts:
+            continue
+        named = set(re.findall(r"\.call\(\s*\"([a-z_0-9]+)\"", path.read_text()))
+        assert named <= UNTYPED_OPERATIONS, f"{path.relative_to(PACKAGE)} calls {named - UNTYPED_OPERATIONS} by name"

@@ -3,7 +3,7 @@
 For unit tests of the upper layers in process: the code under test is the real service, only the
 bucket is replaced. It answers as S3 does where the objects code depends on it (ETags of stored
 bytes, If-Match, suffix and open ranges, multipart ETags, NoSuchKey / NoSuchUpload,
-PreconditionFailed, InvalidRange); it has no direct paths: every answer is botocore-shaped.
+PreconditionFailed, InvalidRange); it has no direct paths.
 ``stored`` holds the bytes as the bucket keeps them, for tests to look at or tamper with.
 """
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 from proxy.s3.errors import S3Error
-from proxy.upstream.results import ObjectHead
+from proxy.upstream.results import Copied, ObjectHead, Opened, Written
 
 
 @dataclass
@@ -84,28 +84,46 @@ class FakeUpstream:
     def has_credentials(self) -> bool:
         return True
 
-    async def head(self, bucket: str, key: str) -> ObjectHead:
-        return ObjectHead.from_botocore(await self.call("head_object", Bucket=bucket, Key=key))
+    async def head(self, bucket: str, key: str, conditions: Mapping[str, Any] | None = None) -> ObjectHead:
+        return ObjectHead.from_botocore(await self.call("head_object", Bucket=bucket, Key=key, **(conditions or {})))
 
-    async def read_range(self, bucket: str, key: str, spec: str | None, etag: str) -> bytes:
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if etag.strip('"'):
-            params["IfMatch"] = etag
-        if spec is not None:
-            params["Range"] = spec
-        return await self.read(**params)
+    async def read_range(self, bucket: str, key: str, spec: str | None, etag: str, limit: int | None = None) -> bytes:
+        reply = await self.call("get_object", **self._get_params(bucket, key, spec, etag, {}))
+        if limit is not None and len(reply["Body"]) > limit:
+            raise S3Error("InternalError", f"{key!r} is larger than {limit} bytes", 500)
+        return bytes(reply["Body"])
 
     async def open(
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int | None = None, **params: Any
-    ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+    ) -> tuple[Opened, AsyncIterator[bytes]]:
+        reply = await self.call("get_object", **self._get_params(bucket, key, spec, etag, params))
+        body = reply.pop("Body")
+
+        async def pieces() -> AsyncIterator[bytes]:
+            for at in range(0, len(body), 1 << 16):
+                yield body[at : at + (1 << 16)]
+
+        return Opened.from_botocore(reply), pieces()
+
+    @staticmethod
+    def _get_params(bucket: str, key: str, spec: str | None, etag: str, params: dict[str, Any]) -> dict[str, Any]:
+        params.update(Bucket=bucket, Key=key)
         if etag.strip('"'):
             params["IfMatch"] = etag
         if spec is not None:
             params["Range"] = spec
-        return await self.get_stream(Bucket=bucket, Key=key, **params)
+        return params
 
-    async def put_small(self, bucket: str, key: str, body: bytes | bytearray, params: dict[str, Any]) -> dict[str, Any]:
-        return await self.call("put_object", Bucket=bucket, Key=key, Body=bytes(body), **params)
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes | bytearray | AsyncIterable[Any],
+        params: dict[str, Any],
+        length: int = 0,
+    ) -> Written:
+        data = await self._whole(body, length)
+        return Written.from_botocore(await self.call("put_object", Bucket=bucket, Key=key, Body=data, **params))
 
     async def list_page(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any]:
         names = {"prefix": "Prefix", "delimiter": "Delimiter", "continuation-token": "ContinuationToken"}
@@ -114,27 +132,53 @@ class FakeUpstream:
             params["MaxKeys"] = int(dict(query)["max-keys"])
         return await self.call("list_objects_v2", Bucket=bucket, **params)
 
-    async def read(self, *, limit: int | None = None, **params: Any) -> bytes:
-        reply = await self.call("get_object", **params)
-        return bytes(reply["Body"])
+    async def create_upload(self, bucket: str, key: str, params: dict[str, Any]) -> str:
+        return str((await self.call("create_multipart_upload", Bucket=bucket, Key=key, **params))["UploadId"])
 
-    async def get_stream(self, **params: Any) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
-        reply = await self.call("get_object", **params)
-        body = reply.pop("Body")
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes | bytearray | AsyncIterable[Any],
+        length: int = 0,
+    ) -> Written:
+        data = await self._whole(body, length)
+        reply = await self.call("upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+        return Written.from_botocore(reply)
 
-        async def pieces() -> AsyncIterator[bytes]:
-            for at in range(0, len(body), 1 << 16):
-                yield body[at : at + (1 << 16)]
+    async def complete_upload(self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Written:
+        listed = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}
+        reply = await self.call(
+            "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=listed
+        )
+        return Written.from_botocore(reply)
 
-        return reply, pieces()
+    async def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        await self.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
 
-    async def send_stream(
-        self, operation: str, body: AsyncIterable[bytes | bytearray], length: int, **params: Any
-    ) -> dict[str, Any]:
+    async def copy(self, bucket: str, key: str, source: tuple[str, str], params: dict[str, Any]) -> Copied:
+        result = await self.call("copy_object", Bucket=bucket, Key=key, CopySource=source, **params)
+        return Copied.from_botocore(result)
+
+    async def copy_part(
+        self, bucket: str, key: str, upload_id: str, number: int, source: tuple[str, str], params: dict[str, Any]
+    ) -> Copied:
+        result = await self.call("upload_part_copy", Bucket=bucket, Key=key, UploadId=upload_id, CopySource=source)
+        return Copied.from_botocore(result)
+
+    async def delete(self, bucket: str, key: str) -> None:
+        await self.call("delete_object", Bucket=bucket, Key=key)
+
+    @staticmethod
+    async def _whole(body: bytes | bytearray | AsyncIterable[Any], length: int) -> bytes:
+        if isinstance(body, bytes | bytearray):
+            return bytes(body)
         data = b"".join([bytes(piece) async for piece in body])
         if len(data) != length:
             raise S3Error("IncompleteBody", f"sent {len(data)} of {length} bytes", 400)
-        return await self.call(operation, Body=data, **params)
+        return data
 
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
         self.calls.append(operation)
