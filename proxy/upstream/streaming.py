@@ -1,4 +1,5 @@
-"""Streamed request bodies to the bucket and the silence that bounds them (``Upstream.put``, ``Upstream.upload_part``)."""
+"""Streamed request bodies to the bucket and the silence that bounds them (``Upstream.put``,
+``Upstream.upload_part``)."""
 
 from __future__ import annotations
 
