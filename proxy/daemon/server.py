@@ -273,12 +273,10 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
 
     async def lifecycle(app: web.Application) -> Any:
         await upstream.start()
-        if hasattr(service, "start"):
-            await service.start()
-        metrics.set_build_info(__version__, getattr(service, "key_ids", []))
+        await service.start()
+        metrics.set_build_info(__version__, service.key_ids)
         yield
-        if hasattr(service, "close"):
-            await service.close()
+        await service.close()
         await upstream.close()
 
     app.cleanup_ctx.append(lifecycle)

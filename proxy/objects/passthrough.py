@@ -81,6 +81,15 @@ class PassthroughService:
     async def handle(self, request: Request) -> Reply:
         return await dispatch(self.handlers, request)
 
+    # The same lifecycle as ObjectService's: nothing to open or close.
+    key_ids: list[str] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
     # --- buckets -------------------------------------------------------------------------
 
     async def list_buckets(self, request: Request) -> Reply:

@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -102,6 +102,75 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
     return 0 if asyncio.run(run()) else 1
 
 
+def cmd_restore_backup(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from proxy.config import ConfigError, load_config
+    from proxy.metrics import Metrics
+    from proxy.objects import build_service
+    from proxy.tools.restore_backup import RestoreError, restore_backup
+    from proxy.upstream import Upstream
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
+        return 2
+    say = _progress_printer()
+
+    async def run(cache_dir: str) -> bool:
+        # A cache of its own: a restore must not depend on, or write into, a daemon's.
+        local = config.model_copy(update={"cache": config.cache.model_copy(update={"path": cache_dir + "/cache.db"})})
+        upstream = Upstream(local.upstream)
+        await upstream.start()
+        service = build_service(local, upstream, Metrics())
+        await service.start()
+        try:
+            report = await restore_backup(
+                service,
+                args.bucket,
+                args.fqdn,
+                args.backup,
+                Path(args.destination),
+                prefix=args.prefix,
+                tables=args.table or (),
+                concurrency=args.concurrency,
+                say=say,
+            )
+        finally:
+            await service.close()
+            await upstream.close()
+        summary = f"{report.restored} restored, {report.skipped} already there, {len(report.problems)} failed"
+        say(f"{args.backup}: {report.files} files: {summary} ({report.bytes} bytes read)")
+        for problem in report.problems:
+            print(f"medusa-crypt-proxy: restore-backup: {problem}", file=sys.stderr)
+        return report.ok
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="medusa-crypt-proxy-restore-") as cache_dir:
+            return 0 if asyncio.run(run(cache_dir)) else 1
+    except (RestoreError, OSError) as exc:
+        print(f"medusa-crypt-proxy: restore-backup: {exc}", file=sys.stderr)
+        return 1
+
+
+def _progress_printer() -> Callable[[str], None]:
+    """Lines to stderr; on a terminal the ``progress:`` lines overwrite each other (a bar)."""
+    tty = sys.stderr.isatty()
+
+    def say(line: str) -> None:
+        if tty and line.startswith("progress:"):
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        elif tty:
+            print(f"\r\033[K{line}", file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
+    return say
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("encrypt", help="encrypt a file exactly as the proxy would store it")
     p.add_argument("--key-file", action="append", required=True, help="Fernet key file (first encrypts)")
@@ -129,6 +198,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "encryption.seed_key_files, legacy_plaintext_before and accept_moved apply)",
     )
     p.set_defaults(func=cmd_verify_bucket)
+
+    p = sub.add_parser(
+        "restore-backup",
+        help="download one node's backup decrypted and verified, laid out as medusa download does (no daemon)",
+    )
+    p.add_argument("--config", required=True, help="the proxy's config file (upstream and encryption sections)")
+    p.add_argument("--bucket", required=True, help="the bucket Medusa's bucket_name names")
+    p.add_argument("--fqdn", required=True, help="the node whose backup it is (Medusa's storage fqdn)")
+    p.add_argument("--backup", required=True, help="the backup's name")
+    p.add_argument("--prefix", default="", help="Medusa's storage prefix, with its trailing slash")
+    p.add_argument("--table", action="append", help="only this keyspace or keyspace.table (repeatable; default: all)")
+    p.add_argument("--concurrency", type=int, default=4, help="files downloaded at once (default 4)")
+    p.add_argument(
+        "destination",
+        help="directory to restore into (created if missing); a rerun into it resumes, skipping verified files",
+    )
+    p.set_defaults(func=cmd_restore_backup)
 
     p = sub.add_parser("inspect", help="show an object's format, key id, sizes and ETag (no key)")
     p.add_argument("input", help="a stored object, as downloaded from the bucket")
