@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,92 @@ def test_storage_example_loads_in_medusa(name: str, block: str, tmp_path: Path) 
     checked = json.loads(result.stdout.strip().splitlines()[-1])
     assert checked["problems"] == [], f"{name}: {checked['problems']}"
     assert checked["storage_provider"] == "s3_compatible"
+
+
+YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.S)
+SH_BLOCK = re.compile(r"```(?:sh|bash|console)\n(.*?)```", re.S)
+CONFIG_SECTIONS = {"listen", "tls", "clients", "upstream", "encryption", "cache", "limits", "logging", "timeouts"}
+
+
+def blocks(pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    return [
+        (f"{doc.relative_to(REPO)}#{n}", block)
+        for doc in DOCS
+        for n, block in enumerate(pattern.findall(doc.read_text()))
+    ]
+
+
+def _real_files(node: Any, tmp: Path) -> Any:
+    """The example with every file it names replaced by a real one of the right kind."""
+    from tests.support.servers import generate_fernet_key_file
+
+    if isinstance(node, dict):
+        out = {}
+        for name, value in node.items():
+            if name.endswith("_files") and isinstance(value, list):
+                out[name] = [str(generate_fernet_key_file(tmp / f"k{i}-{name}.key")) for i, _ in enumerate(value)]
+            elif name.endswith("_file") and isinstance(value, str):
+                path = tmp / f"{name}-{len(list(tmp.iterdir()))}"
+                path.write_text("s" * 40)
+                path.chmod(0o600)
+                out[name] = str(path)
+            else:
+                out[name] = _real_files(value, tmp)
+        return out
+    if isinstance(node, list):
+        return [_real_files(item, tmp) for item in node]
+    return node
+
+
+@pytest.mark.parametrize(("name", "block"), blocks(YAML_BLOCK), ids=[name for name, _ in blocks(YAML_BLOCK)])
+def test_yaml_example_is_valid(name: str, block: str, tmp_path: Path) -> None:
+    """Every YAML example parses; a proxy config (or a part of one) is one the proxy accepts,
+    with its files in place (a fragment is checked inside a minimal config)."""
+    import textwrap
+
+    import yaml
+
+    from proxy.config import parse_config
+
+    documents = list(yaml.safe_load_all(textwrap.dedent(block)))
+    assert documents, name
+    for data in documents:
+        if not (isinstance(data, dict) and set(data) <= CONFIG_SECTIONS):
+            continue  # a Kubernetes or Medusa fragment: parsing it is the check
+        config: dict[str, Any] = {
+            "clients": [{"access_key_id": "medusa", "secret_access_key_file": "f"}],
+            "upstream": {"region": "us-east-1"},
+            "encryption": {"key_files": ["k"]},
+        }
+        for section, value in data.items():  # a fragment's sections over the minimal config's
+            base = config.get(section)
+            config[section] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
+        config["cache"] = {"path": str(tmp_path / "cache.sqlite")}
+        parse_config(_real_files(config, tmp_path), environ={})
+
+
+def shell_commands() -> list[tuple[str, list[str]]]:
+    """Every ``medusa-crypt-proxy ...`` line of the shell examples (continuations joined)."""
+    import shlex
+
+    found = []
+    for name, block in blocks(SH_BLOCK):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip().removeprefix("$ ").removeprefix("sudo ")
+            if line.startswith("medusa-crypt-proxy "):
+                found.append((name, shlex.split(line, comments=True)[1:]))
+    return found
+
+
+def test_shell_examples_name_real_commands_and_options() -> None:
+    """Each command in the docs' shell examples is one the command line accepts as written."""
+    from proxy.cli import build_parser
+
+    commands = shell_commands()
+    assert any(args[0] == "restore-backup" for _, args in commands)
+    parser = build_parser()
+    for name, args in commands:
+        try:
+            parser.parse_args(args)
+        except SystemExit as exc:
+            pytest.fail(f"{name}: medusa-crypt-proxy {' '.join(args)}: rejected (exit {exc.code})")
