@@ -38,7 +38,7 @@ from proxy.format.token import RecordSealer, open_record_into, record_geometry, 
 from proxy.format.trailer import Trailer, encode_trailer
 
 if TYPE_CHECKING:
-    from proxy.format.keys import KeyRing, MasterKey, ObjectKeys
+    from proxy.format.keys import DataKey, KeyRing, MasterKey, ObjectKeys
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",
@@ -301,7 +301,7 @@ class PartEncryptor:
 
 
 def build_trailer(
-    master_key: MasterKey,
+    master_key: MasterKey | DataKey,
     salt: bytes,
     object_key: str,
     parts: Sequence[PartInfo],
@@ -309,7 +309,8 @@ def build_trailer(
     *,
     chunk_size: int = CHUNK_SIZE,
 ) -> bytes:
-    """The trailer record for an object made of `parts` (ascending part numbers)."""
+    """The trailer record for an object made of `parts` (ascending part numbers): format
+    version 1 for a master key, version 2 (the data key's wrapped form in it) for a data key."""
     _check_chunk_size(chunk_size)
     if not parts:
         raise ValueError("an object has at least one part")
@@ -343,13 +344,15 @@ def encrypt_object(
     salt: bytes | None = None,
     iv_source: Callable[[int], bytes] = os.urandom,
     clock: Callable[[], int] = _now,
+    data_key: DataKey | None = None,
 ) -> bytes:
     """Whole stored object for `data` (tests and tools).
 
     `parts` = [(part_number, size), ...] makes a multipart object; default is a single PUT.
+    With `data_key`, format version 2 (envelope keys), else version 1.
     """
     salt = new_salt() if salt is None else salt
-    master = keyring.primary
+    master: MasterKey | DataKey = keyring.primary if data_key is None else data_key
     okeys = _keys.derive_object_keys(master, salt)
     mv = memoryview(data)
     single = parts is None

@@ -22,6 +22,8 @@ MIN_CHUNK_L: Final = RECORD_OVERHEAD - 4
 #: The trailer record body begins with this magic (a chunk token begins with 0x80).
 TRAILER_MAGIC: Final = b"MCPT"
 TRAILER_VERSION: Final = 1
+#: Version 2: envelope keys (a random data key per object, wrapped in the trailer).
+TRAILER_VERSION_ENVELOPE: Final = 2
 TRAILER_MAC_CONTEXT: Final = b"MCPT-mac-v1"
 #: Footer: u32 BE trailer_record_len + this magic; the last 12 bytes of every object.
 FOOTER_MAGIC: Final = b"MCPTEND1"
@@ -30,13 +32,22 @@ FOOTER_SIZE: Final = 12
 TRAILER_PROBE: Final = 4096
 #: Fixed part of a trailer record: 4 (L) + 74 (body without runs/key) + 32 (mac) + 12.
 TRAILER_FIXED_SIZE: Final = 4 + 74 + HMAC_SIZE + FOOTER_SIZE
-#: Upper bound on a trailer record a parser accepts (65535 runs and a 65535-byte key).
-MAX_TRAILER_RECORD: Final = TRAILER_FIXED_SIZE + 16 * 0xFFFF + 0xFFFF
+#: Upper bound on a trailer record a parser accepts (65535 runs and a 65535-byte key, and for
+#: version 2 a provider byte and three fields of at most 65535 bytes with their u16 lengths).
+MAX_TRAILER_RECORD: Final = TRAILER_FIXED_SIZE + 16 * 0xFFFF + 0xFFFF + 1 + 3 * (2 + 0xFFFF)
 #: Key derivation labels.
 KEY_ID_CONTEXT: Final = b"medusa-crypt-proxy/key-id/v1"
 KEY_ID_SIZE: Final = 8
 SALT_SIZE: Final = 16
 HKDF_INFO: Final = b"medusa-crypt-proxy/object/v1"
+#: Version 2: the per-object keys derive from the data key, and a local master key wraps data
+#: keys with a key derived for that alone.
+HKDF_INFO_ENVELOPE: Final = b"medusa-crypt-proxy/object/v2"
+WRAP_HKDF_INFO: Final = b"medusa-crypt-proxy/wrap/v2"
+DATA_KEY_SIZE: Final = 32
+#: Who wrapped a version 2 data key (the trailer's provider byte).
+PROVIDER_LOCAL: Final = 1
+PROVIDER_AWS_KMS: Final = 2
 #: Part number used for an object written by a single PUT (and by encrypt_file).
 SINGLE_PUT_PART_NUMBER: Final = 1
 

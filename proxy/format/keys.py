@@ -1,4 +1,4 @@
-"""Master keys, key ids and the keys derived from them (docs/FORMAT.md, "Keys").
+"""Master keys, key ids, data keys and the keys derived from them (docs/FORMAT.md, "Keys").
 
 Pure: no files (``proxy.keyfiles`` reads and writes key files). Key material never appears in
 reprs, logs or exceptions; only the 8-byte key id (a hash of the key) is shown.
@@ -9,26 +9,41 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from proxy.format.constants import HKDF_INFO, KEY_ID_CONTEXT, KEY_ID_SIZE, SALT_SIZE
-from proxy.format.errors import UnknownKeyError
+from proxy.format.constants import (
+    DATA_KEY_SIZE,
+    HKDF_INFO,
+    HKDF_INFO_ENVELOPE,
+    KEY_ID_CONTEXT,
+    KEY_ID_SIZE,
+    PROVIDER_LOCAL,
+    SALT_SIZE,
+    WRAP_HKDF_INFO,
+)
+from proxy.format.errors import TamperedError, UnknownKeyError
 
 __all__ = [
     "MANIFEST_HKDF_INFO",
+    "DataKey",
     "InvalidKeyError",
     "KeyRing",
     "MasterKey",
     "ObjectKeys",
     "UnknownKeyError",
+    "WrappedKey",
     "derive_manifest_key",
     "derive_object_keys",
     "key_id",
+    "local_data_key",
     "parse_fernet_key",
+    "unwrap_local",
 ]
 
 
@@ -66,13 +81,15 @@ class MasterKey:
 
 @dataclass(frozen=True, repr=False)
 class ObjectKeys:
-    """Per-object keys derived from the master key and the object's salt."""
+    """Per-object keys derived from the master key (version 1) or the data key (version 2,
+    ``wrapped`` its wrapped form for the trailer) and the object's salt."""
 
     signing_key: bytes
     encryption_key: bytes
     mac_key: bytes
     key_id: bytes
     salt: bytes
+    wrapped: WrappedKey | None = None
 
     def __repr__(self) -> str:
         return f"ObjectKeys(key_id={self.key_id.hex()}, salt={self.salt.hex()})"
@@ -82,21 +99,81 @@ class ObjectKeys:
         return base64.urlsafe_b64encode(self.signing_key + self.encryption_key)
 
 
-def derive_object_keys(master_raw32: bytes | MasterKey, salt16: bytes) -> ObjectKeys:
-    """HKDF-SHA256 the master key with the object's random salt, so that every object has
-    its own Fernet key and chunks cannot move between objects unnoticed."""
-    raw = master_raw32.raw if isinstance(master_raw32, MasterKey) else master_raw32
-    if len(raw) != 32:
-        raise ValueError("a master key is 32 bytes")
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key as the trailer keeps it: who wrapped it (``provider``), under which of its
+    keys (``key_ref``: empty for a local key, named by the trailer's key id; a KMS key's ARN),
+    the wrapped bytes, and the bucket of its KMS encryption context (empty for a local key)."""
+
+    provider: int
+    key_ref: str
+    blob: bytes
+    context_bucket: str = ""
+
+
+@dataclass(frozen=True, repr=False)
+class DataKey:
+    """An object's (or a multipart upload's) random data key, its wrapped form and the id of
+    the key that wrapped it. The per-object keys derive from it (format version 2)."""
+
+    raw: bytes
+    wrapped: WrappedKey
+    key_id: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != DATA_KEY_SIZE:
+            raise ValueError(f"a data key is {DATA_KEY_SIZE} bytes")
+
+    def __repr__(self) -> str:
+        return f"DataKey(key_id={self.key_id.hex()}, provider={self.wrapped.provider})"
+
+
+def _wrapping_key(master: MasterKey) -> bytes:
+    """The AES-256 key a local master key wraps data keys with (its own HKDF label)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=WRAP_HKDF_INFO).derive(master.raw)
+
+
+def local_data_key(master: MasterKey, raw: bytes | None = None) -> DataKey:
+    """A new random data key (``raw`` for known-answer tests), wrapped by ``master`` with
+    AES key wrap (RFC 3394)."""
+    raw = os.urandom(DATA_KEY_SIZE) if raw is None else raw
+    blob = aes_key_wrap(_wrapping_key(master), raw)
+    return DataKey(raw, WrappedKey(PROVIDER_LOCAL, "", blob), master.key_id)
+
+
+def unwrap_local(master: MasterKey, wrapped: WrappedKey) -> DataKey:
+    """The data key ``master`` wrapped; TamperedError when the wrapped bytes do not unwrap
+    under it (AES key wrap's integrity check)."""
+    try:
+        raw = aes_key_unwrap(_wrapping_key(master), wrapped.blob)
+    except (InvalidUnwrap, ValueError):
+        raise TamperedError("the trailer's wrapped data key does not unwrap under its master key") from None
+    if len(raw) != DATA_KEY_SIZE:
+        raise TamperedError("the trailer's wrapped data key has the wrong length")
+    return DataKey(raw, wrapped, master.key_id)
+
+
+def derive_object_keys(source: bytes | MasterKey | DataKey, salt16: bytes) -> ObjectKeys:
+    """HKDF-SHA256 the master key (format version 1) or the data key (version 2) with the
+    object's random salt, so that every object has its own Fernet key and chunks cannot move
+    between objects unnoticed."""
     if len(salt16) != SALT_SIZE:
         raise ValueError(f"a salt is {SALT_SIZE} bytes")
-    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt16, info=HKDF_INFO).derive(raw)
+    if isinstance(source, DataKey):
+        raw, info, wrapping_id = source.raw, HKDF_INFO_ENVELOPE, source.key_id
+    else:
+        raw = source.raw if isinstance(source, MasterKey) else source
+        if len(raw) != 32:
+            raise ValueError("a master key is 32 bytes")
+        info, wrapping_id = HKDF_INFO, key_id(raw)
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt16, info=info).derive(raw)
     return ObjectKeys(
         signing_key=okm[0:16],
         encryption_key=okm[16:32],
         mac_key=okm[32:64],
-        key_id=key_id(raw),
+        key_id=wrapping_id,
         salt=bytes(salt16),
+        wrapped=source.wrapped if isinstance(source, DataKey) else None,
     )
 
 

@@ -1,7 +1,8 @@
 """The trailer record: the authenticated description of an object, at its very end.
 
 Its fields are readable without any key (for `inspect` and bucket verification) and
-MAC-verified with the per-object MAC key derived from the master key and the salt.
+MAC-verified with the per-object MAC key derived from the master key (version 1) or from the
+data key the trailer holds wrapped (version 2), and the salt.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from proxy.format.constants import (
     HMAC_SIZE,
     KEY_ID_SIZE,
     MAX_TRAILER_RECORD,
+    PROVIDER_LOCAL,
     SALT_SIZE,
     TRAILER_FIXED_SIZE,
     TRAILER_MAC_CONTEXT,
     TRAILER_MAGIC,
     TRAILER_VERSION,
+    TRAILER_VERSION_ENVELOPE,
 )
 from proxy.format.errors import (
     FormatError,
@@ -37,7 +40,9 @@ from proxy.format.errors import (
 from proxy.format.layout import Layout, Run
 
 if TYPE_CHECKING:
-    from proxy.format.keys import KeyRing, ObjectKeys
+    from proxy.format.keys import DataKey, KeyRing, ObjectKeys
+
+from proxy.format.keys import WrappedKey
 
 __all__ = ["Trailer", "encode_trailer", "parse_footer", "verify_trailer"]
 
@@ -89,7 +94,7 @@ def encode_trailer(
         [
             _FIXED.pack(
                 TRAILER_MAGIC,
-                TRAILER_VERSION,
+                TRAILER_VERSION if keys.wrapped is None else TRAILER_VERSION_ENVELOPE,
                 0,
                 keys.key_id,
                 keys.salt,
@@ -103,10 +108,44 @@ def encode_trailer(
             *(_RUN.pack(r.first_part_number, r.part_count, r.part_size) for r in runs),
             _KEYLEN.pack(len(key_bytes)),
             key_bytes,
+            b"" if keys.wrapped is None else _encode_wrapped(keys.wrapped),
         ]
     )
     L = len(body) + HMAC_SIZE + FOOTER_SIZE
     return b"".join([L.to_bytes(4, "big"), body, _mac(keys.mac_key, body), _FOOTER.pack(L + 4, FOOTER_MAGIC)])
+
+
+def _encode_wrapped(wrapped: WrappedKey) -> bytes:
+    """Version 2's envelope fields, after the object key: provider, key reference, wrapped
+    data key, encryption-context bucket (each but the provider with a u16 length)."""
+    fields = [wrapped.key_ref.encode("utf-8"), wrapped.blob, wrapped.context_bucket.encode("utf-8")]
+    if not 0 < wrapped.provider < 256 or any(len(f) > 0xFFFF for f in fields):
+        raise ValueError("wrapped data key fields too large for a trailer")
+    return bytes([wrapped.provider]) + b"".join(_KEYLEN.pack(len(f)) + f for f in fields)
+
+
+def _parse_wrapped(body: bytes, pos: int) -> WrappedKey:
+    """The envelope fields from ``pos`` to the end of a version 2 body, exactly."""
+    if pos >= len(body):
+        raise TamperedError("version 2 trailer without its wrapped data key")
+    provider, pos = body[pos], pos + 1
+    fields = []
+    for _ in range(3):
+        if pos + _KEYLEN.size > len(body):
+            raise TamperedError("trailer envelope fields inconsistent with its length")
+        (n,) = _KEYLEN.unpack_from(body, pos)
+        pos += _KEYLEN.size
+        if pos + n > len(body):
+            raise TamperedError("trailer envelope fields inconsistent with its length")
+        fields.append(body[pos : pos + n])
+        pos += n
+    if pos != len(body):
+        raise TamperedError("trailer envelope fields inconsistent with its length")
+    try:
+        key_ref, context_bucket = fields[0].decode("utf-8"), fields[2].decode("utf-8")
+    except UnicodeDecodeError:
+        raise TamperedError("trailer envelope names are not UTF-8") from None
+    return WrappedKey(provider, key_ref, fields[1], context_bucket)
 
 
 @dataclass(frozen=True)
@@ -128,6 +167,7 @@ class Trailer:
     body: bytes = field(repr=False)
     record: bytes = field(repr=False)
     layout: Layout = field(repr=False, compare=False)
+    wrapped: WrappedKey | None = field(default=None, repr=False)  # version 2: the data key, wrapped
 
     @classmethod
     def parse(cls, record_bytes: bytes | bytearray | memoryview) -> Trailer:
@@ -149,7 +189,7 @@ class Trailer:
             chunk_count,
             run_count,
         ) = _FIXED.unpack_from(body, 0)
-        if version != TRAILER_VERSION:
+        if version not in (TRAILER_VERSION, TRAILER_VERSION_ENVELOPE):
             raise UnsupportedFormatError(f"unsupported trailer format version {version}")
         if flags != 0:
             raise UnsupportedFormatError(f"unsupported trailer flags {flags:#04x}")
@@ -160,12 +200,13 @@ class Trailer:
         pos += run_count * _RUN.size
         (klen,) = _KEYLEN.unpack_from(body, pos)
         pos += _KEYLEN.size
-        if pos + klen != len(body):
+        if pos + klen > len(body) or (version == TRAILER_VERSION and pos + klen != len(body)):
             raise TamperedError("trailer object key length inconsistent with its length")
         try:
-            object_key = body[pos:].decode("utf-8")
+            object_key = body[pos : pos + klen].decode("utf-8")
         except UnicodeDecodeError:
             raise TamperedError("trailer object key is not UTF-8") from None
+        wrapped = _parse_wrapped(body, pos + klen) if version == TRAILER_VERSION_ENVELOPE else None
         layout = _checked_layout(runs, chunk_size, plaintext_size, chunk_count, etag_parts)
         return cls(
             version=version,
@@ -183,6 +224,7 @@ class Trailer:
             body=body,
             record=rec,
             layout=layout,
+            wrapped=wrapped,
         )
 
     @classmethod
@@ -218,17 +260,21 @@ class Trailer:
         """Expected stored size of the whole object."""
         return self.layout.stored_size + self.record_len
 
-    def verify(self, keyring: KeyRing) -> ObjectKeys:
-        """Check the MAC with the object's derived key; return the object keys.
+    def verify(self, keyring: KeyRing, data_key: DataKey | None = None) -> ObjectKeys:
+        """Check the MAC with the object's derived key; return the object keys. A version 2
+        trailer's data key is unwrapped here when a local key wrapped it, else it is given
+        (``data_key``, unwrapped by its provider).
 
         Raises UnknownKeyError (naming the key id) or TamperedError.
         """
-        return verify_trailer(keyring, self)
+        return verify_trailer(keyring, self, data_key)
 
-    def check_stored(self, keyring: KeyRing, object_key: str, stored_size: int) -> ObjectKeys:
+    def check_stored(
+        self, keyring: KeyRing, object_key: str, stored_size: int, data_key: DataKey | None = None
+    ) -> ObjectKeys:
         """Everything a stored object's trailer vouches for, checked: its MAC, the S3 key it was
         written under and the object's stored size (a cut or extended object). Returns the keys."""
-        keys = self.verify(keyring)
+        keys = self.verify(keyring, data_key)
         self.check_object_key(object_key)
         if self.object_stored_size != stored_size:
             raise TamperedError(f"stored size {stored_size} differs from the trailer's {self.object_stored_size}")
@@ -243,12 +289,22 @@ class Trailer:
             )
 
 
-def verify_trailer(keyring: KeyRing, trailer: Trailer) -> ObjectKeys:
-    """Derive the object keys from the ring and verify the trailer MAC (constant time)."""
+def verify_trailer(keyring: KeyRing, trailer: Trailer, data_key: DataKey | None = None) -> ObjectKeys:
+    """Derive the object keys (from the ring's master key, or the data key) and verify the
+    trailer MAC (constant time)."""
     if len(trailer.key_id) != KEY_ID_SIZE or len(trailer.salt) != SALT_SIZE:
         raise TamperedError("trailer key id or salt has the wrong length")
-    master = keyring.get(trailer.key_id)
-    keys = _keys.derive_object_keys(master, trailer.salt)
+    wrapped = trailer.wrapped
+    if wrapped is None:
+        keys = _keys.derive_object_keys(keyring.get(trailer.key_id), trailer.salt)
+    else:
+        if data_key is None:
+            if wrapped.provider != PROVIDER_LOCAL:
+                raise UnsupportedFormatError(f"the data key's provider {wrapped.provider} must unwrap it first")
+            data_key = _keys.unwrap_local(keyring.get(trailer.key_id), wrapped)
+        if data_key.wrapped != wrapped or data_key.key_id != trailer.key_id:
+            raise TamperedError("the data key given is not the one this trailer holds")
+        keys = _keys.derive_object_keys(data_key, trailer.salt)
     h = hmac.HMAC(keys.mac_key, hashes.SHA256())
     h.update(TRAILER_MAC_CONTEXT)
     h.update(trailer.body)
