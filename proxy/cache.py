@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS views (
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL,
     key_id BLOB NOT NULL, salt BLOB NOT NULL,
-    created REAL, touched REAL, completing INTEGER NOT NULL DEFAULT 0
+    created REAL, touched REAL, completing INTEGER NOT NULL DEFAULT 0, wrapped BLOB
 );
 CREATE TABLE IF NOT EXISTS parts (
     upload_id TEXT NOT NULL, part_number INTEGER NOT NULL,
@@ -48,7 +48,12 @@ CREATE TABLE IF NOT EXISTS parts (
 
 # Columns added to ``uploads`` after its first version (a cache file from then gets them on open;
 # its uploads count as created and touched at that moment).
-_UPLOAD_COLUMNS = {"created": "REAL", "touched": "REAL", "completing": "INTEGER NOT NULL DEFAULT 0"}
+_UPLOAD_COLUMNS = {
+    "created": "REAL",
+    "touched": "REAL",
+    "completing": "INTEGER NOT NULL DEFAULT 0",
+    "wrapped": "BLOB",
+}
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -125,6 +130,8 @@ class UploadState:
     created: float = 0.0  # time.time() of CreateMultipartUpload (0: now, when stored)
     touched: float = 0.0  # of the last thing done to it (created, a part stored, Complete begun)
     completing: bool = False  # a Complete was begun: the upstream may have completed it already
+    # Format version 2: the upload's data key, wrapped (WrappedKey.to_bytes); never the key itself.
+    wrapped: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -329,13 +336,21 @@ class StateStore:
     # Every write here is awaited (and committed to the WAL) before the client gets its answer:
     # a part the client was told is stored is in the file even if the process is killed next.
 
-    _UPLOAD_FIELDS = "upload_id, bucket, key, key_id, salt, created, touched, completing"
+    _UPLOAD_FIELDS = "upload_id, bucket, key, key_id, salt, created, touched, completing, wrapped"
 
     @staticmethod
     def _upload_row(row: Any) -> UploadState:
-        upload_id, bucket, key, key_id, salt, created, touched, completing = row
+        upload_id, bucket, key, key_id, salt, created, touched, completing, wrapped = row
         return UploadState(
-            upload_id, bucket, key, key_id, salt, float(created or 0.0), float(touched or 0.0), bool(completing)
+            upload_id,
+            bucket,
+            key,
+            key_id,
+            salt,
+            float(created or 0.0),
+            float(touched or 0.0),
+            bool(completing),
+            None if wrapped is None else bytes(wrapped),
         )
 
     async def put_upload(self, state: UploadState) -> None:
@@ -343,7 +358,7 @@ class StateStore:
         created = state.created or now
         await self._run(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO uploads ({self._UPLOAD_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     state.upload_id,
                     state.bucket,
@@ -353,6 +368,7 @@ class StateStore:
                     created,
                     state.touched or created,
                     int(state.completing),
+                    state.wrapped,
                 ),
             )
         )

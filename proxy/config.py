@@ -136,6 +136,10 @@ class MovedPrefix(_Model):
 class Encryption(_Model):
     enabled: bool = True
     key_files: list[str] = Field(default_factory=list)
+    # The object format new objects are written in (docs/FORMAT.md): 1, every object's keys
+    # derived from the master key; 2, envelope keys (a random data key per object or upload,
+    # wrapped by the primary key in the trailer). Readers take both, whatever this says.
+    format_version: Literal[1, 2] = 1
     # Keys of the old in-Medusa Fernet encryption (key_secret_base64 written to a file), so
     # backups made with it stay restorable through the proxy. Read only, never used to write.
     seed_key_files: list[str] = Field(default_factory=list)

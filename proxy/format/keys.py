@@ -110,6 +110,33 @@ class WrappedKey:
     blob: bytes
     context_bucket: str = ""
 
+    def to_bytes(self) -> bytes:
+        """The trailer's envelope fields (docs/FORMAT.md, "Version 2"): the provider byte, then
+        the key reference, the wrapped key and the context bucket, each after its u16 length."""
+        fields = [self.key_ref.encode("utf-8"), self.blob, self.context_bucket.encode("utf-8")]
+        if not 0 < self.provider < 256 or any(len(f) > 0xFFFF for f in fields):
+            raise ValueError("wrapped data key fields too large for a trailer")
+        return bytes([self.provider]) + b"".join(len(f).to_bytes(2, "big") + f for f in fields)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WrappedKey:
+        """The fields ``to_bytes`` wrote, filling ``data`` exactly; TamperedError else."""
+        if not data:
+            raise TamperedError("no wrapped data key")
+        pos, fields = 1, []
+        for _ in range(3):
+            n = int.from_bytes(data[pos : pos + 2], "big")
+            if pos + 2 + n > len(data):
+                raise TamperedError("trailer envelope fields inconsistent with its length")
+            fields.append(data[pos + 2 : pos + 2 + n])
+            pos += 2 + n
+        if pos != len(data):
+            raise TamperedError("trailer envelope fields inconsistent with its length")
+        try:
+            return cls(data[0], fields[0].decode("utf-8"), fields[1], fields[2].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise TamperedError("trailer envelope names are not UTF-8") from None
+
 
 @dataclass(frozen=True, repr=False)
 class DataKey:

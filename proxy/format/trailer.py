@@ -108,44 +108,11 @@ def encode_trailer(
             *(_RUN.pack(r.first_part_number, r.part_count, r.part_size) for r in runs),
             _KEYLEN.pack(len(key_bytes)),
             key_bytes,
-            b"" if keys.wrapped is None else _encode_wrapped(keys.wrapped),
+            b"" if keys.wrapped is None else keys.wrapped.to_bytes(),
         ]
     )
     L = len(body) + HMAC_SIZE + FOOTER_SIZE
     return b"".join([L.to_bytes(4, "big"), body, _mac(keys.mac_key, body), _FOOTER.pack(L + 4, FOOTER_MAGIC)])
-
-
-def _encode_wrapped(wrapped: WrappedKey) -> bytes:
-    """Version 2's envelope fields, after the object key: provider, key reference, wrapped
-    data key, encryption-context bucket (each but the provider with a u16 length)."""
-    fields = [wrapped.key_ref.encode("utf-8"), wrapped.blob, wrapped.context_bucket.encode("utf-8")]
-    if not 0 < wrapped.provider < 256 or any(len(f) > 0xFFFF for f in fields):
-        raise ValueError("wrapped data key fields too large for a trailer")
-    return bytes([wrapped.provider]) + b"".join(_KEYLEN.pack(len(f)) + f for f in fields)
-
-
-def _parse_wrapped(body: bytes, pos: int) -> WrappedKey:
-    """The envelope fields from ``pos`` to the end of a version 2 body, exactly."""
-    if pos >= len(body):
-        raise TamperedError("version 2 trailer without its wrapped data key")
-    provider, pos = body[pos], pos + 1
-    fields = []
-    for _ in range(3):
-        if pos + _KEYLEN.size > len(body):
-            raise TamperedError("trailer envelope fields inconsistent with its length")
-        (n,) = _KEYLEN.unpack_from(body, pos)
-        pos += _KEYLEN.size
-        if pos + n > len(body):
-            raise TamperedError("trailer envelope fields inconsistent with its length")
-        fields.append(body[pos : pos + n])
-        pos += n
-    if pos != len(body):
-        raise TamperedError("trailer envelope fields inconsistent with its length")
-    try:
-        key_ref, context_bucket = fields[0].decode("utf-8"), fields[2].decode("utf-8")
-    except UnicodeDecodeError:
-        raise TamperedError("trailer envelope names are not UTF-8") from None
-    return WrappedKey(provider, key_ref, fields[1], context_bucket)
 
 
 @dataclass(frozen=True)
@@ -206,7 +173,9 @@ class Trailer:
             object_key = body[pos : pos + klen].decode("utf-8")
         except UnicodeDecodeError:
             raise TamperedError("trailer object key is not UTF-8") from None
-        wrapped = _parse_wrapped(body, pos + klen) if version == TRAILER_VERSION_ENVELOPE else None
+        if version == TRAILER_VERSION_ENVELOPE and pos + klen == len(body):
+            raise TamperedError("version 2 trailer without its wrapped data key")
+        wrapped = WrappedKey.from_bytes(body[pos + klen :]) if version == TRAILER_VERSION_ENVELOPE else None
         layout = _checked_layout(runs, chunk_size, plaintext_size, chunk_count, etag_parts)
         return cls(
             version=version,

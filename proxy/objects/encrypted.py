@@ -127,7 +127,7 @@ class EncryptedObjects:
         self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any]
     ) -> str:
         """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the plaintext ETag."""
-        master = self.views.keyring.primary
+        master = self.views.new_object_key()
         salt = new_salt()
         encryptor = PartEncryptor(derive_object_keys(master, salt), 1, part_size=length)
         trailer_len = len(build_trailer(master, salt, key, [PartInfo(1, length, bytes(16))], single_put=True))

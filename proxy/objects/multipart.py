@@ -16,7 +16,7 @@ from proxy.format.codec import (
     build_trailer,
     new_salt,
 )
-from proxy.format.keys import derive_object_keys
+from proxy.format.keys import DataKey, derive_object_keys
 from proxy.format.layout import part_stored_size
 from proxy.format.trailer import Trailer
 from proxy.objects.passthrough import completed_parts, part_number, request_body
@@ -56,10 +56,11 @@ class MultipartObjects:
     async def create_multipart_upload(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
         reject_sse_c(request.headers)
-        master = self.views.keyring.primary
+        master = self.views.new_object_key()
         params = self.views.with_hint(object_params(request.headers), master)
         upload_id = await self.upstream.create_upload(bucket, key, params)
-        await self.store.put_upload(UploadState(upload_id, bucket, key, master.key_id, new_salt()))
+        wrapped = master.wrapped.to_bytes() if isinstance(master, DataKey) else None
+        await self.store.put_upload(UploadState(upload_id, bucket, key, master.key_id, new_salt(), wrapped=wrapped))
         self.metrics.multipart_started()
         return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
 
@@ -81,7 +82,7 @@ class MultipartObjects:
         body = request_body(request)
         if body.length is None:
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-        master = self.views.keyring.get(state.key_id)
+        master = self.views.upload_key(state)
         encryptor = PartEncryptor(derive_object_keys(master, state.salt), number, part_size=body.length)
         stored_size = part_stored_size(body.length)
 
@@ -131,7 +132,7 @@ class MultipartObjects:
                 raise S3Error(
                     "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size.", 400
                 )
-        master = self.views.keyring.get(state.key_id)
+        master = self.views.upload_key(state)
         infos = [PartInfo(p.part_number, p.size, p.md5) for p in parts]
         trailer = build_trailer(master, state.salt, state.key, infos, single_put=False)
         upstream_parts = [(p.part_number, p.upstream_etag or "") for p in parts[:-1]]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from proxy.cache import CachedView, StateStore, settled, version_of
+from proxy.cache import CachedView, StateStore, UploadState, settled, version_of
 from proxy.config import Config
 from proxy.format.codec import (
     ObjectDecryptor,
@@ -24,7 +24,7 @@ from proxy.format.codec import (
 from proxy.format.constants import TRAILER_PROBE
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError, TamperedError, TruncatedError, UnknownKeyError, WrongObjectError
-from proxy.format.keys import KeyRing, MasterKey
+from proxy.format.keys import DataKey, KeyRing, MasterKey, WrappedKey, local_data_key, unwrap_local
 from proxy.format.seed import (
     SeedDecryptor,
     fernet_keys_from_ring,
@@ -504,12 +504,24 @@ class Views:
                 yield out
             del out
 
+    def new_object_key(self) -> MasterKey | DataKey:
+        """What a new object (or upload) is encrypted with: the primary master key (format
+        version 1), or a fresh data key it wraps (version 2), as ``format_version`` says."""
+        master = self.keyring.primary
+        return local_data_key(master) if self.config.encryption.format_version == 2 else master
+
+    def upload_key(self, state: UploadState) -> MasterKey | DataKey:
+        """The key an upload's parts and trailer are encrypted with: its master key, or the
+        data key its state keeps wrapped (unwrapped again here, for each step)."""
+        master = self.keyring.get(state.key_id)
+        return master if state.wrapped is None else unwrap_local(master, WrappedKey.from_bytes(state.wrapped))
+
     @staticmethod
-    def with_hint(params: dict[str, Any], master: MasterKey) -> dict[str, Any]:
+    def with_hint(params: dict[str, Any], master: MasterKey | DataKey) -> dict[str, Any]:
         """Add the format hint to user metadata (a hint only: some servers drop metadata)."""
         metadata = dict(params.get("Metadata", {}))
         metadata.update(FORMAT_HINT)
-        metadata["mcp-key-id"] = master.key_id_hex
+        metadata["mcp-key-id"] = master.key_id.hex()
         return {**params, "Metadata": metadata}
 
     def whole_decryptor(self, key: str, view: View) -> ObjectDecryptor | SeedDecryptor:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.format.codec import ObjectDecryptor, PartEncryptor, build_trailer, new_salt
-from proxy.format.constants import CHUNK_SIZE, SINGLE_PUT_PART_NUMBER, TRAILER_PROBE
+from proxy.format.constants import CHUNK_SIZE, PROVIDER_AWS_KMS, PROVIDER_LOCAL, SINGLE_PUT_PART_NUMBER, TRAILER_PROBE
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError
 from proxy.format.keys import KeyRing, derive_object_keys
@@ -187,4 +187,11 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
             "size_consistent": t.object_stored_size == size,
         }
     )
+    if t.wrapped is not None:  # version 2: who wrapped the data key (the key id names the key)
+        info["key_provider"] = _PROVIDERS.get(t.wrapped.provider, f"unknown ({t.wrapped.provider})")
+        if t.wrapped.key_ref:
+            info["key_ref"] = t.wrapped.key_ref
     return info
+
+
+_PROVIDERS = {PROVIDER_LOCAL: "local", PROVIDER_AWS_KMS: "aws-kms"}

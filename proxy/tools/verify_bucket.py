@@ -288,11 +288,16 @@ async def _check(run: _Run, entry: dict[str, Any], plaintext_values: bool) -> No
             report.problem(path, f"{err.code} ({err.message})")
             return
         size, etag = head.size, head.etag.strip('"')
-        if not plaintext_values and (size != entry.get("size") or (etag and etag != entry.get("MD5"))):
+        stale = not plaintext_values and (size != entry.get("size") or bool(etag and etag != entry.get("MD5")))
+        # A later backup may have stored the same file again under the same key (Medusa's
+        # differential backups share one data folder): the stored size or ETag then differ from
+        # what this older manifest recorded, though the plaintext is the same. Only the key tells.
+        if stale and (run.keyring is None or SOURCE_SIZE not in entry):
             report.problem(
                 path,
                 f"the bucket has size {size} ETag {etag}, the manifest says size "
-                f"{entry.get('size')} MD5 {entry.get('MD5')}",
+                f"{entry.get('size')} MD5 {entry.get('MD5')}"
+                + ("" if run.keyring is not None else " (stored again since? --key-file checks its plaintext)"),
             )
             return
         if run.keyring is None:
@@ -304,10 +309,13 @@ async def _check(run: _Run, entry: dict[str, Any], plaintext_values: bool) -> No
             if SOURCE_SIZE in entry
             else None
         )
+        problems = len(report.problems)
         try:
             await _check_content(run, path, etag, size, expected, plaintext_values)
         except (FormatError, S3Error) as exc:
             report.problem(path, exc)
+        if stale and len(report.problems) == problems:
+            report.note(path, "stored again since this manifest was written (same plaintext size and MD5)")
 
 
 async def _check_content(

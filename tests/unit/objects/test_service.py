@@ -59,18 +59,24 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-@pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[tuple[ObjectService, FakeUpstream]]:
+def make_config(tmp_path: Path, format_version: int) -> Any:
     key_file = tmp_path / "master.key"
-    generate_key_file(key_file)
-    config = parse_config(
+    if not key_file.exists():
+        generate_key_file(key_file)
+    return parse_config(
         {
             "clients": [{"access_key_id": "medusa", "secret_access_key": "secret"}],
-            "encryption": {"key_files": [str(key_file)]},
+            "encryption": {"key_files": [str(key_file)], "format_version": format_version},
             "cache": {"path": str(tmp_path / "cache.sqlite")},
         },
         environ={},
     )
+
+
+@pytest.fixture(params=[1, 2], ids=["format-v1", "format-v2"])
+async def service(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[ObjectService, FakeUpstream]]:
+    """The service writing the object format ``request.param`` (every test runs with both)."""
+    config = make_config(tmp_path, request.param)
     upstream = FakeUpstream(BUCKET)
     svc = ObjectService(
         config,
@@ -245,3 +251,50 @@ async def test_unknown_operations_are_not_implemented(service: Any) -> None:
     with pytest.raises(S3Error) as err:
         await svc.handle(request("PutBucketLifecycle"))
     assert (err.value.code, err.value.status) == ("NotImplemented", 501)
+
+
+async def test_format_v2_writes_envelope_keys_and_both_formats_stay_readable(tmp_path: Path) -> None:
+    """Objects and uploads written with format_version 2 carry a wrapped data key (the upload's
+    state keeps it wrapped, never the key); a service writing version 1 reads them, and the other
+    way round."""
+    import sqlite3
+
+    from proxy.format.trailer import Trailer
+
+    upstream = FakeUpstream(BUCKET)
+    services = {}
+    for version in (1, 2):
+        config = make_config(tmp_path, version)
+        ring = load_key_ring(config.encryption.key_files)
+        services[version] = ObjectService(config, upstream, Metrics(), ring, StateStore(config.cache.path))  # type: ignore[arg-type]
+        await services[version].start()
+    try:
+        small, large = os.urandom(1000), os.urandom(3 << 20)
+        await put(services[1], "a/data/v1", small)
+        await put(services[2], "a/data/v2", large)
+        created = await body_of(await services[2].handle(request("CreateMultipartUpload", DATA_KEY)))
+        upload_id = created.split(b"<UploadId>")[1].split(b"</UploadId>")[0].decode()
+        wrapped = sqlite3.connect(tmp_path / "cache.sqlite").execute("SELECT wrapped FROM uploads").fetchone()[0]
+        assert len(wrapped) == 1 + 2 + 2 + 40 + 2  # the provider byte and an AES-KW-wrapped 32-byte key
+        part = await services[2].handle(request("UploadPart", DATA_KEY, small, uploadId=upload_id, partNumber="1"))
+        done = f"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{part.headers['ETag']}</ETag></Part>"
+        await services[2].handle(
+            request(
+                "CompleteMultipartUpload", DATA_KEY, (done + "</CompleteMultipartUpload>").encode(), uploadId=upload_id
+            )
+        )
+        versions = {
+            key: Trailer.from_tail(upstream.stored[(BUCKET, key)].data).version
+            for key in ("a/data/v1", "a/data/v2", DATA_KEY)
+        }
+        assert versions == {"a/data/v1": 1, "a/data/v2": 2, DATA_KEY: 2}
+        for svc in services.values():
+            assert await body_of(await svc.handle(request("GetObject", "a/data/v1"))) == small
+            assert (
+                await body_of(await svc.handle(request("GetObject", "a/data/v2", range="bytes=1048570-2097160")))
+                == large[1048570:2097161]
+            )
+            assert await body_of(await svc.handle(request("GetObject", DATA_KEY))) == small
+    finally:
+        for svc in services.values():
+            await svc.close()
