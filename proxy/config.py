@@ -128,6 +128,27 @@ class Upstream(_Model):
         return self
 
 
+class Kms(_Model):
+    """AWS KMS as the provider of data keys (format version 2): credentials from the AWS chain
+    (IRSA, instance role, environment) unless given here."""
+
+    key_id: str  # the KMS key new data keys are generated under (ARN, id or alias/...)
+    region: str | None = None  # default: upstream.region
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = Field(default=None, repr=False)
+    request_timeout: float = Field(default=10.0, gt=0)
+    # Unwrapped data keys are kept in memory (never on disk) this long, at most this many.
+    cache_seconds: float = Field(default=300.0, ge=0)
+    cache_entries: int = Field(default=1024, ge=0)
+
+    @model_validator(mode="after")
+    def _pair(self) -> Kms:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together")
+        return self
+
+
 class MovedPrefix(_Model):
     from_prefix: str
     to_prefix: str
@@ -140,6 +161,9 @@ class Encryption(_Model):
     # derived from the master key; 2, envelope keys (a random data key per object or upload,
     # wrapped by the primary key in the trailer). Readers take both, whatever this says.
     format_version: Literal[1, 2] = 1
+    # With format version 2, data keys from AWS KMS (GenerateDataKey/Decrypt) instead of being
+    # wrapped by the local primary key; needed too to read objects whose keys a KMS wrapped.
+    kms: Kms | None = None
     # Keys of the old in-Medusa Fernet encryption (key_secret_base64 written to a file), so
     # backups made with it stay restorable through the proxy. Read only, never used to write.
     seed_key_files: list[str] = Field(default_factory=list)

@@ -176,6 +176,18 @@ class Metrics:
             ["version", "key_ids"],
             registry=r,
         )
+        self.kms_requests = Counter(
+            _name("kms_requests"),
+            "Requests to the key service (KMS), by operation (GenerateDataKey, Decrypt) and outcome (ok, error).",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.data_key_cache = Counter(
+            _name("data_key_cache_lookups"),
+            "Lookups of unwrapped data keys in memory, by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
         self.timeouts = Counter(
             _name("timeouts"),
             "Waits cut by a timeout, by kind (upstream_connect, upstream_read, upstream_deadline, "
@@ -185,6 +197,7 @@ class Metrics:
         )
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result=result)
+            self.data_key_cache.labels(result=result)
         for kind in TIMEOUT_KINDS:
             self.timeouts.labels(kind=kind)
 
@@ -220,6 +233,12 @@ class Metrics:
         self.upstream_requests.labels(operation=operation, outcome=outcome).inc()
         if error_code is not None:
             self.upstream_errors.labels(code=error_code).inc()
+
+    def observe_kms(self, operation: str, outcome: str) -> None:
+        self.kms_requests.labels(operation=operation, outcome=outcome).inc()
+
+    def data_key_lookup(self, hit: bool) -> None:
+        self.data_key_cache.labels(result="hit" if hit else "miss").inc()
 
     def timeout(self, kind: TimeoutKind) -> None:
         """Count one wait cut by a timeout (see ``TimeoutKind``)."""

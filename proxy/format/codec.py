@@ -496,10 +496,16 @@ class ObjectDecryptor:
 
     @classmethod
     def with_trailer(
-        cls, keyring: KeyRing, trailer: Trailer, expected_object_key: str | None = None
+        cls,
+        keyring: KeyRing,
+        trailer: Trailer,
+        expected_object_key: str | None = None,
+        *,
+        data_key: DataKey | None = None,
     ) -> ObjectDecryptor:
-        """Decryptor for an object whose trailer was fetched (and is verified here) first."""
-        keys = trailer.verify(keyring)
+        """Decryptor for an object whose trailer was fetched (and is verified here) first
+        (``data_key``: a version 2 trailer's, when a key service unwrapped it)."""
+        keys = trailer.verify(keyring, data_key)
         trailer.check_object_key(expected_object_key)
         self = cls(keyring, expected_object_key, chunk_size=trailer.chunk_size)
         self._keys = keys

@@ -81,7 +81,7 @@ class EncryptedObjects:
         decryptor: Any
         spec = None
         if wanted is None:
-            decryptor = self.views.whole_decryptor(key, view)
+            decryptor = await self.views.whole_decryptor(key, view)
         elif view.kind == "seed":
             seed_range = seed_stored_range(wanted.first, wanted.last, head.size)
             spec = seed_range.http_range
@@ -90,8 +90,9 @@ class EncryptedObjects:
             assert view.trailer is not None
             stored = view.trailer.layout.stored_range(wanted.first, wanted.last)
             spec = stored.http_range
+            keys = view.trailer.verify(self.views.keyring, await self.views.data_key(view.trailer))
             decryptor = RangeDecryptor(
-                self.views.keyring, view.trailer, stored, self.views.written_as(key, view.trailer)
+                self.views.keyring, view.trailer, stored, self.views.written_as(key, view.trailer), object_keys=keys
             )
         # Our format is read in place a record at a time (the seed's through botocore).
         piece_size = record_size(view.trailer.chunk_size) if view.trailer is not None else None
@@ -127,7 +128,7 @@ class EncryptedObjects:
         self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any]
     ) -> str:
         """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the plaintext ETag."""
-        master = self.views.new_object_key()
+        master = await self.views.new_object_key(bucket, key)
         salt = new_salt()
         encryptor = PartEncryptor(derive_object_keys(master, salt), 1, part_size=length)
         trailer_len = len(build_trailer(master, salt, key, [PartInfo(1, length, bytes(16))], single_put=True))
@@ -206,7 +207,7 @@ class EncryptedObjects:
         _, pieces = await self.upstream.open(bucket, key, None, quote_etag(head.etag))
         if view.kind == "plaintext":
             return pieces
-        return self.views.decrypting(bucket, key, head, pieces, self.views.whole_decryptor(key, view))
+        return self.views.decrypting(bucket, key, head, pieces, await self.views.whole_decryptor(key, view))
 
 
 def head_reply(request: Request, reply: ObjectHead, view: View) -> Reply:

@@ -56,7 +56,7 @@ class MultipartObjects:
     async def create_multipart_upload(self, request: Request) -> Reply:
         bucket, key = request.bucket or "", request.key or ""
         reject_sse_c(request.headers)
-        master = self.views.new_object_key()
+        master = await self.views.new_object_key(bucket, key)
         params = self.views.with_hint(object_params(request.headers), master)
         upload_id = await self.upstream.create_upload(bucket, key, params)
         wrapped = master.wrapped.to_bytes() if isinstance(master, DataKey) else None
@@ -82,7 +82,7 @@ class MultipartObjects:
         body = request_body(request)
         if body.length is None:
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-        master = self.views.upload_key(state)
+        master = await self.views.upload_key(state)
         encryptor = PartEncryptor(derive_object_keys(master, state.salt), number, part_size=body.length)
         stored_size = part_stored_size(body.length)
 
@@ -132,7 +132,7 @@ class MultipartObjects:
                 raise S3Error(
                     "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size.", 400
                 )
-        master = self.views.upload_key(state)
+        master = await self.views.upload_key(state)
         infos = [PartInfo(p.part_number, p.size, p.md5) for p in parts]
         trailer = build_trailer(master, state.salt, state.key, infos, single_put=False)
         upstream_parts = [(p.part_number, p.upstream_etag or "") for p in parts[:-1]]

@@ -21,10 +21,10 @@ from proxy.format.codec import (
     ObjectDecryptor,
     PartEncryptor,
 )
-from proxy.format.constants import TRAILER_PROBE
+from proxy.format.constants import PROVIDER_LOCAL, TRAILER_PROBE
 from proxy.format.detect import classify
 from proxy.format.errors import FormatError, TamperedError, TruncatedError, UnknownKeyError, WrongObjectError
-from proxy.format.keys import DataKey, KeyRing, MasterKey, WrappedKey, local_data_key, unwrap_local
+from proxy.format.keys import DataKey, KeyRing, MasterKey, WrappedKey
 from proxy.format.seed import (
     SeedDecryptor,
     fernet_keys_from_ring,
@@ -33,6 +33,7 @@ from proxy.format.seed import (
 )
 from proxy.format.trailer import Trailer, parse_footer
 from proxy.keyfiles import load_key_ring
+from proxy.kms import build_provider
 from proxy.metrics import IntegrityKind, Metrics
 from proxy.policy import Kind, Policy, written_as
 from proxy.s3.api import Chunk
@@ -153,6 +154,7 @@ class Views:
         self._pool = ThreadPoolExecutor(config.limits.crypto_threads, thread_name_prefix="crypto")
         self._lookups = asyncio.Semaphore(COLD_LOOKUPS)
         self.heads_lack_etags = False  # see _remember_written
+        self.keys = build_provider(lambda: self.keyring, config.encryption.kms, config.upstream.region, metrics)
 
     def stores_encrypted(self, key: str) -> bool:
         """Whether a body written to ``key`` by multipart or copy is stored in our format: all but
@@ -164,10 +166,12 @@ class Views:
         return [key.key_id_hex for key in self.keyring.keys]
 
     async def start(self) -> None:
+        await self.keys.start()
         await self.store.start()
         self.metrics.set_cache_entries(await self.store.count_views())
 
     async def close(self) -> None:
+        await self.keys.close()
         await self.store.close()
         self._pool.shutdown(wait=False)
 
@@ -336,7 +340,7 @@ class Views:
             raise failure from None
         try:
             trailer = Trailer.from_tail(tail)
-            trailer.check_stored(self.keyring, self.written_as(key, trailer), size)
+            trailer.check_stored(self.keyring, self.written_as(key, trailer), size, await self.data_key(trailer))
         except FormatError as exc:
             raise await self.refusal(bucket, key, etag, size, last_modified, exc) from None
         return View("encrypted", trailer.plaintext_size, trailer.etag, trailer)
@@ -504,17 +508,28 @@ class Views:
                 yield out
             del out
 
-    def new_object_key(self) -> MasterKey | DataKey:
+    async def new_object_key(self, bucket: str, key: str) -> MasterKey | DataKey:
         """What a new object (or upload) is encrypted with: the primary master key (format
-        version 1), or a fresh data key it wraps (version 2), as ``format_version`` says."""
-        master = self.keyring.primary
-        return local_data_key(master) if self.config.encryption.format_version == 2 else master
+        version 1), or a fresh data key (version 2) from the key provider (the local primary key
+        wraps it, or a KMS makes it), as ``format_version`` says."""
+        if self.config.encryption.format_version == 2:
+            return await self.keys.new_data_key(bucket, key)
+        return self.keyring.primary
 
-    def upload_key(self, state: UploadState) -> MasterKey | DataKey:
+    async def upload_key(self, state: UploadState) -> MasterKey | DataKey:
         """The key an upload's parts and trailer are encrypted with: its master key, or the
-        data key its state keeps wrapped (unwrapped again here, for each step)."""
-        master = self.keyring.get(state.key_id)
-        return master if state.wrapped is None else unwrap_local(master, WrappedKey.from_bytes(state.wrapped))
+        data key its state keeps wrapped (unwrapped again for each step; a KMS's is cached)."""
+        if state.wrapped is None:
+            return self.keyring.get(state.key_id)
+        return await self.keys.unwrap(state.key_id, WrappedKey.from_bytes(state.wrapped), state.key)
+
+    async def data_key(self, trailer: Trailer) -> DataKey | None:
+        """A version 2 trailer's data key when a key service wrapped it (the format unwraps a
+        local key's itself); None else."""
+        wrapped = trailer.wrapped
+        if wrapped is None or wrapped.provider == PROVIDER_LOCAL:
+            return None
+        return await self.keys.unwrap(trailer.key_id, wrapped, trailer.object_key)
 
     @staticmethod
     def with_hint(params: dict[str, Any], master: MasterKey | DataKey) -> dict[str, Any]:
@@ -524,11 +539,14 @@ class Views:
         metadata["mcp-key-id"] = master.key_id.hex()
         return {**params, "Metadata": metadata}
 
-    def whole_decryptor(self, key: str, view: View) -> ObjectDecryptor | SeedDecryptor:
+    async def whole_decryptor(self, key: str, view: View) -> ObjectDecryptor | SeedDecryptor:
         if view.kind == "seed":
             return SeedDecryptor(self.seed_keys, expected_size=view.size, expected_md5=view.etag)
         assert view.trailer is not None
-        return ObjectDecryptor.with_trailer(self.keyring, view.trailer, self.written_as(key, view.trailer))
+        data_key = await self.data_key(view.trailer)
+        return ObjectDecryptor.with_trailer(
+            self.keyring, view.trailer, self.written_as(key, view.trailer), data_key=data_key
+        )
 
     async def _received(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``pieces`` of a stored body; one that breaks off (cut short, reset) is counted in

@@ -67,6 +67,8 @@ FORBIDDEN = {
     "proxy.objects.manifests": ("proxy.objects.service", "proxy.objects.multipart"),
     "proxy.objects.multipart": ("proxy.objects.service", "proxy.objects.encrypted", "proxy.objects.manifests"),
     "proxy.objects": ("proxy.daemon", "proxy.tools", "proxy.cli"),
+    # The key service (KMS) beside the upstream: format keys and S3 errors, nothing above it.
+    "proxy.kms": ("proxy.objects", "proxy.daemon", "proxy.tools", "proxy.cli", "proxy.upstream"),
     "proxy.daemon": ("proxy.tools", "proxy.cli"),
     "proxy.tools": ("proxy.daemon.server", "proxy.cli"),
 }
