@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +88,9 @@ class Report:
     objects: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # With the key: the key id (and format version) encrypting each object, so an operator can
+    # tell when a retired key is no longer needed.
+    key_of: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -165,6 +169,8 @@ async def verify_bucket(
         say(f"NOTE {note}")
     for problem in report.problems:
         say(f"PROBLEM {problem}")
+    for key_id, count in sorted(Counter(report.key_of.values()).items()):
+        say(f"KEY {key_id}: {count} object(s)")
     say(
         f"checked {report.objects} objects in {report.manifests} manifests: "
         f"{len(report.problems)} problem(s){'' if keyring else ' (without the key)'}"
@@ -351,13 +357,14 @@ async def _check_encrypted(
     assert run.keyring is not None
     trailer = Trailer.from_tail(await complete_tail(run.upstream, run.bucket, path, etag, tail))
     trailer.check_stored(run.keyring, written_as(path, trailer.object_key, run.options.accept_moved), size)
+    run.report.key_of[path] = f"{trailer.key_id_hex} (format {trailer.version})"
     if expected is None:
         run.report.problem(path, f"an encrypted object, but the manifest records no {SOURCE_SIZE}/{SOURCE_MD5}")
     elif (trailer.plaintext_size, trailer.etag) != (expected[0], _md5_hex(expected[1])):
         run.report.problem(
             path,
-            f"plaintext size {trailer.plaintext_size} ETag {trailer.etag}, the manifest says "
-            f"{expected[0]} {expected[1]}",
+            f"the bucket has plaintext size {trailer.plaintext_size} ETag {trailer.etag}, the manifest says "
+            f"size {expected[0]} MD5 {expected[1]}",
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,13 @@ def test_medusa_backups_in_format_v2_and_mixed(
     # env-a's manifest recorded the re-uploaded files' v2 stored sizes: the key shows they hold
     # the same plaintext, so verify-bucket notes them instead of failing.
     assert checked.stdout.count("stored again since this manifest was written") >= len(again), checked.stdout
+    # ... and says which keys the objects use, by format: what tells when a key can retire.
+    from proxy.keyfiles import load_key_ring
+
+    key_id = load_key_ring([key_file]).primary.key_id_hex
+    by_version = Counter(versions.values())
+    assert f"KEY {key_id} (format 1): {by_version[1]} object(s)" in checked.stdout, checked.stdout
+    assert f"KEY {key_id} (format 2): {by_version[2]} object(s)" in checked.stdout, checked.stdout
     proxy.stop()
     args = ["--config", str(proxy.config_path), "--bucket", bucket, "--fqdn", FQDN, "--backup", "mixed-b"]
     restored = subprocess.run(
