@@ -175,15 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="An S3 proxy that encrypts Cassandra Medusa backups client-side.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of the commands below; COMMAND --help for its own"
+    )
 
-    p = sub.add_parser("serve", help="run the proxy")
+    p = sub.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the proxy: S3 on listen.host:listen.port (with /healthz, /readyz, /metrics) in front of "
+        "the upstream bucket, until SIGTERM or SIGINT (drain first); SIGHUP reloads clients and keys.",
+    )
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--log-format", choices=["json", "text"], help="override logging.format")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check-config", help="validate a config file and its keys, then exit")
+    p = sub.add_parser(
+        "check-config",
+        help="validate a config file and its keys, then exit",
+        description="Validate a config file, its key files and secret files, and the cache directory; print "
+        "one line per problem and exit 2, or a summary and exit 0.",
+    )
     p.add_argument("--config", required=True, help="YAML config file to check")
     p.add_argument(
         "--check-upstream",
@@ -192,16 +204,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("keygen", help="write a new Fernet key file (mode 0600) and print its key id")
+    p = sub.add_parser(
+        "keygen",
+        help="write a new Fernet key file (mode 0600) and print its key id",
+        description="Write a new Fernet key file (mode 0600; an existing file is never overwritten) and print "
+        "its key id. Back the file up outside the bucket: backups written with it need it to be restored.",
+    )
     p.add_argument("out", help="path of the new key file")
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("demo", help="run the proxy in front of an embedded local S3 server")
+    p = sub.add_parser(
+        "demo",
+        help="run the proxy in front of an embedded local S3 server",
+        description="Run the proxy in front of an embedded, in-memory S3 server (moto) with a throwaway key "
+        "and credentials, printing a Medusa [storage] section and an aws command that work against it.",
+    )
     p.add_argument("--port", type=int, default=8333, help="the proxy's port on 127.0.0.1 (default 8333)")
     p.add_argument("--workdir", help="where to keep the demo's key, config and cache")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("tls-selfsigned", help="make a self-signed loopback certificate")
+    p = sub.add_parser(
+        "tls-selfsigned",
+        help="make a self-signed loopback certificate",
+        description="Make a self-signed certificate for localhost, 127.0.0.1 and ::1 (EC P-256, two years) "
+        "for the config's tls: section; refuses to overwrite existing files.",
+    )
     p.add_argument("--out", required=True, help="directory for tls.crt and tls.key (0600)")
     p.set_defaults(func=cmd_tls_selfsigned)
 

@@ -19,6 +19,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -75,6 +76,11 @@ IntegrityKind = Literal[
     "manifest",
     "seed-mismatch",
 ]
+INTEGRITY_KINDS: tuple[IntegrityKind, ...] = get_args(IntegrityKind)
+# Requests the daemon answers 503 at once, before any work: overload (SlowDown, above
+# limits.max_concurrent_requests) and draining (ServiceUnavailable while shutting down).
+RejectReason = Literal["overload", "draining"]
+REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
 
 def _name(suffix: str) -> str:
@@ -195,11 +201,33 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.requests_rejected = Counter(
+            _name("requests_rejected"),
+            "Requests answered 503 at once, by reason: overload (SlowDown, above "
+            "limits.max_concurrent_requests) or draining (ServiceUnavailable while shutting down).",
+            ["reason"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            _name("ready"),
+            "1 when the last readiness check passed (config and keys loaded, the upstream answered, not "
+            "draining), else 0; checked by GET /readyz, and by a scrape when no check ran for a while.",
+            registry=r,
+        )
+        # The process's CPU, memory, file descriptors and start time (Linux /proc; nothing elsewhere),
+        # under the proxy's prefix like every series: medusa_crypt_proxy_process_*.
+        ProcessCollector(namespace=PREFIX, registry=r)
+        # Every label value known in advance is exported from the start, at 0: a first increase is
+        # then seen by increase() and rate(), and a dashboard or alert has a series to read.
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result=result)
             self.data_key_cache.labels(result=result)
         for kind in TIMEOUT_KINDS:
             self.timeouts.labels(kind=kind)
+        for integrity in INTEGRITY_KINDS:
+            self.integrity_failures.labels(kind=integrity)
+        for reason in REJECT_REASONS:
+            self.requests_rejected.labels(reason=reason)
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -219,6 +247,13 @@ class Metrics:
 
     def request_finished(self) -> None:
         self.requests_in_flight.dec()
+
+    def request_rejected(self, reason: RejectReason) -> None:
+        """Count one request answered 503 before any work (see ``RejectReason``)."""
+        self.requests_rejected.labels(reason=reason).inc()
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready.set(1 if ready else 0)
 
     # -- upstream side -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ Fixtures (scope):
   raw_client (function)      boto3 client straight to ``upstream`` (what is really stored)
   medusa_python (session)    python of the cassandra-medusa 0.31.0 venv (built if missing)
   aws_cli (session)          path of an ``aws`` (awscli v1) from a venv of its own
+  promtool (session)         path of Prometheus's ``promtool`` (Debian's package, under .venvs/)
   snapshot (function)        FakeSnapshot: the default fake Cassandra data directory
   medusa_raw_storage (function)    Medusa [storage] dict for ``bucket`` on ``upstream``
   medusa_proxy_storage (function)  Medusa [storage] dict for ``bucket`` through ``proxy``
@@ -175,6 +176,11 @@ def medusa_python() -> str:
 @pytest.fixture(scope="session")
 def aws_cli() -> str:
     return toolenv.aws_cli()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return toolenv.promtool()
 
 
 @pytest.fixture

@@ -36,6 +36,9 @@ HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # one is never reused. The upstream check itself gives up after READY_TIMEOUT_SECONDS.
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT_SECONDS = 5.0
+# A scrape of /metrics runs the readiness check itself when none ran for this long (no probe
+# calls /readyz under systemd), so that ``medusa_crypt_proxy_ready`` is never older than this.
+READY_STALE_SECONDS = 15.0
 # After the drain, requests still running get this long before they are cancelled.
 CUT_TIMEOUT_SECONDS = 1.0
 
@@ -115,6 +118,7 @@ class State:
     metrics: Metrics
     observe: Any = None
     ready_at: float = 0.0
+    ready_checked_at: float = 0.0  # when the readiness check last ran (monotonic), 0: never
     cache_counted_at: float = 0.0
     draining: bool = False
     active: int = 0  # requests being handled (health checks included)
@@ -252,12 +256,14 @@ def make_app(config: Config, upstream: Upstream | None = None) -> web.Applicatio
         if http.path in HEALTH_PATHS and "authorization" not in http.headers and not http.query_string:
             return await _health(http, state)
         if state.draining:
+            metrics.request_rejected("draining")
             return await _reject(
                 http,
                 state,
                 S3Error("ServiceUnavailable", "The proxy is shutting down; retry against a running proxy.", 503),
             )
         if limiter.locked():
+            metrics.request_rejected("overload")
             return await _reject(http, state, S3Error("SlowDown", "Please reduce your request rate.", 503))
         async with limiter:
             metrics.request_started()
@@ -462,11 +468,21 @@ async def _health(http: web.Request, state: State) -> web.StreamResponse:
         return web.Response(text="ok\n")
     if http.path == "/metrics":
         await _refresh_cache_entries(state)
+        if time.monotonic() - state.ready_checked_at >= READY_STALE_SECONDS:
+            await _ready(state)
         body, content_type = state.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
-    if not state.draining and await _upstream_ready(state):
+    if await _ready(state):
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready\n")
+
+
+async def _ready(state: State) -> bool:
+    """The readiness check (not draining, the upstream answers), kept in ``medusa_crypt_proxy_ready``."""
+    ready = not state.draining and await _upstream_ready(state)
+    state.ready_checked_at = time.monotonic()
+    state.metrics.set_ready(ready)
+    return ready
 
 
 async def serve(
@@ -538,6 +554,7 @@ async def serve(
     await stop.wait()
     state: State = app["state"]
     state.draining = True
+    state.metrics.set_ready(False)
     log.info(
         "shutting down: draining in-flight requests (up to %.0fs)",
         config.limits.drain_timeout,

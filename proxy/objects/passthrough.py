@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from proxy.metrics import Metrics
 from proxy.s3 import xml
 from proxy.s3.api import Body, Handler, Reply, Request, parse_copy_source
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     INTERNAL_META_PREFIX,
+    bucket_params,
     conditional_params,
     int_param,
     object_params,
@@ -54,12 +56,18 @@ class StoredAsIs:
 class PassthroughService:
     """Forwards every operation to the upstream bucket unchanged."""
 
-    def __init__(self, upstream: Upstream, listing: Listing | None = None) -> None:
+    def __init__(self, upstream: Upstream, listing: Listing | None = None, metrics: Metrics | None = None) -> None:
         self.upstream = upstream
         self.listing: Listing = listing or StoredAsIs()
+        self.metrics = metrics
+        # Uploads started through this process and not finished: multipart_uploads_in_flight counts
+        # them, and only them (an upload another process started is not taken off the gauge).
+        self._uploads: set[str] = set()
         self.handlers: dict[str, Handler] = {
             "ListBuckets": self.list_buckets,
             "HeadBucket": self.head_bucket,
+            "CreateBucket": self.create_bucket,
+            "DeleteBucket": self.delete_bucket,
             "GetBucketLocation": self.get_bucket_location,
             "ListObjectsV2": self.list_objects_v2,
             "ListObjects": self.list_objects_v1,
@@ -106,6 +114,30 @@ class PassthroughService:
         reply = await self.upstream.call("head_bucket", Bucket=request.bucket)
         region = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
         return Reply(200, {"x-amz-bucket-region": region or self.upstream.cfg.region})
+
+    async def create_bucket(self, request: Request) -> Reply:
+        """CreateBucket as the client asked it: its ACL, grant, ownership and object-lock headers
+        and its ``CreateBucketConfiguration``. Without one, a bucket in the upstream's region
+        (``upstream.region``): the client signs for the proxy, not for the bucket's region, and
+        the proxy reaches buckets of that region only."""
+        payload = await request_body(request).read_all(xml.MAX_CREATE_BUCKET_BODY)
+        try:
+            configuration = xml.parse_create_bucket(payload)
+        except xml.MalformedXMLError as exc:
+            raise S3Error("MalformedXML", str(exc), 400) from None
+        region = self.upstream.cfg.region
+        if not configuration and region and region != "us-east-1":
+            configuration = {"LocationConstraint": region}
+        params = bucket_params(request.headers)
+        if configuration:
+            params["CreateBucketConfiguration"] = configuration
+        reply = await self.upstream.call("create_bucket", Bucket=request.bucket, **params)
+        return Reply(200, {"Location": reply.get("Location") or f"/{request.bucket}"})
+
+    async def delete_bucket(self, request: Request) -> Reply:
+        """DeleteBucket; the upstream's BucketNotEmpty or NoSuchBucket reach the client as they are."""
+        await self.upstream.call("delete_bucket", Bucket=request.bucket)
+        return Reply(204)
 
     async def get_bucket_location(self, request: Request) -> Reply:
         reply = await self.upstream.call("get_bucket_location", Bucket=request.bucket)
@@ -235,6 +267,9 @@ class PassthroughService:
         reject_sse_c(request.headers)
         bucket, key = request.bucket or "", request.key or ""
         upload_id = await self.upstream.create_upload(bucket, key, object_params(request.headers))
+        if self.metrics is not None:
+            self._uploads.add(upload_id)
+            self.metrics.multipart_started()
         return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
 
     async def upload_part(self, request: Request) -> Reply:
@@ -266,11 +301,25 @@ class PassthroughService:
         bucket, key = request.bucket or "", request.key or ""
         listed = [(p.part_number, quote_etag(p.etag)) for p in parts]
         done = await self.upstream.complete_upload(bucket, key, request.query["uploadId"], listed)
+        self._finished(request.query["uploadId"])
         return Reply.xml(xml.complete_multipart(done.location, bucket, key, done.etag))
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
-        await self.upstream.abort_upload(request.bucket or "", request.key or "", request.query["uploadId"])
+        upload_id = request.query["uploadId"]
+        try:
+            await self.upstream.abort_upload(request.bucket or "", request.key or "", upload_id)
+        except S3Error as err:
+            if err.code == "NoSuchUpload":  # gone upstream: it will never finish either
+                self._finished(upload_id)
+            raise
+        self._finished(upload_id)
         return Reply(204)
+
+    def _finished(self, upload_id: str) -> None:
+        if upload_id in self._uploads:
+            self._uploads.discard(upload_id)
+            if self.metrics is not None:
+                self.metrics.multipart_finished()
 
     async def list_parts(self, request: Request) -> Reply:
         params: dict[str, Any] = {"Bucket": request.bucket, "Key": request.key, "UploadId": request.query["uploadId"]}

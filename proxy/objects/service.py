@@ -41,7 +41,7 @@ class ObjectService:
         self.views = Views(config, upstream, metrics, keyring, store)
         self.policy = self.views.policy
         self.store = store
-        self.plain = PassthroughService(upstream, listing=self)
+        self.plain = PassthroughService(upstream, listing=self, metrics=metrics)
         self.encrypted = EncryptedObjects(self.views)
         self.manifests = ManifestObjects(self.views, self.encrypted)
         self.multipart = MultipartObjects(self.views)
@@ -180,6 +180,6 @@ _UPLOAD_STEPS = {
 def build_service(config: Config, upstream: Upstream, metrics: Metrics) -> PassthroughService | ObjectService:
     """The service for ``config``: passthrough when encryption is off."""
     if not config.encryption.enabled:
-        return PassthroughService(upstream)
+        return PassthroughService(upstream, metrics=metrics)
     keyring = load_key_ring(config.encryption.key_files)
     return ObjectService(config, upstream, metrics, keyring, StateStore(config.cache.path))

@@ -38,6 +38,17 @@ _RESPONSE_OVERRIDES = {
     "response-content-encoding": "ResponseContentEncoding",
 }
 
+# What a client may ask of a new bucket (CreateBucket), as botocore parameters.
+_BUCKET_PARAMS = {
+    "x-amz-acl": "ACL",
+    "x-amz-grant-full-control": "GrantFullControl",
+    "x-amz-grant-read": "GrantRead",
+    "x-amz-grant-read-acp": "GrantReadACP",
+    "x-amz-grant-write": "GrantWrite",
+    "x-amz-grant-write-acp": "GrantWriteACP",
+    "x-amz-object-ownership": "ObjectOwnership",
+}
+
 # The proxy's own metadata hints on stored objects; never shown to clients, never set by them.
 INTERNAL_META_PREFIX = "x-amz-meta-mcp-"
 
@@ -68,6 +79,21 @@ def object_params(headers: Mapping[str, str]) -> dict[str, Any]:
             metadata[lname[len("x-amz-meta-") :]] = value
     if metadata:
         params["Metadata"] = metadata
+    return params
+
+
+def bucket_params(headers: Mapping[str, str]) -> dict[str, Any]:
+    """botocore parameters for the headers of a CreateBucket (ACL, grants, ownership, object lock)."""
+    params: dict[str, Any] = {}
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname in _BUCKET_PARAMS:
+            params[_BUCKET_PARAMS[lname]] = value
+        elif lname == "x-amz-bucket-object-lock-enabled":
+            flag = value.strip().lower()
+            if flag not in ("true", "false"):
+                raise S3Error("InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false", 400)
+            params["ObjectLockEnabledForBucket"] = flag == "true"
     return params
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "list_parts",
     "location",
     "parse_complete_multipart",
+    "parse_create_bucket",
     "parse_delete",
     "quote_etag",
     "url_encode",
@@ -79,6 +80,8 @@ MAX_PARTS = 10_000
 MAX_DELETE_BODY = 4 * 1024 * 1024
 #: Most keys in one DeleteObjects request (S3's limit).
 MAX_DELETE_KEYS = 1000
+#: Largest CreateBucketConfiguration body accepted (it holds one short element).
+MAX_CREATE_BUCKET_BODY = 64 * 1024
 
 _MAX_DEPTH = 16
 
@@ -689,6 +692,25 @@ def _object_identifier(element: ET.Element) -> ObjectIdentifier:
     if key is None:
         raise MalformedXMLError("<Object> without <Key>")
     return ObjectIdentifier(key, version_id)
+
+
+def parse_create_bucket(body: bytes, *, max_bytes: int = MAX_CREATE_BUCKET_BODY) -> dict[str, str]:
+    """A CreateBucket body (``CreateBucketConfiguration``) as botocore's parameter of that name.
+
+    An empty body is no configuration (``{}``). Only ``LocationConstraint`` is understood; the
+    directory-bucket and tag elements are refused rather than dropped.
+    """
+    if not bytes(body).strip():
+        return {}
+    root = _parse(body, "CreateBucketConfiguration", max_bytes)
+    config: dict[str, str] = {}
+    for name, child in _children(root):
+        if name != "LocationConstraint":
+            raise MalformedXMLError(f"unsupported element <{name}> in CreateBucketConfiguration")
+        if "LocationConstraint" in config:
+            raise MalformedXMLError("duplicate <LocationConstraint>")
+        config["LocationConstraint"] = _leaf_text(child, name).strip()
+    return config
 
 
 # --------------------------------------------------------------------------- upstream listings

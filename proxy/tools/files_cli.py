@@ -172,21 +172,36 @@ def _progress_printer() -> Callable[[str], None]:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("encrypt", help="encrypt a file exactly as the proxy would store it")
+    p = sub.add_parser(
+        "encrypt",
+        help="encrypt a file exactly as the proxy would store it",
+        description="Encrypt a file exactly as the proxy would store it under --object-key, with the first "
+        "--key-file; no daemon needed.",
+    )
     p.add_argument("--key-file", action="append", required=True, help="Fernet key file (first encrypts)")
     p.add_argument("--object-key", required=True, help="the S3 key the object will be stored under")
     p.add_argument("input", help="the file to read, - for standard input")
     p.add_argument("output", help="the file to write, - for standard output")
     p.set_defaults(func=cmd_encrypt)
 
-    p = sub.add_parser("decrypt", help="decrypt an object downloaded from the bucket")
+    p = sub.add_parser(
+        "decrypt",
+        help="decrypt an object downloaded from the bucket",
+        description="Decrypt an object downloaded from the bucket with any of the --key-file keys; the "
+        "plaintext is written only once the whole object has verified. No daemon needed.",
+    )
     p.add_argument("--key-file", action="append", required=True, help="Fernet key file (repeatable)")
     p.add_argument("--object-key", help="check the object was stored under this S3 key")
     p.add_argument("input", help="the file to read, - for standard input")
     p.add_argument("output", help="the file to write, - for standard output")
     p.set_defaults(func=cmd_decrypt)
 
-    p = sub.add_parser("verify-bucket", help="check a bucket's backups against its manifests (key optional)")
+    p = sub.add_parser(
+        "verify-bucket",
+        help="check a bucket's backups against its manifests (key optional)",
+        description="Check every backup in a bucket against its Medusa manifests (sizes and ETags as the "
+        "bucket reports them); with --key-file also each manifest's MAC and each object's trailer.",
+    )
     p.add_argument("--config", required=True, help="config file (only its upstream section is used)")
     p.add_argument("--bucket", required=True, help="the bucket Medusa's bucket_name names")
     p.add_argument("--prefix", default="", help="Medusa's storage prefix, with its trailing slash")
@@ -202,6 +217,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "restore-backup",
         help="download one node's backup decrypted and verified, laid out as medusa download does (no daemon)",
+        description="Download one node's backup from the bucket, decrypted and verified against its manifest "
+        "(sizes and MD5s), into a directory laid out as medusa download lays it out; no daemon needed. "
+        "Resumable: a rerun skips the files already verified.",
     )
     p.add_argument("--config", required=True, help="the proxy's config file (upstream and encryption sections)")
     p.add_argument("--bucket", required=True, help="the bucket Medusa's bucket_name names")
@@ -216,6 +234,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(func=cmd_restore_backup)
 
-    p = sub.add_parser("inspect", help="show an object's format, key id, sizes and ETag (no key)")
+    p = sub.add_parser(
+        "inspect",
+        help="show an object's format, key id, sizes and ETag (no key)",
+        description="Print what a stored object is (format, key id, stored and plaintext sizes, ETag) as "
+        "JSON, without any key; exits 1 for a damaged object.",
+    )
     p.add_argument("input", help="a stored object, as downloaded from the bucket")
     p.set_defaults(func=cmd_inspect)

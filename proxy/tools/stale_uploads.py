@@ -276,6 +276,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "abort-stale-uploads",
         help="abort multipart uploads abandoned in the bucket (idle for --older-than; docs/OPERATIONS.md)",
+        description="Abort the multipart uploads of a bucket that are idle by every measure (initiated, "
+        "newest part, this node's proxy state) for at least --older-than, and drop the proxy's state of "
+        "uploads gone from the bucket.",
     )
     p.add_argument("--config", required=True, help="the proxy's config file (its upstream section, its cache)")
     p.add_argument("--bucket", required=True, help="the bucket whose uploads are listed")

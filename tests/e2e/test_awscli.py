@@ -1,16 +1,19 @@
 """The AWS CLI (awscli v1, botocore defaults: CRC32 checksums, 8 MiB multipart parts) through the
 real proxy: ``aws s3 cp`` up and down, ``aws s3 ls``, ``aws s3api head-object``,
-``aws s3 rm --recursive``; checked against what the raw upstream bucket holds."""
+``aws s3 rm --recursive``, ``aws s3 mb`` and ``rb``; checked against what the raw upstream bucket
+holds."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import ProxyProcess
+from tests.support.servers import ProxyProcess, S3Server
 
 MIB = 1 << 20
 MARKER = b"PLAINTEXT-MARKER-awscli"
@@ -31,6 +34,12 @@ def multipart_etag(data: bytes, part_size: int) -> str:
 
 
 def run_aws(aws_cli: str, proxy: ProxyProcess, home: Path, *args: str) -> str:
+    done = aws_process(aws_cli, proxy, home, *args)
+    assert done.returncode == 0, f"aws {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def aws_process(aws_cli: str, proxy: ProxyProcess, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         "AWS_ACCESS_KEY_ID": proxy.access_key,
         "AWS_SECRET_ACCESS_KEY": proxy.secret_key,
@@ -40,11 +49,9 @@ def run_aws(aws_cli: str, proxy: ProxyProcess, home: Path, *args: str) -> str:
         "PATH": "/usr/bin:/bin",
         "HOME": str(home),
     }
-    done = subprocess.run(
+    return subprocess.run(
         [aws_cli, "--endpoint-url", proxy.endpoint_url, *args], capture_output=True, text=True, env=env, timeout=120
     )
-    assert done.returncode == 0, f"aws {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def raw_keys(raw_client: Any, bucket: str) -> list[str]:
@@ -88,3 +95,30 @@ def test_aws_cli_cp_ls_head_rm(aws_cli: str, proxy: ProxyProcess, raw_client: An
     assert removed.count("delete:") == 2
     assert raw_keys(raw_client, bucket) == []
     assert run_aws(aws_cli, proxy, tmp_path, "s3", "ls", "--recursive", f"s3://{bucket}/") == ""
+
+
+def test_aws_cli_mb_rb(aws_cli: str, proxy: ProxyProcess, upstream: S3Server, tmp_path: Path) -> None:
+    """``aws s3 mb`` makes the bucket upstream; ``rb`` of a non-empty one fails with S3's
+    BucketNotEmpty, ``rb --force`` empties and removes it; ``rb`` of a missing one, NoSuchBucket."""
+    name = f"mb-{uuid.uuid4().hex[:16]}"
+    raw = upstream.client()
+    try:
+        assert run_aws(aws_cli, proxy, tmp_path, "s3", "mb", f"s3://{name}").strip() == f"make_bucket: {name}"
+        assert name in {b["Name"] for b in raw.list_buckets()["Buckets"]}
+        assert name in run_aws(aws_cli, proxy, tmp_path, "s3", "ls").split()
+
+        (tmp_path / "Data.db").write_bytes(payload(100_000))
+        run_aws(aws_cli, proxy, tmp_path, "s3", "cp", str(tmp_path / "Data.db"), f"s3://{name}/{DATA_KEY}")
+        refused = aws_process(aws_cli, proxy, tmp_path, "s3", "rb", f"s3://{name}")
+        assert refused.returncode != 0 and "BucketNotEmpty" in refused.stderr, refused.stderr
+        assert raw_keys(raw, name) == [DATA_KEY]
+
+        removed = run_aws(aws_cli, proxy, tmp_path, "s3", "rb", "--force", f"s3://{name}")
+        assert f"remove_bucket: {name}" in removed
+        assert name not in {b["Name"] for b in raw.list_buckets()["Buckets"]}
+
+        missing = aws_process(aws_cli, proxy, tmp_path, "s3", "rb", f"s3://{name}")
+        assert missing.returncode != 0 and "NoSuchBucket" in missing.stderr, missing.stderr
+    finally:
+        with contextlib.suppress(Exception):
+            upstream.delete_bucket(name)

@@ -240,6 +240,8 @@ def test_overload_answers_slowdown_and_recovers(make_proxy: Callable[..., ProxyP
     assert metric(samples, "s3_requests_total", operation="PutObject", status="503") == 1
     assert metric(samples, "s3_requests_total", operation="PutObject", status="200") == 2
     assert metric(samples, "requests_in_flight") == 0
+    assert metric(samples, "requests_rejected_total", reason="overload") == 2
+    assert metric(samples, "requests_rejected_total", reason="draining") == 0
 
 
 # ------------------------------------------------------------------------------------
@@ -404,12 +406,15 @@ def test_readiness_follows_the_upstream(make_proxy: Callable[..., ProxyProcess],
         proxy.config["upstream"] = {**proxy.config["upstream"], "endpoint_url": own.endpoint_url}
         proxy.start()
         ready, healthy = proxy.endpoint_url + "/readyz", proxy.endpoint_url + "/healthz"
+        # No probe has asked yet: the scrape runs the check itself.
+        assert metric(scrape(proxy)[1], "ready") == 1
         assert http_status(ready) == 200
 
         assert own.process is not None
         own.process.stop()
         wait_for(lambda: http_status(ready, timeout=10) == 503, what="/readyz 503 with the upstream down")
         assert http_status(healthy) == 200  # alive, only not ready
+        assert metric(scrape(proxy)[1], "ready") == 0
         assert "readiness:" in proxy.log_text()
 
         # The upstream comes back on the same address: ready again, without a restart.
@@ -417,6 +422,7 @@ def test_readiness_follows_the_upstream(make_proxy: Callable[..., ProxyProcess],
         own.process.spawn(own._command(own.port), env=own._env(), cwd=own.workdir)
         own.process.wait_until(own._ready)
         wait_for(lambda: http_status(ready, timeout=10) == 200, what="/readyz 200 again")
+        assert metric(scrape(proxy)[1], "ready") == 1
     finally:
         own.stop()
 
@@ -578,7 +584,10 @@ def test_metrics_move_after_real_requests(make_proxy: Callable[..., ProxyProcess
         {"version": __version__, "key_ids": key_id(key_file)}
     ]
     assert key_file.read_text().strip() not in text
-    assert "python_" not in text and "process_" not in text  # a private registry
+    # A private registry: no generic python_* or process_* series, the process's own under the prefix.
+    series = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert all(line.startswith(P) for line in series), [line for line in series if not line.startswith(P)]
+    assert any(line.startswith(P + "process_resident_memory_bytes ") for line in series)
 
 
 # ------------------------------------------------------------------------------------

@@ -158,6 +158,8 @@ UNTYPED_OPERATIONS = {
     "list_buckets",
     "head_bucket",
     "get_bucket_location",
+    "create_bucket",
+    "delete_bucket",
     "list_objects_v2",
     "list_parts",
     "list_multipart_uploads",

@@ -70,6 +70,7 @@ class FakeUpstream:
         self.buckets = set(buckets or ("bucket",))
         self.uploads: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []
+        self.bucket_params: dict[str, dict[str, Any]] = {}  # what each CreateBucket asked for
         self.cfg = SimpleNamespace(region="us-east-1", request_timeout=300.0)
         self._ids = itertools.count(1)
 
@@ -183,7 +184,7 @@ class FakeUpstream:
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
         self.calls.append(operation)
         bucket = params.get("Bucket")
-        if bucket is not None and bucket not in self.buckets:
+        if bucket is not None and bucket not in self.buckets and operation != "create_bucket":
             raise S3Error("NoSuchBucket", "The specified bucket does not exist", 404)
         method = getattr(self, "_" + operation, None)
         if method is None:
@@ -224,6 +225,19 @@ class FakeUpstream:
         obj = StoredObject(bytes(Body), dict(Metadata or {}), params.get("ContentType", "binary/octet-stream"))
         self.stored[(Bucket, Key)] = obj
         return {"ETag": obj.etag}
+
+    def _create_bucket(self, Bucket: str, **params: Any) -> dict[str, Any]:
+        if Bucket in self.buckets:
+            raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded", 409)
+        self.buckets.add(Bucket)
+        self.bucket_params[Bucket] = params
+        return {"Location": f"/{Bucket}"}
+
+    def _delete_bucket(self, Bucket: str) -> dict[str, Any]:
+        if any(b == Bucket for b, _ in self.stored):
+            raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409)
+        self.buckets.discard(Bucket)
+        return {}
 
     def _delete_object(self, Bucket: str, Key: str) -> dict[str, Any]:
         self.stored.pop((Bucket, Key), None)

@@ -9,6 +9,12 @@ finished build, so an interrupted build is redone.
 ``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds both up front
 (``.ci/run`` does this).  ``MEDUSA_PYTHON`` / ``AWS_CLI`` environment variables point at
 existing tools instead (e.g. for local experiments); the default is to build.
+
+``promtool`` (Prometheus's rule checker, for deploy/monitoring/) is no Python package: it comes
+from Debian's ``prometheus`` package, downloaded with ``apt-get download`` (no root needed once
+the package lists are there) and unpacked with ``dpkg -x`` into ``.venvs/prometheus/``, under the
+same lock and stamp (only ``bin/promtool`` is kept). ``PROMTOOL`` points at an existing one
+instead.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENVS_DIR = Path(os.environ.get("TOOL_VENVS_DIR", REPO_ROOT / ".venvs"))
@@ -99,9 +106,69 @@ def aws_cli() -> str:
     return str(venv / "bin" / "aws")
 
 
+PROMETHEUS_PACKAGE = "prometheus"  # Debian's; it ships /usr/bin/promtool
+
+
+def _run_logged(cmd: list[str], out: IO[str], cwd: Path | None = None) -> int:
+    out.write(f"$ {' '.join(cmd)}\n")
+    out.flush()
+    return subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+def promtool() -> str:
+    """Path of a ``promtool`` from Debian's prometheus package, unpacked under ``.venvs/``."""
+    override = os.environ.get("PROMTOOL")
+    if override:
+        return override
+    VENVS_DIR.mkdir(parents=True, exist_ok=True)
+    root = VENVS_DIR / "prometheus"
+    tool = root / "bin" / "promtool"
+    stamp = root / ".ready"
+    if stamp.exists() and tool.exists():
+        return str(tool)
+    with open(VENVS_DIR / "prometheus.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if stamp.exists() and tool.exists():
+                return str(tool)
+            for needed in ("apt-get", "dpkg"):
+                if shutil.which(needed) is None:
+                    raise ToolEnvError(
+                        f"promtool: {needed} not found; install Prometheus's promtool and set PROMTOOL to its path"
+                    )
+            shutil.rmtree(root, ignore_errors=True)
+            download = VENVS_DIR / "prometheus.download"
+            shutil.rmtree(download, ignore_errors=True)
+            download.mkdir()
+            log = VENVS_DIR / "prometheus.build.log"
+            with open(log, "w") as out:
+                rc = _run_logged(["apt-get", "download", PROMETHEUS_PACKAGE], out, cwd=download)
+                if rc != 0 and os.geteuid() == 0:  # no package lists yet (a fresh machine): fetch them
+                    _run_logged(["apt-get", "update"], out)
+                    rc = _run_logged(["apt-get", "download", PROMETHEUS_PACKAGE], out, cwd=download)
+                debs = sorted(download.glob(f"{PROMETHEUS_PACKAGE}_*.deb"))
+                if rc != 0 or not debs:
+                    raise ToolEnvError(
+                        f"promtool: apt-get download {PROMETHEUS_PACKAGE} failed:\n{log.read_text()[-5000:]}"
+                    )
+                unpacked = download / "unpacked"
+                rc = _run_logged(["dpkg", "-x", str(debs[-1]), str(unpacked)], out)
+                if rc == 0 and (unpacked / "usr" / "bin" / "promtool").is_file():
+                    tool.parent.mkdir(parents=True)
+                    shutil.copy2(unpacked / "usr" / "bin" / "promtool", tool)  # the server and its web UI stay out
+                if not tool.exists() or _run_logged([str(tool), "--version"], out) != 0:
+                    raise ToolEnvError(f"promtool: unpacking {debs[-1].name} failed:\n{log.read_text()[-5000:]}")
+            stamp.write_text(debs[-1].name + "\n")
+            shutil.rmtree(download, ignore_errors=True)
+            return str(tool)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build_all() -> None:
     print(medusa_python())
     print(aws_cli())
+    print(promtool())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import Metrics
+from proxy.metrics import INTEGRITY_KINDS, REJECT_REASONS, Metrics
 
 P = "medusa_crypt_proxy_"
 
@@ -40,6 +40,9 @@ def test_all_series_present_and_prefixed() -> None:
         "requests_in_flight",
         "multipart_uploads_in_flight",
         "build_info",
+        "timeouts",
+        "requests_rejected",
+        "ready",
     }
     assert {P + n for n in expected} <= names
     assert all(n.startswith(P) for n in names)
@@ -97,6 +100,44 @@ def test_cache_results_exported_at_zero() -> None:
     s = samples(Metrics())
     assert s[(P + "cache_lookups_total", (("result", "hit"),))] == 0
     assert s[(P + "cache_lookups_total", (("result", "miss"),))] == 0
+
+
+def test_label_values_known_in_advance_are_exported_at_zero() -> None:
+    """So that the first integrity failure or refusal is an increase from 0 that increase() sees."""
+    s = samples(Metrics())
+    assert {kind: s[(P + "integrity_failures_total", (("kind", kind),))] for kind in INTEGRITY_KINDS} == dict.fromkeys(
+        INTEGRITY_KINDS, 0
+    )
+    assert set(INTEGRITY_KINDS) >= {"tampered", "unknown-key", "manifest"}
+    assert {r: s[(P + "requests_rejected_total", (("reason", r),))] for r in REJECT_REASONS} == {
+        "overload": 0,
+        "draining": 0,
+    }
+
+
+def test_rejections_and_readiness_move() -> None:
+    m = Metrics()
+    assert samples(m)[(P + "ready", ())] == 0  # not ready until a check passed
+    m.request_rejected("overload")
+    m.request_rejected("overload")
+    m.request_rejected("draining")
+    m.set_ready(True)
+    s = samples(m)
+    assert s[(P + "requests_rejected_total", (("reason", "overload"),))] == 2
+    assert s[(P + "requests_rejected_total", (("reason", "draining"),))] == 1
+    assert s[(P + "ready", ())] == 1
+    m.set_ready(False)
+    assert samples(m)[(P + "ready", ())] == 0
+
+
+def test_process_series_under_the_prefix() -> None:
+    """CPU and memory of the process (from Linux's /proc: the proxy runs on Linux only)."""
+    s = samples(Metrics())
+    assert s[(P + "process_resident_memory_bytes", ())] > 1 << 20
+    assert s[(P + "process_cpu_seconds_total", ())] > 0
+    assert s[(P + "process_start_time_seconds", ())] > 1_600_000_000
+    assert s[(P + "process_open_fds", ())] >= 3
+    assert not any(name.startswith(("process_", "python_")) for name, _ in s)
 
 
 def test_build_info_reset_on_reload() -> None:

@@ -1,0 +1,72 @@
+"""PassthroughService's own bookkeeping, in process against the fake upstream: the multipart
+uploads it starts are counted in ``multipart_uploads_in_flight`` until completed or aborted, and
+only those (an upload another process started never takes the gauge down)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.metrics import Metrics
+from proxy.objects.passthrough import PassthroughService
+from proxy.s3.api import Request
+from proxy.s3.errors import S3Error
+from tests.support.fake_upstream import FakeUpstream
+
+KEY = "prefix/host1/backup1/meta/schema.cql"
+
+
+class BytesBody:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length: int | None = len(data)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
+
+    async def read_all(self, limit: int) -> bytes:
+        return self.data
+
+
+def in_flight(metrics: Metrics) -> float:
+    return metrics._gauge_value(metrics.multipart_uploads_in_flight)
+
+
+async def start(service: PassthroughService) -> str:
+    reply = await service.handle(Request("CreateMultipartUpload", "bucket", KEY, {"uploads": ""}, {}))
+    assert isinstance(reply.body, bytes)
+    return reply.body.split(b"<UploadId>")[1].split(b"</UploadId>")[0].decode()
+
+
+async def test_plaintext_multipart_uploads_are_counted_while_in_flight() -> None:
+    upstream, metrics = FakeUpstream(), Metrics()
+    service = PassthroughService(upstream, metrics=metrics)  # type: ignore[arg-type]
+    completed, aborted = await start(service), await start(service)
+    assert in_flight(metrics) == 2
+
+    part = await service.handle(
+        Request("UploadPart", "bucket", KEY, {"uploadId": completed, "partNumber": "1"}, {}, BytesBody(b"x" * 10))
+    )
+    listing = (
+        f"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{part.headers['ETag']}</ETag></Part>"
+        "</CompleteMultipartUpload>"
+    ).encode()
+    await service.handle(
+        Request("CompleteMultipartUpload", "bucket", KEY, {"uploadId": completed}, {}, BytesBody(listing))
+    )
+    assert in_flight(metrics) == 1
+    await service.handle(Request("AbortMultipartUpload", "bucket", KEY, {"uploadId": aborted}, {}))
+    assert in_flight(metrics) == 0
+
+    # One this process did not start (another proxy's, or before a restart): the gauge stays.
+    other = await start(PassthroughService(upstream, metrics=Metrics()))  # type: ignore[arg-type]
+    mine = await start(service)
+    await service.handle(Request("AbortMultipartUpload", "bucket", KEY, {"uploadId": other}, {}))
+    assert in_flight(metrics) == 1
+    # Gone upstream: it can never finish, so it is off the gauge too.
+    upstream.uploads.pop(mine)
+    with pytest.raises(S3Error) as err:
+        await service.handle(Request("AbortMultipartUpload", "bucket", KEY, {"uploadId": mine}, {}))
+    assert err.value.code == "NoSuchUpload"
+    assert in_flight(metrics) == 0
