@@ -64,7 +64,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # s3transfer as Medusa drives it: 4 parts in flight.
 CONCURRENCY = 4
 
-# Physical limit on this machine (issue 6, ../shared/reference/crypto-speed.md): MD5 + AES-CBC + HMAC
+# Physical limit on this machine (bench/codec.py): MD5 + AES-CBC + HMAC
 # (+ SHA-256 of a signed payload) per plaintext byte, both cores.
 PUT_LIMIT_MBS = 500.0
 GET_LIMIT_MBS = 2400.0
