@@ -19,7 +19,8 @@ Fixtures (scope):
   proxy_client_default (function)  boto3 client through the proxy with boto's defaults
                              (flexible checksums: CRC32 headers, x-amz-checksum-mode)
   raw_client (function)      boto3 client straight to ``upstream`` (what is really stored)
-  medusa_python (session)    python of the cassandra-medusa 0.31.0 venv (built if missing)
+  medusa_python (session)    python of the cassandra-medusa 0.31.0 venv (built if missing;
+                             other versions: toolenv.medusa_python(version))
   aws_cli (session)          path of an ``aws`` (awscli v1) from a venv of its own
   promtool (session)         path of Prometheus's ``promtool`` (Debian's package, under .venvs/)
   snapshot (function)        FakeSnapshot: the default fake Cassandra data directory

@@ -6,9 +6,14 @@ drag aiobotocore down (DESIGN.md section 7).  Each gets a venv of its own under
 wait for one build instead of racing; a ``.ready`` stamp holding the pip spec marks a
 finished build, so an interrupted build is redone.
 
-``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds both up front
-(``.ci/run`` does this).  ``MEDUSA_PYTHON`` / ``AWS_CLI`` environment variables point at
-existing tools instead (e.g. for local experiments); the default is to build.
+Medusa comes in several versions (``MEDUSA_VERSIONS``: the latest 0.29.x, 0.30.x and 0.31.x on
+PyPI), one venv each (``medusa-<version>``), because they pin different botocores: 0.29 keeps
+botocore's default flexible checksums (aws-chunked uploads with CRC trailers), 0.30+ set
+``when_required``.  ``medusa_python()`` is 0.31 (what most tests run); ``medusa_python(v)`` another.
+
+``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds them all up front
+(``.ci/run`` does this).  ``MEDUSA_PYTHON`` (0.31 only) / ``AWS_CLI`` environment variables point
+at existing tools instead (e.g. for local experiments); the default is to build.
 
 ``promtool`` (Prometheus's rule checker, for deploy/monitoring/) is no Python package: it comes
 from Debian's ``prometheus`` package, downloaded with ``apt-get download`` (no root needed once
@@ -31,7 +36,9 @@ from typing import IO
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENVS_DIR = Path(os.environ.get("TOOL_VENVS_DIR", REPO_ROOT / ".venvs"))
 
-MEDUSA_SPEC = ["cassandra-medusa==0.31.0"]
+MEDUSA_VERSION = "0.31.0"  # the default: every Medusa test runs it
+# The latest release of each minor line tested (test_medusa_versions runs the older ones).
+MEDUSA_VERSIONS = ("0.29.1", "0.30.1", MEDUSA_VERSION)
 # The awscli version the traffic reference (shared/reference/medusa-s3-traffic.md) measured.
 AWSCLI_SPEC = ["awscli==1.45.11"]
 
@@ -88,12 +95,18 @@ def _build(name: str, spec: list[str], check_import: str) -> Path:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def medusa_python() -> str:
-    """The python of a venv with cassandra-medusa 0.31.0 (and nothing of the product)."""
+def medusa_python(version: str = MEDUSA_VERSION) -> str:
+    """The python of a venv with cassandra-medusa ``version`` (and nothing of the product)."""
+    if version not in MEDUSA_VERSIONS:
+        raise ToolEnvError(f"Medusa {version} is not one of the tested versions {MEDUSA_VERSIONS}")
     override = os.environ.get("MEDUSA_PYTHON")
-    if override:
+    if override and version == MEDUSA_VERSION:
         return override
-    venv = _build("medusa-0.31.0", MEDUSA_SPEC, "import medusa.backup_node, medusa.storage.s3_base_storage")
+    venv = _build(
+        f"medusa-{version}",
+        [f"cassandra-medusa=={version}"],
+        "import medusa.backup_node, medusa.storage.s3_base_storage",
+    )
     return str(venv / "bin" / "python")
 
 
@@ -166,7 +179,8 @@ def promtool() -> str:
 
 
 def build_all() -> None:
-    print(medusa_python())
+    for version in MEDUSA_VERSIONS:
+        print(medusa_python(version))
     print(aws_cli())
     print(promtool())
 
