@@ -15,6 +15,9 @@ botocore's default flexible checksums (aws-chunked uploads with CRC trailers), 0
 (``.ci/run`` does this).  ``MEDUSA_PYTHON`` (0.31 only) / ``AWS_CLI`` environment variables point
 at existing tools instead (e.g. for local experiments); the default is to build.
 
+``kubernetes-validate`` (Kubernetes' own schemas, offline, for deploy/) gets a venv too;
+``KUBERNETES_VALIDATE`` points at an existing one.
+
 ``promtool`` (Prometheus's rule checker, for deploy/monitoring/) is no Python package: it comes
 from Debian's ``prometheus`` package, downloaded with ``apt-get download`` (no root needed once
 the package lists are there) and unpacked with ``dpkg -x`` into ``.venvs/prometheus/``, under the
@@ -41,6 +44,9 @@ MEDUSA_VERSION = "0.31.0"  # the default: every Medusa test runs it
 MEDUSA_VERSIONS = ("0.29.1", "0.30.1", MEDUSA_VERSION)
 # The awscli version the traffic reference (shared/reference/medusa-s3-traffic.md) measured.
 AWSCLI_SPEC = ["awscli==1.45.11"]
+# Kubernetes' own JSON schemas, offline, for the manifests in deploy/ (a tool, not a dependency:
+# 70 MB of schemas the product's venv does not need).
+KUBERNETES_VALIDATE_SPEC = ["kubernetes-validate==1.37.0"]
 
 
 class ToolEnvError(RuntimeError):
@@ -119,6 +125,15 @@ def aws_cli() -> str:
     return str(venv / "bin" / "aws")
 
 
+def kubernetes_validate() -> str:
+    """Path of a ``kubernetes-validate`` (Kubernetes' JSON schemas per version) from its own venv."""
+    override = os.environ.get("KUBERNETES_VALIDATE")
+    if override:
+        return override
+    venv = _build("kubernetes-validate-1.37.0", KUBERNETES_VALIDATE_SPEC, "import kubernetes_validate")
+    return str(venv / "bin" / "kubernetes-validate")
+
+
 PROMETHEUS_PACKAGE = "prometheus"  # Debian's; it ships /usr/bin/promtool
 
 
@@ -182,6 +197,7 @@ def build_all() -> None:
     for version in MEDUSA_VERSIONS:
         print(medusa_python(version))
     print(aws_cli())
+    print(kubernetes_validate())
     print(promtool())
 
 
