@@ -9,7 +9,9 @@ botocore's defaults, which (botocore >= 1.36) send flexible checksums: over HTTP
 UploadPart bodies go as ``Content-Encoding: aws-chunked`` with an ``x-amz-checksum-crc32``
 trailer (over plain HTTP botocore sends the CRC as a header instead), and GETs ask for checksums
 (``x-amz-checksum-mode: ENABLED``).  0.30+ set ``when_required``: plain bodies, no CRC.  So the
-proxy serves TLS here, as Medusa's default ``secure = True`` (``ssl_verify = False``) expects.
+proxy serves TLS here, as Medusa's default ``secure = True`` (``ssl_verify = False``) expects;
+test_medusa_029_over_plain_http covers the header case, k8ssandra-operator's default (``secure:
+false``, Medusa 0.29.1).
 The test checks which kind each version really sent (recorded in botocore by the driver), so a
 Medusa that changes its client settings is noticed.
 
@@ -37,9 +39,11 @@ from tests.support.medusa_helpers import (
     MiB,
     keys_containing,
     list_keys,
+    make_snapshot,
     medusa_storage,
     run_medusa,
     s3_etag,
+    small_layout,
 )
 from tests.support.servers import ProxyProcess, S3Server
 
@@ -215,3 +219,29 @@ def test_medusa_version_through_proxy(
     assert [k for k in keys if k.startswith("index/backup_index/") and "/d4/" not in k] == []
     assert sorted(k.split("/data/", 1)[1] for k in keys if k.startswith(f"{FQDN}/data/")) == sorted(snap.files)
     assert raw.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_medusa_029_over_plain_http(
+    upstream: S3Server, bucket: str, make_proxy: Callable[..., ProxyProcess], raw_client: Any, tmp_path: Path
+) -> None:
+    """What k8ssandra-operator sets up by default (secure: false, Medusa 0.29.1): botocore then
+    sends the CRC32 of each upload as a header instead of an aws-chunked trailer."""
+    version, m = "0.29.1", VERSIONS["0.29.1"]
+    layout = {**small_layout(), f"{T1}/nb-2-big-Data.db": 8 * MiB + 100}  # one multipart file
+    snap, tmp = make_snapshot(tmp_path / "data", layout), tmp_path / "t"
+    proxy = make_proxy()
+    storage = medusa_storage(
+        proxy.endpoint_url, bucket, proxy.access_key, proxy.secret_key, multi_part_upload_threshold=m.threshold_setting
+    )
+    assert storage["secure"] is False
+    args = {"storage": storage, "backup_name": "plain", "mode": "full", "snapshot_dir": str(snap.root)}
+    r = run_medusa("backup", {**args, "record_requests": True}, tmp_dir=tmp, version=version)
+    bodies = {(enc, trailer, crc_header) for method, _, enc, trailer, crc_header in r["requests"] if method == "PUT"}
+    assert bodies == {(None, None, True)}, bodies
+    assert entries(r) == expected(snap, m)
+    assert keys_containing(raw_client, bucket, snap.marker) == []
+    dest = tmp_path / "restore"
+    d = run_medusa(
+        "download", {"storage": storage, "backup_name": "plain", "destination": str(dest)}, tmp_dir=tmp, version=version
+    )
+    assert snap.compare_download(d["destination"]) == []
