@@ -19,8 +19,10 @@ Fixtures (scope):
   proxy_client_default (function)  boto3 client through the proxy with boto's defaults
                              (flexible checksums: CRC32 headers, x-amz-checksum-mode)
   raw_client (function)      boto3 client straight to ``upstream`` (what is really stored)
-  medusa_python (session)    python of the cassandra-medusa 0.31.0 venv (built if missing)
+  medusa_python (session)    python of the cassandra-medusa 0.31.0 venv (built if missing;
+                             other versions: toolenv.medusa_python(version))
   aws_cli (session)          path of an ``aws`` (awscli v1) from a venv of its own
+  kubernetes_validate (session)  path of ``kubernetes-validate`` (Kubernetes' schemas, own venv)
   promtool (session)         path of Prometheus's ``promtool`` (Debian's package, under .venvs/)
   snapshot (function)        FakeSnapshot: the default fake Cassandra data directory
   medusa_raw_storage (function)    Medusa [storage] dict for ``bucket`` on ``upstream``
@@ -176,6 +178,11 @@ def medusa_python() -> str:
 @pytest.fixture(scope="session")
 def aws_cli() -> str:
     return toolenv.aws_cli()
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate() -> str:
+    return toolenv.kubernetes_validate()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The Medusa ``[storage]`` examples in the docs work when pasted: each is read by Medusa's own
 config loader (in the Medusa venv) and its values are what Medusa's S3 driver can use. Medusa's
 ini parser keeps an inline ``;`` comment as part of the value (``50MB   ; ...``), which breaks
-it far from the cause, so the docs must put comments on lines of their own."""
+it far from the cause, so the docs must put comments on lines of their own.  Sizes the older
+Medusa releases read with int() (0.29: multi_part_upload_threshold) must be byte counts."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ for name in ("multi_part_upload_threshold", "multipart_chunksize", "transfer_max
         AbstractStorage._human_size_to_bytes(storage[name])
     except (KeyError, ValueError) as exc:
         problems.append(f"{name}: {exc}")
+import configparser
+written = configparser.ConfigParser(interpolation=None)
+written.read(sys.argv[1])
+try:  # when the example sets it (Medusa 0.29's own default is a byte count)
+    int(written["storage"].get("multi_part_upload_threshold", "0"))
+except ValueError:
+    problems.append("multi_part_upload_threshold: Medusa 0.29's differential backups need a byte count")
 for name in ("port", "concurrent_transfers"):
     if not str(storage.get(name, "0")).strip().isdigit():
         problems.append(f"{name} = {storage.get(name)!r} is not a number")

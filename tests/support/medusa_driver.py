@@ -28,6 +28,10 @@ Common args:
            waits up to 120 s) by a single attempt so a failure shows at once instead of
            after minutes; true keeps Medusa's.  botocore's own retries are untouched.
   work_dir: where medusa.ini and the credentials file go (default: a temp dir)
+  record_requests: true adds "requests" to the result: [method, path, Content-Encoding,
+           x-amz-trailer, whether x-amz-checksum-crc32 was a header] of every HTTP request
+           botocore sent (Medusa silences botocore's own log), to tell which kind of upload
+           bodies this Medusa's client settings produce.
 
 Actions and their own args -> result:
   backup   backup_name, mode: full|differential, snapshot_dir, [snapshot_tag]
@@ -164,6 +168,26 @@ def disable_medusa_retries() -> int:
                 r.reraise = True
                 count += 1
     return count
+
+
+def record_requests() -> list:
+    """Record what botocore sends (one row per request, no secrets: no auth headers, no query)."""
+    import urllib.parse
+
+    import botocore.endpoint
+
+    rows: list = []
+    send = botocore.endpoint.Endpoint._send
+
+    def recording_send(self, request):
+        h = request.headers
+        path = urllib.parse.urlsplit(request.url).path
+        crc_header = "x-amz-checksum-crc32" in h
+        rows.append([request.method, path, h.get("Content-Encoding"), h.get("x-amz-trailer"), crc_header])
+        return send(self, request)
+
+    botocore.endpoint.Endpoint._send = recording_send
+    return rows
 
 
 def _import_medusa() -> None:
@@ -448,6 +472,10 @@ ACTIONS = {
 }
 
 
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def main(action: str, args: dict) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.get("log_level", "INFO")).upper()),
@@ -470,8 +498,11 @@ def main(action: str, args: dict) -> int:
         work_dir = pathlib.Path(args.get("work_dir") or tempfile.mkdtemp(prefix="medusa-drv-"))
         work_dir.mkdir(parents=True, exist_ok=True)
         config, md5 = (None, False) if action == "version" else build_config(args, work_dir)
+        requests = record_requests() if args.get("record_requests") else None
         with contextlib.redirect_stdout(captured):
             result = ACTIONS[action](config, md5, args)
+        if requests is not None:
+            result["requests"] = [[_text(v) for v in row] for row in requests]
     except BaseException as e:  # report everything as JSON
         _emit(
             {

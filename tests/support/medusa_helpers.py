@@ -8,7 +8,7 @@ a secondary index sub-folder.  Every non-empty file contains ``snapshot.marker``
 start and at every MiB), so a test can grep a raw bucket for plaintext leaks.
 
 ``run_medusa(action, args)`` runs the driver with the Medusa venv's python and returns its
-JSON result.
+JSON result (``version=`` picks another tested Medusa, toolenv.MEDUSA_VERSIONS).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.support.toolenv import medusa_python
+from tests.support.toolenv import MEDUSA_VERSION, medusa_python
 
 MiB = 1024 * 1024
 DRIVER = Path(__file__).resolve().parent / "medusa_driver.py"
@@ -255,9 +255,15 @@ def medusa_storage(
 
 
 def run_medusa(
-    action: str, args: dict[str, Any], *, timeout: float = 300, check: bool = True, tmp_dir: Path | None = None
+    action: str,
+    args: dict[str, Any],
+    *,
+    timeout: float = 300,
+    check: bool = True,
+    tmp_dir: Path | None = None,
+    version: str = MEDUSA_VERSION,
 ) -> dict[str, Any]:
-    """Run the Medusa driver; return its JSON result.
+    """Run the Medusa driver with Medusa ``version`` (its own venv); return its JSON result.
 
     check=True raises MedusaDriverError (with Medusa's log) when the driver crashed or the
     result has ok == false.  tmp_dir becomes the driver's TMPDIR and default work_dir.
@@ -268,7 +274,7 @@ def run_medusa(
         tmp_dir = Path(tmp_dir)
         tmp_dir.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmp_dir)
-    cmd = [medusa_python(), str(DRIVER), action, "-"]
+    cmd = [medusa_python(version), str(DRIVER), action, "-"]
     proc = subprocess.run(cmd, input=json.dumps(args), capture_output=True, text=True, timeout=timeout, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     try:

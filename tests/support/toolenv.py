@@ -6,9 +6,17 @@ drag aiobotocore down (DESIGN.md section 7).  Each gets a venv of its own under
 wait for one build instead of racing; a ``.ready`` stamp holding the pip spec marks a
 finished build, so an interrupted build is redone.
 
-``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds both up front
-(``.ci/run`` does this).  ``MEDUSA_PYTHON`` / ``AWS_CLI`` environment variables point at
-existing tools instead (e.g. for local experiments); the default is to build.
+Medusa comes in several versions (``MEDUSA_VERSIONS``: the latest 0.29.x, 0.30.x and 0.31.x on
+PyPI), one venv each (``medusa-<version>``), because they pin different botocores: 0.29 keeps
+botocore's default flexible checksums (aws-chunked uploads with CRC trailers), 0.30+ set
+``when_required``.  ``medusa_python()`` is 0.31 (what most tests run); ``medusa_python(v)`` another.
+
+``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds them all up front
+(``.ci/run`` does this).  ``MEDUSA_PYTHON`` (0.31 only) / ``AWS_CLI`` environment variables point
+at existing tools instead (e.g. for local experiments); the default is to build.
+
+``kubernetes-validate`` (Kubernetes' own schemas, offline, for deploy/) gets a venv too;
+``KUBERNETES_VALIDATE`` points at an existing one.
 
 ``promtool`` (Prometheus's rule checker, for deploy/monitoring/) is no Python package: it comes
 from Debian's ``prometheus`` package, downloaded with ``apt-get download`` (no root needed once
@@ -31,9 +39,14 @@ from typing import IO
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENVS_DIR = Path(os.environ.get("TOOL_VENVS_DIR", REPO_ROOT / ".venvs"))
 
-MEDUSA_SPEC = ["cassandra-medusa==0.31.0"]
+MEDUSA_VERSION = "0.31.0"  # the default: every Medusa test runs it
+# The latest release of each minor line tested (test_medusa_versions runs the older ones).
+MEDUSA_VERSIONS = ("0.29.1", "0.30.1", MEDUSA_VERSION)
 # The awscli version the traffic reference (shared/reference/medusa-s3-traffic.md) measured.
 AWSCLI_SPEC = ["awscli==1.45.11"]
+# Kubernetes' own JSON schemas, offline, for the manifests in deploy/ (a tool, not a dependency:
+# 70 MB of schemas the product's venv does not need).
+KUBERNETES_VALIDATE_SPEC = ["kubernetes-validate==1.37.0"]
 
 
 class ToolEnvError(RuntimeError):
@@ -88,12 +101,18 @@ def _build(name: str, spec: list[str], check_import: str) -> Path:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def medusa_python() -> str:
-    """The python of a venv with cassandra-medusa 0.31.0 (and nothing of the product)."""
+def medusa_python(version: str = MEDUSA_VERSION) -> str:
+    """The python of a venv with cassandra-medusa ``version`` (and nothing of the product)."""
+    if version not in MEDUSA_VERSIONS:
+        raise ToolEnvError(f"Medusa {version} is not one of the tested versions {MEDUSA_VERSIONS}")
     override = os.environ.get("MEDUSA_PYTHON")
-    if override:
+    if override and version == MEDUSA_VERSION:
         return override
-    venv = _build("medusa-0.31.0", MEDUSA_SPEC, "import medusa.backup_node, medusa.storage.s3_base_storage")
+    venv = _build(
+        f"medusa-{version}",
+        [f"cassandra-medusa=={version}"],
+        "import medusa.backup_node, medusa.storage.s3_base_storage",
+    )
     return str(venv / "bin" / "python")
 
 
@@ -104,6 +123,15 @@ def aws_cli() -> str:
         return override
     venv = _build("awscli-1.45.11", AWSCLI_SPEC, "import awscli.clidriver")
     return str(venv / "bin" / "aws")
+
+
+def kubernetes_validate() -> str:
+    """Path of a ``kubernetes-validate`` (Kubernetes' JSON schemas per version) from its own venv."""
+    override = os.environ.get("KUBERNETES_VALIDATE")
+    if override:
+        return override
+    venv = _build("kubernetes-validate-1.37.0", KUBERNETES_VALIDATE_SPEC, "import kubernetes_validate")
+    return str(venv / "bin" / "kubernetes-validate")
 
 
 PROMETHEUS_PACKAGE = "prometheus"  # Debian's; it ships /usr/bin/promtool
@@ -166,8 +194,10 @@ def promtool() -> str:
 
 
 def build_all() -> None:
-    print(medusa_python())
+    for version in MEDUSA_VERSIONS:
+        print(medusa_python(version))
     print(aws_cli())
+    print(kubernetes_validate())
     print(promtool())
 
 
