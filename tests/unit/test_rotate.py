@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from proxy.tools.rotate import MIN_PART, copy_ranges
@@ -11,7 +13,7 @@ from proxy.tools.rotate import MIN_PART, copy_ranges
 def test_copy_ranges_cover_the_data_in_parts_of_at_least_5_mib(size: int) -> None:
     ranges = copy_ranges(size)
     assert ranges[0][0] == 0 and ranges[-1][1] == size - 1
-    assert all(b + 1 == c for (_, b), (c, _) in zip(ranges, ranges[1:], strict=False))
+    assert all(b + 1 == c for (_, b), (c, _) in itertools.pairwise(ranges))
     assert all(last - first + 1 >= MIN_PART for first, last in ranges)
     assert all(last - first + 1 <= 5 << 30 for first, last in ranges)
 
