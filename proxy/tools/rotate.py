@@ -244,12 +244,12 @@ class _Rotation:
             try:
                 if item.how == "copy":
                     try:
-                        await self._by_copy(item)
+                        sent = await self._by_copy(item)
                     except _CopyRefused as exc:
                         self.say(f"the bucket refuses range copies ({exc}): re-encrypting instead")
                         item.how = "re-encryption"
                 if item.how == "re-encryption":
-                    await self._by_reencryption(item)
+                    sent = await self._by_reencryption(item)
             except _Changed as exc:
                 self.problem(item.key, f"{exc}; not rotated, run rotate again")
                 self.report.keys[item.before] += 1
@@ -258,10 +258,11 @@ class _Rotation:
                 self.report.keys[item.before] += 1
             else:
                 self.report.bytes_rotated += item.head.size
+                self.say(f"rotated {item.key} by {item.how}: {sent} bytes sent")
             self.done += 1
             self.say(f"progress: {self.done}/{total} objects, {self.report.bytes_sent} bytes sent")
 
-    async def _by_copy(self, item: Item) -> None:
+    async def _by_copy(self, item: Item) -> int:
         trailer = item.trailer
         assert trailer is not None
         record = await self._rewrapped(trailer)
@@ -303,6 +304,7 @@ class _Rotation:
             raise
         await self._verify_written(key, data_size + len(record))
         self.report.copied += 1
+        return len(record)
 
     async def _check_parts(self, key: str, upload_id: str, sizes: list[int]) -> None:
         """The copied parts are the ranges asked for: an upstream that ignored the range (copied
@@ -345,7 +347,7 @@ class _Rotation:
             or (k.lower().startswith("x-amz-meta-") and not k.lower().startswith(INTERNAL_META_PREFIX))
         }
 
-    async def _by_reencryption(self, item: Item) -> None:
+    async def _by_reencryption(self, item: Item) -> int:
         """Decrypt through the service and write through it again (format 2, primary key), in
         the same plaintext parts, so the plaintext ETag stays what Medusa recorded."""
         bucket, key = self.bucket, item.key
@@ -407,6 +409,7 @@ class _Rotation:
         self.report.bytes_sent += head.size
         await self._verify_written(key, head.size)
         self.report.reencrypted += 1
+        return head.size
 
     async def _unchanged(self, item: Item) -> None:
         """Still the version planned (the window before a write is as short as it can be)."""
@@ -522,9 +525,13 @@ async def rotate(
         shown = f"{key_id} {what}" if what != "(manifest)" else key_id
         out(f"KEY {shown}: {count} {noun}")
     in_use = {label.partition(" ")[0] for label in report.keys}
-    for key_id in sorted({k.key_id_hex for k in run.keyring.keys} | report.seen_keys):
-        if key_id not in in_use:
-            out(f"no object uses key {key_id}")
+    if report.problems:
+        # An object that could not be rotated may need any key: none is declared unused.
+        out(f"{len(report.problems)} problem(s): no key can be declared unused until they are resolved")
+    else:
+        for key_id in sorted({k.key_id_hex for k in run.keyring.keys} | report.seen_keys):
+            if key_id not in in_use:
+                out(f"no object uses key {key_id}")
     out(
         f"rotated {report.copied} object(s) by copy, {report.reencrypted} by re-encryption, resealed "
         f"{report.resealed} manifest(s); {report.current} already on the primary key; "

@@ -1,0 +1,215 @@
+"""``rotate`` on moto and rclone: objects of every kind moved to a new primary key, the
+manifests naming them resealed, and nothing else changed in what Medusa sees.
+
+A mixed bucket written with key A (format 1, format 2 small, single and multipart of more than
+5 MiB, a manifest and its index copy), then key B made primary: large format 2 objects move by a
+server-side copy (the bytes sent are the trailer's), the others by re-encryption; the plaintext
+view (size, ETag, bytes) is unchanged, ``verify-bucket`` with key B alone is clean, and a second
+run does nothing. A dry run changes nothing; an interrupted run (a part of the prefix) is finished
+by the next one; a tampered object is reported and left as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.format.trailer import Trailer
+from proxy.keyfiles import load_key_ring
+from tests.functional.test_objects import MIB, payload, raw_bytes
+from tests.support.medusa_helpers import medusa_manifest
+from tests.support.servers import ProxyProcess, generate_fernet_key_file
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "proxy"]
+DATA = "node1/data/ks1/t-1/"
+MANIFEST = "node1/bk1/meta/manifest.json"
+INDEX = "index/backup_index/bk1/manifest_node1.json"
+
+
+def key_id(path: str | Path) -> str:
+    return load_key_ring([str(path)]).primary.key_id_hex
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def rotate(config: Path, bucket: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("rotate", "--config", str(config), "--bucket", bucket, *args)
+
+
+def config_with_keys(proxy: ProxyProcess, tmp_path: Path, name: str, *keys: Path) -> Path:
+    """The proxy's config with ``keys`` as its key files (the first is primary)."""
+    config = {**proxy.config, "encryption": {**proxy.config["encryption"], "key_files": [str(k) for k in keys]}}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def trailer_key(raw: Any, bucket: str, key: str) -> tuple[str, int]:
+    tail = raw_bytes(raw, bucket, key)
+    trailer = Trailer.from_tail(tail)
+    return trailer.key_id_hex, trailer.version
+
+
+def sent_for(stderr: str, key: str) -> tuple[str, int]:
+    found = re.search(rf"rotated {re.escape(key)} by (\S+): (\d+) bytes sent", stderr)
+    assert found, stderr
+    return found.group(1), int(found.group(2))
+
+
+def stored_versions(raw: Any, bucket: str) -> dict[str, str]:
+    listed = raw.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: f"{o['Size']} {o['ETag']}" for o in listed}
+
+
+def write_mixed(make_proxy: Callable[..., ProxyProcess], bucket: str) -> tuple[ProxyProcess, dict[str, bytes]]:
+    """A bucket of every kind under key A, with a manifest naming them (and its index copy)."""
+    proxy = make_proxy()  # format 1
+    client = proxy.client()
+    data = {DATA + "v1-Data.db": payload(6 * MIB + 5, 1)}
+    client.put_object(Bucket=bucket, Key=DATA + "v1-Data.db", Body=data[DATA + "v1-Data.db"])
+    proxy.restart(encryption={**proxy.config["encryption"], "format_version": 2})
+    client = proxy.client()
+    data[DATA + "small-Data.db"] = payload(100_000, 2)
+    data[DATA + "big-Data.db"] = payload(7 * MIB + 3, 3)
+    for key in (DATA + "small-Data.db", DATA + "big-Data.db"):
+        client.put_object(Bucket=bucket, Key=key, Body=data[key])
+    parts = [payload(5 * MIB, 4), payload(5 * MIB, 5), payload(MIB + 7, 6)]
+    key = DATA + "multi-Data.db"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = [
+        {
+            "PartNumber": n,
+            "ETag": client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=p)["ETag"],
+        }
+        for n, p in enumerate(parts, 1)
+    ]
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
+    data[key] = b"".join(parts)
+    entries = []
+    for path, value in data.items():
+        etag = client.head_object(Bucket=bucket, Key=path)["ETag"].strip('"')
+        entries.append((path, etag, len(value)))
+    body = medusa_manifest(entries)
+    client.put_object(Bucket=bucket, Key=MANIFEST, Body=body)
+    client.put_object(Bucket=bucket, Key=INDEX, Body=body)
+    return proxy, data
+
+
+def plaintext_view(client: Any, bucket: str, keys: list[str]) -> dict[str, tuple[int, str, str]]:
+    view = {}
+    for key in keys:
+        got = client.get_object(Bucket=bucket, Key=key)
+        body = got["Body"].read()
+        view[key] = (got["ContentLength"], got["ETag"], hashlib.md5(body).hexdigest())
+    return view
+
+
+def test_rotate_moves_a_mixed_bucket_to_the_new_key(
+    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    proxy, data = write_mixed(make_proxy, bucket)
+    old_key = Path(proxy.config["encryption"]["key_files"][0])
+    new_key = generate_fernet_key_file(tmp_path / "keys" / "new.key")
+    keys = [*data, MANIFEST, INDEX]
+    before = plaintext_view(proxy.client(), bucket, keys)
+    config = config_with_keys(proxy, tmp_path, "rotate.yaml", new_key, old_key)
+
+    stored = stored_versions(raw_client, bucket)
+    dry = rotate(config, bucket, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert stored_versions(raw_client, bucket) == stored  # nothing written
+    assert f"WOULD rotate {DATA}big-Data.db ({key_id(old_key)} (format 2)) by copy" in dry.stdout
+    assert f"WOULD rotate {DATA}small-Data.db ({key_id(old_key)} (format 2)) by re-encryption" in dry.stdout
+    assert f"WOULD rotate {DATA}v1-Data.db ({key_id(old_key)} (format 1)) by re-encryption" in dry.stdout
+    assert f"WOULD reseal manifest {MANIFEST}" in dry.stdout and f"WOULD reseal manifest {INDEX}" in dry.stdout
+
+    done = rotate(config, bucket, "--concurrency", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for key in (DATA + "big-Data.db", DATA + "multi-Data.db"):
+        how, sent = sent_for(done.stderr, key)
+        # By a server-side copy: what is sent is the trailer, not the object.
+        assert (how, sent) == ("copy", Trailer.from_tail(raw_bytes(raw_client, bucket, key)).record_len), done.stderr
+        assert sent < 1024, done.stderr
+    for key in (DATA + "small-Data.db", DATA + "v1-Data.db"):
+        how, sent = sent_for(done.stderr, key)
+        assert how == "re-encryption" and sent >= len(data[key]), done.stderr
+    for key in data:
+        assert trailer_key(raw_client, bucket, key) == (key_id(new_key), 2), key
+    assert "progress: 4/4 objects" in done.stderr
+    assert f"KEY {key_id(new_key)} (format 2): 4 object(s)" in done.stdout, done.stdout
+    assert f"KEY {key_id(new_key)}: 2 manifest(s)" in done.stdout, done.stdout
+    assert f"no object uses key {key_id(old_key)}" in done.stdout, done.stdout
+
+    # Key A can go: with key B alone the proxy serves the same view, and verify-bucket is clean.
+    only_new = config_with_keys(proxy, tmp_path, "new-only.yaml", new_key)
+    proxy.stop()
+    proxy.config = yaml.safe_load(only_new.read_text())
+    proxy.start()
+    assert plaintext_view(proxy.client(), bucket, keys) == before
+    checked = run_cli("verify-bucket", "--config", str(only_new), "--bucket", bucket, "--key-file", str(new_key))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"KEY {key_id(new_key)} (format 2): 4 object(s)" in checked.stdout
+
+    stored = stored_versions(raw_client, bucket)
+    again = rotate(config, bucket)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "rotated 0 object(s) by copy, 0 by re-encryption, resealed 0 manifest(s); 4 already" in again.stdout
+    assert stored_versions(raw_client, bucket) == stored
+
+
+def test_interrupted_rotation_resumes_and_a_tampered_object_is_left_alone(
+    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    proxy = make_proxy(encryption={"format_version": 2})
+    client = proxy.client()
+    data = {f"{DATA}{name}-Data.db": payload(size, i) for i, (name, size) in enumerate([("a", 6 * MIB), ("b", 1000)])}
+    data["node1/data/ks1/t-2/c-Data.db"] = payload(6 * MIB + 1, 9)
+    for key, value in data.items():
+        client.put_object(Bucket=bucket, Key=key, Body=value)
+    client.put_object(
+        Bucket=bucket,
+        Key=INDEX,
+        Body=medusa_manifest([(k, hashlib.md5(v).hexdigest(), len(v)) for k, v in data.items()]),
+    )
+    old_key = Path(proxy.config["encryption"]["key_files"][0])
+    new_key = generate_fernet_key_file(tmp_path / "keys" / "new.key")
+    config = config_with_keys(proxy, tmp_path, "rotate.yaml", new_key, old_key)
+    # An object edited behind the proxy's back: one byte of its trailer's MAC.
+    victim = "node1/data/ks1/t-2/c-Data.db"
+    tampered = bytearray(raw_bytes(raw_client, bucket, victim))
+    tampered[-20] ^= 1
+    raw_client.put_object(Bucket=bucket, Key=victim, Body=bytes(tampered))
+
+    # Stopped after part of the bucket (here: one table): the manifest still names the old versions.
+    first = rotate(config, bucket, "--prefix", DATA)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "rotated 1 object(s) by copy, 1 by re-encryption, resealed 0 manifest(s)" in first.stdout
+    assert trailer_key(raw_client, bucket, victim)[0] == key_id(old_key)
+
+    rest = rotate(config, bucket)
+    assert rest.returncode == 1, rest.stdout + rest.stderr
+    assert "rotated 0 object(s) by copy, 0 by re-encryption, resealed 1 manifest(s)" in rest.stdout, rest.stdout
+    assert re.search(rf"PROBLEM {re.escape(victim)}: .*not rotated", rest.stdout), rest.stdout
+    assert raw_bytes(raw_client, bucket, victim) == bytes(tampered)  # left as it was
+    # The tampered object may still need key A: no key is declared unused.
+    assert "1 problem(s): no key can be declared unused" in rest.stdout
+    assert "no object uses key" not in rest.stdout
+    proxy.restart(encryption={**proxy.config["encryption"], "key_files": [str(new_key), str(old_key)]})
+    client = proxy.client()
+    for key in list(data)[:2]:
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data[key]
+    checked = run_cli("verify-bucket", "--config", str(config), "--bucket", bucket, "--key-file", str(new_key))
+    assert checked.returncode == 1
+    assert [line for line in checked.stdout.splitlines() if line.startswith("PROBLEM")] == [
+        line for line in checked.stdout.splitlines() if line.startswith(f"PROBLEM {victim}")
+    ], checked.stdout
