@@ -25,7 +25,7 @@ from proxy.format.trailer import Trailer
 from proxy.keyfiles import load_key_ring
 from tests.functional.test_objects import MIB, payload, raw_bytes
 from tests.support.medusa_helpers import medusa_manifest
-from tests.support.servers import ProxyProcess, generate_fernet_key_file
+from tests.support.servers import ProxyProcess, S3Server, generate_fernet_key_file
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "proxy"]
@@ -115,7 +115,7 @@ def plaintext_view(client: Any, bucket: str, keys: list[str]) -> dict[str, tuple
 
 
 def test_rotate_moves_a_mixed_bucket_to_the_new_key(
-    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
+    make_proxy: Callable[..., ProxyProcess], upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
     proxy, data = write_mixed(make_proxy, bucket)
     old_key = Path(proxy.config["encryption"]["key_files"][0])
@@ -137,6 +137,12 @@ def test_rotate_moves_a_mixed_bucket_to_the_new_key(
     assert done.returncode == 0, done.stdout + done.stderr
     for key in (DATA + "big-Data.db", DATA + "multi-Data.db"):
         how, sent = sent_for(done.stderr, key)
+        if upstream.name == "rclone":
+            # rclone serve s3 accepts UploadPartCopy but stores an empty part: the upload is
+            # checked (ListParts) before it completes, and the object re-encrypted instead.
+            assert "the bucket refuses range copies" in done.stderr
+            assert (how, sent) == ("re-encryption", len(raw_bytes(raw_client, bucket, key))), done.stderr
+            continue
         # By a server-side copy: what is sent is the trailer, not the object.
         assert (how, sent) == ("copy", Trailer.from_tail(raw_bytes(raw_client, bucket, key)).record_len), done.stderr
         assert sent < 1024, done.stderr
@@ -168,7 +174,7 @@ def test_rotate_moves_a_mixed_bucket_to_the_new_key(
 
 
 def test_interrupted_rotation_resumes_and_a_tampered_object_is_left_alone(
-    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
+    make_proxy: Callable[..., ProxyProcess], upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
     proxy = make_proxy(encryption={"format_version": 2})
     client = proxy.client()
@@ -193,7 +199,8 @@ def test_interrupted_rotation_resumes_and_a_tampered_object_is_left_alone(
     # Stopped after part of the bucket (here: one table): the manifest still names the old versions.
     first = rotate(config, bucket, "--prefix", DATA)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "rotated 1 object(s) by copy, 1 by re-encryption, resealed 0 manifest(s)" in first.stdout
+    copies = 0 if upstream.name == "rclone" else 1  # rclone: no range copies (see above)
+    assert f"rotated {copies} object(s) by copy, {2 - copies} by re-encryption, resealed 0" in first.stdout
     assert trailer_key(raw_client, bucket, victim)[0] == key_id(old_key)
 
     rest = rotate(config, bucket)
