@@ -196,6 +196,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
                 prefix=args.prefix,
                 dry_run=args.dry_run,
                 concurrency=args.concurrency,
+                reencrypt=args.re_encrypt,
                 say=say,
             )
         finally:
@@ -298,6 +299,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--prefix", default="", help="only keys under this prefix (Medusa's storage prefix, with its /)")
     p.add_argument("--dry-run", action="store_true", help="list what would be rotated and the bytes it would send")
     p.add_argument("--concurrency", type=int, default=4, help="objects rotated at once (default 4)")
+    p.add_argument(
+        "--re-encrypt",
+        action="store_true",
+        help="re-encrypt instead of copying, so every object rotated gets a new data key (a compromised key)",
+    )
     p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser(

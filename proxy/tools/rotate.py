@@ -124,9 +124,16 @@ class _Changed(Exception):
 
 class _Rotation:
     def __init__(
-        self, service: ObjectService, bucket: str, dry_run: bool, concurrency: int, say: Callable[[str], None]
+        self,
+        service: ObjectService,
+        bucket: str,
+        dry_run: bool,
+        concurrency: int,
+        say: Callable[[str], None],
+        reencrypt: bool = False,
     ) -> None:
         self.service, self.bucket, self.dry_run, self.say = service, bucket, dry_run, say
+        self.reencrypt = reencrypt
         self.views = service.views
         self.upstream = service.views.upstream
         self.keyring = service.views.keyring
@@ -226,6 +233,7 @@ class _Rotation:
             trailer.version == TRAILER_VERSION_ENVELOPE
             and self.kms is None  # a KMS makes new data keys, it does not wrap ours
             and not self.copy_refused
+            and not self.reencrypt  # a compromised key: its data keys must go too
             and trailer.layout.stored_size >= MIN_PART
         )
 
@@ -489,11 +497,14 @@ async def rotate(
     prefix: str = "",
     dry_run: bool = False,
     concurrency: int = 4,
+    reencrypt: bool = False,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     out: Callable[[str], None] = print,
 ) -> RotateReport:
-    """Move every object and manifest under ``prefix`` to the primary key (see the module)."""
-    run = _Rotation(service, bucket, dry_run, concurrency, say)
+    """Move every object and manifest under ``prefix`` to the primary key (see the module);
+    ``reencrypt``: never by copy, so every object rotated gets a new data key (a compromised key
+    may have exposed the old ones, which a copy keeps)."""
+    run = _Rotation(service, bucket, dry_run, concurrency, say, reencrypt)
     report = run.report
     listed = await run.listing(prefix)
     run.listed = {o["Key"]: (int(o["Size"]), str(o.get("ETag", "")).strip('"')) for o in listed}

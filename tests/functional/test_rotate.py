@@ -133,6 +133,12 @@ def test_rotate_moves_a_mixed_bucket_to_the_new_key(
     assert f"WOULD rotate {DATA}v1-Data.db ({key_id(old_key)} (format 1)) by re-encryption" in dry.stdout
     assert f"WOULD reseal manifest {MANIFEST}" in dry.stdout and f"WOULD reseal manifest {INDEX}" in dry.stdout
 
+    # For a compromised key: never a copy, which would keep the data keys it may have exposed.
+    fresh = rotate(config, bucket, "--dry-run", "--re-encrypt")
+    assert fresh.returncode == 0 and " by copy" not in fresh.stdout, fresh.stdout + fresh.stderr
+    assert f"WOULD rotate {DATA}big-Data.db ({key_id(old_key)} (format 2)) by re-encryption" in fresh.stdout
+    assert stored_versions(raw_client, bucket) == stored
+
     done = rotate(config, bucket, "--concurrency", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     for key in (DATA + "big-Data.db", DATA + "multi-Data.db"):
