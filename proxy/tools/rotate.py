@@ -143,7 +143,7 @@ class _Rotation:
         self.report = RotateReport()
         self.copy_refused = False
         self.listed: dict[str, tuple[int, str]] = {}  # key -> stored size, ETag (unquoted), kept current
-        self.manifests: list[tuple[str, ObjectHead, bytes]] = []
+        self.manifests: list[tuple[str, ObjectHead]] = []  # read again when planned: memory stays small
         self.done = 0
 
     # --- what is there ---------------------------------------------------------------------
@@ -186,7 +186,7 @@ class _Rotation:
                 self.report.skipped_plaintext += 1  # written before the proxy: migrate's job
                 return True
             return False
-        self.manifests.append((key, head, bytes(data)))
+        self.manifests.append((key, head))
         return True
 
     async def _plan_object(self, key: str, head: ObjectHead) -> Item | None:
@@ -427,12 +427,26 @@ class _Rotation:
 
     # --- manifests -------------------------------------------------------------------------
 
-    def manifest_plan(self, key: str, head: ObjectHead, data: bytes) -> Item | None:
+    async def manifest_plan(self, key: str, head: ObjectHead) -> Item | None:
         """A sealed manifest needs resealing when another key sealed it or when an entry's
         stored size or ETag is not the object's any more (rotated by this run or an earlier one)."""
+        async with self.limit:
+            try:
+                data = await self.upstream.read_range(self.bucket, key, None, head.etag, 2 * head.size + 1)
+            except S3Error as err:
+                self.problem(key, f"{err.code} ({err.message}); changed while it was read, run rotate again")
+                return None
+        return self._manifest_item(key, head, data)
+
+    def _manifest_item(self, key: str, head: ObjectHead, data: bytes) -> Item | None:
+        try:
+            seal = find_seal(data)
+        except ManifestSealError as exc:
+            self.problem(key, f"{exc}: not resealed")
+            return None
+        if seal is None:
+            return None  # replaced meanwhile by something else: the next run sees what it is
         self.report.manifests += 1
-        seal = find_seal(data)
-        assert seal is not None
         label = f"{seal.key_id.hex()} (manifest)"
         self.report.seen_keys.add(seal.key_id.hex())
         stale = seal.key_id.hex() != self.primary_id
@@ -514,8 +528,8 @@ async def rotate(
         for item in planned:
             out(f"WOULD rotate {item.key} ({item.before}) by {item.how}: {item.sent} bytes sent")
             report.bytes_sent += item.sent
-        for key, head, data in run.manifests:
-            item_or_none = run.manifest_plan(key, head, data)
+        for key, head in run.manifests:
+            item_or_none = await run.manifest_plan(key, head)
             if item_or_none is not None:
                 out(f"WOULD reseal manifest {key} ({item_or_none.before}): about {item_or_none.sent} bytes sent")
                 report.bytes_sent += item_or_none.sent
@@ -526,7 +540,7 @@ async def rotate(
         return report
     await asyncio.gather(*(run.rotate(item, len(planned)) for item in planned))
     run.done = 0
-    reseals = [m for m in (run.manifest_plan(*entry) for entry in run.manifests) if m is not None]
+    reseals = [m for m in await asyncio.gather(*(run.manifest_plan(*entry) for entry in run.manifests)) if m]
     await asyncio.gather(*(run.reseal(item, len(reseals)) for item in reseals))
     for problem in report.problems:
         out(f"PROBLEM {problem}")
