@@ -556,7 +556,11 @@ async def rotate(
     else:
         for key_id in sorted({k.key_id_hex for k in run.keyring.keys} | report.seen_keys):
             if key_id not in in_use:
-                out(f"no object uses key {key_id}")
+                out(
+                    "no object uses the old in-Medusa encryption's keys (encryption.seed_key_files)"
+                    if key_id == "seed"
+                    else f"no object uses key {key_id}"
+                )
     out(
         f"rotated {report.copied} object(s) by copy, {report.reencrypted} by re-encryption, resealed "
         f"{report.resealed} manifest(s); {report.current} already on the primary key; "

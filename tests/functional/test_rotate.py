@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.fernet import Fernet
 
 from proxy.format.trailer import Trailer
 from proxy.keyfiles import load_key_ring
-from tests.functional.test_objects import MIB, payload, raw_bytes
+from tests.functional.test_objects import MIB, cutoff_after, payload, raw_bytes
+from tests.functional.test_seed_proxy import seed_object
 from tests.support.medusa_helpers import medusa_manifest
 from tests.support.servers import ProxyProcess, S3Server, generate_fernet_key_file
 
@@ -226,3 +228,31 @@ def test_interrupted_rotation_resumes_and_a_tampered_object_is_left_alone(
     assert [line for line in checked.stdout.splitlines() if line.startswith("PROBLEM")] == [
         line for line in checked.stdout.splitlines() if line.startswith(f"PROBLEM {victim}")
     ], checked.stdout
+
+
+def test_objects_of_the_old_in_medusa_encryption_are_re_encrypted(
+    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    fernet_key = Fernet.generate_key()
+    seed_file = tmp_path / "seed.key"
+    seed_file.write_bytes(fernet_key)
+    seed_file.chmod(0o600)
+    data = payload(2 * MIB + 17, 5)
+    key = DATA + "seed-Data.db"
+    raw_client.put_object(Bucket=bucket, Key=key, Body=seed_object(Fernet(fernet_key), data))
+    proxy = make_proxy(
+        encryption={
+            "seed_key_files": [str(seed_file)],
+            "legacy_plaintext_before": cutoff_after(raw_client, bucket, key),
+        }
+    )
+    before = plaintext_view(proxy.client(), bucket, [key])
+    config = config_with_keys(proxy, tmp_path, "rotate.yaml", *proxy.config["encryption"]["key_files"])
+    done = rotate(config, bucket)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sent_for(done.stderr, key)[0] == "re-encryption"
+    assert trailer_key(raw_client, bucket, key) == (key_id(proxy.config["encryption"]["key_files"][0]), 2)
+    assert "no object uses the old in-Medusa encryption's keys" in done.stdout, done.stdout
+    proxy.restart(encryption={"key_files": proxy.config["encryption"]["key_files"]})  # no seed keys
+    assert plaintext_view(proxy.client(), bucket, [key]) == before
+    assert before[key][2] == hashlib.md5(data).hexdigest()
