@@ -19,15 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from cryptography.fernet import Fernet
 
+from proxy.format.constants import PROVIDER_AWS_KMS
 from proxy.format.trailer import Trailer
 from proxy.keyfiles import load_key_ring
+from tests.functional.test_kms import kms_client, kms_config, stored_trailer
 from tests.functional.test_objects import MIB, cutoff_after, payload, raw_bytes
 from tests.functional.test_seed_proxy import seed_object
 from tests.support.medusa_helpers import medusa_manifest
-from tests.support.servers import ProxyProcess, S3Server, generate_fernet_key_file
+from tests.support.servers import MotoServer, ProxyProcess, S3Server, generate_fernet_key_file
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "proxy"]
@@ -256,3 +259,39 @@ def test_objects_of_the_old_in_medusa_encryption_are_re_encrypted(
     proxy.restart(encryption={"key_files": proxy.config["encryption"]["key_files"]})  # no seed keys
     assert plaintext_view(proxy.client(), bucket, [key]) == before
     assert before[key][2] == hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def kms_arn(moto_server: MotoServer) -> str:
+    return str(kms_client(moto_server).create_key(Description="rotate test")["KeyMetadata"]["Arn"])
+
+
+def test_rotation_to_a_kms_re_encrypts_with_its_data_keys(
+    make_proxy: Callable[..., ProxyProcess],
+    moto_server: MotoServer,
+    kms_arn: str,
+    bucket: str,
+    raw_client: Any,
+    tmp_path: Path,
+) -> None:
+    proxy = make_proxy(encryption={"format_version": 2})
+    data = {DATA + "a-Data.db": payload(6 * MIB, 1), DATA + "b-Data.db": payload(5000, 2)}
+    for key, value in data.items():
+        proxy.client().put_object(Bucket=bucket, Key=key, Body=value)
+    with_kms = {**proxy.config["encryption"], **kms_config(moto_server, kms_arn)}
+    config = tmp_path / "kms.yaml"
+    config.write_text(yaml.safe_dump({**proxy.config, "encryption": with_kms}))
+
+    done = rotate(config, bucket)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # A KMS makes data keys, it does not wrap the proxy's: both are re-encrypted under KMS keys.
+    assert "rotated 0 object(s) by copy, 2 by re-encryption" in done.stdout, done.stdout
+    for key in data:
+        trailer = stored_trailer(raw_client, bucket, key)
+        assert trailer.wrapped is not None and trailer.wrapped.provider == PROVIDER_AWS_KMS
+        assert trailer.wrapped.key_ref == kms_arn
+    again = rotate(config, bucket)
+    assert "rotated 0 object(s) by copy, 0 by re-encryption" in again.stdout and "2 already" in again.stdout
+    proxy.restart(encryption=with_kms)
+    for key, value in data.items():
+        assert proxy.client().get_object(Bucket=bucket, Key=key)["Body"].read() == value
