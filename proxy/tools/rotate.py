@@ -158,16 +158,23 @@ class _Rotation:
                 return contents
             params["ContinuationToken"] = page["NextContinuationToken"]
 
-    async def plan(self, key: str) -> Item | None:
-        """What ``key`` needs: None when it is on the primary key already (or not ours to rotate)."""
+    async def plan(self, listed: dict[str, Any]) -> Item | None:
+        """What a listed object needs: None when it is on the primary key already (or not ours
+        to rotate). The listing names the version (no HEAD); a write meanwhile is caught later."""
+        key = str(listed["Key"])
+        kind = self.views.policy.kind(key)
+        if kind is Kind.PLAINTEXT:
+            return None
+        etag = str(listed.get("ETag", "")).strip('"')  # rclone lists ETags unquoted, HEAD quotes them
+        head = ObjectHead(f'"{etag}"' if etag else "", int(listed["Size"]), listed["LastModified"], {})
         async with self.limit:
-            head = await self.upstream.head(self.bucket, key)
-            kind = self.views.policy.kind(key)
-            if kind is Kind.PLAINTEXT:
+            try:
+                if kind is Kind.MANIFEST and await self._sealed_manifest(key, head):
+                    return None
+                return await self._plan_object(key, head)
+            except S3Error as err:  # deleted or replaced since the listing, or the bucket refusing
+                self.problem(key, f"{err.code} ({err.message}); not rotated, run rotate again")
                 return None
-            if kind is Kind.MANIFEST and await self._sealed_manifest(key, head):
-                return None
-            return await self._plan_object(key, head)
 
     async def _sealed_manifest(self, key: str, head: ObjectHead) -> bool:
         """Remember a sealed manifest for the manifest phase; False when it is stored as an
@@ -276,7 +283,10 @@ class _Rotation:
         record = await self._rewrapped(trailer)
         data_size = trailer.layout.stored_size
         bucket, key, etag = self.bucket, item.key, item.head.etag
-        params = self._object_params(item.head)
+        now = await self.upstream.head(bucket, key)  # its metadata, and still the version planned
+        if not _same(now, item.head):
+            raise _Changed("overwritten since it was listed")
+        params = self._object_params(now)
         upload_id = await self.upstream.create_upload(bucket, key, params)
         try:
             parts = []
@@ -302,8 +312,7 @@ class _Rotation:
             self.report.bytes_sent += len(record)
             parts.append((len(parts) + 1, written.etag))
             await self._check_parts(key, upload_id, [last - first + 1 for first, last in copy_ranges(data_size)])
-            now = await self.upstream.head(bucket, key)
-            if now.etag != etag:
+            if not _same(await self.upstream.head(bucket, key), item.head):
                 raise _Changed("overwritten while it was copied")
             await self.upstream.complete_upload(bucket, key, upload_id, parts)
         except BaseException:
@@ -422,7 +431,7 @@ class _Rotation:
     async def _unchanged(self, item: Item) -> None:
         """Still the version planned (the window before a write is as short as it can be)."""
         now = await self.upstream.head(self.bucket, item.key)
-        if now.etag != item.head.etag or now.size != item.head.size:
+        if not _same(now, item.head):
             raise _Changed("overwritten while it was rotated")
 
     # --- manifests -------------------------------------------------------------------------
@@ -500,6 +509,15 @@ class _Rotation:
         self.report.problems.append(f"{key}: {reason}")
 
 
+def _same(now: ObjectHead, then: ObjectHead) -> bool:
+    """Still the version planned (by ETag and size; an upstream without ETags: by size and date)."""
+    if now.size != then.size:
+        return False
+    if now.etag.strip('"') or then.etag.strip('"'):
+        return now.etag.strip('"') == then.etag.strip('"')
+    return now.last_modified == then.last_modified
+
+
 class _CopyRefused(Exception):
     """The upstream cannot copy byte ranges server side (or did not copy the range asked)."""
 
@@ -523,7 +541,7 @@ async def rotate(
     listed = await run.listing(prefix)
     run.listed = {o["Key"]: (int(o["Size"]), str(o.get("ETag", "")).strip('"')) for o in listed}
     say(f"{bucket}/{prefix}: {len(listed)} stored objects; primary key {run.primary_id}")
-    planned = [item for item in await asyncio.gather(*(run.plan(o["Key"]) for o in listed)) if item is not None]
+    planned = [item for item in await asyncio.gather(*(run.plan(o) for o in listed)) if item is not None]
     if dry_run:
         for item in planned:
             out(f"WOULD rotate {item.key} ({item.before}) by {item.how}: {item.sent} bytes sent")
