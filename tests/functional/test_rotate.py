@@ -266,6 +266,8 @@ def kms_arn(moto_server: MotoServer) -> str:
     return str(kms_client(moto_server).create_key(Description="rotate test")["KeyMetadata"]["Arn"])
 
 
+# The KMS is moto's either way, and what rotate does there is re-encryption, run on rclone above.
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)
 def test_rotation_to_a_kms_re_encrypts_with_its_data_keys(
     make_proxy: Callable[..., ProxyProcess],
     moto_server: MotoServer,
