@@ -143,6 +143,7 @@ class _Rotation:
         self.report = RotateReport()
         self.copy_refused = False
         self.listed: dict[str, tuple[int, str]] = {}  # key -> stored size, ETag (unquoted), kept current
+        self.pending: set[str] = set()  # what a dry run would rotate: the manifests naming it too
         self.manifests: list[tuple[str, ObjectHead]] = []  # read again when planned: memory stays small
         self.done = 0
 
@@ -463,8 +464,11 @@ class _Rotation:
             text = (data[: seal.body_len] + b"]").decode("utf-8", errors="replace")
             try:
                 for _, _, entry in iter_entries(text):
-                    found = self.listed.get(str(entry.get("path")))
-                    if found is not None and SOURCE_SIZE in entry and found != (entry.get("size"), entry.get("MD5")):
+                    path = str(entry.get("path"))
+                    found = self.listed.get(path)
+                    if path in self.pending or (
+                        found is not None and SOURCE_SIZE in entry and found != (entry.get("size"), entry.get("MD5"))
+                    ):
                         stale = True
                         break
             except NotAManifest as exc:
@@ -543,6 +547,7 @@ async def rotate(
     say(f"{bucket}/{prefix}: {len(listed)} stored objects; primary key {run.primary_id}")
     planned = [item for item in await asyncio.gather(*(run.plan(o) for o in listed)) if item is not None]
     if dry_run:
+        run.pending = {item.key for item in planned}
         for item in planned:
             out(f"WOULD rotate {item.key} ({item.before}) by {item.how}: {item.sent} bytes sent")
             report.bytes_sent += item.sent
@@ -583,5 +588,6 @@ async def rotate(
         f"rotated {report.copied} object(s) by copy, {report.reencrypted} by re-encryption, resealed "
         f"{report.resealed} manifest(s); {report.current} already on the primary key; "
         f"{len(report.problems)} problem(s); {report.bytes_sent} bytes sent for {report.bytes_rotated} stored bytes"
+        + (f"; {report.skipped_plaintext} unencrypted object(s) left as they are" if report.skipped_plaintext else "")
     )
     return report
