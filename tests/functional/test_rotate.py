@@ -297,3 +297,41 @@ def test_rotation_to_a_kms_re_encrypts_with_its_data_keys(
     proxy.restart(encryption=with_kms)
     for key, value in data.items():
         assert proxy.client().get_object(Bucket=bucket, Key=key)["Body"].read() == value
+
+
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)
+def test_a_rotation_killed_mid_way_is_finished_by_the_next_run(
+    make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    proxy = make_proxy(encryption={"format_version": 2})
+    client = proxy.client()
+    data = {f"{DATA}{i}-Data.db": payload(6 * MIB if i % 2 else 50_000, i) for i in range(8)}
+    for key, value in data.items():
+        client.put_object(Bucket=bucket, Key=key, Body=value)
+    client.put_object(
+        Bucket=bucket,
+        Key=INDEX,
+        Body=medusa_manifest([(k, hashlib.md5(v).hexdigest(), len(v)) for k, v in data.items()]),
+    )
+    old_key = Path(proxy.config["encryption"]["key_files"][0])
+    new_key = generate_fernet_key_file(tmp_path / "keys" / "new.key")
+    config = config_with_keys(proxy, tmp_path, "rotate.yaml", new_key, old_key)
+    command = [*CLI, "rotate", "--config", str(config), "--bucket", bucket, "--concurrency", "1"]
+    running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert running.stderr is not None
+    for line in running.stderr:  # SIGKILL once the first object is done: no cleanup runs
+        if line.startswith("rotated "):
+            running.kill()
+            break
+    running.communicate(timeout=60)
+    keys = {key: trailer_key(raw_client, bucket, key)[0] for key in data}
+    assert key_id(new_key) in keys.values() and key_id(old_key) in keys.values(), keys
+    proxy.restart(encryption={**proxy.config["encryption"], "key_files": [str(new_key), str(old_key)]})
+    for key, value in data.items():  # each object is its old version or its new one, never half of it
+        assert proxy.client().get_object(Bucket=bucket, Key=key)["Body"].read() == value
+
+    rest = rotate(config, bucket)
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert "resealed 1 manifest(s)" in rest.stdout and f"no object uses key {key_id(old_key)}" in rest.stdout
+    checked = run_cli("verify-bucket", "--config", str(config), "--bucket", bucket, "--key-file", str(new_key))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
