@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from hmac import compare_digest
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
@@ -248,6 +249,28 @@ class Trailer:
         if self.object_stored_size != stored_size:
             raise TamperedError(f"stored size {stored_size} differs from the trailer's {self.object_stored_size}")
         return keys
+
+    def rewrapped(self, data_key: DataKey) -> bytes:
+        """This trailer's record with its data key wrapped anew (``data_key``: the same key,
+        wrapped by another master key or provider): what moves a version 2 object to a new key
+        without touching its chunks, which depend on the data key only. The MAC is recomputed,
+        since it covers the envelope fields; everything else is kept. TamperedError unless
+        ``data_key`` is the key this trailer's MAC was made with."""
+        if self.wrapped is None:
+            raise UnsupportedFormatError("a version 1 trailer has no data key to wrap again")
+        keys = _keys.derive_object_keys(data_key, self.salt)
+        if not compare_digest(_mac(keys.mac_key, self.body), self.mac):
+            raise TamperedError("the data key given is not the one this trailer was written with")
+        return encode_trailer(
+            keys,
+            chunk_size=self.chunk_size,
+            plaintext_size=self.plaintext_size,
+            etag_md5=self.etag_md5,
+            etag_parts=self.etag_parts,
+            chunk_count=self.chunk_count,
+            runs=list(self.runs),
+            object_key=self.object_key,
+        )
 
     def check_object_key(self, expected_object_key: str | None) -> None:
         """WrongObjectError if the object was written under another S3 key."""

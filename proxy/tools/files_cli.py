@@ -156,6 +156,58 @@ def cmd_restore_backup(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_rotate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from proxy.config import ConfigError, load_config
+    from proxy.metrics import Metrics
+    from proxy.objects import build_service
+    from proxy.objects.service import ObjectService
+    from proxy.tools.rotate import rotate
+    from proxy.upstream import Upstream
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
+        return 2
+    if not config.encryption.enabled:
+        print("medusa-crypt-proxy: rotate: encryption is not enabled in this config", file=sys.stderr)
+        return 2
+    say = _progress_printer()
+
+    async def run(cache_dir: str) -> bool:
+        # A cache of its own (as restore-backup), and format version 2 whatever the daemon
+        # writes: what is re-encrypted gets a data key, so the next rotation is a copy.
+        encryption = config.encryption.model_copy(update={"format_version": 2})
+        local = config.model_copy(
+            update={"encryption": encryption, "cache": config.cache.model_copy(update={"path": cache_dir + "/c.db"})}
+        )
+        upstream = Upstream(local.upstream)
+        await upstream.start()
+        service = build_service(local, upstream, Metrics())
+        assert isinstance(service, ObjectService)
+        await service.start()
+        try:
+            report = await rotate(
+                service,
+                args.bucket,
+                prefix=args.prefix,
+                dry_run=args.dry_run,
+                concurrency=args.concurrency,
+                reencrypt=args.re_encrypt,
+                say=say,
+            )
+        finally:
+            await service.close()
+            await upstream.close()
+        return report.ok
+
+    with tempfile.TemporaryDirectory(prefix="medusa-crypt-proxy-rotate-") as cache_dir:
+        return 0 if asyncio.run(run(cache_dir)) else 1
+
+
 def _progress_printer() -> Callable[[str], None]:
     """Lines to stderr; on a terminal the ``progress:`` lines overwrite each other (a bar)."""
     tty = sys.stderr.isatty()
@@ -233,6 +285,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="directory to restore into (created if missing); a rerun into it resumes, skipping verified files",
     )
     p.set_defaults(func=cmd_restore_backup)
+
+    p = sub.add_parser(
+        "rotate",
+        help="move every object and manifest to the primary key (server-side copies where it can)",
+        description="Re-wrap the data key of every object under --prefix that the primary key (the config's "
+        "first key file) does not wrap: objects of format 2 with at least 5 MiB of data by a server-side "
+        "multipart copy plus a new trailer (bytes sent: about the trailer's), the others by re-encryption; "
+        "then reseal the manifests naming them. Idempotent and resumable; ends with the key ids in use.",
+    )
+    p.add_argument("--config", required=True, help="the proxy's config file (upstream and encryption sections)")
+    p.add_argument("--bucket", required=True, help="the bucket Medusa's bucket_name names")
+    p.add_argument("--prefix", default="", help="only keys under this prefix (Medusa's storage prefix, with its /)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be rotated and the bytes it would send")
+    p.add_argument("--concurrency", type=int, default=4, help="objects rotated at once (default 4)")
+    p.add_argument(
+        "--re-encrypt",
+        action="store_true",
+        help="re-encrypt instead of copying, so every object rotated gets a new data key (a compromised key)",
+    )
+    p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser(
         "inspect",

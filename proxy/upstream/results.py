@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 META_PREFIX = "x-amz-meta-"
@@ -60,7 +60,9 @@ class Copied:
 
     @classmethod
     def from_botocore(cls, result: Mapping[str, Any]) -> Copied:
-        return cls(str(result.get("ETag", "")), result["LastModified"])
+        # rclone serve s3 answers UploadPartCopy with an empty CopyPartResult (and an empty part):
+        # no date to give, so the time of the answer; the caller checks what was copied.
+        return cls(str(result.get("ETag", "")), result.get("LastModified") or datetime.now(UTC))
 
 
 @dataclass(frozen=True, slots=True)

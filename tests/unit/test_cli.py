@@ -48,6 +48,7 @@ def test_the_walk_finds_every_subcommand() -> None:
         "verify-bucket",
         "abort-stale-uploads",
         "restore-backup",
+        "rotate",
     }
 
 
