@@ -39,7 +39,7 @@ from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_reques
 from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
 from proxy.upstream.results import Copied, ObjectHead, Opened, Written
-from proxy.upstream.streaming import Silence, StreamingBody
+from proxy.upstream.streaming import Silence, StreamingBody, first_piece_ahead
 
 __all__ = [
     "FORWARDED_HEADERS",
@@ -629,8 +629,10 @@ class Upstream:
         If ``body`` raises, the upstream request is cut short, so the upstream never stores a
         partial object, and the body's own exception is re-raised. There is no bound on the
         whole transfer; the upstream keeping it waiting ``read_timeout`` in one go (to connect,
-        to say 100 Continue, to take a piece of the body, to answer) fails it with 503.
+        to say 100 Continue, to take a piece of the body, to answer) fails it with 503. Nothing
+        is sent before the body's first piece is there (``first_piece_ahead``).
         """
+        body = await first_piece_ahead(body)
         silence = Silence(self.cfg.read_timeout)
         stream = StreamingBody(body, silence)
         try:
