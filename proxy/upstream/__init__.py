@@ -35,6 +35,7 @@ from yarl import URL
 from proxy.config import Upstream as UpstreamConfig
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
+from proxy.s3.headers import without_aws_chunked
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
 from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
@@ -752,8 +753,18 @@ _LIST_PARAMS = {
 
 
 def reply_headers(reply: ObjectHead | Opened) -> dict[str, str]:
-    """The upstream reply headers that may be forwarded to a client, user metadata included."""
+    """The upstream reply headers that may be forwarded to a client, user metadata included.
+
+    A stored ``Content-Encoding: aws-chunked`` (SeaweedFS keeps it) is a request's framing: it
+    never reaches a client (nor a copy, which takes its source's headers from here).
+    """
     headers = {name: value for name, value in reply.headers.items() if name in FORWARDED_HEADERS}
+    if "content-encoding" in headers:
+        encoding = without_aws_chunked(headers["content-encoding"])
+        if encoding:
+            headers["content-encoding"] = encoding
+        else:
+            del headers["content-encoding"]
     for name, value in reply.headers.items():
         if name.startswith("x-amz-meta-"):
             headers[name] = value
