@@ -8,10 +8,13 @@ The generic suites (objects, protocol, durability, integrity) run on SeaweedFS a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import socket
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +23,7 @@ from botocore.exceptions import ClientError
 from tests.conftest import MEDUSA_CLIENT_CONFIG
 from tests.functional.test_objects import DATA_KEY, MIB, payload, raw_bytes
 from tests.functional.test_protocol import _chunk_signed_put, assert_nothing_stored, sign
-from tests.support.servers import ProxyProcess, S3Server
+from tests.support.servers import ProxyProcess, S3Server, SeaweedFSServer
 
 pytestmark = pytest.mark.parametrize("upstream", ["seaweedfs"], indirect=True)
 
@@ -227,3 +230,44 @@ def test_delete_bucket_not_empty_through_the_proxy(proxy: ProxyProcess, upstream
         assert client.get_object(Bucket=name, Key=DATA_KEY)["Body"].read() == b"x"
     finally:
         upstream.delete_bucket(name)
+
+
+# ------------------------------------------------------------------------------------------
+# the harness: loopback only, explicit ports, stopped by its PID
+# ------------------------------------------------------------------------------------------
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of the TCP sockets ``pid`` listens on (from /proc, IPv4 and IPv6)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                found.add((address, int(port, 16)))
+    return found
+
+
+def test_weed_listens_on_loopback_ports_it_was_given_and_stops(upstream: S3Server, tmp_path: Path) -> None:
+    """A second weed beside the session's (as xdist workers run them): its own ports, all given."""
+    server = SeaweedFSServer(tmp_path / "weed").start()
+    try:
+        assert upstream.process is not None and upstream.process.proc is not None
+        assert not _listening(upstream.process.proc.pid) & _listening(server.process.proc.pid)  # type: ignore[union-attr]
+        assert server.process is not None and server.process.proc is not None
+        pid = server.process.proc.pid
+        command = server.process.log_text().splitlines()[0]
+        given = {int(arg.split("=")[1]) for arg in command.split() if ".port" in arg and arg.split("=")[1] != "0"}
+        sockets = _listening(pid)
+        assert {address for address, _ in sockets} == {"0100007F"}, sockets  # 127.0.0.1 only
+        assert {port for _, port in sockets} <= given and server.port in given
+    finally:
+        server.stop()
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
