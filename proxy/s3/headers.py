@@ -59,6 +59,15 @@ def reject_sse_c(headers: Mapping[str, str]) -> None:
         raise S3Error("NotImplemented", "SSE-C is not supported through the encrypting proxy", 501)
 
 
+def without_aws_chunked(content_encoding: str) -> str:
+    """A Content-Encoding without ``aws-chunked``: that names the request's framing, not the object's.
+
+    S3 drops it when it stores an object; SeaweedFS 4.48 keeps it for a single aws-chunked PUT and
+    sends it back on GET and HEAD, where a client would take it for the body's encoding.
+    """
+    return ",".join(e.strip() for e in content_encoding.split(",") if e.strip() and e.strip().lower() != "aws-chunked")
+
+
 def object_params(headers: Mapping[str, str]) -> dict[str, Any]:
     """botocore parameters for the attributes a client gave a new object."""
     params: dict[str, Any] = {}
@@ -68,9 +77,9 @@ def object_params(headers: Mapping[str, str]) -> dict[str, Any]:
         if lname in _OBJECT_PARAMS:
             params[_OBJECT_PARAMS[lname]] = value
         elif lname == "content-encoding":
-            encodings = [e.strip() for e in value.split(",") if e.strip() and e.strip() != "aws-chunked"]
+            encodings = without_aws_chunked(value)
             if encodings:
-                params["ContentEncoding"] = ",".join(encodings)
+                params["ContentEncoding"] = encodings
         elif lname == "expires":
             params["Expires"] = parse_http_date(value)
         elif lname.startswith("x-amz-meta-"):

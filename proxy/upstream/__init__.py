@@ -35,11 +35,12 @@ from yarl import URL
 from proxy.config import Upstream as UpstreamConfig
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
+from proxy.s3.headers import without_aws_chunked
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
 from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
 from proxy.upstream.results import Copied, ObjectHead, Opened, Written
-from proxy.upstream.streaming import Silence, StreamingBody
+from proxy.upstream.streaming import Silence, StreamingBody, first_piece_ahead
 
 __all__ = [
     "FORWARDED_HEADERS",
@@ -629,8 +630,10 @@ class Upstream:
         If ``body`` raises, the upstream request is cut short, so the upstream never stores a
         partial object, and the body's own exception is re-raised. There is no bound on the
         whole transfer; the upstream keeping it waiting ``read_timeout`` in one go (to connect,
-        to say 100 Continue, to take a piece of the body, to answer) fails it with 503.
+        to say 100 Continue, to take a piece of the body, to answer) fails it with 503. Nothing
+        is sent before the body's first piece is there (``first_piece_ahead``).
         """
+        body = await first_piece_ahead(body)
         silence = Silence(self.cfg.read_timeout)
         stream = StreamingBody(body, silence)
         try:
@@ -750,8 +753,18 @@ _LIST_PARAMS = {
 
 
 def reply_headers(reply: ObjectHead | Opened) -> dict[str, str]:
-    """The upstream reply headers that may be forwarded to a client, user metadata included."""
+    """The upstream reply headers that may be forwarded to a client, user metadata included.
+
+    A stored ``Content-Encoding: aws-chunked`` (SeaweedFS keeps it) is a request's framing: it
+    never reaches a client (nor a copy, which takes its source's headers from here).
+    """
     headers = {name: value for name, value in reply.headers.items() if name in FORWARDED_HEADERS}
+    if "content-encoding" in headers:
+        encoding = without_aws_chunked(headers["content-encoding"])
+        if encoding:
+            headers["content-encoding"] = encoding
+        else:
+            del headers["content-encoding"]
     for name, value in reply.headers.items():
         if name.startswith("x-amz-meta-"):
             headers[name] = value

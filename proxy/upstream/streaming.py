@@ -54,6 +54,34 @@ class Silence:
             self.handle = None
 
 
+async def first_piece_ahead(source: AsyncIterable[bytes | bytearray]) -> AsyncIterable[bytes | bytearray]:
+    """``source`` with its first piece already taken: the request is sent only once there is one.
+
+    A request whose head went out and whose body then failed before its first byte reaches the
+    bucket as a complete exchange when the connection closes: SeaweedFS 4.48 answers 200 to a
+    PUT cut off after its head and stores an empty object (a body cut off later is refused,
+    499). Waiting for the first piece keeps such a failure (a bad first chunk signature, a
+    client gone before sending anything) from reaching the bucket at all; the source's own
+    exception is raised here, before any request. The wait is the source's, not the upstream's.
+    """
+    iterator = aiter(source)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        return _pieces((), iterator)
+    return _pieces((first,), iterator)
+
+
+async def _pieces(
+    head: tuple[bytes | bytearray, ...], rest: AsyncIterator[bytes | bytearray]
+) -> AsyncIterator[bytes | bytearray]:
+    for piece in head:
+        yield piece
+    del head
+    async for piece in rest:
+        yield piece
+
+
 class StreamingBody:
     """A request body botocore accepts (it has ``read``) but aiohttp streams (``__aiter__``).
 

@@ -1,4 +1,5 @@
-"""Unmodified Medusa 0.31 through the real proxy, in front of moto and ``rclone serve s3``.
+"""Unmodified Medusa 0.31 through the real proxy, in front of moto and ``rclone serve s3``
+(and SeaweedFS for test_delete_and_purge_leave_no_orphans, the slim run of every step).
 
 The same scenarios as tests/e2e/test_infra.py runs straight against moto, here THROUGH the proxy:
 full backup, verify (with and without md5 checks), list-backups, download byte for byte,
@@ -417,6 +418,7 @@ def test_plaintext_backups_restore_through_proxy(
 # ------------------------------------------------------------------------------------
 
 
+@pytest.mark.all_upstreams  # the slim end to end on SeaweedFS too: full, differential, verify, download, purge
 def test_delete_and_purge_leave_no_orphans(
     upstream: S3Server,
     bucket: str,

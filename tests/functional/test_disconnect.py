@@ -59,6 +59,7 @@ def encrypted(proxy: ProxyProcess) -> float:
     return metric(proxy, "bytes_encrypted_total")
 
 
+@pytest.mark.all_upstreams  # SeaweedFS: a request cut short must store nothing
 @pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
 def test_client_gone_mid_put(
     proxy: ProxyProcess, injector: FaultInjector, raw_client: Any, bucket: str, reset: bool
@@ -82,6 +83,7 @@ def test_client_gone_mid_put(
     assert client.put_object(Bucket=bucket, Key=KEY, Body=new)["ETag"].strip('"') == hashlib.md5(new).hexdigest()
 
 
+@pytest.mark.all_upstreams  # SeaweedFS: a request cut short must store nothing
 def test_client_gone_mid_upload_part(
     proxy: ProxyProcess, injector: FaultInjector, raw_client: Any, upstream: S3Server, bucket: str
 ) -> None:

@@ -15,6 +15,9 @@ from botocore.exceptions import ClientError
 from proxy.cache import SETTLE_SECONDS
 from tests.functional.test_objects import MIB, payload, raw_bytes, s3_etag
 
+# SeaweedFS too (tests/conftest.py): a store's differences show up here first.
+pytestmark = pytest.mark.all_upstreams
+
 KEY = "node1/data/ks1/t-1/nb-1-big-Data.db"
 
 

@@ -353,6 +353,7 @@ LOST_ANSWER = (
 )
 
 
+@pytest.mark.all_upstreams  # retries on SeaweedFS: a retried part's earlier copy stays there
 @pytest.mark.parametrize("kind", ["reset_before", "reset_after", "error503", "error500"])
 def test_one_fault_per_call_is_retried(
     kind: str, proxy: ProxyProcess, injector: FaultInjector, upstream: S3Server, bucket: str, raw_client: Any
@@ -365,6 +366,7 @@ def test_one_fault_per_call_is_retried(
     assert_clean_log(proxy)
 
 
+@pytest.mark.all_upstreams  # SeaweedFS keeps a retried part's earlier copy too
 @pytest.mark.parametrize("kind", ["reset_after", "stall"])
 def test_retried_part_after_a_lost_answer(
     kind: str,
@@ -393,6 +395,7 @@ def test_retried_part_after_a_lost_answer(
     check_written(proxy, raw_client, bucket, {key: first + last})
 
 
+@pytest.mark.all_upstreams  # how SeaweedFS answers a Complete of an upload it completed
 def test_complete_whose_answer_was_lost(
     proxy: ProxyProcess, injector: FaultInjector, bucket: str, raw_client: Any
 ) -> None:

@@ -18,6 +18,9 @@ from tests.functional.test_durability import metric
 from tests.functional.test_objects import DATA_KEY, MIB, cutoff_after, payload, raw_bytes, wait_past
 from tests.support.servers import ProxyProcess
 
+# SeaweedFS too (tests/conftest.py): a store's differences show up here first.
+pytestmark = pytest.mark.all_upstreams
+
 OTHER_KEY = "node1/data/ks1/table-1/nb-2-big-Data.db"
 DAMAGED = (-1, '"00000000000000000000000000000000-0"')
 

@@ -21,6 +21,9 @@ from tests.functional.test_operations import metric, scrape
 from tests.support.medusa_helpers import medusa_manifest
 from tests.support.servers import ProxyProcess
 
+# SeaweedFS too (tests/conftest.py): a store's differences show up here first.
+pytestmark = pytest.mark.all_upstreams
+
 NODE_KEY = "node1/bk1/meta/manifest.json"
 INDEX_KEY = "index/backup_index/bk1/manifest_node1.json"
 DATA = {f"node1/data/ks1/t-1/nb-{i}-big-Data.db": payload(size, i) for i, size in enumerate([10, 3000, MIB + 7])}

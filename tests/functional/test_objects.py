@@ -16,6 +16,9 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+# SeaweedFS too (tests/conftest.py): a store's differences show up here first.
+pytestmark = pytest.mark.all_upstreams
+
 MIB = 1 << 20
 MARKER = b"PLAINTEXT-MARKER-7f3a"
 

@@ -37,6 +37,9 @@ from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
 
 from tests.support.servers import REGION, ProxyProcess, make_client
 
+# SeaweedFS too (tests/conftest.py): a store's differences show up here first.
+pytestmark = pytest.mark.all_upstreams
+
 MIB = 1 << 20
 MARKER = b"PLAINTEXT-MARKER-protocol"
 DATA_KEY = "node1/data/ks1/table-1/nb-1-big-Data.db"

