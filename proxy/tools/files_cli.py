@@ -9,7 +9,17 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from proxy.config import ConfigError
+
+if TYPE_CHECKING:
+    from proxy.config import Config
+    from proxy.objects.passthrough import PassthroughService
+    from proxy.objects.service import ObjectService
+
+    Service = PassthroughService | ObjectService
 
 
 @contextlib.contextmanager
@@ -74,7 +84,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_verify_bucket(args: argparse.Namespace) -> int:
     import asyncio
 
-    from proxy.config import ConfigError, load_upstream_config
+    from proxy.config import load_upstream_config
     from proxy.keyfiles import load_key_ring
     from proxy.tools.verify_bucket import load_options, verify_bucket
     from proxy.upstream import Upstream
@@ -83,9 +93,7 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
         upstream_config = load_upstream_config(args.config)
         options = load_options(args.config)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
-        return 2
+        return _config_problems(err)
     keyring = load_key_ring(args.key_file) if args.key_file else None
 
     async def run() -> bool:
@@ -102,32 +110,54 @@ def cmd_verify_bucket(args: argparse.Namespace) -> int:
     return 0 if asyncio.run(run()) else 1
 
 
-def cmd_restore_backup(args: argparse.Namespace) -> int:
-    import asyncio
-    from pathlib import Path
+def _config_problems(err: ConfigError) -> int:
+    """One line per problem of a config file on stderr; the exit code for a bad config."""
+    for problem in err.problems:
+        print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
+    return 2
 
-    from proxy.config import ConfigError, load_config
+
+@contextlib.asynccontextmanager
+async def _service_in_process(config: Config, **encryption: Any) -> AsyncIterator[Service]:
+    """The proxy's own service, started in this process on a cache of its own (an offline tool must
+    not depend on, or write into, a daemon's), with ``encryption`` settings replaced."""
     from proxy.metrics import Metrics
     from proxy.objects import build_service
-    from proxy.tools.restore_backup import RestoreError, restore_backup
     from proxy.upstream import Upstream
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
-        return 2
-    say = _progress_printer()
-
-    async def run(cache_dir: str) -> bool:
-        # A cache of its own: a restore must not depend on, or write into, a daemon's.
-        local = config.model_copy(update={"cache": config.cache.model_copy(update={"path": cache_dir + "/cache.db"})})
+    with tempfile.TemporaryDirectory(prefix="medusa-crypt-proxy-tool-") as cache_dir:
+        local = config.model_copy(
+            update={
+                "encryption": config.encryption.model_copy(update=encryption),
+                "cache": config.cache.model_copy(update={"path": cache_dir + "/cache.db"}),
+            }
+        )
         upstream = Upstream(local.upstream)
         await upstream.start()
         service = build_service(local, upstream, Metrics())
         await service.start()
         try:
+            yield service
+        finally:
+            await service.close()
+            await upstream.close()
+
+
+def cmd_restore_backup(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from proxy.config import load_config
+    from proxy.tools.restore_backup import RestoreError, restore_backup
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _config_problems(err)
+    say = _progress_printer()
+
+    async def run() -> bool:
+        async with _service_in_process(config) as service:
             report = await restore_backup(
                 service,
                 args.bucket,
@@ -139,9 +169,6 @@ def cmd_restore_backup(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 say=say,
             )
-        finally:
-            await service.close()
-            await upstream.close()
         summary = f"{report.restored} restored, {report.skipped} already there, {len(report.problems)} failed"
         say(f"{args.backup}: {report.files} files: {summary} ({report.bytes} bytes read)")
         for problem in report.problems:
@@ -149,8 +176,7 @@ def cmd_restore_backup(args: argparse.Namespace) -> int:
         return report.ok
 
     try:
-        with tempfile.TemporaryDirectory(prefix="medusa-crypt-proxy-restore-") as cache_dir:
-            return 0 if asyncio.run(run(cache_dir)) else 1
+        return 0 if asyncio.run(run()) else 1
     except (RestoreError, OSError) as exc:
         print(f"medusa-crypt-proxy: restore-backup: {exc}", file=sys.stderr)
         return 1
@@ -159,37 +185,24 @@ def cmd_restore_backup(args: argparse.Namespace) -> int:
 def cmd_rotate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from proxy.config import ConfigError, load_config
-    from proxy.metrics import Metrics
-    from proxy.objects import build_service
+    from proxy.config import load_config
     from proxy.objects.service import ObjectService
     from proxy.tools.rotate import rotate
-    from proxy.upstream import Upstream
 
     try:
         config = load_config(args.config)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"medusa-crypt-proxy: config error: {problem}", file=sys.stderr)
-        return 2
+        return _config_problems(err)
     if not config.encryption.enabled:
         print("medusa-crypt-proxy: rotate: encryption is not enabled in this config", file=sys.stderr)
         return 2
     say = _progress_printer()
 
-    async def run(cache_dir: str) -> bool:
-        # A cache of its own (as restore-backup), and format version 2 whatever the daemon
-        # writes: what is re-encrypted gets a data key, so the next rotation is a copy.
-        encryption = config.encryption.model_copy(update={"format_version": 2})
-        local = config.model_copy(
-            update={"encryption": encryption, "cache": config.cache.model_copy(update={"path": cache_dir + "/c.db"})}
-        )
-        upstream = Upstream(local.upstream)
-        await upstream.start()
-        service = build_service(local, upstream, Metrics())
-        assert isinstance(service, ObjectService)
-        await service.start()
-        try:
+    async def run() -> bool:
+        # Format version 2 whatever the daemon writes: what is re-encrypted gets a data key, so
+        # the next rotation is a copy.
+        async with _service_in_process(config, format_version=2) as service:
+            assert isinstance(service, ObjectService)
             report = await rotate(
                 service,
                 args.bucket,
@@ -199,13 +212,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
                 reencrypt=args.re_encrypt,
                 say=say,
             )
-        finally:
-            await service.close()
-            await upstream.close()
         return report.ok
 
-    with tempfile.TemporaryDirectory(prefix="medusa-crypt-proxy-rotate-") as cache_dir:
-        return 0 if asyncio.run(run(cache_dir)) else 1
+    return 0 if asyncio.run(run()) else 1
 
 
 def _progress_printer() -> Callable[[str], None]:
