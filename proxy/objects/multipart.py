@@ -104,13 +104,6 @@ class MultipartObjects:
         await self.store.put_part(state.upload_id, part)
         return Reply(200, {"ETag": quote_etag(part.md5.hex())})
 
-    async def upload_part_copy(self, request: Request) -> Reply:
-        raise S3Error(
-            "NotImplemented",
-            "UploadPartCopy into an encrypted object is not supported; copy with CopyObject or upload the part",
-            501,
-        )
-
     async def complete_multipart_upload(self, request: Request) -> Reply:
         state = await self._upload(request)
         listed = await completed_parts(request)

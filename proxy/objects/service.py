@@ -9,6 +9,8 @@ objects plugged in (``adjust_listing``).
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from proxy.cache import StateStore
@@ -29,6 +31,7 @@ from proxy.objects.views import Views
 from proxy.policy import Kind
 from proxy.s3 import xml
 from proxy.s3.api import Handler, Reply, Request, parse_copy_source
+from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
 
 
@@ -55,6 +58,7 @@ class ObjectService:
                 operation: self._by_upload_kind(getattr(self.multipart, method), getattr(self.plain, method))
                 for operation, method in _UPLOAD_STEPS.items()
             },
+            "UploadPartCopy": self.upload_part_copy,
         }
 
     async def handle(self, request: Request) -> Reply:
@@ -155,6 +159,33 @@ class ObjectService:
 
     # --- multipart -------------------------------------------------------------------------
 
+    async def upload_part_copy(self, request: Request) -> Reply:
+        """UploadPartCopy. Server side only between plaintext keys; otherwise the bucket would copy
+        ciphertext where plaintext belongs (or the reverse), so the source range is read through
+        the proxy (decrypted, verified) and uploaded as the part, encrypted for an encrypted key."""
+        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        key = request.key or ""
+        if not self.views.stores_encrypted(key) and self.policy.kind(src_key) is Kind.PLAINTEXT:
+            return await self.plain.upload_part_copy(request)
+        wanted = _copy_source_range(request.headers.get("x-amz-copy-source-range"))
+        headers = copy_source_condition_headers(request)
+        if wanted is not None:
+            headers["range"] = f"bytes={wanted[0]}-{wanted[1]}"
+        read = Request("GetObject", src_bucket, src_key, {}, headers, scope=request.scope)
+        with copy_source_conditions():
+            source = await self.get_object(read)
+        if wanted is not None and source.length != wanted[1] - wanted[0] + 1:
+            await _close(source)
+            raise S3Error(
+                "InvalidRange", f"The x-amz-copy-source-range is not within the source object ({src_key!r}).", 416
+            )
+        part = Request("UploadPart", request.bucket, key, request.query, {}, ReplyBody(source), scope=request.scope)
+        if self.views.stores_encrypted(key):
+            written = await self.multipart.upload_part(part)
+        else:
+            written = await self.plain.upload_part(part)
+        return Reply.xml(xml.copy_part_result(written.headers["ETag"], datetime.now(UTC)))
+
     def _by_upload_kind(self, encrypted: Handler, plain: Handler) -> Handler:
         """A multipart operation: ``encrypted`` for keys stored encrypted (every kind but
         plaintext), else ``plain``."""
@@ -167,10 +198,26 @@ class ObjectService:
         return step
 
 
+def _copy_source_range(value: str | None) -> tuple[int, int] | None:
+    """``x-amz-copy-source-range`` (``bytes=first-last``, both given, as S3 requires) or None."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*bytes=(\d+)-(\d+)\s*", value)
+    if match is None or int(match[1]) > int(match[2]):
+        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400)
+    return int(match[1]), int(match[2])
+
+
+async def _close(reply: Reply) -> None:
+    """Stop a reply's body that will not be read (its upstream read with it)."""
+    close = getattr(reply.body, "aclose", None)
+    if close is not None:
+        await close()
+
+
 _UPLOAD_STEPS = {
     "CreateMultipartUpload": "create_multipart_upload",
     "UploadPart": "upload_part",
-    "UploadPartCopy": "upload_part_copy",
     "CompleteMultipartUpload": "complete_multipart_upload",
     "AbortMultipartUpload": "abort_multipart_upload",
     "ListParts": "list_parts",

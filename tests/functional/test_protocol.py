@@ -733,21 +733,6 @@ def test_list_parts_plaintext_sizes_and_abort(proxy_client: Any, raw_client: Any
     assert raw_keys(raw_client, bucket) == []
 
 
-def test_upload_part_copy_into_data_is_not_implemented(proxy_client: Any, raw_client: Any, bucket: str) -> None:
-    proxy_client.put_object(Bucket=bucket, Key="src/data/a", Body=payload(MIB, 12))
-    upload_id = proxy_client.create_multipart_upload(Bucket=bucket, Key=DATA_KEY)["UploadId"]
-    assert client_error(
-        proxy_client.upload_part_copy,
-        Bucket=bucket,
-        Key=DATA_KEY,
-        UploadId=upload_id,
-        PartNumber=1,
-        CopySource={"Bucket": bucket, "Key": "src/data/a"},
-    ) == ("NotImplemented", 501)
-    assert raw_client.list_parts(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id).get("Parts", []) == []
-    proxy_client.abort_multipart_upload(Bucket=bucket, Key=DATA_KEY, UploadId=upload_id)
-
-
 def test_copy_object_metadata_key_passthrough(proxy_client: Any, raw_client: Any, bucket: str) -> None:
     data = b'{"tokens": [1, 2, 3]} ' + MARKER
     proxy_client.put_object(Bucket=bucket, Key=META_KEY, Body=data, ContentType="application/json")
