@@ -17,6 +17,7 @@ from proxy.s3.api import Body, Handler, Reply, Request, parse_copy_source
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     INTERNAL_META_PREFIX,
+    body_limit,
     bucket_params,
     conditional_params,
     int_param,
@@ -24,8 +25,9 @@ from proxy.s3.headers import (
     quote_etag,
     reject_sse_c,
     response_override_params,
+    storage_params,
 )
-from proxy.upstream import ObjectHead, Opened, Upstream, reply_headers
+from proxy.upstream import ObjectHead, Opened, Upstream, reply_headers, write_headers
 
 MAX_XML_BODY = 4 << 20
 
@@ -204,18 +206,21 @@ class PassthroughService:
         body = request_body(request)
         params = object_params(request.headers)
         bucket, key, length = request.bucket or "", request.key or "", _length(body)
-        if length <= SMALL_BODY:  # whole: verified before it is sent, and retryable
-            written = await self.upstream.put(bucket, key, await body.read_all(SMALL_BODY), params)
+        limit = body_limit(params, SMALL_BODY)
+        if length <= limit:  # whole: verified before it is sent, and retryable
+            written = await self.upstream.put(bucket, key, await body.read_all(limit), params)
         else:
             written = await self.upstream.put(bucket, key, body, params, length)
-        return Reply(200, {"ETag": quote_etag(written.etag)})
+        return Reply(200, {"ETag": quote_etag(written.etag), **write_headers(written.headers)})
 
     async def copy_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
         params = self._copy_params(request)
         copied = await self.upstream.copy(request.bucket or "", request.key or "", (src_bucket, src_key), params)
-        return Reply.xml(xml.copy_object_result(copied.etag, copied.last_modified))
+        reply = Reply.xml(xml.copy_object_result(copied.etag, copied.last_modified))
+        reply.headers.update(write_headers(copied.headers))
+        return reply
 
     @staticmethod
     def _copy_params(request: Request) -> dict[str, Any]:
@@ -225,8 +230,10 @@ class PassthroughService:
             params["MetadataDirective"] = directive
         if directive == "REPLACE":
             params.update(object_params(request.headers))
-        elif request.headers.get("x-amz-storage-class"):
-            params["StorageClass"] = request.headers["x-amz-storage-class"]
+        else:
+            params.update(storage_params(request.headers))
+            if request.headers.get("x-amz-storage-class"):
+                params["StorageClass"] = request.headers["x-amz-storage-class"]
         for name, param in (
             ("x-amz-copy-source-if-match", "CopySourceIfMatch"),
             ("x-amz-copy-source-if-none-match", "CopySourceIfNoneMatch"),
@@ -266,11 +273,13 @@ class PassthroughService:
     async def create_multipart_upload(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         bucket, key = request.bucket or "", request.key or ""
-        upload_id = await self.upstream.create_upload(bucket, key, object_params(request.headers))
+        created = await self.upstream.create_upload(bucket, key, object_params(request.headers))
         if self.metrics is not None:
-            self._uploads.add(upload_id)
+            self._uploads.add(created.upload_id)
             self.metrics.multipart_started()
-        return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
+        reply = Reply.xml(xml.initiate_multipart(bucket, key, created.upload_id))
+        reply.headers.update(write_headers(created.headers))
+        return reply
 
     async def upload_part(self, request: Request) -> Reply:
         body = request_body(request)
@@ -279,7 +288,7 @@ class PassthroughService:
             written = await self.upstream.upload_part(*step, await body.read_all(SMALL_BODY))
         else:
             written = await self.upstream.upload_part(*step, body, _length(body))
-        return Reply(200, {"ETag": quote_etag(written.etag)})
+        return Reply(200, {"ETag": quote_etag(written.etag), **write_headers(written.headers)})
 
     async def upload_part_copy(self, request: Request) -> Reply:
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
@@ -294,7 +303,9 @@ class PassthroughService:
             (src_bucket, src_key),
             params,
         )
-        return Reply.xml(xml.copy_part_result(copied.etag, copied.last_modified))
+        reply = Reply.xml(xml.copy_part_result(copied.etag, copied.last_modified))
+        reply.headers.update(write_headers(copied.headers))
+        return reply
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
         parts = await completed_parts(request)
@@ -302,7 +313,9 @@ class PassthroughService:
         listed = [(p.part_number, quote_etag(p.etag)) for p in parts]
         done = await self.upstream.complete_upload(bucket, key, request.query["uploadId"], listed)
         self._finished(request.query["uploadId"])
-        return Reply.xml(xml.complete_multipart(done.location, bucket, key, done.etag))
+        reply = Reply.xml(xml.complete_multipart(done.location, bucket, key, done.etag))
+        reply.headers.update(write_headers(done.headers))
+        return reply
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
         upload_id = request.query["uploadId"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -57,10 +57,19 @@ class Copied:
 
     etag: str
     last_modified: datetime
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_botocore(cls, result: Mapping[str, Any]) -> Copied:
-        return cls(str(result.get("ETag", "")), result["LastModified"])
+    def from_botocore(cls, result: Mapping[str, Any], reply: Mapping[str, Any] | None = None) -> Copied:
+        return cls(str(result.get("ETag", "")), result["LastModified"], _headers_of(reply or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What CreateMultipartUpload answers: the upload id and the reply headers."""
+
+    upload_id: str
+    headers: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from proxy.s3.errors import S3Error
-from proxy.upstream.results import Copied, ObjectHead, Opened, Written
+from proxy.upstream.results import Copied, Created, ObjectHead, Opened, Written
 
 
 @dataclass
@@ -133,8 +133,9 @@ class FakeUpstream:
             params["MaxKeys"] = int(dict(query)["max-keys"])
         return await self.call("list_objects_v2", Bucket=bucket, **params)
 
-    async def create_upload(self, bucket: str, key: str, params: dict[str, Any]) -> str:
-        return str((await self.call("create_multipart_upload", Bucket=bucket, Key=key, **params))["UploadId"])
+    async def create_upload(self, bucket: str, key: str, params: dict[str, Any]) -> Created:
+        reply = await self.call("create_multipart_upload", Bucket=bucket, Key=key, **params)
+        return Created(str(reply["UploadId"]), {})
 
     async def upload_part(
         self,
