@@ -25,7 +25,7 @@ from proxy.format.seed import (
     seed_stored_range,
 )
 from proxy.format.trailer import Trailer
-from proxy.objects.passthrough import SMALL_BODY, request_body, visible_headers
+from proxy.objects.passthrough import SMALL_BODY, request_body, visible_headers, write_conditions
 from proxy.objects.views import ObjectChanged, View, Views
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request, parse_copy_source
@@ -121,9 +121,10 @@ class EncryptedObjects:
         body = request_body(request)
         if body.length is None:
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-        written = await self.put_stream(
-            request.bucket or "", request.key or "", body, body.length, object_params(request.headers)
-        )
+        bucket, key = request.bucket or "", request.key or ""
+        params = object_params(request.headers)
+        params.update(await write_conditions(request.headers, self.views.current_etags(bucket, key)))
+        written = await self.put_stream(bucket, key, body, body.length, params)
         return Reply(200, {"ETag": quote_etag(written.etag), **write_headers(written.headers)})
 
     async def put_stream(

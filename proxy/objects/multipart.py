@@ -19,7 +19,7 @@ from proxy.format.codec import (
 from proxy.format.keys import DataKey, derive_object_keys
 from proxy.format.layout import part_stored_size
 from proxy.format.trailer import Trailer
-from proxy.objects.passthrough import completed_parts, part_number, request_body
+from proxy.objects.passthrough import completed_parts, part_number, request_body, write_conditions
 from proxy.objects.views import View, Views
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request
@@ -148,13 +148,16 @@ class MultipartObjects:
         # proxy was killed, the client gave up waiting): then its object may be stored already.
         done = await self._completed_object(state, trailer) if state.completing else None
         if done is None:
+            conditions = await write_conditions(request.headers, self.views.current_etags(state.bucket, state.key))
             await self.store.mark_completing(state.upload_id)
             try:
                 final = await self.upstream.upload_part(
                     state.bucket, state.key, state.upload_id, final_number, final_body
                 )
                 upstream_parts.append((final_number, final.etag))
-                done = await self.upstream.complete_upload(state.bucket, state.key, state.upload_id, upstream_parts)
+                done = await self.upstream.complete_upload(
+                    state.bucket, state.key, state.upload_id, upstream_parts, conditions
+                )
             except S3Error as err:
                 # A concurrent (or lost) Complete may have finished it meanwhile: the upstream then
                 # answers NoSuchUpload (rclone, AWS) or an error (moto's 500 for a part after it).

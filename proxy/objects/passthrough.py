@@ -8,7 +8,7 @@ connections (``proxy.s3.frontend`` does) nor the object format (``proxy.format``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from proxy.metrics import Metrics
@@ -204,8 +204,9 @@ class PassthroughService:
     async def put_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         body = request_body(request)
-        params = object_params(request.headers)
         bucket, key, length = request.bucket or "", request.key or "", _length(body)
+        params = object_params(request.headers)
+        params.update(await write_conditions(request.headers, self.current_etags(bucket, key)))
         limit = body_limit(params, SMALL_BODY)
         if length <= limit:  # whole: verified before it is sent, and retryable
             written = await self.upstream.put(bucket, key, await body.read_all(limit), params)
@@ -311,7 +312,8 @@ class PassthroughService:
         parts = await completed_parts(request)
         bucket, key = request.bucket or "", request.key or ""
         listed = [(p.part_number, quote_etag(p.etag)) for p in parts]
-        done = await self.upstream.complete_upload(bucket, key, request.query["uploadId"], listed)
+        conditions = await write_conditions(request.headers, self.current_etags(bucket, key))
+        done = await self.upstream.complete_upload(bucket, key, request.query["uploadId"], listed, conditions)
         self._finished(request.query["uploadId"])
         reply = Reply.xml(xml.complete_multipart(done.location, bucket, key, done.etag))
         reply.headers.update(write_headers(done.headers))
@@ -327,6 +329,20 @@ class PassthroughService:
             raise
         self._finished(upload_id)
         return Reply(204)
+
+    def current_etags(self, bucket: str, key: str) -> CurrentEtags:
+        """``write_conditions``' look at a plaintext key: its ETag is the stored one."""
+
+        async def current() -> tuple[str, str] | None:
+            try:
+                head = await self.upstream.head(bucket, key)
+            except S3Error as err:
+                if err.status == 404:
+                    return None
+                raise
+            return head.etag, head.etag
+
+        return current
 
     def _finished(self, upload_id: str) -> None:
         if upload_id in self._uploads:
@@ -367,6 +383,40 @@ class PassthroughService:
 
 
 SMALL_BODY = 1 << 20
+
+#: The ETag a client sees of the object now at a key and the bucket's ETag of it; None: no object.
+CurrentEtags = Callable[[], Awaitable[tuple[str, str] | None]]
+
+
+async def write_conditions(headers: Mapping[str, str], current: CurrentEtags) -> dict[str, Any]:
+    """A conditional write's ``If-Match`` / ``If-None-Match: *`` (PutObject, Complete) checked
+    as S3 checks them, and botocore's IfMatch / IfNoneMatch for the bucket's final write.
+
+    The check here is on the client's view (the plaintext ETag of an encrypted object); the
+    bucket then gets the condition on the stored version found, so a write landing in between
+    is refused by a bucket that supports conditional writes (AWS, moto). One that ignores them
+    (rclone) has only this check: a race of two writers between it and the write is lost.
+    """
+    if_match, if_none_match = headers.get("if-match"), headers.get("if-none-match")
+    if if_match is None and if_none_match is None:
+        return {}
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise S3Error("NotImplemented", "A header you provided implies functionality that is not implemented", 501)
+    found = await current()
+    params: dict[str, Any] = {}
+    if if_none_match is not None:
+        if found is not None:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+        params["IfNoneMatch"] = "*"
+    if if_match is not None:
+        if found is None:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
+        wanted = {quote_etag(etag) for etag in if_match.split(",") if etag.strip()}
+        if quote_etag("*") not in wanted and quote_etag(found[0]) not in wanted:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+        if found[1].strip('"'):
+            params["IfMatch"] = found[1]
+    return params
 
 
 def _length(body: Body) -> int:

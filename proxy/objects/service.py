@@ -13,7 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.cache import StateStore
+from proxy.cache import CompletedUpload, StateStore
 from proxy.config import Config
 from proxy.format.keys import KeyRing
 from proxy.keyfiles import load_key_ring
@@ -59,6 +59,7 @@ class ObjectService:
                 for operation, method in _UPLOAD_STEPS.items()
             },
             "UploadPartCopy": self.upload_part_copy,
+            "CompleteMultipartUpload": self.complete_multipart_upload,
         }
 
     async def handle(self, request: Request) -> Reply:
@@ -159,6 +160,27 @@ class ObjectService:
 
     # --- multipart -------------------------------------------------------------------------
 
+    async def complete_multipart_upload(self, request: Request) -> Reply:
+        """Complete; its answer is kept a while (``proxy.cache.COMPLETED_SECONDS``) and given
+        again to a repeated Complete of the same upload, as S3 does (a client retries one whose
+        answer it lost), where the upload is gone (NoSuchUpload) from the state and the bucket."""
+        bucket, key, upload_id = request.bucket or "", request.key or "", request.query["uploadId"]
+        try:
+            if self.views.stores_encrypted(key):
+                reply = await self.multipart.complete_multipart_upload(request)
+            else:
+                reply = await self.plain.complete_multipart_upload(request)
+        except S3Error as err:
+            if err.code != "NoSuchUpload":
+                raise
+            done = await self.store.get_completed(upload_id)
+            if done is None or (done.bucket, done.key) != (bucket, key):
+                raise
+            return Reply(200, dict(done.headers), done.body)
+        if isinstance(reply.body, bytes):
+            await self.store.put_completed(CompletedUpload(upload_id, bucket, key, dict(reply.headers), reply.body))
+        return reply
+
     async def upload_part_copy(self, request: Request) -> Reply:
         """UploadPartCopy. Server side only between plaintext keys; otherwise the bucket would copy
         ciphertext where plaintext belongs (or the reverse), so the source range is read through
@@ -218,7 +240,6 @@ async def _close(reply: Reply) -> None:
 _UPLOAD_STEPS = {
     "CreateMultipartUpload": "create_multipart_upload",
     "UploadPart": "upload_part",
-    "CompleteMultipartUpload": "complete_multipart_upload",
     "AbortMultipartUpload": "abort_multipart_upload",
     "ListParts": "list_parts",
 }

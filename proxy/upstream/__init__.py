@@ -486,11 +486,24 @@ class Upstream:
             return Written.from_botocore(await self.call("upload_part", Body=body, **params))
         return await self._send_stream("upload_part", body, length, **params)
 
-    async def complete_upload(self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Written:
-        """CompleteMultipartUpload of ``parts`` (number, ETag as the bucket gave it)."""
+    async def complete_upload(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        conditions: Mapping[str, Any] | None = None,
+    ) -> Written:
+        """CompleteMultipartUpload of ``parts`` (number, ETag as the bucket gave it); ``conditions``
+        are botocore's IfMatch / IfNoneMatch."""
         listed = [{"PartNumber": number, "ETag": etag} for number, etag in parts]
         reply = await self.call(
-            "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+            "complete_multipart_upload",
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": listed},
+            **(conditions or {}),
         )
         return Written.from_botocore(reply)
 

@@ -150,7 +150,14 @@ class FakeUpstream:
         reply = await self.call("upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
         return Written.from_botocore(reply)
 
-    async def complete_upload(self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Written:
+    async def complete_upload(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        conditions: Mapping[str, Any] | None = None,
+    ) -> Written:
         listed = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}
         reply = await self.call(
             "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=listed
