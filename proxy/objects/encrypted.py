@@ -25,7 +25,13 @@ from proxy.format.seed import (
     seed_stored_range,
 )
 from proxy.format.trailer import Trailer
-from proxy.objects.passthrough import SMALL_BODY, request_body, visible_headers, write_conditions
+from proxy.objects.passthrough import (
+    SMALL_BODY,
+    request_body,
+    verified_checksum,
+    visible_headers,
+    write_conditions,
+)
 from proxy.objects.views import ObjectChanged, View, Views
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request, parse_copy_source
@@ -125,7 +131,9 @@ class EncryptedObjects:
         params = object_params(request.headers)
         params.update(await write_conditions(request.headers, self.views.current_etags(bucket, key)))
         written = await self.put_stream(bucket, key, body, body.length, params)
-        return Reply(200, {"ETag": quote_etag(written.etag), **write_headers(written.headers)})
+        return Reply(
+            200, {"ETag": quote_etag(written.etag), **write_headers(written.headers), **verified_checksum(body)}
+        )
 
     async def put_stream(
         self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any]

@@ -19,7 +19,13 @@ from proxy.format.codec import (
 from proxy.format.keys import DataKey, derive_object_keys
 from proxy.format.layout import part_stored_size
 from proxy.format.trailer import Trailer
-from proxy.objects.passthrough import completed_parts, part_number, request_body, write_conditions
+from proxy.objects.passthrough import (
+    completed_parts,
+    part_number,
+    request_body,
+    verified_checksum,
+    write_conditions,
+)
 from proxy.objects.views import View, Views
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request
@@ -107,7 +113,7 @@ class MultipartObjects:
             part = PartState(number, body.length, encryptor.md5, stored_size, written.etag, None)
             headers = write_headers(written.headers)
         await self.store.put_part(state.upload_id, part)
-        return Reply(200, {"ETag": quote_etag(part.md5.hex()), **headers})
+        return Reply(200, {"ETag": quote_etag(part.md5.hex()), **headers, **verified_checksum(body)})
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
         state = await self._upload(request)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from proxy.metrics import Metrics
 from proxy.s3 import xml
 from proxy.s3.api import Body, Handler, Reply, Request, parse_copy_source
+from proxy.s3.checksums import BodyChecksums
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     INTERNAL_META_PREFIX,
@@ -212,7 +213,9 @@ class PassthroughService:
             written = await self.upstream.put(bucket, key, await body.read_all(limit), params)
         else:
             written = await self.upstream.put(bucket, key, body, params, length)
-        return Reply(200, {"ETag": quote_etag(written.etag), **write_headers(written.headers)})
+        return Reply(
+            200, {"ETag": quote_etag(written.etag), **write_headers(written.headers), **verified_checksum(body)}
+        )
 
     async def copy_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
@@ -289,7 +292,9 @@ class PassthroughService:
             written = await self.upstream.upload_part(*step, await body.read_all(SMALL_BODY))
         else:
             written = await self.upstream.upload_part(*step, body, _length(body))
-        return Reply(200, {"ETag": quote_etag(written.etag), **write_headers(written.headers)})
+        return Reply(
+            200, {"ETag": quote_etag(written.etag), **write_headers(written.headers), **verified_checksum(body)}
+        )
 
     async def upload_part_copy(self, request: Request) -> Reply:
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
@@ -444,6 +449,17 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     if handler is None:
         raise S3Error("NotImplemented", f"{request.operation} is not supported by this proxy", 501)
     return await handler(request)
+
+
+def verified_checksum(body: Body) -> dict[str, str]:
+    """The ``x-amz-checksum-*`` of a write's answer: the client's own, which the proxy verified
+    over the bytes it received (plaintext). Never the bucket's: that one is of what is stored
+    (ciphertext, for an encrypted key). Call once the body was read whole."""
+    checksums = getattr(body, "checksums", None)
+    if not isinstance(checksums, BodyChecksums) or checksums.algorithm is None:
+        return {}
+    value = checksums.checksum_b64()
+    return {checksums.algorithm.header: value} if value else {}
 
 
 def request_body(request: Request) -> Body:

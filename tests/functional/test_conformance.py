@@ -6,6 +6,7 @@ Each test runs on moto and on rclone, through one proxy whose ``enc/`` keys are 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import uuid
@@ -251,3 +252,41 @@ def test_a_repeated_complete_answers_the_same(client: Any, raw_client: Any, buck
         if kind == "enc":
             assert error_of(client.complete_multipart_upload, **{**step, "Key": "enc/other"})[0] == "NoSuchUpload"
             assert error_of(client.complete_multipart_upload, **{**step, "UploadId": "nope"})[0] == "NoSuchUpload"
+
+
+def test_writes_answer_version_id_and_the_clients_checksum(
+    client: Any, raw_client: Any, upstream: S3Server, bucket: str
+) -> None:
+    """PutObject, CopyObject and Complete give the version the bucket stored; PutObject and
+    UploadPart the client's checksum (verified by the proxy over the plaintext it received),
+    never one of the stored ciphertext."""
+    with contextlib.suppress(ClientError):  # rclone has no versioning: no version ids at all
+        raw_client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    data = payload(5 * MIB + 1, 9)
+    sha = hashlib.sha256(data).digest()
+    for kind in KINDS:
+        key = f"{kind}/v"
+        put = client.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+        assert base64.b64decode(put["ChecksumSHA256"]) == sha
+        assert put.get("VersionId") == raw_client.head_object(Bucket=bucket, Key=key).get("VersionId")
+        assert bool(put.get("VersionId")) == (upstream.name == "moto")
+        copied = client.copy_object(Bucket=bucket, Key=f"{kind}/c", CopySource={"Bucket": bucket, "Key": key})
+        assert copied.get("VersionId") == raw_client.head_object(Bucket=bucket, Key=f"{kind}/c").get("VersionId")
+        upload = client.create_multipart_upload(Bucket=bucket, Key=f"{kind}/m", ChecksumAlgorithm="SHA256")
+        part = client.upload_part(
+            Bucket=bucket,
+            Key=f"{kind}/m",
+            UploadId=upload["UploadId"],
+            PartNumber=1,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+        )
+        assert base64.b64decode(part["ChecksumSHA256"]) == sha
+        done = client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=f"{kind}/m",
+            UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        )
+        assert done.get("VersionId") == raw_client.head_object(Bucket=bucket, Key=f"{kind}/m").get("VersionId")
+        assert client.get_object(Bucket=bucket, Key=f"{kind}/m")["Body"].read() == data
