@@ -178,7 +178,12 @@ class PassthroughService:
         query = [*wanted, ("max-keys", str(max_keys))]
         if fetch_owner:
             query.append(("fetch-owner", "true"))
-        return await self.upstream.list_page(request.bucket or "", query, v2)
+        page = await self.upstream.list_page(request.bucket or "", query, v2)
+        # The Prefix is the client's own, as S3 answers it: upstreams differ on whether theirs is
+        # URL-encoded under encoding-type=url (moto's is not), so decoding it could change it.
+        page["Prefix"] = q.get("prefix", "")
+        page.pop("EncodingType", None)
+        return page
 
     # --- objects -------------------------------------------------------------------------
 

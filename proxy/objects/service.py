@@ -10,6 +10,7 @@ objects plugged in (``adjust_listing``).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,7 +126,15 @@ class ObjectService:
         return await self.encrypted.put_object(request)
 
     async def copy_object(self, request: Request) -> Reply:
-        _, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        if (src_bucket, src_key) == (request.bucket, request.key) and not _changes_the_object(request.headers):
+            raise S3Error(
+                "InvalidRequest",
+                "This copy request is illegal because it is trying to copy an object to itself without "
+                "changing the object's metadata, storage class, website redirect location or encryption "
+                "attributes.",
+                400,
+            )
         kinds = {self.policy.kind(request.key or ""), self.policy.kind(src_key)}
         if Kind.MANIFEST in kinds:
             return await self._copy_by_reading(request)
@@ -218,6 +227,18 @@ class ObjectService:
             return await plain(request)
 
         return step
+
+
+def _changes_the_object(headers: Mapping[str, str]) -> bool:
+    """Whether a copy of an object onto itself changes anything (S3 refuses one that does not;
+    through the proxy it would be a new encryption of the same plaintext)."""
+    if headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
+        return True
+    return any(
+        name.lower() in ("x-amz-storage-class", "x-amz-website-redirect-location")
+        or name.lower().startswith("x-amz-server-side-encryption")
+        for name in headers
+    )
 
 
 def _copy_source_range(value: str | None) -> tuple[int, int] | None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiobotocore.session
 import aiohttp
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError, ReadTimeoutError
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
@@ -37,7 +37,7 @@ from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import LOCK_PARAMS
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
-from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
+from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, param_error_to_s3, timeout_kind
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
 from proxy.upstream.results import Copied, Created, ObjectHead, Opened, Written
 from proxy.upstream.streaming import Silence, StreamingBody
@@ -642,7 +642,10 @@ class Upstream:
             self.metrics.add_upstream_bytes(sent=sent)
 
     def _unreachable(self, operation: str, exc: BotoCoreError, sent: int = 0) -> S3Error:
-        """botocore gave up on the connection (after its retries): 503, timeouts counted as such."""
+        """botocore gave up on the connection (after its retries): 503, timeouts counted as such;
+        a request botocore refused to send (ParamValidationError) is the client's 400."""
+        if isinstance(exc, ParamValidationError):
+            return param_error_to_s3(exc)
         kind = timeout_kind(exc)
         if kind is not None:
             return self._timed_out(operation, kind, sent=sent)

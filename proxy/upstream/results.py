@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 META_PREFIX = "x-amz-meta-"
@@ -61,7 +61,9 @@ class Copied:
 
     @classmethod
     def from_botocore(cls, result: Mapping[str, Any], reply: Mapping[str, Any] | None = None) -> Copied:
-        return cls(str(result.get("ETag", "")), result["LastModified"], _headers_of(reply or {}))
+        # rclone's copy of an object onto itself answers no LastModified: the copy's time then.
+        modified = result.get("LastModified") or datetime.now(UTC)
+        return cls(str(result.get("ETag", "")), modified, _headers_of(reply or {}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from tests.functional.test_protocol import send, sign, signed_request
 from tests.support.servers import ProxyProcess, S3Server
 
 MIB = 1 << 20
@@ -290,3 +292,44 @@ def test_writes_answer_version_id_and_the_clients_checksum(
         )
         assert done.get("VersionId") == raw_client.head_object(Bucket=bucket, Key=f"{kind}/m").get("VersionId")
         assert client.get_object(Bucket=bucket, Key=f"{kind}/m")["Body"].read() == data
+
+
+def test_not_modified_copy_onto_itself_bad_metadata_and_v1_prefix(
+    mixed_proxy: ProxyProcess, client: Any, raw_client: Any, bucket: str
+) -> None:
+    """304 names the version (ETag); a copy onto itself changing nothing is S3's 400; a header
+    botocore cannot send is the client's 400, not a 503; a v1 listing's Prefix is plain text
+    without encoding-type=url."""
+    for kind in KINDS:
+        key = f"{kind}/same"
+        etag = client.put_object(Bucket=bucket, Key=key, Body=b"same", Metadata={"a": "1"})["ETag"]
+        assert etag.strip('"') == hashlib.md5(b"same").hexdigest()
+        for call in (client.head_object, client.get_object):
+            with pytest.raises(ClientError) as caught:
+                call(Bucket=bucket, Key=key, IfNoneMatch=etag)
+            response = caught.value.response
+            assert response["ResponseMetadata"]["HTTPStatusCode"] == 304
+            assert response["ResponseMetadata"]["HTTPHeaders"].get("etag") == etag
+        source = {"Bucket": bucket, "Key": key}
+        assert error_of(client.copy_object, Bucket=bucket, Key=key, CopySource=source) == ("InvalidRequest", 400)
+        client.copy_object(Bucket=bucket, Key=key, CopySource=source, MetadataDirective="REPLACE", Metadata={"a": "2"})
+        assert client.head_object(Bucket=bucket, Key=key)["Metadata"] == {"a": "2"}
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"same"
+
+        # Metadata in UTF-8, which botocore refuses to send (non-ASCII): the client's error.
+        target = f"/{bucket}/{kind}/bad"
+        headers = sign(mixed_proxy, "PUT", target, headers={"x-amz-meta-k": "caf\u00e9"}, body=b"x")
+        headers["x-amz-meta-k"] = "caf\u00e9".encode().decode("latin-1")  # http.client sends latin-1
+        bad = send(mixed_proxy, "PUT", target, headers, b"x")
+        assert (bad.status, bad.code) == (400, "InvalidArgument"), bad.body
+        # Latin-1 bytes (not UTF-8) are signed as sent, and refused the same way.
+        headers = sign(mixed_proxy, "PUT", target, headers={"x-amz-meta-k": "caf\u00e9"}, body=b"x")
+        assert send(mixed_proxy, "PUT", target, headers, b"x").status in (400, 403)
+        assert error_of(client.head_object, Bucket=bucket, Key=f"{kind}/bad") == ("404", 404)
+
+    client.put_object(Bucket=bucket, Key="plain/a b+c/x", Body=b"x")
+    listed = signed_request(mixed_proxy, "GET", f"/{bucket}?prefix=plain%2Fa%20b%2Bc%2F")
+    ns = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
+    root = ET.fromstring(listed.body)
+    assert root.findtext("s3:Prefix", namespaces=ns) == "plain/a b+c/"
+    assert [k.text for k in root.iterfind("s3:Contents/s3:Key", ns)] == ["plain/a b+c/x"]

@@ -415,8 +415,10 @@ def test_aws_chunked_unsigned_trailer(proxy: ProxyProcess, raw_client: Any, buck
     reply = _unsigned_trailer_put(proxy, bucket, DATA_KEY, data, framed)
     assert reply.status == 200, reply.body
     assert reply.headers["ETag"].strip('"') == hashlib.md5(data).hexdigest()
-    # The client's CRC32 is of the plaintext: never handed back for the ciphertext.
-    assert not any(h.lower().startswith("x-amz-checksum") for h in reply.headers)
+    # The answer's CRC32 is the client's, of the plaintext it sent (verified by the proxy): never
+    # one of the stored ciphertext.
+    assert [h.lower() for h in reply.headers if h.lower().startswith("x-amz-checksum")] == ["x-amz-checksum-crc32"]
+    assert reply.headers["x-amz-checksum-crc32"] == crc32_b64(data)
     client = proxy.client(**MEDUSA)
     assert client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read() == data
     stored = raw_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read()
