@@ -205,16 +205,19 @@ class ObjectService:
         read = Request("GetObject", src_bucket, src_key, {}, headers, scope=request.scope)
         with copy_source_conditions():
             source = await self.get_object(read)
-        if wanted is not None and source.length != wanted[1] - wanted[0] + 1:
+        try:  # however the part ends (a bad range, no such upload), the source read stops with it
+            if wanted is not None and source.length != wanted[1] - wanted[0] + 1:
+                raise S3Error(
+                    "InvalidRange", f"The x-amz-copy-source-range is not within the source object ({src_key!r}).", 416
+                )
+            body = ReplyBody(source)
+            part = Request("UploadPart", request.bucket, key, request.query, {}, body, scope=request.scope)
+            if self.views.stores_encrypted(key):
+                written = await self.multipart.upload_part(part)
+            else:
+                written = await self.plain.upload_part(part)
+        finally:
             await _close(source)
-            raise S3Error(
-                "InvalidRange", f"The x-amz-copy-source-range is not within the source object ({src_key!r}).", 416
-            )
-        part = Request("UploadPart", request.bucket, key, request.query, {}, ReplyBody(source), scope=request.scope)
-        if self.views.stores_encrypted(key):
-            written = await self.multipart.upload_part(part)
-        else:
-            written = await self.plain.upload_part(part)
         return Reply.xml(xml.copy_part_result(written.headers["ETag"], datetime.now(UTC)))
 
     def _by_upload_kind(self, encrypted: Handler, plain: Handler) -> Handler:

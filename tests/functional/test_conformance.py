@@ -79,6 +79,7 @@ def test_upload_part_copy_range_into_encrypted_key(client: Any, raw_client: Any,
         416,
     )
     assert error_of(client.upload_part_copy, PartNumber=3, CopySourceRange="bytes=5-", **step)[1] == 400
+    assert error_of(client.upload_part_copy, PartNumber=3, **{**step, "UploadId": "nope"}) == ("NoSuchUpload", 404)
     parts = [
         {"PartNumber": 1, "ETag": first["CopyPartResult"]["ETag"]},
         {"PartNumber": 2, "ETag": second["CopyPartResult"]["ETag"]},
