@@ -10,6 +10,7 @@ so the client uploads again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sqlite3
@@ -44,7 +45,14 @@ CREATE TABLE IF NOT EXISTS parts (
     upstream_etag TEXT, held BLOB,
     PRIMARY KEY (upload_id, part_number)
 );
+CREATE TABLE IF NOT EXISTS completed (
+    upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL,
+    headers TEXT NOT NULL, body BLOB NOT NULL, done REAL NOT NULL
+);
 """
+
+#: How long the answer of a completed upload is kept, for a client's retry of its Complete.
+COMPLETED_SECONDS = 24 * 3600
 
 # Columns added to ``uploads`` after its first version (a cache file from then gets them on open;
 # its uploads count as created and touched at that moment).
@@ -132,6 +140,17 @@ class UploadState:
     completing: bool = False  # a Complete was begun: the upstream may have completed it already
     # Format version 2: the upload's data key, wrapped (WrappedKey.to_bytes); never the key itself.
     wrapped: bytes | None = None
+
+
+@dataclass(frozen=True)
+class CompletedUpload:
+    """The answer given to the Complete of an upload (its XML and headers)."""
+
+    upload_id: str
+    bucket: str
+    key: str
+    headers: dict[str, str]
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -425,6 +444,32 @@ class StateStore:
             ).fetchall()
         )
         return {row[0]: PartState(*row) for row in rows}
+
+    async def put_completed(self, done: CompletedUpload) -> None:
+        """Keep a Complete's answer (``COMPLETED_SECONDS``): S3 answers a repeated Complete of a
+        completed upload again, and clients repeat one whose answer they lost. Older ones go."""
+
+        def store(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN")
+                db.execute("DELETE FROM completed WHERE done<?", (time.time() - COMPLETED_SECONDS,))
+                db.execute(
+                    "INSERT OR REPLACE INTO completed VALUES (?, ?, ?, ?, ?, ?)",
+                    (done.upload_id, done.bucket, done.key, json.dumps(dict(done.headers)), done.body, time.time()),
+                )
+
+        await self._run(store)
+
+    async def get_completed(self, upload_id: str) -> CompletedUpload | None:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT bucket, key, headers, body FROM completed WHERE upload_id=? AND done>=?",
+                (upload_id, time.time() - COMPLETED_SECONDS),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return CompletedUpload(upload_id, row[0], row[1], json.loads(row[2]), bytes(row[3]))
 
     async def drop_upload(self, upload_id: str) -> None:
         def drop(db: sqlite3.Connection) -> None:

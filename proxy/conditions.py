@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
 
 from proxy.s3.errors import S3Error
 
@@ -42,11 +42,18 @@ def check_conditions(headers: Mapping[str, str], etag: str, last_modified: datet
     if if_none_match is not None:
         tags = _etags(if_none_match)
         if "*" in tags or etag in tags:
-            raise S3Error("NotModified", "Not Modified", 304)
+            raise _not_modified(etag, last_modified)
     elif (since := headers.get("if-modified-since")) is not None:
         date = _date(since)
         if date is not None and last_modified <= date:
-            raise S3Error("NotModified", "Not Modified", 304)
+            raise _not_modified(etag, last_modified)
+
+
+def _not_modified(etag: str, last_modified: datetime) -> S3Error:
+    """304, with the ETag and Last-Modified of the version the client has (as S3 sends them)."""
+    err = S3Error("NotModified", "Not Modified", 304)
+    err.headers = {"ETag": f'"{etag}"', "Last-Modified": format_datetime(last_modified.astimezone(UTC), usegmt=True)}
+    return err
 
 
 @dataclass(frozen=True)

@@ -25,20 +25,28 @@ from proxy.format.seed import (
     seed_stored_range,
 )
 from proxy.format.trailer import Trailer
-from proxy.objects.passthrough import SMALL_BODY, request_body, visible_headers
+from proxy.objects.passthrough import (
+    SMALL_BODY,
+    request_body,
+    verified_checksum,
+    visible_headers,
+    write_conditions,
+)
 from proxy.objects.views import ObjectChanged, View, Views
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request, parse_copy_source
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     INTERNAL_META_PREFIX,
+    body_limit,
     object_params,
     quote_etag,
     reject_sse_c,
     response_override_params,
+    storage_params,
     without_aws_chunked,
 )
-from proxy.upstream import ObjectHead, Opened
+from proxy.upstream import ObjectHead, Opened, Written, write_headers
 
 
 class EncryptedObjects:
@@ -120,15 +128,19 @@ class EncryptedObjects:
         body = request_body(request)
         if body.length is None:
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-        etag = await self.put_stream(
-            request.bucket or "", request.key or "", body, body.length, object_params(request.headers)
+        bucket, key = request.bucket or "", request.key or ""
+        params = object_params(request.headers)
+        params.update(await write_conditions(request.headers, self.views.current_etags(bucket, key)))
+        written = await self.put_stream(bucket, key, body, body.length, params)
+        return Reply(
+            200, {"ETag": quote_etag(written.etag), **write_headers(written.headers), **verified_checksum(body)}
         )
-        return Reply(200, {"ETag": quote_etag(etag)})
 
     async def put_stream(
         self, bucket: str, key: str, source: AsyncIterable[Chunk], length: int, params: dict[str, Any]
-    ) -> str:
-        """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the plaintext ETag."""
+    ) -> Written:
+        """Encrypt ``length`` plaintext bytes from ``source`` into ``key``; the upstream's answer
+        with the plaintext ETag."""
         master = await self.views.new_object_key(bucket, key)
         salt = new_salt()
         encryptor = PartEncryptor(derive_object_keys(master, salt), 1, part_size=length)
@@ -146,7 +158,7 @@ class EncryptedObjects:
             yield last + trailer
 
         params = self.views.with_hint(params, master)
-        if length <= SMALL_BODY:
+        if length <= body_limit(params, SMALL_BODY):
             payload = b"".join([piece async for piece in stored()])
             written = await self.upstream.put(bucket, key, payload, params)
         else:
@@ -158,7 +170,7 @@ class EncryptedObjects:
         await self.views.remember_written(
             bucket, key, written.etag, stored_size, View("encrypted", length, etag, trailer)
         )
-        return etag
+        return Written(etag, written.headers)
 
     async def copy_object(self, request: Request) -> Reply:
         """A copy from or to an encrypted key (neither a manifest): a verified read of the
@@ -176,16 +188,20 @@ class EncryptedObjects:
         if request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
             params = object_params(request.headers)
         else:
-            params = self._copied_params(head)
+            params = {**self._copied_params(head), **storage_params(request.headers)}
             if request.headers.get("x-amz-storage-class"):
                 params["StorageClass"] = request.headers["x-amz-storage-class"]
         plaintext = await self._plaintext_stream(src_bucket, src_key, head, view)
         if self.policy.encrypts(key):
-            etag = await self.put_stream(bucket, key, plaintext, view.size, params)
+            written = await self.put_stream(bucket, key, plaintext, view.size, params)
+        elif view.size <= body_limit(params, 0):  # locked: sent whole, with its checksum
+            written = await self.upstream.put(bucket, key, b"".join([bytes(p) async for p in plaintext]), params)
         else:
-            etag = (await self.upstream.put(bucket, key, plaintext, params, view.size)).etag
+            written = await self.upstream.put(bucket, key, plaintext, params, view.size)
         done = await self.upstream.head(bucket, key)
-        return Reply.xml(xml.copy_object_result(quote_etag(etag), done.last_modified))
+        reply = Reply.xml(xml.copy_object_result(quote_etag(written.etag), done.last_modified))
+        reply.headers.update(write_headers(written.headers))
+        return reply
 
     async def _plain_head(self, bucket: str, key: str) -> tuple[ObjectHead, View]:
         reply = await self.upstream.head(bucket, key)

@@ -46,6 +46,7 @@ from proxy.s3.headers import (
     object_params,
     quote_etag,
 )
+from proxy.upstream import write_headers
 
 log = logging.getLogger("proxy.objects")
 
@@ -132,7 +133,7 @@ class ManifestObjects:
         del text, stored
         written = await self.upstream.put(bucket, key, out, params)
         await self.views.remember_written(bucket, key, written.etag, len(out), View(MANIFEST_KIND, length, etag))
-        return Reply(200, {"ETag": quote_etag(etag)})
+        return Reply(200, {"ETag": quote_etag(etag), **write_headers(written.headers)})
 
     def _encrypted_paths(self, text: str) -> dict[str, str]:
         """The encrypted paths a manifest names (each mapped to itself: the string is reused as
@@ -153,8 +154,8 @@ class ManifestObjects:
             reason,
             extra={"event": "manifest_stored_encrypted"},
         )
-        etag = await self.encrypted.put_stream(bucket, key, source, length, params)
-        return Reply(200, {"ETag": quote_etag(etag)})
+        written = await self.encrypted.put_stream(bucket, key, source, length, params)
+        return Reply(200, {"ETag": quote_etag(written.etag), **write_headers(written.headers)})
 
     async def _stored_objects(self, bucket: str, wanted: dict[str, str]) -> dict[str, Stored]:
         """Stored size and upstream ETag of the objects of ours among ``wanted`` (which is left

@@ -19,7 +19,13 @@ from proxy.format.codec import (
 from proxy.format.keys import DataKey, derive_object_keys
 from proxy.format.layout import part_stored_size
 from proxy.format.trailer import Trailer
-from proxy.objects.passthrough import completed_parts, part_number, request_body
+from proxy.objects.passthrough import (
+    completed_parts,
+    part_number,
+    request_body,
+    verified_checksum,
+    write_conditions,
+)
 from proxy.objects.views import View, Views
 from proxy.s3 import xml
 from proxy.s3.api import Chunk, Reply, Request
@@ -29,7 +35,7 @@ from proxy.s3.headers import (
     quote_etag,
     reject_sse_c,
 )
-from proxy.upstream import Written
+from proxy.upstream import Written, write_headers
 
 log = logging.getLogger("proxy.objects")
 
@@ -58,11 +64,14 @@ class MultipartObjects:
         reject_sse_c(request.headers)
         master = await self.views.new_object_key(bucket, key)
         params = self.views.with_hint(object_params(request.headers), master)
-        upload_id = await self.upstream.create_upload(bucket, key, params)
+        created = await self.upstream.create_upload(bucket, key, params)
+        upload_id = created.upload_id
         wrapped = master.wrapped.to_bytes() if isinstance(master, DataKey) else None
         await self.store.put_upload(UploadState(upload_id, bucket, key, master.key_id, new_salt(), wrapped=wrapped))
         self.metrics.multipart_started()
-        return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
+        reply = Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
+        reply.headers.update(write_headers(created.headers))
+        return reply
 
     async def _upload(self, request: Request) -> UploadState:
         """The proxy's state for an encrypted upload."""
@@ -96,20 +105,15 @@ class MultipartObjects:
             # It can only be the last part: keep it until Complete sends it with the trailer.
             held = b"".join([piece async for piece in stored()])
             part = PartState(number, body.length, encryptor.md5, len(held), None, held)
+            headers: dict[str, str] = {}
         else:
             written = await self.upstream.upload_part(
                 state.bucket, state.key, state.upload_id, number, stored(), stored_size
             )
             part = PartState(number, body.length, encryptor.md5, stored_size, written.etag, None)
+            headers = write_headers(written.headers)
         await self.store.put_part(state.upload_id, part)
-        return Reply(200, {"ETag": quote_etag(part.md5.hex())})
-
-    async def upload_part_copy(self, request: Request) -> Reply:
-        raise S3Error(
-            "NotImplemented",
-            "UploadPartCopy into an encrypted object is not supported; copy with CopyObject or upload the part",
-            501,
-        )
+        return Reply(200, {"ETag": quote_etag(part.md5.hex()), **headers, **verified_checksum(body)})
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
         state = await self._upload(request)
@@ -150,13 +154,16 @@ class MultipartObjects:
         # proxy was killed, the client gave up waiting): then its object may be stored already.
         done = await self._completed_object(state, trailer) if state.completing else None
         if done is None:
+            conditions = await write_conditions(request.headers, self.views.current_etags(state.bucket, state.key))
             await self.store.mark_completing(state.upload_id)
             try:
                 final = await self.upstream.upload_part(
                     state.bucket, state.key, state.upload_id, final_number, final_body
                 )
                 upstream_parts.append((final_number, final.etag))
-                done = await self.upstream.complete_upload(state.bucket, state.key, state.upload_id, upstream_parts)
+                done = await self.upstream.complete_upload(
+                    state.bucket, state.key, state.upload_id, upstream_parts, conditions
+                )
             except S3Error as err:
                 # A concurrent (or lost) Complete may have finished it meanwhile: the upstream then
                 # answers NoSuchUpload (rclone, AWS) or an error (moto's 500 for a part after it).
@@ -176,7 +183,9 @@ class MultipartObjects:
             stored_size,
             View("encrypted", parsed.plaintext_size, parsed.etag, parsed),
         )
-        return Reply.xml(xml.complete_multipart(done.location, state.bucket, state.key, quote_etag(parsed.etag)))
+        reply = Reply.xml(xml.complete_multipart(done.location, state.bucket, state.key, quote_etag(parsed.etag)))
+        reply.headers.update(write_headers(done.headers))
+        return reply
 
     async def _completed_object(self, state: UploadState, trailer: bytes) -> Written | None:
         """The stored object's upstream reply when an earlier Complete of this very upload stored it.

@@ -8,15 +8,17 @@ connections (``proxy.s3.frontend`` does) nor the object format (``proxy.format``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from proxy.metrics import Metrics
 from proxy.s3 import xml
 from proxy.s3.api import Body, Handler, Reply, Request, parse_copy_source
+from proxy.s3.checksums import BodyChecksums
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     INTERNAL_META_PREFIX,
+    body_limit,
     bucket_params,
     conditional_params,
     int_param,
@@ -24,8 +26,9 @@ from proxy.s3.headers import (
     quote_etag,
     reject_sse_c,
     response_override_params,
+    storage_params,
 )
-from proxy.upstream import ObjectHead, Opened, Upstream, reply_headers
+from proxy.upstream import ObjectHead, Opened, Upstream, reply_headers, write_headers
 
 MAX_XML_BODY = 4 << 20
 
@@ -175,7 +178,12 @@ class PassthroughService:
         query = [*wanted, ("max-keys", str(max_keys))]
         if fetch_owner:
             query.append(("fetch-owner", "true"))
-        return await self.upstream.list_page(request.bucket or "", query, v2)
+        page = await self.upstream.list_page(request.bucket or "", query, v2)
+        # The Prefix is the client's own, as S3 answers it: upstreams differ on whether theirs is
+        # URL-encoded under encoding-type=url (moto's is not), so decoding it could change it.
+        page["Prefix"] = q.get("prefix", "")
+        page.pop("EncodingType", None)
+        return page
 
     # --- objects -------------------------------------------------------------------------
 
@@ -202,20 +210,26 @@ class PassthroughService:
     async def put_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         body = request_body(request)
-        params = object_params(request.headers)
         bucket, key, length = request.bucket or "", request.key or "", _length(body)
-        if length <= SMALL_BODY:  # whole: verified before it is sent, and retryable
-            written = await self.upstream.put(bucket, key, await body.read_all(SMALL_BODY), params)
+        params = object_params(request.headers)
+        params.update(await write_conditions(request.headers, self.current_etags(bucket, key)))
+        limit = body_limit(params, SMALL_BODY)
+        if length <= limit:  # whole: verified before it is sent, and retryable
+            written = await self.upstream.put(bucket, key, await body.read_all(limit), params)
         else:
             written = await self.upstream.put(bucket, key, body, params, length)
-        return Reply(200, {"ETag": quote_etag(written.etag)})
+        return Reply(
+            200, {"ETag": quote_etag(written.etag), **write_headers(written.headers), **verified_checksum(body)}
+        )
 
     async def copy_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
         params = self._copy_params(request)
         copied = await self.upstream.copy(request.bucket or "", request.key or "", (src_bucket, src_key), params)
-        return Reply.xml(xml.copy_object_result(copied.etag, copied.last_modified))
+        reply = Reply.xml(xml.copy_object_result(copied.etag, copied.last_modified))
+        reply.headers.update(write_headers(copied.headers))
+        return reply
 
     @staticmethod
     def _copy_params(request: Request) -> dict[str, Any]:
@@ -225,8 +239,10 @@ class PassthroughService:
             params["MetadataDirective"] = directive
         if directive == "REPLACE":
             params.update(object_params(request.headers))
-        elif request.headers.get("x-amz-storage-class"):
-            params["StorageClass"] = request.headers["x-amz-storage-class"]
+        else:
+            params.update(storage_params(request.headers))
+            if request.headers.get("x-amz-storage-class"):
+                params["StorageClass"] = request.headers["x-amz-storage-class"]
         for name, param in (
             ("x-amz-copy-source-if-match", "CopySourceIfMatch"),
             ("x-amz-copy-source-if-none-match", "CopySourceIfNoneMatch"),
@@ -266,11 +282,13 @@ class PassthroughService:
     async def create_multipart_upload(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
         bucket, key = request.bucket or "", request.key or ""
-        upload_id = await self.upstream.create_upload(bucket, key, object_params(request.headers))
+        created = await self.upstream.create_upload(bucket, key, object_params(request.headers))
         if self.metrics is not None:
-            self._uploads.add(upload_id)
+            self._uploads.add(created.upload_id)
             self.metrics.multipart_started()
-        return Reply.xml(xml.initiate_multipart(bucket, key, upload_id))
+        reply = Reply.xml(xml.initiate_multipart(bucket, key, created.upload_id))
+        reply.headers.update(write_headers(created.headers))
+        return reply
 
     async def upload_part(self, request: Request) -> Reply:
         body = request_body(request)
@@ -279,7 +297,9 @@ class PassthroughService:
             written = await self.upstream.upload_part(*step, await body.read_all(SMALL_BODY))
         else:
             written = await self.upstream.upload_part(*step, body, _length(body))
-        return Reply(200, {"ETag": quote_etag(written.etag)})
+        return Reply(
+            200, {"ETag": quote_etag(written.etag), **write_headers(written.headers), **verified_checksum(body)}
+        )
 
     async def upload_part_copy(self, request: Request) -> Reply:
         src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
@@ -294,15 +314,20 @@ class PassthroughService:
             (src_bucket, src_key),
             params,
         )
-        return Reply.xml(xml.copy_part_result(copied.etag, copied.last_modified))
+        reply = Reply.xml(xml.copy_part_result(copied.etag, copied.last_modified))
+        reply.headers.update(write_headers(copied.headers))
+        return reply
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
         parts = await completed_parts(request)
         bucket, key = request.bucket or "", request.key or ""
         listed = [(p.part_number, quote_etag(p.etag)) for p in parts]
-        done = await self.upstream.complete_upload(bucket, key, request.query["uploadId"], listed)
+        conditions = await write_conditions(request.headers, self.current_etags(bucket, key))
+        done = await self.upstream.complete_upload(bucket, key, request.query["uploadId"], listed, conditions)
         self._finished(request.query["uploadId"])
-        return Reply.xml(xml.complete_multipart(done.location, bucket, key, done.etag))
+        reply = Reply.xml(xml.complete_multipart(done.location, bucket, key, done.etag))
+        reply.headers.update(write_headers(done.headers))
+        return reply
 
     async def abort_multipart_upload(self, request: Request) -> Reply:
         upload_id = request.query["uploadId"]
@@ -314,6 +339,20 @@ class PassthroughService:
             raise
         self._finished(upload_id)
         return Reply(204)
+
+    def current_etags(self, bucket: str, key: str) -> CurrentEtags:
+        """``write_conditions``' look at a plaintext key: its ETag is the stored one."""
+
+        async def current() -> tuple[str, str] | None:
+            try:
+                head = await self.upstream.head(bucket, key)
+            except S3Error as err:
+                if err.status == 404:
+                    return None
+                raise
+            return head.etag, head.etag
+
+        return current
 
     def _finished(self, upload_id: str) -> None:
         if upload_id in self._uploads:
@@ -355,6 +394,40 @@ class PassthroughService:
 
 SMALL_BODY = 1 << 20
 
+#: The ETag a client sees of the object now at a key and the bucket's ETag of it; None: no object.
+CurrentEtags = Callable[[], Awaitable[tuple[str, str] | None]]
+
+
+async def write_conditions(headers: Mapping[str, str], current: CurrentEtags) -> dict[str, Any]:
+    """A conditional write's ``If-Match`` / ``If-None-Match: *`` (PutObject, Complete) checked
+    as S3 checks them, and botocore's IfMatch / IfNoneMatch for the bucket's final write.
+
+    The check here is on the client's view (the plaintext ETag of an encrypted object); the
+    bucket then gets the condition on the stored version found, so a write landing in between
+    is refused by a bucket that supports conditional writes (AWS, moto). One that ignores them
+    (rclone) has only this check: a race of two writers between it and the write is lost.
+    """
+    if_match, if_none_match = headers.get("if-match"), headers.get("if-none-match")
+    if if_match is None and if_none_match is None:
+        return {}
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise S3Error("NotImplemented", "A header you provided implies functionality that is not implemented", 501)
+    found = await current()
+    params: dict[str, Any] = {}
+    if if_none_match is not None:
+        if found is not None:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+        params["IfNoneMatch"] = "*"
+    if if_match is not None:
+        if found is None:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
+        wanted = {quote_etag(etag) for etag in if_match.split(",") if etag.strip()}
+        if quote_etag("*") not in wanted and quote_etag(found[0]) not in wanted:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+        if found[1].strip('"'):
+            params["IfMatch"] = found[1]
+    return params
+
 
 def _length(body: Body) -> int:
     """A forwarded body's length; S3 needs it up front."""
@@ -381,6 +454,17 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     if handler is None:
         raise S3Error("NotImplemented", f"{request.operation} is not supported by this proxy", 501)
     return await handler(request)
+
+
+def verified_checksum(body: Body) -> dict[str, str]:
+    """The ``x-amz-checksum-*`` of a write's answer: the client's own, which the proxy verified
+    over the bytes it received (plaintext). Never the bucket's: that one is of what is stored
+    (ciphertext, for an encrypted key). Call once the body was read whole."""
+    checksums = getattr(body, "checksums", None)
+    if not isinstance(checksums, BodyChecksums) or checksums.algorithm is None:
+        return {}
+    value = checksums.checksum_b64()
+    return {checksums.algorithm.header: value} if value else {}
 
 
 def request_body(request: Request) -> Body:

@@ -9,9 +9,12 @@ objects plugged in (``adjust_listing``).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from proxy.cache import StateStore
+from proxy.cache import CompletedUpload, StateStore
 from proxy.config import Config
 from proxy.format.keys import KeyRing
 from proxy.keyfiles import load_key_ring
@@ -29,6 +32,7 @@ from proxy.objects.views import Views
 from proxy.policy import Kind
 from proxy.s3 import xml
 from proxy.s3.api import Handler, Reply, Request, parse_copy_source
+from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
 
 
@@ -55,6 +59,8 @@ class ObjectService:
                 operation: self._by_upload_kind(getattr(self.multipart, method), getattr(self.plain, method))
                 for operation, method in _UPLOAD_STEPS.items()
             },
+            "UploadPartCopy": self.upload_part_copy,
+            "CompleteMultipartUpload": self.complete_multipart_upload,
         }
 
     async def handle(self, request: Request) -> Reply:
@@ -120,7 +126,15 @@ class ObjectService:
         return await self.encrypted.put_object(request)
 
     async def copy_object(self, request: Request) -> Reply:
-        _, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        if (src_bucket, src_key) == (request.bucket, request.key) and not _changes_the_object(request.headers):
+            raise S3Error(
+                "InvalidRequest",
+                "This copy request is illegal because it is trying to copy an object to itself without "
+                "changing the object's metadata, storage class, website redirect location or encryption "
+                "attributes.",
+                400,
+            )
         kinds = {self.policy.kind(request.key or ""), self.policy.kind(src_key)}
         if Kind.MANIFEST in kinds:
             return await self._copy_by_reading(request)
@@ -155,6 +169,57 @@ class ObjectService:
 
     # --- multipart -------------------------------------------------------------------------
 
+    async def complete_multipart_upload(self, request: Request) -> Reply:
+        """Complete; its answer is kept a while (``proxy.cache.COMPLETED_SECONDS``) and given
+        again to a repeated Complete of the same upload, as S3 does (a client retries one whose
+        answer it lost), where the upload is gone (NoSuchUpload) from the state and the bucket."""
+        bucket, key, upload_id = request.bucket or "", request.key or "", request.query["uploadId"]
+        try:
+            if self.views.stores_encrypted(key):
+                reply = await self.multipart.complete_multipart_upload(request)
+            else:
+                reply = await self.plain.complete_multipart_upload(request)
+        except S3Error as err:
+            if err.code != "NoSuchUpload":
+                raise
+            done = await self.store.get_completed(upload_id)
+            if done is None or (done.bucket, done.key) != (bucket, key):
+                raise
+            return Reply(200, dict(done.headers), done.body)
+        if isinstance(reply.body, bytes):
+            await self.store.put_completed(CompletedUpload(upload_id, bucket, key, dict(reply.headers), reply.body))
+        return reply
+
+    async def upload_part_copy(self, request: Request) -> Reply:
+        """UploadPartCopy. Server side only between plaintext keys; otherwise the bucket would copy
+        ciphertext where plaintext belongs (or the reverse), so the source range is read through
+        the proxy (decrypted, verified) and uploaded as the part, encrypted for an encrypted key."""
+        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        key = request.key or ""
+        if not self.views.stores_encrypted(key) and self.policy.kind(src_key) is Kind.PLAINTEXT:
+            return await self.plain.upload_part_copy(request)
+        wanted = _copy_source_range(request.headers.get("x-amz-copy-source-range"))
+        headers = copy_source_condition_headers(request)
+        if wanted is not None:
+            headers["range"] = f"bytes={wanted[0]}-{wanted[1]}"
+        read = Request("GetObject", src_bucket, src_key, {}, headers, scope=request.scope)
+        with copy_source_conditions():
+            source = await self.get_object(read)
+        try:  # however the part ends (a bad range, no such upload), the source read stops with it
+            if wanted is not None and source.length != wanted[1] - wanted[0] + 1:
+                raise S3Error(
+                    "InvalidRange", f"The x-amz-copy-source-range is not within the source object ({src_key!r}).", 416
+                )
+            body = ReplyBody(source)
+            part = Request("UploadPart", request.bucket, key, request.query, {}, body, scope=request.scope)
+            if self.views.stores_encrypted(key):
+                written = await self.multipart.upload_part(part)
+            else:
+                written = await self.plain.upload_part(part)
+        finally:
+            await _close(source)
+        return Reply.xml(xml.copy_part_result(written.headers["ETag"], datetime.now(UTC)))
+
     def _by_upload_kind(self, encrypted: Handler, plain: Handler) -> Handler:
         """A multipart operation: ``encrypted`` for keys stored encrypted (every kind but
         plaintext), else ``plain``."""
@@ -167,11 +232,38 @@ class ObjectService:
         return step
 
 
+def _changes_the_object(headers: Mapping[str, str]) -> bool:
+    """Whether a copy of an object onto itself changes anything (S3 refuses one that does not;
+    through the proxy it would be a new encryption of the same plaintext)."""
+    if headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
+        return True
+    return any(
+        name.lower() in ("x-amz-storage-class", "x-amz-website-redirect-location")
+        or name.lower().startswith("x-amz-server-side-encryption")
+        for name in headers
+    )
+
+
+def _copy_source_range(value: str | None) -> tuple[int, int] | None:
+    """``x-amz-copy-source-range`` (``bytes=first-last``, both given, as S3 requires) or None."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*bytes=(\d+)-(\d+)\s*", value)
+    if match is None or int(match[1]) > int(match[2]):
+        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400)
+    return int(match[1]), int(match[2])
+
+
+async def _close(reply: Reply) -> None:
+    """Stop a reply's body that will not be read (its upstream read with it)."""
+    close = getattr(reply.body, "aclose", None)
+    if close is not None:
+        await close()
+
+
 _UPLOAD_STEPS = {
     "CreateMultipartUpload": "create_multipart_upload",
     "UploadPart": "upload_part",
-    "UploadPartCopy": "upload_part_copy",
-    "CompleteMultipartUpload": "complete_multipart_upload",
     "AbortMultipartUpload": "abort_multipart_upload",
     "ListParts": "list_parts",
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -482,6 +482,21 @@ class Views:
         self.metrics.integrity_failure(kind)
         log.error("integrity check failed for %r: %s", key, exc, extra={"event": "integrity_failure", "kind": kind})
         return integrity_error(key, exc)
+
+    def current_etags(self, bucket: str, key: str) -> Callable[[], Awaitable[tuple[str, str] | None]]:
+        """What a conditional write compares (``passthrough.write_conditions``): the plaintext
+        ETag of the object at ``key`` and the bucket's ETag of that version; None if there is none."""
+
+        async def current() -> tuple[str, str] | None:
+            try:
+                head, view = await self.head(bucket, key)
+            except S3Error as err:
+                if err.status == 404:
+                    return None
+                raise
+            return view.etag, head.etag
+
+        return current
 
     async def head(self, bucket: str, key: str) -> tuple[ObjectHead, View]:
         """The stored object's HEAD and its view (of the version that HEAD names)."""

@@ -105,6 +105,8 @@ class S3Error(Exception):
         self.status: int = status if status is not None else default_status
         self.resource: str | None = resource
         self.extra: dict[str, str] = dict(extra) if extra else {}
+        # Headers of the answer (a 304 names the version it did not send: ETag, Last-Modified).
+        self.headers: dict[str, str] = {}
         super().__init__(f"{self.code}: {self.message}")
 
     @classmethod
@@ -137,7 +139,8 @@ class S3Error(Exception):
             parts.append(f"<Resource>{escape(self.resource)}</Resource>")
         parts.append(f"<RequestId>{escape(request_id)}</RequestId>")
         parts.append("</Error>")
-        return "".join(parts).encode("utf-8")
+        # "replace": a canonical request echoed back may hold header bytes that were not UTF-8.
+        return "".join(parts).encode("utf-8", "replace")
 
     # Shorthands for the codes raised from many places.
     @classmethod

@@ -199,7 +199,7 @@ class Frontend:
 
     @staticmethod
     async def error_response(http: web.Request, err: S3Error, request_id: str) -> web.StreamResponse:
-        headers = {"x-amz-request-id": request_id, "Server": "medusa-crypt-proxy"}
+        headers = {**err.headers, "x-amz-request-id": request_id, "Server": "medusa-crypt-proxy"}
         if http.method == "HEAD" or err.status == 304:
             return web.Response(status=err.status, headers=headers)
         headers["Content-Type"] = "application/xml"

@@ -9,6 +9,21 @@ from typing import Any
 
 from proxy.s3.errors import S3Error
 
+# What a write asks of the bucket itself, kept on CopyObject whatever its metadata directive: its
+# encryption at rest and the object's lock. (Never dropped: a backup kept under object lock must
+# get the lock it asked for, and a bucket policy may deny writes without the SSE header.)
+_STORAGE_HEADERS = frozenset(
+    {
+        "x-amz-server-side-encryption",
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        "x-amz-server-side-encryption-context",
+        "x-amz-server-side-encryption-bucket-key-enabled",
+        "x-amz-object-lock-mode",
+        "x-amz-object-lock-retain-until-date",
+        "x-amz-object-lock-legal-hold",
+    }
+)
+
 # Object attributes a client sets on PutObject / CreateMultipartUpload / CopyObject.
 _OBJECT_PARAMS = {
     "content-type": "ContentType",
@@ -18,6 +33,9 @@ _OBJECT_PARAMS = {
     "x-amz-storage-class": "StorageClass",
     "x-amz-server-side-encryption": "ServerSideEncryption",
     "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId",
+    "x-amz-server-side-encryption-context": "SSEKMSEncryptionContext",
+    "x-amz-object-lock-mode": "ObjectLockMode",
+    "x-amz-object-lock-legal-hold": "ObjectLockLegalHoldStatus",
     "x-amz-tagging": "Tagging",
     "x-amz-website-redirect-location": "WebsiteRedirectLocation",
 }
@@ -82,6 +100,10 @@ def object_params(headers: Mapping[str, str]) -> dict[str, Any]:
                 params["ContentEncoding"] = encodings
         elif lname == "expires":
             params["Expires"] = parse_http_date(value)
+        elif lname == "x-amz-object-lock-retain-until-date":
+            params["ObjectLockRetainUntilDate"] = parse_http_date(value)
+        elif lname == "x-amz-server-side-encryption-bucket-key-enabled":
+            params["BucketKeyEnabled"] = _flag(lname, value)
         elif lname.startswith("x-amz-meta-"):
             if lname.startswith(INTERNAL_META_PREFIX):
                 raise S3Error("InvalidArgument", f"metadata {lname} is reserved by the proxy", 400)
@@ -89,6 +111,33 @@ def object_params(headers: Mapping[str, str]) -> dict[str, Any]:
     if metadata:
         params["Metadata"] = metadata
     return params
+
+
+#: botocore's object-lock parameters of a write.
+LOCK_PARAMS = frozenset({"ObjectLockMode", "ObjectLockRetainUntilDate", "ObjectLockLegalHoldStatus"})
+#: A write with an object lock needs a checksum of what is stored (S3 refuses it without), so its
+#: body is held in memory to checksum it, up to this size (boto3's and the AWS CLI's multipart
+#: threshold: larger files go up in parts, which need no checksum of the whole).
+LOCKED_BODY_LIMIT = 8 << 20
+
+
+def body_limit(params: Mapping[str, Any], default: int) -> int:
+    """How large a body of a write with ``params`` is sent from memory (``LOCKED_BODY_LIMIT``
+    for a locked one)."""
+    return max(default, LOCKED_BODY_LIMIT) if LOCK_PARAMS & set(params) else default
+
+
+def storage_params(headers: Mapping[str, str]) -> dict[str, Any]:
+    """botocore parameters for a copy's encryption-at-rest and object-lock headers
+    (``_STORAGE_HEADERS``), which apply whatever its metadata directive."""
+    return object_params({name: value for name, value in headers.items() if name.lower() in _STORAGE_HEADERS})
+
+
+def _flag(name: str, value: str) -> bool:
+    flag = value.strip().lower()
+    if flag not in ("true", "false"):
+        raise S3Error("InvalidArgument", f"{name} must be true or false", 400)
+    return flag == "true"
 
 
 def bucket_params(headers: Mapping[str, str]) -> dict[str, Any]:
@@ -99,10 +148,7 @@ def bucket_params(headers: Mapping[str, str]) -> dict[str, Any]:
         if lname in _BUCKET_PARAMS:
             params[_BUCKET_PARAMS[lname]] = value
         elif lname == "x-amz-bucket-object-lock-enabled":
-            flag = value.strip().lower()
-            if flag not in ("true", "false"):
-                raise S3Error("InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false", 400)
-            params["ObjectLockEnabledForBucket"] = flag == "true"
+            params["ObjectLockEnabledForBucket"] = _flag(lname, value)
     return params
 
 

@@ -169,7 +169,8 @@ def canonical_request(
 
 def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
     """``AWS4-HMAC-SHA256`` string to sign for a canonical request."""
-    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogateescape: header bytes that are not UTF-8 (decoded so by aiohttp) are signed as sent.
+    digest = hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
     return f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
 
 

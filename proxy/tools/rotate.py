@@ -288,7 +288,7 @@ class _Rotation:
         if not _same(now, item.head):
             raise _Changed("overwritten since it was listed")
         params = self._object_params(now)
-        upload_id = await self.upstream.create_upload(bucket, key, params)
+        upload_id = (await self.upstream.create_upload(bucket, key, params)).upload_id
         try:
             parts = []
             for number, (first, last) in enumerate(copy_ranges(data_size), 1):

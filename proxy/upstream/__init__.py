@@ -29,23 +29,25 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiobotocore.session
 import aiohttp
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError, ReadTimeoutError
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamConfig
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import without_aws_chunked
+from proxy.s3.headers import LOCK_PARAMS, without_aws_chunked
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
-from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, timeout_kind
+from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, param_error_to_s3, timeout_kind
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
-from proxy.upstream.results import Copied, ObjectHead, Opened, Written
+from proxy.upstream.results import Copied, Created, ObjectHead, Opened, Written
 from proxy.upstream.streaming import Silence, StreamingBody, first_piece_ahead
 
 __all__ = [
     "FORWARDED_HEADERS",
     "LONG_OPERATIONS",
+    "WRITE_REPLY_HEADERS",
     "Copied",
+    "Created",
     "ObjectHead",
     "Opened",
     "Silence",
@@ -56,6 +58,7 @@ __all__ = [
     "operation_name",
     "reply_headers",
     "timeout_kind",
+    "write_headers",
 ]
 
 if TYPE_CHECKING:
@@ -81,11 +84,34 @@ FORWARDED_HEADERS = (
     "x-amz-delete-marker",
     "x-amz-server-side-encryption",
     "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-context",
+    "x-amz-server-side-encryption-bucket-key-enabled",
+    "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date",
+    "x-amz-object-lock-legal-hold",
     "x-amz-tagging-count",
     "x-amz-expiration",
     "x-amz-restore",
     "x-amz-mp-parts-count",
 )
+
+# The headers of a write's answer (PutObject, CopyObject, the multipart steps) a client gets:
+# the bucket's own encryption at rest and the version it stored. Not its checksums, which are
+# of the stored bytes (ciphertext, for an encrypted object).
+WRITE_REPLY_HEADERS = (
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-context",
+    "x-amz-server-side-encryption-bucket-key-enabled",
+    "x-amz-version-id",
+    "x-amz-expiration",
+)
+
+
+def write_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of an upstream write's answer that its client gets (``WRITE_REPLY_HEADERS``)."""
+    return {name: headers[name] for name in WRITE_REPLY_HEADERS if name in headers}
+
 
 # A PUT's answer has no body on S3: anything larger than this is not an answer the fast path expects.
 _PUT_ANSWER = 64 << 10
@@ -419,7 +445,18 @@ class Upstream:
         length: int = 0,
     ) -> Written:
         """PutObject (``params`` are botocore's: Metadata, ContentType...) of a body held in memory
-        (repeatable: retried), or streamed, ``length`` bytes (not repeatable: see ``_send_stream``)."""
+        (repeatable: retried), or streamed, ``length`` bytes (not repeatable: see ``_send_stream``).
+        A write with an object lock needs a checksum (S3 refuses it without): botocore computes
+        one of a body in memory; a streamed one is refused, never stored without its lock."""
+        if LOCK_PARAMS & set(params) and not any(name.startswith("Checksum") for name in params):
+            if not isinstance(body, bytes | bytearray):
+                raise S3Error(
+                    "NotImplemented",
+                    "PutObject with object lock is supported through the proxy up to 8 MiB; "
+                    "upload larger objects in parts (multipart upload)",
+                    501,
+                )
+            params = {**params, "ChecksumAlgorithm": "CRC32"}
         if not isinstance(body, bytes | bytearray):
             return await self._send_stream("put_object", body, length, Bucket=bucket, Key=key, **params)
         written = await self.direct_put(bucket, key, body, params)
@@ -429,10 +466,10 @@ class Upstream:
 
     # --- multipart steps, copies, deletes: botocore -----------------------------------------
 
-    async def create_upload(self, bucket: str, key: str, params: dict[str, Any]) -> str:
-        """CreateMultipartUpload; its upload id."""
+    async def create_upload(self, bucket: str, key: str, params: dict[str, Any]) -> Created:
+        """CreateMultipartUpload; its upload id and reply headers."""
         reply = await self.call("create_multipart_upload", Bucket=bucket, Key=key, **params)
-        return str(reply["UploadId"])
+        return Created(str(reply["UploadId"]), reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
 
     async def upload_part(
         self,
@@ -449,11 +486,24 @@ class Upstream:
             return Written.from_botocore(await self.call("upload_part", Body=body, **params))
         return await self._send_stream("upload_part", body, length, **params)
 
-    async def complete_upload(self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Written:
-        """CompleteMultipartUpload of ``parts`` (number, ETag as the bucket gave it)."""
+    async def complete_upload(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        conditions: Mapping[str, Any] | None = None,
+    ) -> Written:
+        """CompleteMultipartUpload of ``parts`` (number, ETag as the bucket gave it); ``conditions``
+        are botocore's IfMatch / IfNoneMatch."""
         listed = [{"PartNumber": number, "ETag": etag} for number, etag in parts]
         reply = await self.call(
-            "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+            "complete_multipart_upload",
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": listed},
+            **(conditions or {}),
         )
         return Written.from_botocore(reply)
 
@@ -466,7 +516,7 @@ class Upstream:
         reply = await self.call(
             "copy_object", Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key}, **params
         )
-        return Copied.from_botocore(reply.get("CopyObjectResult", {}))
+        return Copied.from_botocore(reply.get("CopyObjectResult", {}), reply)
 
     async def copy_part(
         self, bucket: str, key: str, upload_id: str, number: int, source: tuple[str, str], params: dict[str, Any]
@@ -482,7 +532,7 @@ class Upstream:
             CopySource={"Bucket": src_bucket, "Key": src_key},
             **params,
         )
-        return Copied.from_botocore(reply.get("CopyPartResult", {}))
+        return Copied.from_botocore(reply.get("CopyPartResult", {}), reply)
 
     async def delete(self, bucket: str, key: str) -> None:
         await self.call("delete_object", Bucket=bucket, Key=key)
@@ -592,7 +642,10 @@ class Upstream:
             self.metrics.add_upstream_bytes(sent=sent)
 
     def _unreachable(self, operation: str, exc: BotoCoreError, sent: int = 0) -> S3Error:
-        """botocore gave up on the connection (after its retries): 503, timeouts counted as such."""
+        """botocore gave up on the connection (after its retries): 503, timeouts counted as such;
+        a request botocore refused to send (ParamValidationError) is the client's 400."""
+        if isinstance(exc, ParamValidationError):
+            return param_error_to_s3(exc)
         kind = timeout_kind(exc)
         if kind is not None:
             return self._timed_out(operation, kind, sent=sent)

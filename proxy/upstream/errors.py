@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import aiohttp
-from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
+from botocore.exceptions import ClientError, ConnectTimeoutError, ParamValidationError, ReadTimeoutError
 
 from proxy.s3.errors import S3Error
 from proxy.upstream.http import RawTimeout
@@ -46,7 +46,20 @@ def client_error_to_s3(exc: ClientError) -> S3Error:
     if code.isdigit():  # a HEAD answer has no body: botocore names the error by its status
         code = _HEAD_STATUS_CODES.get(code) or ("InternalError" if status >= 500 else "InvalidRequest")
     message = str(err.get("Message") or f"upstream answered {status}")
-    return S3Error(code, message, status)
+    error = S3Error(code, message, status)
+    if status == 304:  # names the version the client has
+        headers = meta.get("HTTPHeaders", {})
+        error.headers = {name: headers[key] for name, key in _NOT_MODIFIED_HEADERS if key in headers}
+    return error
+
+
+_NOT_MODIFIED_HEADERS = (("ETag", "etag"), ("Last-Modified", "last-modified"))
+
+
+def param_error_to_s3(exc: ParamValidationError) -> S3Error:
+    """botocore refused the request before sending it (a header value it cannot send, such as
+    non-ASCII metadata): the client's request is at fault, not the bucket's reach."""
+    return S3Error("InvalidArgument", str(exc).replace("\n", " "), 400)
 
 
 def timeout_kind(exc: BaseException) -> TimeoutKind | None:

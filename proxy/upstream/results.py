@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,12 +57,23 @@ class Copied:
 
     etag: str
     last_modified: datetime
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_botocore(cls, result: Mapping[str, Any]) -> Copied:
-        # rclone serve s3 answers UploadPartCopy with an empty CopyPartResult (and an empty part):
-        # no date to give, so the time of the answer; the caller checks what was copied.
-        return cls(str(result.get("ETag", "")), result.get("LastModified") or datetime.now(UTC))
+    def from_botocore(cls, result: Mapping[str, Any], reply: Mapping[str, Any] | None = None) -> Copied:
+        # rclone answers a copy of an object onto itself without LastModified, and UploadPartCopy
+        # with an empty CopyPartResult (and an empty part; the caller checks what was copied):
+        # no date to give, so the time of the answer.
+        modified = result.get("LastModified") or datetime.now(UTC)
+        return cls(str(result.get("ETag", "")), modified, _headers_of(reply or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What CreateMultipartUpload answers: the upload id and the reply headers."""
+
+    upload_id: str
+    headers: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)

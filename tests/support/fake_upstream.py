@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from proxy.s3.errors import S3Error
-from proxy.upstream.results import Copied, ObjectHead, Opened, Written
+from proxy.upstream.results import Copied, Created, ObjectHead, Opened, Written
 
 
 @dataclass
@@ -133,8 +133,9 @@ class FakeUpstream:
             params["MaxKeys"] = int(dict(query)["max-keys"])
         return await self.call("list_objects_v2", Bucket=bucket, **params)
 
-    async def create_upload(self, bucket: str, key: str, params: dict[str, Any]) -> str:
-        return str((await self.call("create_multipart_upload", Bucket=bucket, Key=key, **params))["UploadId"])
+    async def create_upload(self, bucket: str, key: str, params: dict[str, Any]) -> Created:
+        reply = await self.call("create_multipart_upload", Bucket=bucket, Key=key, **params)
+        return Created(str(reply["UploadId"]), {})
 
     async def upload_part(
         self,
@@ -149,7 +150,14 @@ class FakeUpstream:
         reply = await self.call("upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
         return Written.from_botocore(reply)
 
-    async def complete_upload(self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Written:
+    async def complete_upload(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        conditions: Mapping[str, Any] | None = None,
+    ) -> Written:
         listed = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}
         reply = await self.call(
             "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=listed

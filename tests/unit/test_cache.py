@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from proxy import cache
-from proxy.cache import CachedView, StateStore
+from proxy.cache import CachedView, CompletedUpload, StateStore
 
 VIEW = CachedView("encrypted", 10, "0" * 32, b"trailer")
 
@@ -53,5 +54,24 @@ async def test_recent_views_are_answered_from_memory(tmp_path: Path, monkeypatch
         assert await store.get_views("b", [("k2", "other-version")]) == {}
         await store.forget_views("b", ["k2"])
         assert await store.get_views("b", [("k2", "v")]) == {}
+    finally:
+        await store.close()
+
+
+async def test_completed_uploads_are_answered_again_for_a_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = StateStore(str(tmp_path / "c.sqlite"))
+    await store.start()
+    done = CompletedUpload("u1", "b", "k", {"Content-Type": "application/xml"}, b"<CompleteMultipartUploadResult/>")
+    try:
+        await store.put_completed(done)
+        assert await store.get_completed("u1") == done
+        assert await store.get_completed("u2") is None
+        now = time.time()
+        monkeypatch.setattr(time, "time", lambda: now + cache.COMPLETED_SECONDS + 1)
+        assert await store.get_completed("u1") is None  # too old to be a retry
+        await store.put_completed(CompletedUpload("u2", "b", "k", {}, b""))  # and swept on the next write
+        monkeypatch.undo()
+        assert await store.get_completed("u1") is None
+        assert await store.get_completed("u2") is not None
     finally:
         await store.close()

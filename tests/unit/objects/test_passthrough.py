@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.metrics import Metrics
-from proxy.objects.passthrough import PassthroughService
+from proxy.objects.passthrough import CurrentEtags, PassthroughService, write_conditions
 from proxy.s3.api import Request
 from proxy.s3.errors import S3Error
 from tests.support.fake_upstream import FakeUpstream
@@ -70,3 +70,29 @@ async def test_plaintext_multipart_uploads_are_counted_while_in_flight() -> None
         await service.handle(Request("AbortMultipartUpload", "bucket", KEY, {"uploadId": mine}, {}))
     assert err.value.code == "NoSuchUpload"
     assert in_flight(metrics) == 0
+
+
+def _found(etags: tuple[str, str] | None) -> CurrentEtags:
+    async def current() -> tuple[str, str] | None:
+        return etags
+
+    return current
+
+
+async def test_write_conditions_check_the_client_view_and_guard_the_stored_version() -> None:
+    stored = ('"plain-md5"', '"cipher-md5"')  # what the client sees, what the bucket holds
+    assert await write_conditions({}, _found(None)) == {}
+    assert await write_conditions({"if-none-match": "*"}, _found(None)) == {"IfNoneMatch": "*"}
+    # If-Match names the plaintext ETag; the bucket is asked for the version it found.
+    assert await write_conditions({"if-match": "plain-md5"}, _found(stored)) == {"IfMatch": '"cipher-md5"'}
+    assert await write_conditions({"if-match": "*"}, _found(stored)) == {"IfMatch": '"cipher-md5"'}
+    assert await write_conditions({"if-match": '"x"'}, _found(("x", ""))) == {}  # no ETag upstream: check only
+    for headers, found, code in (
+        ({"if-none-match": "*"}, stored, "PreconditionFailed"),
+        ({"if-match": '"cipher-md5"'}, stored, "PreconditionFailed"),
+        ({"if-match": '"plain-md5"'}, None, "NoSuchKey"),
+        ({"if-none-match": '"plain-md5"'}, stored, "NotImplemented"),
+    ):
+        with pytest.raises(S3Error) as caught:
+            await write_conditions(headers, _found(found))
+        assert caught.value.code == code, headers

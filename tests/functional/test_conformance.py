@@ -1,0 +1,336 @@
+"""S3 object semantics through the proxy (issue 18): what clients other than Medusa rely on.
+
+Each test runs on moto and on rclone, through one proxy whose ``enc/`` keys are encrypted and
+``plain/`` keys pass through, so every behaviour is checked for both kinds of key.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+
+from tests.functional.test_protocol import send, sign, signed_request
+from tests.support.servers import ProxyProcess, S3Server
+
+MIB = 1 << 20
+MARKER = b"PLAINTEXT-MARKER-c0nf"
+KINDS = ("enc", "plain")
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    block = (MARKER + hashlib.sha256(str(seed).encode()).digest() * 40)[:1000]
+    return (block * (size // len(block) + 1))[:size]
+
+
+def error_of(call: Callable[..., Any], **params: Any) -> tuple[str, int]:
+    with pytest.raises(ClientError) as caught:
+        call(**params)
+    response = caught.value.response
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+@pytest.fixture
+def mixed_proxy(make_proxy: Callable[..., ProxyProcess]) -> ProxyProcess:
+    return make_proxy(encryption={"encrypted_patterns": ["enc/*"], "plaintext_patterns": ["plain/*"]})
+
+
+@pytest.fixture
+def client(mixed_proxy: ProxyProcess) -> Any:
+    return mixed_proxy.client()
+
+
+def test_managed_copy_uses_upload_part_copy_across_kinds(client: Any, raw_client: Any, bucket: str) -> None:
+    """boto3's ``copy()`` of a 20 MiB object (UploadPartCopy of 8 MiB ranges) from and to
+    encrypted and plaintext keys reads back byte-identical, stored as the destination's kind."""
+    data = payload(20 * MIB, 7)
+    config = TransferConfig(multipart_threshold=8 * MIB, multipart_chunksize=8 * MIB, max_concurrency=2)
+    client.put_object(Bucket=bucket, Key="enc/src", Body=data)
+    client.put_object(Bucket=bucket, Key="plain/src", Body=data)
+    for source, target in (("enc/src", "enc/copy"), ("enc/src", "plain/copy"), ("plain/src", "enc/copy2")):
+        client.copy({"Bucket": bucket, "Key": source}, bucket, target, Config=config)
+        got = client.get_object(Bucket=bucket, Key=target)
+        assert got["ContentLength"] == len(data)
+        assert hashlib.sha256(got["Body"].read()).digest() == hashlib.sha256(data).digest(), (source, target)
+        stored = raw_client.get_object(Bucket=bucket, Key=target)["Body"].read()
+        assert (MARKER in stored) == target.startswith("plain/"), target
+
+
+def test_upload_part_copy_range_into_encrypted_key(client: Any, raw_client: Any, bucket: str) -> None:
+    data = payload(6 * MIB, 3)
+    client.put_object(Bucket=bucket, Key="enc/src", Body=data)
+    upload = client.create_multipart_upload(Bucket=bucket, Key="enc/dst")["UploadId"]
+    source = {"Bucket": bucket, "Key": "enc/src"}
+    step = {"Bucket": bucket, "Key": "enc/dst", "UploadId": upload, "CopySource": source}
+    first = client.upload_part_copy(PartNumber=1, CopySourceRange=f"bytes=0-{5 * MIB - 1}", **step)
+    assert first["CopyPartResult"]["ETag"].strip('"') == hashlib.md5(data[: 5 * MIB]).hexdigest()
+    second = client.upload_part_copy(PartNumber=2, CopySourceRange=f"bytes=100-{6 * MIB - 1}", **step)
+    assert error_of(client.upload_part_copy, PartNumber=3, CopySourceRange=f"bytes=0-{6 * MIB}", **step) == (
+        "InvalidRange",
+        416,
+    )
+    assert error_of(client.upload_part_copy, PartNumber=3, CopySourceRange="bytes=5-", **step)[1] == 400
+    assert error_of(client.upload_part_copy, PartNumber=3, **{**step, "UploadId": "nope"}) == ("NoSuchUpload", 404)
+    parts = [
+        {"PartNumber": 1, "ETag": first["CopyPartResult"]["ETag"]},
+        {"PartNumber": 2, "ETag": second["CopyPartResult"]["ETag"]},
+    ]
+    client.complete_multipart_upload(Bucket=bucket, Key="enc/dst", UploadId=upload, MultipartUpload={"Parts": parts})
+    expected = data[: 5 * MIB] + data[100:]
+    assert client.get_object(Bucket=bucket, Key="enc/dst")["Body"].read() == expected
+    assert MARKER not in raw_client.get_object(Bucket=bucket, Key="enc/dst")["Body"].read()
+
+
+@pytest.fixture
+def lock_bucket(upstream: S3Server, raw_client: Any) -> Iterator[str]:
+    """A bucket created with object lock enabled (moto keeps locks; rclone ignores them)."""
+    name = f"lock-{uuid.uuid4().hex[:12]}"
+    raw_client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    yield name
+    with contextlib.suppress(Exception):  # a locked object stays: GOVERNANCE lets us remove it
+        for page in raw_client.get_paginator("list_object_versions").paginate(Bucket=name):
+            for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                with contextlib.suppress(Exception):
+                    raw_client.put_object_legal_hold(
+                        Bucket=name, Key=version["Key"], VersionId=version["VersionId"], LegalHold={"Status": "OFF"}
+                    )
+                raw_client.delete_object(
+                    Bucket=name, Key=version["Key"], VersionId=version["VersionId"], BypassGovernanceRetention=True
+                )
+        upstream.delete_bucket(name)
+
+
+def lock_of(reply: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return reply.get("ObjectLockMode"), reply.get("ObjectLockRetainUntilDate"), reply.get("ObjectLockLegalHoldStatus")
+
+
+def test_object_lock_is_never_dropped(client: Any, raw_client: Any, upstream: S3Server, lock_bucket: str) -> None:
+    """PutObject, multipart uploads and CopyObject through the proxy store the lock the client
+    asked for (HEAD/GET show it), or answer what the bucket answers the same request sent to it
+    directly (moto refuses locks on CopyObject and drops those of multipart uploads; rclone
+    ignores locks): never a lock silently lost by the proxy."""
+    until = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    lock = {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": until, "ObjectLockLegalHoldStatus": "ON"}
+    asked = ("GOVERNANCE", until, "ON")
+    b = lock_bucket
+    body = payload(3000)
+
+    def put(c: Any, key: str) -> None:
+        c.put_object(Bucket=b, Key=key, Body=body, ChecksumAlgorithm="CRC32", **lock)
+
+    def multipart(c: Any, key: str) -> None:
+        upload = c.create_multipart_upload(Bucket=b, Key=key, **lock)["UploadId"]
+        part = c.upload_part(Bucket=b, Key=key, UploadId=upload, PartNumber=1, Body=body)
+        parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+        c.complete_multipart_upload(Bucket=b, Key=key, UploadId=upload, MultipartUpload=parts)
+
+    def copy(c: Any, key: str) -> None:
+        source = key.replace("copy", "put")
+        c.copy_object(Bucket=b, Key=key, CopySource={"Bucket": b, "Key": source}, **lock)
+
+    def outcome(c: Any, write: Callable[[Any, str], None], key: str) -> tuple[str, Any]:
+        try:
+            write(c, key)
+        except ClientError as exc:
+            return "refused", exc.response["Error"]["Code"]
+        stored = lock_of(raw_client.head_object(Bucket=b, Key=key))
+        assert lock_of(c.head_object(Bucket=b, Key=key)) == stored, key
+        got = c.get_object(Bucket=b, Key=key)
+        assert lock_of(got) == stored, key
+        assert got["Body"].read() == body
+        return "stored", stored
+
+    for name, write in (("put", put), ("mp", multipart), ("copy", copy)):
+        direct = outcome(raw_client, write, f"direct/{name}")
+        if upstream.name == "moto" and name == "put":
+            assert direct == ("stored", asked)
+        for kind in KINDS:
+            proxied = outcome(client, write, f"{kind}/{name}")
+            assert proxied in (direct, ("stored", asked)), (kind, name, proxied, direct)
+            assert proxied[0] == "refused" or proxied[1] in (direct[1], asked)
+
+
+def sse_of(reply: dict[str, Any]) -> tuple[Any, Any]:
+    return reply.get("ServerSideEncryption"), reply.get("SSEKMSKeyId")
+
+
+def test_sse_headers_go_up_and_come_back(client: Any, raw_client: Any, upstream: S3Server, bucket: str) -> None:
+    """The bucket's own encryption at rest under the proxy's: the SSE request headers reach the
+    bucket and its SSE answer headers reach the client, as the bucket answers them directly."""
+    sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/backups", "BucketKeyEnabled": True}
+    direct = raw_client.put_object(Bucket=bucket, Key="direct", Body=b"x", **sse)
+    expected = sse_of(direct)
+    kept = sse_of(raw_client.head_object(Bucket=bucket, Key="direct"))  # rclone: not kept
+    if upstream.name == "moto":
+        assert expected == kept == ("aws:kms", "alias/backups")
+    for kind in KINDS:
+        assert sse_of(client.put_object(Bucket=bucket, Key=f"{kind}/put", Body=payload(3000), **sse)) == expected
+        created = client.create_multipart_upload(Bucket=bucket, Key=f"{kind}/mp", **sse)
+        assert sse_of(created) == expected
+        body = payload(5 * MIB + 10)
+        part = client.upload_part(
+            Bucket=bucket, Key=f"{kind}/mp", UploadId=created["UploadId"], PartNumber=1, Body=body
+        )
+        assert sse_of(part) == expected
+        done = client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=f"{kind}/mp",
+            UploadId=created["UploadId"],
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        )
+        assert sse_of(done) == expected
+        copied = client.copy_object(
+            Bucket=bucket, Key=f"{kind}/copy", CopySource={"Bucket": bucket, "Key": f"{kind}/put"}, **sse
+        )
+        assert sse_of(copied) == expected
+        for key in (f"{kind}/put", f"{kind}/mp", f"{kind}/copy"):
+            assert sse_of(raw_client.head_object(Bucket=bucket, Key=key)) == kept, key
+            assert sse_of(client.head_object(Bucket=bucket, Key=key)) == kept, key
+            assert sse_of(client.get_object(Bucket=bucket, Key=key)) == kept, key
+    with pytest.raises(ClientError) as refused:
+        client.put_object(Bucket=bucket, Key="enc/c", Body=b"x", SSECustomerAlgorithm="AES256", SSECustomerKey="k" * 32)
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+
+
+def test_conditional_writes_refuse_instead_of_overwriting(client: Any, bucket: str) -> None:
+    """If-None-Match: * and If-Match on PutObject and CompleteMultipartUpload answer S3's 412
+    (404 for If-Match on no object) and leave the object as it was, on moto (which checks them
+    too) and on rclone (which ignores them: the proxy's own check)."""
+    for kind in KINDS:
+        key = f"{kind}/cond"
+        first = client.put_object(Bucket=bucket, Key=key, Body=b"first", IfNoneMatch="*")
+        assert first["ETag"].strip('"') == hashlib.md5(b"first").hexdigest()
+        assert error_of(client.put_object, Bucket=bucket, Key=key, Body=b"2nd", IfNoneMatch="*") == (
+            "PreconditionFailed",
+            412,
+        )
+        assert error_of(client.put_object, Bucket=bucket, Key=key, Body=b"2nd", IfMatch='"0" ') == (
+            "PreconditionFailed",
+            412,
+        )
+        assert error_of(client.put_object, Bucket=bucket, Key=f"{kind}/none", Body=b"x", IfMatch=first["ETag"]) == (
+            "NoSuchKey",
+            404,
+        )
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"first"
+        second = client.put_object(Bucket=bucket, Key=key, Body=b"second", IfMatch=first["ETag"])
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"second"
+
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"third")
+        parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+        step = {"Bucket": bucket, "Key": key, "UploadId": upload, "MultipartUpload": parts}
+        assert error_of(client.complete_multipart_upload, IfNoneMatch="*", **step) == ("PreconditionFailed", 412)
+        assert error_of(client.complete_multipart_upload, IfMatch=first["ETag"], **step) == ("PreconditionFailed", 412)
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"second"
+        client.complete_multipart_upload(IfMatch=second["ETag"], **step)
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"third"
+
+
+def test_a_repeated_complete_answers_the_same(client: Any, raw_client: Any, bucket: str) -> None:
+    """A client that lost Complete's answer sends it again: S3 answers the same result."""
+    data = payload(5 * MIB + 100, 5)
+    for kind in KINDS:
+        key = f"{kind}/again"
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        one = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=data[: 5 * MIB])
+        two = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=2, Body=data[5 * MIB :])
+        parts = [{"PartNumber": 1, "ETag": one["ETag"]}, {"PartNumber": 2, "ETag": two["ETag"]}]
+        step = {"Bucket": bucket, "Key": key, "UploadId": upload, "MultipartUpload": {"Parts": parts}}
+        done = client.complete_multipart_upload(**step)
+        again = client.complete_multipart_upload(**step)
+        assert (again["ETag"], again["Key"], again["Bucket"]) == (done["ETag"], key, bucket)
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+        # Not for another key, nor for an upload that never was (for plaintext keys that is the
+        # bucket's to answer: moto's 500).
+        if kind == "enc":
+            assert error_of(client.complete_multipart_upload, **{**step, "Key": "enc/other"})[0] == "NoSuchUpload"
+            assert error_of(client.complete_multipart_upload, **{**step, "UploadId": "nope"})[0] == "NoSuchUpload"
+
+
+def test_writes_answer_version_id_and_the_clients_checksum(
+    client: Any, raw_client: Any, upstream: S3Server, bucket: str
+) -> None:
+    """PutObject, CopyObject and Complete give the version the bucket stored; PutObject and
+    UploadPart the client's checksum (verified by the proxy over the plaintext it received),
+    never one of the stored ciphertext."""
+    with contextlib.suppress(ClientError):  # rclone has no versioning: no version ids at all
+        raw_client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    data = payload(5 * MIB + 1, 9)
+    sha = hashlib.sha256(data).digest()
+    for kind in KINDS:
+        key = f"{kind}/v"
+        put = client.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+        assert base64.b64decode(put["ChecksumSHA256"]) == sha
+        assert put.get("VersionId") == raw_client.head_object(Bucket=bucket, Key=key).get("VersionId")
+        assert bool(put.get("VersionId")) == (upstream.name == "moto")
+        copied = client.copy_object(Bucket=bucket, Key=f"{kind}/c", CopySource={"Bucket": bucket, "Key": key})
+        assert copied.get("VersionId") == raw_client.head_object(Bucket=bucket, Key=f"{kind}/c").get("VersionId")
+        upload = client.create_multipart_upload(Bucket=bucket, Key=f"{kind}/m", ChecksumAlgorithm="SHA256")
+        part = client.upload_part(
+            Bucket=bucket,
+            Key=f"{kind}/m",
+            UploadId=upload["UploadId"],
+            PartNumber=1,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+        )
+        assert base64.b64decode(part["ChecksumSHA256"]) == sha
+        done = client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=f"{kind}/m",
+            UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        )
+        assert done.get("VersionId") == raw_client.head_object(Bucket=bucket, Key=f"{kind}/m").get("VersionId")
+        assert client.get_object(Bucket=bucket, Key=f"{kind}/m")["Body"].read() == data
+
+
+def test_not_modified_copy_onto_itself_bad_metadata_and_v1_prefix(
+    mixed_proxy: ProxyProcess, client: Any, raw_client: Any, bucket: str
+) -> None:
+    """304 names the version (ETag); a copy onto itself changing nothing is S3's 400; a header
+    botocore cannot send is the client's 400, not a 503; a v1 listing's Prefix is plain text
+    without encoding-type=url."""
+    for kind in KINDS:
+        key = f"{kind}/same"
+        etag = client.put_object(Bucket=bucket, Key=key, Body=b"same", Metadata={"a": "1"})["ETag"]
+        assert etag.strip('"') == hashlib.md5(b"same").hexdigest()
+        for call in (client.head_object, client.get_object):
+            with pytest.raises(ClientError) as caught:
+                call(Bucket=bucket, Key=key, IfNoneMatch=etag)
+            response = caught.value.response
+            assert response["ResponseMetadata"]["HTTPStatusCode"] == 304
+            assert response["ResponseMetadata"]["HTTPHeaders"].get("etag") == etag
+        source = {"Bucket": bucket, "Key": key}
+        assert error_of(client.copy_object, Bucket=bucket, Key=key, CopySource=source) == ("InvalidRequest", 400)
+        client.copy_object(Bucket=bucket, Key=key, CopySource=source, MetadataDirective="REPLACE", Metadata={"a": "2"})
+        assert client.head_object(Bucket=bucket, Key=key)["Metadata"] == {"a": "2"}
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"same"
+
+        # Metadata in UTF-8, which botocore refuses to send (non-ASCII): the client's error.
+        target = f"/{bucket}/{kind}/bad"
+        headers = sign(mixed_proxy, "PUT", target, headers={"x-amz-meta-k": "caf\u00e9"}, body=b"x")
+        headers["x-amz-meta-k"] = "caf\u00e9".encode().decode("latin-1")  # http.client sends latin-1
+        bad = send(mixed_proxy, "PUT", target, headers, b"x")
+        assert (bad.status, bad.code) == (400, "InvalidArgument"), bad.body
+        # Latin-1 bytes (not UTF-8) are signed as sent, and refused the same way.
+        headers = sign(mixed_proxy, "PUT", target, headers={"x-amz-meta-k": "caf\u00e9"}, body=b"x")
+        assert send(mixed_proxy, "PUT", target, headers, b"x").status in (400, 403)
+        assert error_of(client.head_object, Bucket=bucket, Key=f"{kind}/bad") == ("404", 404)
+
+    client.put_object(Bucket=bucket, Key="plain/a b+c/x", Body=b"x")
+    listed = signed_request(mixed_proxy, "GET", f"/{bucket}?prefix=plain%2Fa%20b%2Bc%2F")
+    ns = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
+    root = ET.fromstring(listed.body)
+    assert root.findtext("s3:Prefix", namespaces=ns) == "plain/a b+c/"
+    assert [k.text for k in root.iterfind("s3:Contents/s3:Key", ns)] == ["plain/a b+c/x"]
