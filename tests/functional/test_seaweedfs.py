@@ -123,9 +123,10 @@ def test_copies_answer_quoted_etags(
 
 
 def test_upload_part_copy_of_a_multipart_source(proxy_client: Any, raw_client: Any, bucket: str) -> None:
-    """UploadPartCopy forwards the store's part ETag (composite for a multipart source) quoted, and
-    the upload it belongs to completes with it."""
-    source = "node1/backup1/meta/tokenmap.json.src"
+    """UploadPartCopy between plaintext keys forwards the store's part ETag (composite for a
+    multipart source) quoted, and the upload it belongs to completes with it; into an encrypted
+    key the proxy reads the source and encrypts it as the part, so the store's ETag plays no part."""
+    source = PLAIN_KEY
     first, second = payload(PART, 4), payload(2000, 5)
     up = raw_client.create_multipart_upload(Bucket=bucket, Key=source)["UploadId"]
     etags = [
@@ -138,23 +139,19 @@ def test_upload_part_copy_of_a_multipart_source(proxy_client: Any, raw_client: A
         UploadId=up,
         MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]},
     )
-    target = "node1/backup1/meta/tokenmap.json"
-    up = proxy_client.create_multipart_upload(Bucket=bucket, Key=target)["UploadId"]
-    copied = proxy_client.upload_part_copy(
-        Bucket=bucket, Key=target, UploadId=up, PartNumber=1, CopySource={"Bucket": bucket, "Key": source}
-    )["CopyPartResult"]["ETag"]
-    assert copied.startswith('"') and copied.endswith('"'), copied
-    assert copied.strip('"') != hashlib.md5(first + second).hexdigest()  # not the MD5 of the bytes it copied
-    proxy_client.complete_multipart_upload(
-        Bucket=bucket, Key=target, UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": copied}]}
-    )
-    assert proxy_client.get_object(Bucket=bucket, Key=target)["Body"].read() == first + second
-    with pytest.raises(ClientError) as refused:  # into an encrypted key: not supported on any store
-        up = proxy_client.create_multipart_upload(Bucket=bucket, Key=DATA_KEY)["UploadId"]
-        proxy_client.upload_part_copy(
-            Bucket=bucket, Key=DATA_KEY, UploadId=up, PartNumber=1, CopySource={"Bucket": bucket, "Key": source}
+    for target, server_side in (("node1/backup1/meta/tokenmap.json", True), (DATA_KEY, False)):
+        up = proxy_client.create_multipart_upload(Bucket=bucket, Key=target)["UploadId"]
+        copied = proxy_client.upload_part_copy(
+            Bucket=bucket, Key=target, UploadId=up, PartNumber=1, CopySource={"Bucket": bucket, "Key": source}
+        )["CopyPartResult"]["ETag"]
+        assert copied.startswith('"') and copied.endswith('"'), copied
+        # The store's composite part ETag, or the MD5 of the plaintext part the proxy encrypted.
+        assert (copied.strip('"') != hashlib.md5(first + second).hexdigest()) is server_side
+        proxy_client.complete_multipart_upload(
+            Bucket=bucket, Key=target, UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": copied}]}
         )
-    assert _code(refused) == "NotImplemented"
+        assert proxy_client.get_object(Bucket=bucket, Key=target)["Body"].read() == first + second
+    assert first[:4096] not in raw_client.get_object(Bucket=bucket, Key=DATA_KEY)["Body"].read()
 
 
 # ------------------------------------------------------------------------------------------
