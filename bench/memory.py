@@ -1,4 +1,4 @@
-"""Peak memory of the proxy while N clients each PUT then GET a large object (issue 4's check).
+"""Peak memory of the proxy while N clients each PUT then GET a large object (the flat-memory check).
 
     python bench/memory.py [--clients 4] [--size-mib 1024]
 

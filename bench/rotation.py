@@ -7,7 +7,7 @@ For each upstream: ``--objects`` objects of ``--size-mib`` MiB are stored in for
 (``proxy.format.encrypt_object``, put raw into the bucket), then ``rotate`` runs (its command
 line, a process of its own) with key B primary. Reported: wall seconds of the run, objects/s,
 stored MiB/s, and the bytes ``rotate`` sent to the bucket per stored byte rotated (its own count,
-printed in its last line). The goal of issue 14 is at most 1% for objects of 64 MiB and more; on
+printed in its last line). The goal is at most 1% for objects of 64 MiB and more; on
 moto that is a server-side copy (``UploadPartCopy``) plus one trailer part per object. rclone's
 ``UploadPartCopy`` stores an empty part, so rotate re-encrypts there (about 100%: every byte sent).
 """

@@ -779,7 +779,7 @@ def render(table: list[list[str]], targets: dict[str, Any]) -> str:
     for row in table:
         lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() if row else "")
     lines.append("")
-    lines.append("targets (issue 6):")
+    lines.append("targets (bench/README.md):")
     for key, label, ok in GOALS:
         if key in targets:
             v = targets[key]
