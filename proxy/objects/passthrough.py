@@ -224,7 +224,6 @@ class PassthroughService:
 
     async def get_object_attributes(self, request: Request) -> Reply:
         """GetObjectAttributes with the plaintext size and ETag (``Listing.adjust_attributes``)."""
-        reject_sse_c(request.headers)
         result = await self._subresource_call(request)
         await self.listing.adjust_attributes(request.bucket or "", request.key or "", result)
         status, headers, body = subresources.reply_of(request.operation, result)
@@ -435,6 +434,7 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     handler = handlers.get(request.operation)
     if handler is None:
         raise S3Error("NotImplemented", f"{request.operation} is not supported by this proxy", 501)
+    reject_sse_c(request.headers)
     version = request.query.get("versionId") if request.operation in VERSIONED_READS else None
     if not version:
         return await handler(request)

@@ -303,3 +303,69 @@ def test_sub_resources_obey_client_scopes(make_proxy: Callable[..., ProxyProcess
         "AccessDenied",
     )
     assert outcome(client.list_object_versions, Bucket=bucket, Prefix="other/")[:2] == (403, "AccessDenied")
+
+
+# ------------------------------------------------------------------------------------------
+# What cannot coexist with the proxy's encryption: refused as S3 refuses a disallowed request
+# ------------------------------------------------------------------------------------------
+
+SSE_C = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "k" * 32}
+
+
+def test_sse_c_is_refused_on_every_operation(
+    proxy_client: Any, raw_client: Any, upstream: S3Server, bucket: str
+) -> None:
+    """A customer key is refused with a 400 that says why, on writes and reads alike (a GET with a
+    key must not quietly read an object stored without one), and nothing is stored."""
+    proxy_client.put_object(Bucket=bucket, Key=META_KEY, Body=b"plain")
+    calls: list[tuple[Callable[..., Any], dict[str, Any]]] = [
+        (proxy_client.put_object, {"Key": DATA_KEY, "Body": b"x"}),
+        (proxy_client.create_multipart_upload, {"Key": DATA_KEY}),
+        (proxy_client.get_object, {"Key": META_KEY}),
+        (proxy_client.head_object, {"Key": META_KEY}),
+    ]
+    for call, kwargs in calls:
+        status, code, _ = outcome(call, Bucket=bucket, **kwargs, **SSE_C)
+        assert (status, code) == (400, "InvalidRequest" if call != proxy_client.head_object else "400"), call
+    try:
+        proxy_client.put_object(Bucket=bucket, Key=DATA_KEY, Body=b"x", **SSE_C)
+    except ClientError as err:
+        assert "SSE-C" in err.response["Error"]["Message"]
+    keys = [o["Key"] for o in raw_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == [META_KEY]
+    if upstream.name == "moto":  # (rclone answers this listing NoSuchUpload when there is none)
+        assert raw_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_anonymous_and_browser_post_requests_are_denied(
+    proxy: ProxyProcess, raw_client: Any, upstream: S3Server, bucket: str
+) -> None:
+    """The proxy decrypts for whoever it serves, so it serves signed requests only: an anonymous
+    GET is AccessDenied even where the stored object is public-read (the bucket then serves its
+    ciphertext, never the plaintext), and so is a browser POST upload (a form, no signature)."""
+    import urllib.error
+    import urllib.request
+
+    proxy.client(**MEDUSA_CLIENT_CONFIG).put_object(Bucket=bucket, Key=DATA_KEY, Body=b"secret rows")
+    if upstream.name == "moto":
+        raw_client.put_object_acl(Bucket=bucket, Key=DATA_KEY, ACL="public-read")
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="key"\r\n\r\nnode1/posted\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\nposted bytes\r\n--b--\r\n'
+    )
+    requests = [
+        urllib.request.Request(f"{proxy.endpoint_url}/{bucket}/{DATA_KEY}"),
+        urllib.request.Request(
+            f"{proxy.endpoint_url}/{bucket}",
+            data=form,
+            method="POST",
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        ),
+    ]
+    for request in requests:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+        assert b"<Code>AccessDenied</Code>" in refused.value.read()
+    keys = [o["Key"] for o in raw_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == [DATA_KEY]
