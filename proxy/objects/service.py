@@ -95,10 +95,13 @@ class ObjectService:
 
     async def adjust_versions(self, bucket: str, versions: list[dict[str, Any]]) -> None:
         """A ListObjectVersions page with each version's plaintext view: every version is looked
-        up as itself (its own trailer, read with its version id), as a listing entry would be."""
+        up as itself (its own trailer, read with its version id), as a listing entry would be. The
+        latest version is the current object, read as a listing reads it (guarded by its ETag): an
+        unversioned bucket lists every object as version "null", which not every upstream takes
+        as a version id on a HEAD (moto)."""
 
         async def one(entry: dict[str, Any]) -> None:
-            token = upstream_versions.reading(entry.get("VersionId"))
+            token = upstream_versions.reading(None if entry.get("IsLatest") else entry.get("VersionId"))
             try:
                 await self.adjust_listing(bucket, [entry])
             finally:
