@@ -109,6 +109,14 @@ class Run:
     skipped: set[str] = field(default_factory=set)
     seconds: float = 0.0
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "passed": sorted(self.passed),
+            "failed": sorted(self.failed),
+            "skipped": sorted(self.skipped),
+            "seconds": round(self.seconds, 1),
+        }
+
 
 def checkout(source: str, commit: str, into: Path) -> Path:
     """ceph/s3-tests at ``commit`` in ``into`` (cloned once; a clone at another commit is moved on)."""
@@ -238,6 +246,20 @@ def measure(kind: str, through_proxy: bool, args: argparse.Namespace, venv: Path
     return run
 
 
+TARGETS = ("direct", "proxy")
+
+
+def print_difference(kind: str, direct: set[str], proxied: set[str]) -> tuple[list[str], list[str]]:
+    """Print both pass sets' sizes and their differences; (direct only, proxy only)."""
+    lost, gained = sorted(direct - proxied), sorted(proxied - direct)
+    print(f"\n== {kind}: {len(direct)} pass directly, {len(proxied)} through the proxy")
+    print(f"-- {len(lost)} pass directly but not through the proxy:")
+    print("\n".join(f"   {name}" for name in lost))
+    print(f"-- {len(gained)} pass through the proxy but not directly:")
+    print("\n".join(f"   {name}" for name in gained), flush=True)
+    return lost, gained
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=S3_TESTS_URL, help="ceph/s3-tests to clone (URL, clone or git dir)")
@@ -247,9 +269,23 @@ def main() -> int:
     parser.add_argument("-k", default=None, help="pytest -k expression (a subset of the suite)")
     parser.add_argument("-m", default=WAITING_MARKERS, help="pytest -m expression ('' runs every test)")
     parser.add_argument("--workers", type=int, default=4, help="pytest-xdist workers per run")
+    parser.add_argument("--targets", nargs="+", default=["direct", "proxy"], choices=["direct", "proxy"])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, JUnit XML)")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("DIRECT_JSON", "PROXY_JSON"),
+        help="print the differences of two earlier reports (runs made side by side with --targets)",
+    )
     args = parser.parse_args()
+    if args.compare:
+        reports = [json.loads(path.read_text())["upstreams"] for path in args.compare]
+        for kind in reports[0]:
+            direct, proxied = (report[kind][target]["passed"] for report, target in zip(reports, TARGETS, strict=True))
+            print_difference(kind, set(direct), set(proxied))
+        return 0
 
     src = checkout(args.source, args.commit, VENVS_DIR / f"s3-tests-src-{args.commit[:12]}")
     venv = suite_venv(src, args.commit)
@@ -257,23 +293,15 @@ def main() -> int:
     report: dict[str, Any] = {"commit": args.commit, "suite": args.suite, "k": args.k, "m": args.m, "upstreams": {}}
     try:
         for kind in args.upstream:
+            if args.targets != ["direct", "proxy"]:  # one target alone (to run targets side by side)
+                for target in args.targets:
+                    run = measure(kind, target == "proxy", args, venv, src, work)
+                    report["upstreams"].setdefault(kind, {})[target] = run.as_json()
+                continue
             direct = measure(kind, False, args, venv, src, work)
             proxied = measure(kind, True, args, venv, src, work)
-            lost, gained = sorted(direct.passed - proxied.passed), sorted(proxied.passed - direct.passed)
-            print(f"\n== {kind}: {len(direct.passed)} pass directly, {len(proxied.passed)} through the proxy")
-            print(f"-- {len(lost)} pass directly but not through the proxy:")
-            print("\n".join(f"   {name}" for name in lost))
-            print(f"-- {len(gained)} pass through the proxy but not directly:")
-            print("\n".join(f"   {name}" for name in gained), flush=True)
-            report["upstreams"][kind] = {
-                run.target.rsplit("-", 1)[1]: {
-                    "passed": sorted(run.passed),
-                    "failed": sorted(run.failed),
-                    "skipped": sorted(run.skipped),
-                    "seconds": round(run.seconds, 1),
-                }
-                for run in (direct, proxied)
-            }
+            lost, gained = print_difference(kind, direct.passed, proxied.passed)
+            report["upstreams"][kind] = {"direct": direct.as_json(), "proxy": proxied.as_json()}
             report["upstreams"][kind].update(direct_only=lost, proxy_only=gained)
     finally:
         if args.keep:
