@@ -288,7 +288,9 @@ class PassthroughService:
         return params
 
     async def delete_object(self, request: Request) -> Reply:
-        headers = await self.upstream.delete(request.bucket or "", request.key or "", request.query.get("versionId"))
+        headers = await self.upstream.delete(
+            request.bucket or "", request.key or "", request.query.get("versionId"), delete_params(request.headers)
+        )
         await self.listing.forget(request.bucket or "", [request.key or ""])
         return Reply(204, headers)
 
@@ -308,7 +310,10 @@ class PassthroughService:
                 entry["VersionId"] = obj.version_id
             entries.append(entry)
         reply = await self.upstream.call(
-            "delete_objects", Bucket=request.bucket, Delete={"Objects": entries, "Quiet": quiet}
+            "delete_objects",
+            Bucket=request.bucket,
+            Delete={"Objects": entries, "Quiet": quiet},
+            **delete_params(request.headers),
         )
         await self.listing.forget(request.bucket or "", [deleted["Key"] for deleted in reply.get("Deleted", [])])
         return Reply.xml(xml.delete_result(reply.get("Deleted", []), reply.get("Errors", []), quiet))
@@ -420,6 +425,17 @@ def _length(body: Body) -> int:
 #: The S3 query parameters of a listing page that are forwarded (by version).
 _LIST_V2_PARAMS = ("prefix", "delimiter", "continuation-token", "start-after")
 _LIST_V1_PARAMS = ("prefix", "delimiter", "marker")
+
+
+def delete_params(headers: Mapping[str, str]) -> dict[str, Any]:
+    """What a delete says of object lock and MFA: a governance-mode retention is bypassed only when
+    the client asks (and its upstream credentials may), never silently."""
+    params: dict[str, Any] = {}
+    if headers.get("x-amz-bypass-governance-retention", "").strip().lower() == "true":
+        params["BypassGovernanceRetention"] = True
+    if headers.get("x-amz-mfa"):
+        params["MFA"] = headers["x-amz-mfa"]
+    return params
 
 
 def part_number(query: Mapping[str, str]) -> int:

@@ -486,9 +486,12 @@ class Upstream:
         )
         return Copied.from_botocore(reply.get("CopyPartResult", {}))
 
-    async def delete(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, str]:
-        """DeleteObject (of one version with ``version_id``); the reply's version headers."""
-        params = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+    async def delete(
+        self, bucket: str, key: str, version_id: str | None = None, params: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        """DeleteObject (of one version with ``version_id``; ``params`` botocore's, such as
+        BypassGovernanceRetention); the reply's version headers."""
+        params = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {}), **(params or {})}
         reply = await self.call("delete_object", **params)
         headers = {}
         if reply.get("VersionId"):

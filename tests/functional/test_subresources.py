@@ -200,8 +200,25 @@ def test_object_lock_settings_pass_through(proxy: ProxyProcess, upstream: S3Serv
         assert raw.get_object_legal_hold(Bucket=name, Key=DATA_KEY)["LegalHold"] == {"Status": "ON"}
         assert client.get_object_legal_hold(Bucket=name, Key=DATA_KEY)["LegalHold"] == {"Status": "ON"}
         client.put_object_legal_hold(Bucket=name, Key=DATA_KEY, LegalHold={"Status": "OFF"})
-        refused = outcome(client.delete_object, Bucket=name, Key=DATA_KEY, VersionId=version_of(raw, name))
+        refused = outcome(client.delete_object, Bucket=name, Key=DATA_KEY, VersionId=version_of(raw, name, DATA_KEY))
         assert refused[:2] == (403, "AccessDenied")  # the retention holds, through the proxy too
+        # ... until the client asks to bypass it (DeleteObject and DeleteObjects alike).
+        client.put_object(Bucket=name, Key=META_KEY, Body=b"locked too")
+        client.put_object_retention(
+            Bucket=name, Key=META_KEY, Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until}
+        )
+        version = version_of(raw, name, DATA_KEY)
+        bypassed = outcome(
+            client.delete_object, Bucket=name, Key=DATA_KEY, VersionId=version, BypassGovernanceRetention=True
+        )
+        assert bypassed[:2] == (204, "")
+        many = client.delete_objects(
+            Bucket=name,
+            Delete={"Objects": [{"Key": META_KEY, "VersionId": version_of(raw, name, META_KEY)}]},
+            BypassGovernanceRetention=True,
+        )
+        assert many.get("Errors", []) == [] and len(many["Deleted"]) == 1
+        assert raw.list_object_versions(Bucket=name).get("Versions", []) == []
     finally:
         for entry in raw.list_object_versions(Bucket=name).get("Versions", []):
             raw.delete_object(
@@ -210,8 +227,9 @@ def test_object_lock_settings_pass_through(proxy: ProxyProcess, upstream: S3Serv
         raw.delete_bucket(Bucket=name)
 
 
-def version_of(raw: Any, bucket: str) -> str:
-    return str(raw.list_object_versions(Bucket=bucket)["Versions"][0]["VersionId"])
+def version_of(raw: Any, bucket: str, key: str) -> str:
+    versions = raw.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+    return str(next(v["VersionId"] for v in versions if v["Key"] == key))
 
 
 def test_versions_show_their_plaintext(proxy: ProxyProcess, upstream: S3Server, names: Callable[[], str]) -> None:
