@@ -50,6 +50,7 @@ SUBRESOURCES: dict[str, dict[tuple[str, bool], str]] = {
         ("PUT", False): "PutBucketEncryption",
         ("DELETE", False): "DeleteBucketEncryption",
     },
+    "policyStatus": {("GET", False): "GetBucketPolicyStatus"},
     "publicAccessBlock": {
         ("GET", False): "GetPublicAccessBlock",
         ("PUT", False): "PutPublicAccessBlock",
@@ -73,7 +74,6 @@ _UNSUPPORTED_SUBRESOURCES = frozenset(
         "logging",
         "metrics",
         "notification",
-        "policyStatus",
         "replication",
         "requestPayment",
         "restore",

@@ -102,6 +102,7 @@ def configuration_steps(client: Any, bucket: str) -> list[tuple[str, Outcome]]:
     step("policy (none)", client.get_bucket_policy, lambda r: r.get("Policy"))
     step("put policy", client.put_bucket_policy, Policy=POLICY.replace("BUCKET", bucket))
     step("get policy", client.get_bucket_policy, policy_action)
+    step("policy status", client.get_bucket_policy_status, lambda r: r.get("PolicyStatus"))
     step("delete policy", client.delete_bucket_policy)
     step("policy (deleted)", client.get_bucket_policy)
     step("lifecycle (none)", client.get_bucket_lifecycle_configuration)

@@ -173,6 +173,7 @@ UNTYPED_OPERATIONS |= {
     "get_bucket_policy",
     "put_bucket_policy",
     "delete_bucket_policy",
+    "get_bucket_policy_status",
     "get_bucket_lifecycle_configuration",
     "put_bucket_lifecycle_configuration",
     "delete_bucket_lifecycle",
