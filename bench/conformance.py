@@ -70,17 +70,25 @@ USERS = [
 ]
 
 
-# Loaded into the suite's pytest (``-p``): its bucket clean-up lists versions, which
-# ``rclone serve s3`` answers NotImplemented, so every test there would fail in its teardown; where
-# that happens the clean-up lists the objects instead (the same on both targets of an upstream).
+# Loaded into the suite's pytest (``-p``), for both targets of an upstream alike. The suite's
+# bucket clean-up lists versions, which ``rclone serve s3`` answers NotImplemented: there it lists
+# the objects instead, and aborts pending uploads. A bucket that still cannot be deleted (rclone
+# keeps the directories of deleted keys, and then answers BucketNotEmpty) is left behind instead of
+# failing the setup of every later test of that worker.
 CLEANUP_PLUGIN = """
+import contextlib
+
 import s3tests.functional as functional
 from botocore.exceptions import ClientError
 
 _list_versions = functional.list_versions
+_nuke_prefixed_buckets = functional.nuke_prefixed_buckets
 
 
 def _objects(client, bucket, batch_size):
+    with contextlib.suppress(ClientError):
+        for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, PaginationConfig={"PageSize": batch_size})
     for page in pages:
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
@@ -97,7 +105,16 @@ def list_versions(client, bucket, batch_size):
         yield from _objects(client, bucket, batch_size)
 
 
+def nuke_prefixed_buckets(prefix, client=None):
+    try:
+        _nuke_prefixed_buckets(prefix, client)
+    except ClientError as err:
+        if err.response["Error"]["Code"] != "BucketNotEmpty":
+            raise
+
+
 functional.list_versions = list_versions
+functional.nuke_prefixed_buckets = nuke_prefixed_buckets
 """
 
 
