@@ -8,7 +8,7 @@ connections (``proxy.s3.frontend`` does) nor the object format (``proxy.format``
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from proxy.metrics import Metrics
@@ -28,7 +28,8 @@ from proxy.s3.headers import (
     response_override_params,
     storage_params,
 )
-from proxy.upstream import ObjectHead, Opened, Upstream, reply_headers, write_headers
+from proxy.s3.routing import SUBRESOURCE_OPERATIONS
+from proxy.upstream import ObjectHead, Opened, Upstream, reply_headers, subresources, versions, write_headers
 
 MAX_XML_BODY = 4 << 20
 
@@ -45,11 +46,21 @@ class Listing(Protocol):
 
     async def forget(self, bucket: str, keys: list[str]) -> None: ...
 
+    async def adjust_versions(self, bucket: str, versions: list[dict[str, Any]]) -> None: ...
+
+    async def adjust_attributes(self, bucket: str, key: str, attributes: dict[str, Any]) -> None: ...
+
 
 class StoredAsIs:
     """The ``Listing`` of a bucket without encryption: stored sizes and ETags are the client's."""
 
     async def adjust_listing(self, bucket: str, contents: list[dict[str, Any]]) -> None:
+        return None
+
+    async def adjust_versions(self, bucket: str, versions: list[dict[str, Any]]) -> None:
+        return None
+
+    async def adjust_attributes(self, bucket: str, key: str, attributes: dict[str, Any]) -> None:
         return None
 
     async def forget(self, bucket: str, keys: list[str]) -> None:
@@ -87,6 +98,9 @@ class PassthroughService:
             "AbortMultipartUpload": self.abort_multipart_upload,
             "ListParts": self.list_parts,
             "ListMultipartUploads": self.list_multipart_uploads,
+            **{operation: self.subresource for operation in SUBRESOURCE_OPERATIONS - OBJECT_VIEWS},
+            "ListObjectVersions": self.list_object_versions,
+            "GetObjectAttributes": self.get_object_attributes,
         }
 
     async def handle(self, request: Request) -> Reply:
@@ -185,6 +199,44 @@ class PassthroughService:
         page.pop("EncodingType", None)
         return page
 
+    # --- sub-resources: configuration without object data -------------------------------
+
+    async def subresource(self, request: Request) -> Reply:
+        """A bucket's or object's configuration (versioning, policy, tagging, ACL, object lock...):
+        no object data, so it goes to the bucket as it is and its answer (or error) comes back."""
+        result = await self._subresource_call(request)
+        status, headers, body = subresources.reply_of(request.operation, result)
+        return Reply(status, headers, body)
+
+    async def _subresource_call(self, request: Request) -> dict[str, Any]:
+        payload = await request.body.read_all(MAX_XML_BODY) if request.body is not None else b""
+        params = subresources.request_params(
+            request.operation, request.bucket or "", request.key, request.query, request.headers, payload
+        )
+        return await self.upstream.call(subresources.botocore_name(request.operation), **params)
+
+    async def list_object_versions(self, request: Request) -> Reply:
+        """ListObjectVersions with each version's plaintext size and ETag (``Listing.adjust_versions``).
+        botocore decodes the keys it gets (it asks for ``encoding-type=url`` itself); the client's
+        own ``encoding-type`` decides how they are written back."""
+        encoding = self._encoding(request.query)
+        query = {name: value for name, value in request.query.items() if name != "encoding-type"}
+        result = await self._subresource_call(
+            Request(request.operation, request.bucket, None, query, request.headers, None, request.scope)
+        )
+        await self.listing.adjust_versions(request.bucket or "", result.get("Versions", []))
+        if encoding == "url":
+            subresources.url_encode_listing(result)
+        status, headers, body = subresources.reply_of(request.operation, result)
+        return Reply(status, headers, body)
+
+    async def get_object_attributes(self, request: Request) -> Reply:
+        """GetObjectAttributes with the plaintext size and ETag (``Listing.adjust_attributes``)."""
+        result = await self._subresource_call(request)
+        await self.listing.adjust_attributes(request.bucket or "", request.key or "", result)
+        status, headers, body = subresources.reply_of(request.operation, result)
+        return Reply(status, headers, body)
+
     # --- objects -------------------------------------------------------------------------
 
     async def head_object(self, request: Request) -> Reply:
@@ -252,9 +304,11 @@ class PassthroughService:
         return params
 
     async def delete_object(self, request: Request) -> Reply:
-        await self.upstream.delete(request.bucket or "", request.key or "")
+        headers = await self.upstream.delete(
+            request.bucket or "", request.key or "", request.query.get("versionId"), delete_params(request.headers)
+        )
         await self.listing.forget(request.bucket or "", [request.key or ""])
-        return Reply(204)
+        return Reply(204, headers)
 
     async def delete_objects(self, request: Request) -> Reply:
         payload = await request_body(request).read_all(MAX_XML_BODY)
@@ -272,7 +326,10 @@ class PassthroughService:
                 entry["VersionId"] = obj.version_id
             entries.append(entry)
         reply = await self.upstream.call(
-            "delete_objects", Bucket=request.bucket, Delete={"Objects": entries, "Quiet": quiet}
+            "delete_objects",
+            Bucket=request.bucket,
+            Delete={"Objects": entries, "Quiet": quiet},
+            **delete_params(request.headers),
         )
         await self.listing.forget(request.bucket or "", [deleted["Key"] for deleted in reply.get("Deleted", [])])
         return Reply.xml(xml.delete_result(reply.get("Deleted", []), reply.get("Errors", []), quiet))
@@ -393,6 +450,8 @@ class PassthroughService:
 
 
 SMALL_BODY = 1 << 20
+#: Sub-resources that describe objects: the service shows them with the plaintext view.
+OBJECT_VIEWS = frozenset({"ListObjectVersions", "GetObjectAttributes"})
 
 #: The ETag a client sees of the object now at a key and the bucket's ETag of it; None: no object.
 CurrentEtags = Callable[[], Awaitable[tuple[str, str] | None]]
@@ -441,6 +500,17 @@ _LIST_V2_PARAMS = ("prefix", "delimiter", "continuation-token", "start-after")
 _LIST_V1_PARAMS = ("prefix", "delimiter", "marker")
 
 
+def delete_params(headers: Mapping[str, str]) -> dict[str, Any]:
+    """What a delete says of object lock and MFA: a governance-mode retention is bypassed only when
+    the client asks (and its upstream credentials may), never silently."""
+    params: dict[str, Any] = {}
+    if headers.get("x-amz-bypass-governance-retention", "").strip().lower() == "true":
+        params["BypassGovernanceRetention"] = True
+    if headers.get("x-amz-mfa"):
+        params["MFA"] = headers["x-amz-mfa"]
+    return params
+
+
 def part_number(query: Mapping[str, str]) -> int:
     number = int_param(query, "partNumber", None, 1, 10000)
     if number is None:
@@ -453,7 +523,37 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     handler = handlers.get(request.operation)
     if handler is None:
         raise S3Error("NotImplemented", f"{request.operation} is not supported by this proxy", 501)
-    return await handler(request)
+    reject_sse_c(request.headers)
+    version = request.query.get("versionId") if request.operation in VERSIONED_READS else None
+    if not version:
+        return await handler(request)
+    token = versions.reading(version)  # every upstream read of this request reads that version
+    try:
+        reply = await handler(request)
+    except BaseException:
+        versions.done(token)
+        raise
+    if isinstance(reply.body, bytes):
+        versions.done(token)
+    else:
+        reply.body = _then_done(reply.body, token)
+    return reply
+
+
+#: Reads that name a version with ``versionId`` (``proxy.upstream.versions``).
+VERSIONED_READS = frozenset({"GetObject", "HeadObject", "GetObjectAttributes"})
+
+
+async def _then_done(pieces: AsyncIterator[Any], token: Any) -> AsyncIterator[Any]:
+    """``pieces`` (read as the version of the request), then the version read is undone."""
+    try:
+        async for piece in pieces:
+            yield piece
+    finally:
+        close = getattr(pieces, "aclose", None)
+        if close is not None:
+            await close()
+        versions.done(token)
 
 
 def verified_checksum(body: Body) -> dict[str, str]:

@@ -9,6 +9,7 @@ objects plugged in (``adjust_listing``).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from proxy.s3 import xml
 from proxy.s3.api import Handler, Reply, Request, parse_copy_source
 from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
+from proxy.upstream import versions as upstream_versions
 
 
 class ObjectService:
@@ -96,6 +98,35 @@ class ObjectService:
 
     async def forget(self, bucket: str, keys: list[str]) -> None:
         await self.views.forget(bucket, keys)
+
+    async def adjust_versions(self, bucket: str, versions: list[dict[str, Any]]) -> None:
+        """A ListObjectVersions page with each version's plaintext view: every version is looked
+        up as itself (its own trailer, read with its version id), as a listing entry would be. The
+        latest version is the current object, read as a listing reads it (guarded by its ETag): an
+        unversioned bucket lists every object as version "null", which not every upstream takes
+        as a version id on a HEAD (moto)."""
+
+        async def one(entry: dict[str, Any]) -> None:
+            token = upstream_versions.reading(None if entry.get("IsLatest") else entry.get("VersionId"))
+            try:
+                await self.adjust_listing(bucket, [entry])
+            finally:
+                upstream_versions.done(token)
+
+        await asyncio.gather(*(one(entry) for entry in versions))
+
+    async def adjust_attributes(self, bucket: str, key: str, attributes: dict[str, Any]) -> None:
+        """GetObjectAttributes of a stored-encrypted object as its HEAD shows it: the plaintext ETag
+        and size; the checksums and parts describe the stored bytes, so they are left out."""
+        if self.policy.kind(key) is Kind.PLAINTEXT:
+            return
+        head = await self.head_object(Request("HeadObject", bucket, key, {}, {}))
+        if "ETag" in attributes:
+            attributes["ETag"] = head.headers.get("ETag", "").strip('"')
+        if "ObjectSize" in attributes:
+            attributes["ObjectSize"] = int(head.headers.get("Content-Length", 0))
+        attributes.pop("Checksum", None)
+        attributes.pop("ObjectParts", None)
 
     # --- objects ---------------------------------------------------------------------------
 

@@ -71,10 +71,21 @@ _BUCKET_PARAMS = {
 INTERNAL_META_PREFIX = "x-amz-meta-mcp-"
 
 
+_SSE_C_PREFIXES = ("x-amz-server-side-encryption-customer-", "x-amz-copy-source-server-side-encryption-customer-")
+
+
 def reject_sse_c(headers: Mapping[str, str]) -> None:
-    """SSE-C keys would have to be forwarded and re-sent on every read; refuse them plainly."""
-    if any(name.lower().startswith("x-amz-server-side-encryption-customer-") for name in headers):
-        raise S3Error("NotImplemented", "SSE-C is not supported through the encrypting proxy", 501)
+    """SSE-C cannot coexist with the proxy's encryption: the bucket would hold the proxy's
+    ciphertext under the client's key, and every read through any proxy would need that key. A
+    request that names one is refused as S3 refuses a disallowed request (400, said plainly),
+    on every operation: a GET with a key must not quietly read an object stored without one."""
+    if any(name.lower().startswith(_SSE_C_PREFIXES) for name in headers):
+        raise S3Error(
+            "InvalidRequest",
+            "Server-side encryption with customer-provided keys (SSE-C) is not allowed through the encrypting "
+            "proxy: objects are encrypted by the proxy, with its own keys",
+            400,
+        )
 
 
 def without_aws_chunked(content_encoding: str) -> str:

@@ -8,37 +8,78 @@ from urllib.parse import unquote
 
 from proxy.s3.errors import S3Error
 
+# Sub-resources that carry no object data, forwarded to the bucket as S3 operations
+# (proxy.upstream.subresources translates them by botocore's model): sub-resource ->
+# (method, on an object?) -> operation. A method the table does not name is MethodNotAllowed.
+SUBRESOURCES: dict[str, dict[tuple[str, bool], str]] = {
+    "versioning": {("GET", False): "GetBucketVersioning", ("PUT", False): "PutBucketVersioning"},
+    "policy": {
+        ("GET", False): "GetBucketPolicy",
+        ("PUT", False): "PutBucketPolicy",
+        ("DELETE", False): "DeleteBucketPolicy",
+    },
+    "lifecycle": {
+        ("GET", False): "GetBucketLifecycleConfiguration",
+        ("PUT", False): "PutBucketLifecycleConfiguration",
+        ("DELETE", False): "DeleteBucketLifecycle",
+    },
+    "tagging": {
+        ("GET", False): "GetBucketTagging",
+        ("PUT", False): "PutBucketTagging",
+        ("DELETE", False): "DeleteBucketTagging",
+        ("GET", True): "GetObjectTagging",
+        ("PUT", True): "PutObjectTagging",
+        ("DELETE", True): "DeleteObjectTagging",
+    },
+    "acl": {
+        ("GET", False): "GetBucketAcl",
+        ("PUT", False): "PutBucketAcl",
+        ("GET", True): "GetObjectAcl",
+        ("PUT", True): "PutObjectAcl",
+    },
+    "ownershipControls": {
+        ("GET", False): "GetBucketOwnershipControls",
+        ("PUT", False): "PutBucketOwnershipControls",
+        ("DELETE", False): "DeleteBucketOwnershipControls",
+    },
+    "object-lock": {("GET", False): "GetObjectLockConfiguration", ("PUT", False): "PutObjectLockConfiguration"},
+    "legal-hold": {("GET", True): "GetObjectLegalHold", ("PUT", True): "PutObjectLegalHold"},
+    "retention": {("GET", True): "GetObjectRetention", ("PUT", True): "PutObjectRetention"},
+    "encryption": {
+        ("GET", False): "GetBucketEncryption",
+        ("PUT", False): "PutBucketEncryption",
+        ("DELETE", False): "DeleteBucketEncryption",
+    },
+    "policyStatus": {("GET", False): "GetBucketPolicyStatus"},
+    "publicAccessBlock": {
+        ("GET", False): "GetPublicAccessBlock",
+        ("PUT", False): "PutPublicAccessBlock",
+        ("DELETE", False): "DeletePublicAccessBlock",
+    },
+    # These two list or describe objects: the service gives them the plaintext view.
+    "versions": {("GET", False): "ListObjectVersions"},
+    "attributes": {("GET", True): "GetObjectAttributes"},
+}
+#: Every operation of the table above.
+SUBRESOURCE_OPERATIONS = frozenset(op for methods in SUBRESOURCES.values() for op in methods.values())
+
 # Bucket sub-resources we recognise only to refuse them clearly.
 _UNSUPPORTED_SUBRESOURCES = frozenset(
     {
-        "acl",
         "analytics",
         "accelerate",
         "cors",
-        "encryption",
         "intelligent-tiering",
         "inventory",
-        "lifecycle",
         "logging",
         "metrics",
         "notification",
-        "object-lock",
-        "ownershipControls",
-        "policy",
-        "policyStatus",
-        "publicAccessBlock",
         "replication",
         "requestPayment",
-        "retention",
-        "legal-hold",
         "restore",
         "select",
-        "tagging",
         "torrent",
-        "versioning",
-        "versions",
         "website",
-        "attributes",
         "session",
     }
 )
@@ -82,6 +123,13 @@ def route(
     for name in query:
         if name in _UNSUPPORTED_SUBRESOURCES:
             raise S3Error("NotImplemented", f"the {name} sub-resource is not supported by this proxy", 501)
+    for name in query:
+        methods = SUBRESOURCES.get(name)
+        if methods is not None and bucket is not None:
+            operation = methods.get((method, key is not None))
+            if operation is None:
+                raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
+            return Route(operation, bucket, key)
     if bucket is None:
         if method in ("GET", "HEAD"):
             return Route("ListBuckets", None, None)
@@ -135,6 +183,9 @@ def _object_operation(method: str, query: Mapping[str, str], headers: Mapping[st
 
 # --- client scopes ---------------------------------------------------------------------------
 
+_OBJECT_SUBRESOURCE_OPERATIONS = frozenset(
+    op for methods in SUBRESOURCES.values() for (_, on_object), op in methods.items() if on_object
+)
 # Operations on a bucket's objects: the key in the URL must be in scope.
 _KEY_OPERATIONS = frozenset(
     {
@@ -148,16 +199,21 @@ _KEY_OPERATIONS = frozenset(
         "AbortMultipartUpload",
         "ListParts",
     }
+    # Object sub-resources (tagging, ACL, legal hold, retention, attributes) are about one key.
+    | _OBJECT_SUBRESOURCE_OPERATIONS
 )
 # ... and the copy source (``x-amz-copy-source``) too.
 _COPY_OPERATIONS = frozenset({"CopyObject", "UploadPartCopy"})
 # Listings: the ``prefix`` parameter must be inside the scope's prefix.
-_LIST_OPERATIONS = frozenset({"ListObjects", "ListObjectsV2", "ListMultipartUploads"})
+_LIST_OPERATIONS = frozenset({"ListObjects", "ListObjectsV2", "ListMultipartUploads", "ListObjectVersions"})
 # The bucket must be in scope; nothing about keys is named (DeleteObjects names its keys in the
 # body, checked by the service where the body is parsed: ``ClientScope.check_key``).
 _BUCKET_OPERATIONS = frozenset({"HeadBucket", "GetBucketLocation", "DeleteObjects"})
-# Whole-bucket changes: the bucket in scope and no prefix restriction.
-_WHOLE_BUCKET_OPERATIONS = frozenset({"CreateBucket", "DeleteBucket"})
+# Whole-bucket changes: the bucket in scope and no prefix restriction; a bucket's configuration
+# (its sub-resources: versioning, policy, ACL...) is one, read or written.
+_WHOLE_BUCKET_OPERATIONS = frozenset({"CreateBucket", "DeleteBucket"}) | (
+    SUBRESOURCE_OPERATIONS - _OBJECT_SUBRESOURCE_OPERATIONS - {"ListObjectVersions"}
+)
 # Every operation ``route`` can name has a rule above; any other is refused to a scoped client.
 SCOPED_OPERATIONS = (
     _KEY_OPERATIONS

@@ -41,6 +41,7 @@ from xml.parsers import expat
 
 __all__ = [
     "MAX_COMPLETE_BODY",
+    "MAX_CONFIGURATION_BODY",
     "MAX_DELETE_BODY",
     "MAX_DELETE_KEYS",
     "MAX_PARTS",
@@ -64,6 +65,7 @@ __all__ = [
     "parse_complete_multipart",
     "parse_create_bucket",
     "parse_delete",
+    "parse_document",
     "quote_etag",
     "url_encode",
 ]
@@ -82,6 +84,9 @@ MAX_DELETE_BODY = 4 * 1024 * 1024
 MAX_DELETE_KEYS = 1000
 #: Largest CreateBucketConfiguration body accepted (it holds one short element).
 MAX_CREATE_BUCKET_BODY = 64 * 1024
+#: Largest sub-resource configuration body accepted (S3's own limit for a lifecycle is 20 KB,
+#: for a policy 20 KB; ACLs and tag sets are smaller).
+MAX_CONFIGURATION_BODY = 1024 * 1024
 
 _MAX_DEPTH = 16
 
@@ -503,7 +508,13 @@ class _Refused(Exception):
     pass
 
 
-def _parse(body: bytes, root_name: str, max_bytes: int) -> ET.Element:
+def parse_document(body: bytes, root_name: str, max_bytes: int = MAX_CONFIGURATION_BODY) -> ET.Element:
+    """A client's configuration document (a bucket's tagging, ACL, lifecycle...) parsed as safely as
+    the proxy's own bodies, its attributes kept (an ACL's ``xsi:type``) as ``{namespace}name``."""
+    return _parse(body, root_name, max_bytes, attributes=True)
+
+
+def _parse(body: bytes, root_name: str, max_bytes: int, attributes: bool = False) -> ET.Element:
     """Parse ``body`` safely (UTF-8 forced, no DTD/entities, bounded) and check the root."""
     if not isinstance(body, bytes | bytearray | memoryview):
         raise MalformedXMLError("request body must be bytes")
@@ -524,7 +535,8 @@ def _parse(body: bytes, root_name: str, max_bytes: int) -> ET.Element:
         depth += 1
         if depth > _MAX_DEPTH:
             raise _Refused("XML nested too deeply")
-        builder.start("{" + name if "}" in name else name, {})
+        kept = {("{" + k if "}" in k else k): v for k, v in attrs.items()} if attributes else {}
+        builder.start("{" + name if "}" in name else name, kept)
 
     def end(name: str) -> None:
         nonlocal depth

@@ -41,6 +41,8 @@ from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, param_error
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
 from proxy.upstream.results import Copied, Created, ObjectHead, Opened, Written
 from proxy.upstream.streaming import Silence, StreamingBody, first_piece_ahead
+from proxy.upstream.versions import current as current_version
+from proxy.upstream.versions import versioned
 
 __all__ = [
     "FORWARDED_HEADERS",
@@ -416,9 +418,10 @@ class Upstream:
         longer than the range asked for (or than ``limit``) is refused, never read whole."""
         guard = etag if etag.strip('"') else ""
         limit = _span(spec) or limit
-        data = await self.direct_range(bucket, key, spec, guard, limit)
-        if data is not None:
-            return data
+        if current_version() is None:  # the fast path reads the current object only
+            data = await self.direct_range(bucket, key, spec, guard, limit)
+            if data is not None:
+                return data
         return await self.read(limit=limit, **_get_params(bucket, key, spec, guard, {}))
 
     async def open(
@@ -430,7 +433,7 @@ class Upstream:
         else botocore streams it (``params`` are botocore's: conditions, response overrides,
         PartNumber)."""
         guard = etag if etag.strip('"') else ""
-        if piece_size is not None and not params:
+        if piece_size is not None and not params and current_version() is None:
             opened = await self.direct_records(bucket, key, spec, guard, piece_size)
             if opened is not None:
                 return opened
@@ -534,8 +537,19 @@ class Upstream:
         )
         return Copied.from_botocore(reply.get("CopyPartResult", {}), reply)
 
-    async def delete(self, bucket: str, key: str) -> None:
-        await self.call("delete_object", Bucket=bucket, Key=key)
+    async def delete(
+        self, bucket: str, key: str, version_id: str | None = None, params: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        """DeleteObject (of one version with ``version_id``; ``params`` botocore's, such as
+        BypassGovernanceRetention); the reply's version headers."""
+        params = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {}), **(params or {})}
+        reply = await self.call("delete_object", **params)
+        headers = {}
+        if reply.get("VersionId"):
+            headers["x-amz-version-id"] = str(reply["VersionId"])
+        if reply.get("DeleteMarker"):
+            headers["x-amz-delete-marker"] = "true"
+        return headers
 
     async def list_page(self, bucket: str, query: list[tuple[str, str]], v2: bool) -> dict[str, Any]:
         """One ListObjects(V2) page in botocore's shape; ``query`` holds the S3 query parameters
@@ -559,10 +573,11 @@ class Upstream:
         return await self._bounded("head_object", self._head(bucket, key, conditions or {}))
 
     async def _head(self, bucket: str, key: str, conditions: Mapping[str, Any]) -> ObjectHead:
-        direct = None if conditions else await self._fast_head(bucket, key)
+        direct = None if conditions or current_version() is not None else await self._fast_head(bucket, key)
         if direct is not None:
             return direct
-        return ObjectHead.from_botocore(await self._call("head_object", Bucket=bucket, Key=key, **conditions))
+        params = versioned({"Bucket": bucket, "Key": key, **conditions})
+        return ObjectHead.from_botocore(await self._call("head_object", **params))
 
     async def direct_records(
         self, bucket: str, key: str, spec: str | None, etag: str, piece_size: int
@@ -781,6 +796,7 @@ class Upstream:
 def _get_params(bucket: str, key: str, spec: str | None, guard: str, params: dict[str, Any]) -> dict[str, Any]:
     """botocore's GetObject parameters of a read of ``spec`` (None: all) guarded by ``guard``."""
     params.update(Bucket=bucket, Key=key)
+    versioned(params)
     if guard:
         params["IfMatch"] = guard
     if spec is not None:

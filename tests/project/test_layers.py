@@ -165,6 +165,57 @@ UNTYPED_OPERATIONS = {
     "list_multipart_uploads",
     "delete_objects",
 }
+# The sub-resource operations (proxy.s3.routing.SUBRESOURCES), forwarded by botocore's model
+# (proxy.upstream.subresources): configuration and descriptions, no object data.
+UNTYPED_OPERATIONS |= {
+    "get_bucket_versioning",
+    "put_bucket_versioning",
+    "get_bucket_policy",
+    "put_bucket_policy",
+    "delete_bucket_policy",
+    "get_bucket_policy_status",
+    "get_bucket_lifecycle_configuration",
+    "put_bucket_lifecycle_configuration",
+    "delete_bucket_lifecycle",
+    "get_bucket_tagging",
+    "put_bucket_tagging",
+    "delete_bucket_tagging",
+    "get_object_tagging",
+    "put_object_tagging",
+    "delete_object_tagging",
+    "get_bucket_acl",
+    "put_bucket_acl",
+    "get_object_acl",
+    "put_object_acl",
+    "get_bucket_ownership_controls",
+    "put_bucket_ownership_controls",
+    "delete_bucket_ownership_controls",
+    "get_object_lock_configuration",
+    "put_object_lock_configuration",
+    "get_object_legal_hold",
+    "put_object_legal_hold",
+    "get_object_retention",
+    "put_object_retention",
+    "get_bucket_encryption",
+    "put_bucket_encryption",
+    "delete_bucket_encryption",
+    "get_public_access_block",
+    "put_public_access_block",
+    "delete_public_access_block",
+    "list_object_versions",
+    "get_object_attributes",
+}
+
+
+def test_sub_resource_operations_are_the_documented_untyped_ones() -> None:
+    """What ``PassthroughService.subresource`` calls by a computed name is listed above, and only
+    operations without object data are: nothing that writes or reads a body goes that way."""
+    from proxy.s3.routing import SUBRESOURCE_OPERATIONS
+    from proxy.upstream.subresources import botocore_name
+
+    called = {botocore_name(operation) for operation in SUBRESOURCE_OPERATIONS}
+    assert called <= UNTYPED_OPERATIONS, called - UNTYPED_OPERATIONS
+    assert not {"get_object", "put_object", "upload_part", "copy_object"} & called
 
 
 def test_object_operations_go_through_typed_upstream_calls() -> None:

@@ -177,8 +177,11 @@ class FakeUpstream:
         result = await self.call("upload_part_copy", Bucket=bucket, Key=key, UploadId=upload_id, CopySource=source)
         return Copied.from_botocore(result)
 
-    async def delete(self, bucket: str, key: str) -> None:
+    async def delete(
+        self, bucket: str, key: str, version_id: str | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, str]:
         await self.call("delete_object", Bucket=bucket, Key=key)
+        return {}
 
     @staticmethod
     async def _whole(body: bytes | bytearray | AsyncIterable[Any], length: int) -> bytes:

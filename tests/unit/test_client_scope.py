@@ -20,7 +20,7 @@ from proxy.daemon.server import client_scopes
 from proxy.objects.passthrough import PassthroughService
 from proxy.s3.api import Request
 from proxy.s3.errors import S3Error
-from proxy.s3.routing import SCOPED_OPERATIONS, ClientScope, Route, check_scope, route
+from proxy.s3.routing import SCOPED_OPERATIONS, SUBRESOURCES, ClientScope, Route, check_scope, route
 
 PREFIX = "cluster1/"
 SCOPE = ClientScope(frozenset({"a"}), PREFIX)
@@ -146,6 +146,7 @@ def _every_routed_operation() -> set[str]:
         {"uploadId": "u"},
         {"partNumber": "1"},
         {"uploadId": "u", "partNumber": "1"},
+        *({name: ""} for name in SUBRESOURCES),
     ]
     found = set()
     for method in ("GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"):
@@ -159,7 +160,7 @@ def _every_routed_operation() -> set[str]:
 
 def test_every_operation_the_router_names_has_a_rule() -> None:
     routed = _every_routed_operation()
-    assert len(routed) >= 20, routed
+    assert len(routed) >= 55, routed
     assert routed <= SCOPED_OPERATIONS, routed - SCOPED_OPERATIONS
 
 
