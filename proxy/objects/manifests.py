@@ -40,7 +40,7 @@ from proxy.objects.encrypted import EncryptedObjects, head_reply
 from proxy.objects.passthrough import request_body, visible_headers
 from proxy.objects.views import IntegrityRefusal, View, Views, cached_view, integrity_error, mark_damaged
 from proxy.policy import accepted_names
-from proxy.s3.api import Chunk, Reply, Request
+from proxy.s3.api import Chunk, Reply, Request, close_pieces
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     object_params,
@@ -328,9 +328,7 @@ class ManifestObjects:
                 buf[pos : pos + len(piece)] = piece
                 pos += len(piece)
         finally:
-            close = getattr(pieces, "aclose", None)
-            if close is not None:
-                await close()
+            await close_pieces(pieces)
         if pos != size:
             raise S3Error("InternalError", f"{key!r} changed while it was read", 500)
         return buf

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from proxy.metrics import Metrics
 from proxy.s3 import xml
-from proxy.s3.api import Body, Handler, Reply, Request, parse_copy_source
+from proxy.s3.api import Body, Handler, Reply, Request, close_pieces, parse_copy_source
 from proxy.s3.checksums import BodyChecksums
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
@@ -550,9 +550,7 @@ async def _then_done(pieces: AsyncIterator[Any], token: Any) -> AsyncIterator[An
         async for piece in pieces:
             yield piece
     finally:
-        close = getattr(pieces, "aclose", None)
-        if close is not None:
-            await close()
+        await close_pieces(pieces)
         versions.done(token)
 
 

@@ -32,7 +32,7 @@ from proxy.objects.passthrough import PassthroughService, dispatch
 from proxy.objects.views import Views
 from proxy.policy import Kind
 from proxy.s3 import xml
-from proxy.s3.api import Handler, Reply, Request, parse_copy_source
+from proxy.s3.api import Handler, Reply, Request, close_pieces, parse_copy_source
 from proxy.s3.errors import S3Error
 from proxy.upstream import Upstream
 from proxy.upstream import versions as upstream_versions
@@ -248,7 +248,7 @@ class ObjectService:
             else:
                 written = await self.plain.upload_part(part)
         finally:
-            await _close(source)
+            await close_pieces(source.body)
         return Reply.xml(xml.copy_part_result(written.headers["ETag"], datetime.now(UTC)))
 
     def _by_upload_kind(self, encrypted: Handler, plain: Handler) -> Handler:
@@ -283,13 +283,6 @@ def _copy_source_range(value: str | None) -> tuple[int, int] | None:
     if match is None or int(match[1]) > int(match[2]):
         raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400)
     return int(match[1]), int(match[2])
-
-
-async def _close(reply: Reply) -> None:
-    """Stop a reply's body that will not be read (its upstream read with it)."""
-    close = getattr(reply.body, "aclose", None)
-    if close is not None:
-        await close()
 
 
 _UPLOAD_STEPS = {

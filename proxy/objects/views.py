@@ -36,7 +36,7 @@ from proxy.keyfiles import load_key_ring
 from proxy.kms import build_provider
 from proxy.metrics import IntegrityKind, Metrics
 from proxy.policy import Kind, Policy, written_as
-from proxy.s3.api import Chunk
+from proxy.s3.api import Chunk, close_pieces
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import (
     quote_etag,
@@ -581,9 +581,7 @@ class Views:
                 yield piece
                 del piece
         finally:
-            close = getattr(pieces, "aclose", None)
-            if close is not None:
-                await close()  # the upstream connection goes now, not when collected
+            await close_pieces(pieces)
 
     async def decrypting(
         self, bucket: str, key: str, head: ObjectHead, pieces: AsyncIterator[bytes], decryptor: Any

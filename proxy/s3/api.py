@@ -64,3 +64,11 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     if not bucket or not key:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key", 400)
     return bucket, key
+
+
+async def close_pieces(pieces: object) -> None:
+    """Stop an async iterator of body pieces that will not be read to its end (``aclose``, if it
+    has one): the upstream read behind it ends now, not when the iterator is collected."""
+    close = getattr(pieces, "aclose", None)
+    if close is not None:
+        await close()

@@ -14,7 +14,7 @@ from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
-from proxy.s3.api import Reply, Request, parse_copy_source
+from proxy.s3.api import Reply, Request, close_pieces, parse_copy_source
 from proxy.s3.body import RequestBody
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import ClientScope, Route, bucket_and_key, check_scope, route
@@ -189,10 +189,8 @@ class Frontend:
             if http.transport is not None:
                 http.transport.abort()
             return response
-        finally:
-            close = getattr(reply.body, "aclose", None)
-            if close is not None:  # a client gone (cancelled) or an error: the upstream read stops now
-                await close()
+        finally:  # a client gone (cancelled) or an error: the upstream read stops now
+            await close_pieces(reply.body)
         fields["bytes_out"] = sent
         await response.write_eof()
         return response

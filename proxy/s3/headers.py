@@ -12,7 +12,7 @@ from proxy.s3.errors import S3Error
 # What a write asks of the bucket itself, kept on CopyObject whatever its metadata directive: its
 # encryption at rest and the object's lock. (Never dropped: a backup kept under object lock must
 # get the lock it asked for, and a bucket policy may deny writes without the SSE header.)
-_STORAGE_HEADERS = frozenset(
+STORAGE_HEADERS = frozenset(
     {
         "x-amz-server-side-encryption",
         "x-amz-server-side-encryption-aws-kms-key-id",
@@ -140,8 +140,8 @@ def body_limit(params: Mapping[str, Any], default: int) -> int:
 
 def storage_params(headers: Mapping[str, str]) -> dict[str, Any]:
     """botocore parameters for a copy's encryption-at-rest and object-lock headers
-    (``_STORAGE_HEADERS``), which apply whatever its metadata directive."""
-    return object_params({name: value for name, value in headers.items() if name.lower() in _STORAGE_HEADERS})
+    (``STORAGE_HEADERS``), which apply whatever its metadata directive."""
+    return object_params({name: value for name, value in headers.items() if name.lower() in STORAGE_HEADERS})
 
 
 def _flag(name: str, value: str) -> bool:

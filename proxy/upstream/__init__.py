@@ -35,7 +35,7 @@ from yarl import URL
 from proxy.config import Upstream as UpstreamConfig
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import LOCK_PARAMS, without_aws_chunked
+from proxy.s3.headers import LOCK_PARAMS, STORAGE_HEADERS, without_aws_chunked
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
 from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, param_error_to_s3, timeout_kind
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
@@ -84,13 +84,7 @@ FORWARDED_HEADERS = (
     "x-amz-storage-class",
     "x-amz-version-id",
     "x-amz-delete-marker",
-    "x-amz-server-side-encryption",
-    "x-amz-server-side-encryption-aws-kms-key-id",
-    "x-amz-server-side-encryption-context",
-    "x-amz-server-side-encryption-bucket-key-enabled",
-    "x-amz-object-lock-mode",
-    "x-amz-object-lock-retain-until-date",
-    "x-amz-object-lock-legal-hold",
+    *sorted(STORAGE_HEADERS),  # the bucket's encryption at rest and the object's lock
     "x-amz-tagging-count",
     "x-amz-expiration",
     "x-amz-restore",
