@@ -12,12 +12,19 @@ trailer records it), so KMS's own audit log says which object a key was for. Unw
 in memory for ``cache_seconds``, at most ``cache_entries`` of them. Failures are S3 errors: a
 busy or unreachable KMS is 503 ServiceUnavailable (the client retries); a refusal (key disabled,
 access denied) 500 with the KMS's reason; a wrapped key KMS calls invalid is an integrity failure.
+
+Audit: one log line (logger ``proxy.audit``, event ``key_use``) per use of a provider: each data key
+made, each KMS Decrypt and each unwrap of an upload's local data key, with the provider, the
+operation, the wrapping key's id, the bucket, the object key and the outcome; never key material.
+A data key served from memory is no use of the provider (``data_key_cache_lookups_total`` counts
+it), and a local key's data key in a trailer is unwrapped by the format itself on each read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,6 +42,8 @@ from proxy.s3.errors import S3Error
 if TYPE_CHECKING:
     from proxy.config import Kms
     from proxy.metrics import Metrics
+
+audit = logging.getLogger("proxy.audit")
 
 #: The encryption context's names (KMS requires the same context to decrypt).
 CONTEXT_BUCKET = "medusa-crypt-proxy:bucket"
@@ -69,7 +78,10 @@ class LocalKeys:
         return None
 
     async def new_data_key(self, bucket: str, key: str) -> DataKey:
-        return local_data_key(self._keyring().primary)
+        primary = self._keyring().primary
+        data_key = local_data_key(primary)
+        audit_key_use("local", "wrap", primary.key_id_hex, bucket, key, "ok")
+        return data_key
 
     async def unwrap(self, key_id: bytes, wrapped: WrappedKey, key: str) -> DataKey:
         if wrapped.provider != PROVIDER_LOCAL:
@@ -77,7 +89,13 @@ class LocalKeys:
                 f"{key!r}: its data key was wrapped by a key service (provider {wrapped.provider}); "
                 "configure encryption.kms to read it"
             )
-        return unwrap_local(self._keyring().get(key_id), wrapped)
+        try:
+            data_key = unwrap_local(self._keyring().get(key_id), wrapped)
+        except Exception:
+            audit_key_use("local", "unwrap", key_id.hex(), wrapped.context_bucket, key, "error")
+            raise
+        audit_key_use("local", "unwrap", key_id.hex(), wrapped.context_bucket, key, "ok")
+        return data_key
 
 
 class AwsKms:
@@ -118,6 +136,7 @@ class AwsKms:
     async def new_data_key(self, bucket: str, key: str) -> DataKey:
         reply = await self._call(
             "GenerateDataKey",
+            (bucket, key),
             KeyId=self.cfg.key_id,
             KeySpec="AES_256",
             EncryptionContext={CONTEXT_BUCKET: bucket, CONTEXT_KEY: key},
@@ -142,6 +161,7 @@ class AwsKms:
         try:
             reply = await self._call(
                 "Decrypt",
+                (wrapped.context_bucket, key),
                 CiphertextBlob=wrapped.blob,
                 KeyId=wrapped.key_ref,
                 EncryptionContext={CONTEXT_BUCKET: wrapped.context_bucket, CONTEXT_KEY: key},
@@ -164,14 +184,15 @@ class AwsKms:
         while len(self._cache) > self.cfg.cache_entries:
             self._cache.popitem(last=False)
 
-    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+    async def _call(self, operation: str, target: tuple[str, str], **params: Any) -> dict[str, Any]:
+        """One KMS call for the object ``target`` (bucket, key): metrics and the audit line."""
         method = "generate_data_key" if operation == "GenerateDataKey" else "decrypt"
         try:
             reply: dict[str, Any] = await asyncio.wait_for(
                 getattr(self._client, method)(**params), 3 * self.cfg.request_timeout
             )
         except ClientError as exc:
-            self._observe(operation, "error")
+            self._observe(operation, "error", target)
             code = exc.response.get("Error", {}).get("Code", "Unknown")
             message = exc.response.get("Error", {}).get("Message", "")
             if code in ("InvalidCiphertextException", "IncorrectKeyException"):
@@ -180,14 +201,37 @@ class AwsKms:
                 raise S3Error("ServiceUnavailable", f"key service busy ({code}); retry", 503) from None
             raise S3Error("InternalError", f"key service refused {operation}: {code}: {message}", 500) from None
         except (TimeoutError, BotoCoreError, OSError) as exc:
-            self._observe(operation, "error")
+            self._observe(operation, "error", target)
             raise S3Error("ServiceUnavailable", f"key service unreachable: {exc or 'timed out'}", 503) from None
-        self._observe(operation, "ok")
+        self._observe(operation, "ok", target)
         return reply
 
-    def _observe(self, operation: str, outcome: str) -> None:
+    def _observe(self, operation: str, outcome: str, target: tuple[str, str]) -> None:
         if self._metrics is not None:
             self._metrics.observe_kms(operation, outcome)
+        audit_key_use("aws-kms", operation, self.cfg.key_id, target[0], target[1], outcome)
+
+
+def audit_key_use(provider: str, operation: str, key_id: str, bucket: str, key: str, outcome: str) -> None:
+    """The audit line of one use of a key provider (never key material: ids and names only)."""
+    audit.info(
+        "key use: %s %s under %s for %s/%s: %s",
+        provider,
+        operation,
+        key_id,
+        bucket,
+        key,
+        outcome,
+        extra={
+            "event": "key_use",
+            "provider": provider,
+            "operation": operation,
+            "key_id": key_id,
+            "bucket": bucket,
+            "key": key,
+            "outcome": outcome,
+        },
+    )
 
 
 class _Invalid(Exception):

@@ -163,7 +163,10 @@ class Views:
 
     @property
     def key_ids(self) -> list[str]:
-        return [key.key_id_hex for key in self.keyring.keys]
+        """The ids of the keys in use (``build_info``): the key files', and ``kms:<key_id>`` of
+        the KMS key that makes the data keys when one is configured."""
+        kms = self.config.encryption.kms
+        return [key.key_id_hex for key in self.keyring.keys] + ([f"kms:{kms.key_id}"] if kms else [])
 
     async def start(self) -> None:
         await self.keys.start()

@@ -83,6 +83,10 @@ def test_objects_and_uploads_get_their_data_keys_from_kms(
     after_writes = kms_requests(proxy)
     assert after_writes.get(("GenerateDataKey", "ok")) == 2  # one per object or upload, not per part
     assert after_writes.get(("Decrypt", "ok"), 0) == 0  # the upload's parts find its key in memory
+    # One audit line per KMS call, naming the key and the object; build_info names the KMS key.
+    audited = re.findall(r"event=key_use .*operation=GenerateDataKey .*key=(\S+) outcome=ok", proxy.log_text())
+    assert sorted(audited) == ["n/data/large", "n/data/small"]
+    assert f"kms:{kms_key}" in re.search(r'build_info\{[^}]*key_ids="([^"]*)"', _metrics(proxy))[1]  # type: ignore[index]
 
     for key, data in (("n/data/small", small), ("n/data/large", large)):
         trailer = stored_trailer(raw_client, bucket, key)

@@ -3,7 +3,9 @@ a real KMS are tested against moto's in tests/functional/test_kms.py)."""
 
 from __future__ import annotations
 
+import base64
 import itertools
+import logging
 from typing import Any
 
 from proxy.config import Kms
@@ -57,3 +59,28 @@ async def test_unwrapped_keys_expire_and_can_be_off() -> None:
     await kms.unwrap(kms_key_id(ARN), key.wrapped, "k")
     await kms.unwrap(kms_key_id(ARN), key.wrapped, "k")
     assert fake.calls == ["GenerateDataKey", "Decrypt", "Decrypt"]
+
+
+async def test_every_provider_use_is_one_audit_line_without_key_material(caplog: Any) -> None:
+    """Audit: a line per data key made and per unwrap (KMS Decrypt, a local upload key), with the
+    provider, operation, wrapping key id, bucket, object key and outcome; never the key bytes."""
+    caplog.set_level(logging.INFO, logger="proxy.audit")
+    local = LocalKeys(lambda: RING)
+    made = await local.new_data_key("b", "node1/data/ks/t/nb-1-big-Data.db")
+    await local.unwrap(made.key_id, made.wrapped, "node1/data/ks/t/nb-1-big-Data.db")
+    kms, _ = provider()
+    wrapped = (await kms.new_data_key("b", "k")).wrapped
+    kms._cache.clear()
+    await kms.unwrap(kms_key_id(ARN), wrapped, "k")
+    await kms.unwrap(kms_key_id(ARN), wrapped, "k")  # from memory: no use of the provider
+    uses = [(r.provider, r.operation, r.key_id, r.bucket, r.key, r.outcome) for r in caplog.records]  # type: ignore[attr-defined]
+    primary = RING.primary.key_id_hex
+    assert uses == [
+        ("local", "wrap", primary, "b", "node1/data/ks/t/nb-1-big-Data.db", "ok"),
+        ("local", "unwrap", primary, "", "node1/data/ks/t/nb-1-big-Data.db", "ok"),
+        ("aws-kms", "GenerateDataKey", ARN, "b", "k", "ok"),
+        ("aws-kms", "Decrypt", ARN, "b", "k", "ok"),
+    ]
+    text = caplog.text + repr([r.__dict__ for r in caplog.records])
+    for secret in (made.raw, bytes([0]) * 32):
+        assert secret.hex() not in text and base64.b64encode(secret).decode() not in text
