@@ -34,7 +34,7 @@ from proxy.policy import Kind
 from proxy.s3 import xml
 from proxy.s3.api import Handler, Reply, Request, close_pieces, parse_copy_source
 from proxy.s3.errors import S3Error
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, write_headers
 from proxy.upstream import versions as upstream_versions
 
 
@@ -249,7 +249,9 @@ class ObjectService:
                 written = await self.plain.upload_part(part)
         finally:
             await close_pieces(source.body)
-        return Reply.xml(xml.copy_part_result(written.headers["ETag"], datetime.now(UTC)))
+        reply = Reply.xml(xml.copy_part_result(written.headers["ETag"], datetime.now(UTC)))
+        reply.headers.update(write_headers(written.headers))  # the bucket's encryption of the part
+        return reply
 
     def _by_upload_kind(self, encrypted: Handler, plain: Handler) -> Handler:
         """A multipart operation: ``encrypted`` for keys stored encrypted (every kind but

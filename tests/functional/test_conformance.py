@@ -188,6 +188,17 @@ def test_sse_headers_go_up_and_come_back(client: Any, raw_client: Any, upstream:
             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
         )
         assert sse_of(done) == expected
+        # UploadPartCopy (read and encrypted by the proxy for an encrypted key) says the same.
+        copying = client.create_multipart_upload(Bucket=bucket, Key=f"{kind}/partcopy", **sse)
+        part_copy = client.upload_part_copy(
+            Bucket=bucket,
+            Key=f"{kind}/partcopy",
+            UploadId=copying["UploadId"],
+            PartNumber=1,
+            CopySource={"Bucket": bucket, "Key": f"{kind}/mp"},
+        )
+        assert sse_of(part_copy) == expected
+        client.abort_multipart_upload(Bucket=bucket, Key=f"{kind}/partcopy", UploadId=copying["UploadId"])
         copied = client.copy_object(
             Bucket=bucket, Key=f"{kind}/copy", CopySource={"Bucket": bucket, "Key": f"{kind}/put"}, **sse
         )
