@@ -58,8 +58,12 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 
 def parse_copy_source(value: str) -> tuple[str, str]:
-    """``/bucket/key`` or ``bucket/key``, URL-encoded; version ids are not supported."""
-    source = unquote(value.split("?versionId=", 1)[0]).lstrip("/")
+    """``/bucket/key`` or ``bucket/key``, URL-encoded. A given version (``?versionId=``) is refused
+    rather than dropped: copying the current object instead would be the wrong data, silently."""
+    path, versioned, _ = value.partition("?versionId=")
+    if versioned:
+        raise S3Error("NotImplemented", "Copying a given version of an object (versionId) is not supported", 501)
+    source = unquote(path).lstrip("/")
     bucket, _, key = source.partition("/")
     if not bucket or not key:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key", 400)

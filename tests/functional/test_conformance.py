@@ -347,3 +347,20 @@ def test_not_modified_copy_onto_itself_bad_metadata_and_v1_prefix(
     root = ET.fromstring(listed.body)
     assert root.findtext("s3:Prefix", namespaces=ns) == "plain/a b+c/"
     assert [k.text for k in root.iterfind("s3:Contents/s3:Key", ns)] == ["plain/a b+c/x"]
+
+
+def test_a_copy_of_a_given_version_is_refused_not_made_of_the_current_one(client: Any, bucket: str) -> None:
+    """CopyObject and UploadPartCopy naming a source version: 501, nothing written (copying the
+    current object instead, as the proxy once did, would be the wrong data without a word)."""
+    for kind in KINDS:
+        client.put_object(Bucket=bucket, Key=f"{kind}/src", Body=payload(3000))
+        source = {"Bucket": bucket, "Key": f"{kind}/src", "VersionId": "3sL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY"}
+        with pytest.raises(ClientError) as refused:
+            client.copy_object(Bucket=bucket, Key=f"{kind}/dst", CopySource=source)
+        assert refused.value.response["Error"]["Code"] == "NotImplemented"
+        upload = client.create_multipart_upload(Bucket=bucket, Key=f"{kind}/dst")["UploadId"]
+        with pytest.raises(ClientError) as refused:
+            client.upload_part_copy(Bucket=bucket, Key=f"{kind}/dst", UploadId=upload, PartNumber=1, CopySource=source)
+        assert refused.value.response["Error"]["Code"] == "NotImplemented"
+        client.abort_multipart_upload(Bucket=bucket, Key=f"{kind}/dst", UploadId=upload)
+        assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix=f"{kind}/dst")
