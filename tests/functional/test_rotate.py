@@ -59,6 +59,24 @@ def config_with_keys(proxy: ProxyProcess, tmp_path: Path, name: str, *keys: Path
     return path
 
 
+def backed_up_then_new_primary(
+    proxy: ProxyProcess, bucket: str, data: dict[str, bytes], tmp_path: Path
+) -> tuple[Path, Path, Path]:
+    """``data`` written through ``proxy`` and named by a Medusa manifest, then a config whose
+    primary key is a new one (the old kept): (new key, old key, config)."""
+    client = proxy.client()
+    for key, value in data.items():
+        client.put_object(Bucket=bucket, Key=key, Body=value)
+    client.put_object(
+        Bucket=bucket,
+        Key=INDEX,
+        Body=medusa_manifest([(k, hashlib.md5(v).hexdigest(), len(v)) for k, v in data.items()]),
+    )
+    old_key = Path(proxy.config["encryption"]["key_files"][0])
+    new_key = generate_fernet_key_file(tmp_path / "keys" / "new.key")
+    return new_key, old_key, config_with_keys(proxy, tmp_path, "rotate.yaml", new_key, old_key)
+
+
 def trailer_key(raw: Any, bucket: str, key: str) -> tuple[str, int]:
     tail = raw_bytes(raw, bucket, key)
     trailer = Trailer.from_tail(tail)
@@ -191,16 +209,7 @@ def test_interrupted_rotation_resumes_and_a_tampered_object_is_left_alone(
     client = proxy.client()
     data = {f"{DATA}{name}-Data.db": payload(size, i) for i, (name, size) in enumerate([("a", 6 * MIB), ("b", 1000)])}
     data["node1/data/ks1/t-2/c-Data.db"] = payload(6 * MIB + 1, 9)
-    for key, value in data.items():
-        client.put_object(Bucket=bucket, Key=key, Body=value)
-    client.put_object(
-        Bucket=bucket,
-        Key=INDEX,
-        Body=medusa_manifest([(k, hashlib.md5(v).hexdigest(), len(v)) for k, v in data.items()]),
-    )
-    old_key = Path(proxy.config["encryption"]["key_files"][0])
-    new_key = generate_fernet_key_file(tmp_path / "keys" / "new.key")
-    config = config_with_keys(proxy, tmp_path, "rotate.yaml", new_key, old_key)
+    new_key, old_key, config = backed_up_then_new_primary(proxy, bucket, data, tmp_path)
     # An object edited behind the proxy's back: one byte of its trailer's MAC.
     victim = "node1/data/ks1/t-2/c-Data.db"
     tampered = bytearray(raw_bytes(raw_client, bucket, victim))
@@ -304,18 +313,8 @@ def test_a_rotation_killed_mid_way_is_finished_by_the_next_run(
     make_proxy: Callable[..., ProxyProcess], bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
     proxy = make_proxy(encryption={"format_version": 2})
-    client = proxy.client()
     data = {f"{DATA}{i}-Data.db": payload(6 * MIB if i % 2 else 50_000, i) for i in range(8)}
-    for key, value in data.items():
-        client.put_object(Bucket=bucket, Key=key, Body=value)
-    client.put_object(
-        Bucket=bucket,
-        Key=INDEX,
-        Body=medusa_manifest([(k, hashlib.md5(v).hexdigest(), len(v)) for k, v in data.items()]),
-    )
-    old_key = Path(proxy.config["encryption"]["key_files"][0])
-    new_key = generate_fernet_key_file(tmp_path / "keys" / "new.key")
-    config = config_with_keys(proxy, tmp_path, "rotate.yaml", new_key, old_key)
+    new_key, old_key, config = backed_up_then_new_primary(proxy, bucket, data, tmp_path)
     command = [*CLI, "rotate", "--config", str(config), "--bucket", bucket, "--concurrency", "1"]
     running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert running.stderr is not None
