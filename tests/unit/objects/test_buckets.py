@@ -7,7 +7,6 @@ Through a running proxy on moto and rclone: tests/functional/test_buckets.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,25 +19,13 @@ from proxy.objects import ObjectService
 from proxy.objects.passthrough import PassthroughService
 from proxy.s3.api import Request
 from proxy.s3.errors import S3Error
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import BytesBody, FakeUpstream
 
 CONFIG_LOCATION = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n'
     b'<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
     b"<LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>"
 )
-
-
-class BytesBody:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length: int | None = len(data)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.data
-
-    async def read_all(self, limit: int) -> bytes:
-        return self.data
 
 
 def create(bucket: str, body: bytes = b"", **headers: str) -> Request:

@@ -4,29 +4,15 @@ only those (an upload another process started never takes the gauge down)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from proxy.metrics import Metrics
 from proxy.objects.passthrough import CurrentEtags, PassthroughService, write_conditions
 from proxy.s3.api import Request
 from proxy.s3.errors import S3Error
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import BytesBody, FakeUpstream
 
 KEY = "prefix/host1/backup1/meta/schema.cql"
-
-
-class BytesBody:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length: int | None = len(data)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.data
-
-    async def read_all(self, limit: int) -> bytes:
-        return self.data
 
 
 def in_flight(metrics: Metrics) -> float:

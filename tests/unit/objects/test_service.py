@@ -25,28 +25,13 @@ from proxy.objects import ObjectService
 from proxy.objects.views import IntegrityRefusal
 from proxy.s3.api import Reply, Request
 from proxy.s3.errors import S3Error
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import BytesBody, FakeUpstream
 from tests.support.medusa_helpers import medusa_manifest
 
 BUCKET = "bucket"
 DATA_KEY = "prefix/host1/data/ks1/t-1/nb-1-big-Data.db"
 SCHEMA_KEY = "prefix/host1/backup1/meta/schema.cql"
 MANIFEST_KEY = "prefix/host1/backup1/meta/manifest.json"
-
-
-class BytesBody:
-    """A request body already verified (what the front end hands the service)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length: int | None = len(data)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for at in range(0, len(self.data), 1 << 20):
-            yield self.data[at : at + (1 << 20)]
-
-    async def read_all(self, limit: int) -> bytes:
-        return self.data
 
 
 async def body_of(reply: Reply) -> bytes:
