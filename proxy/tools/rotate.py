@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +41,10 @@ from proxy.objects.encrypted import ReplyBody
 from proxy.objects.service import ObjectService
 from proxy.objects.views import IntegrityRefusal, ObjectChanged, complete_tail, read_range, tail_spec
 from proxy.policy import Kind
-from proxy.s3.api import Reply, Request
+from proxy.s3.api import Request
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import INTERNAL_META_PREFIX, quote_etag
+from proxy.tools.rewrite import BytesBody, client_headers, same_version, write_in_parts
 from proxy.upstream import ObjectHead
 
 MIN_PART = 5 << 20  # S3's smallest part but the last
@@ -101,21 +101,6 @@ class RotateReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-class _Bytes:
-    """A request body held in memory (proxy.s3.api.Body)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length: int | None = len(data)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self.data:
-            yield self.data
-
-    async def read_all(self, limit: int) -> bytes:
-        return self.data
 
 
 class _Changed(Exception):
@@ -285,7 +270,7 @@ class _Rotation:
         data_size = trailer.layout.stored_size
         bucket, key, etag = self.bucket, item.key, item.head.etag
         now = await self.upstream.head(bucket, key)  # its metadata, and still the version planned
-        if not _same(now, item.head):
+        if not same_version(now, item.head):
             raise _Changed("overwritten since it was listed")
         params = self._object_params(now)
         upload_id = (await self.upstream.create_upload(bucket, key, params)).upload_id
@@ -313,7 +298,7 @@ class _Rotation:
             self.report.bytes_sent += len(record)
             parts.append((len(parts) + 1, written.etag))
             await self._check_parts(key, upload_id, [last - first + 1 for first, last in copy_ranges(data_size)])
-            if not _same(await self.upstream.head(bucket, key), item.head):
+            if not same_version(await self.upstream.head(bucket, key), item.head):
                 raise _Changed("overwritten while it was copied")
             await self.upstream.complete_upload(bucket, key, upload_id, parts)
         except BaseException:
@@ -357,72 +342,23 @@ class _Rotation:
         params["Metadata"] = metadata
         return self.views.with_hint(params, self.keyring.primary)
 
-    def _headers(self, reply: Reply) -> dict[str, str]:
-        return {
-            k: v
-            for k, v in reply.headers.items()
-            if k.lower() == "content-type"
-            or (k.lower().startswith("x-amz-meta-") and not k.lower().startswith(INTERNAL_META_PREFIX))
-        }
-
     async def _by_reencryption(self, item: Item) -> int:
         """Decrypt through the service and write through it again (format 2, primary key), in
         the same plaintext parts, so the plaintext ETag stays what Medusa recorded."""
         bucket, key = self.bucket, item.key
         guard = {"if-match": quote_etag(item.view_etag)} if item.view_etag else {}
         parts = item.trailer.layout.parts() if item.trailer is not None and item.trailer.etag_parts else None
-        if parts is None:
-            got = await self.service.handle(Request("GetObject", bucket, key, {}, guard))
-            await self._unchanged(item)
-            reply = await self.service.handle(Request("PutObject", bucket, key, {}, self._headers(got), ReplyBody(got)))
-        else:
-            first = await self.service.handle(Request("HeadObject", bucket, key, {}, guard))
-            await self._unchanged(item)
-            created = await self.service.handle(
-                Request("CreateMultipartUpload", bucket, key, {"uploads": ""}, self._headers(first))
-            )
-            found = re.search(
-                rb"<UploadId>([^<]+)</UploadId>", created.body if isinstance(created.body, bytes) else b""
-            )
-            if found is None:
-                raise S3Error("InternalError", "CreateMultipartUpload gave no upload id", 500)
-            upload_id = found.group(1).decode()
-            listed, offset = [], 0
-            try:
-                for number, size in parts:
-                    if size:
-                        ranged = {**guard, "range": f"bytes={offset}-{offset + size - 1}"}
-                        got = await self.service.handle(Request("GetObject", bucket, key, {}, ranged))
-                        body: Any = ReplyBody(got)
-                    else:
-                        body = _Bytes(b"")
-                    offset += size
-                    query = {"uploadId": upload_id, "partNumber": str(number)}
-                    done = await self.service.handle(Request("UploadPart", bucket, key, query, {}, body))
-                    listed.append((number, done.headers["ETag"]))
-                await self._unchanged(item)
-                xml = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>" for n, e in listed)
-                reply = await self.service.handle(
-                    Request(
-                        "CompleteMultipartUpload",
-                        bucket,
-                        key,
-                        {"uploadId": upload_id},
-                        {},
-                        _Bytes(f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode()),
-                    )
-                )
-            except BaseException:
-                with contextlib.suppress(S3Error):
-                    await self.service.handle(Request("AbortMultipartUpload", bucket, key, {"uploadId": upload_id}, {}))
-                raise
-            body_text = reply.body if isinstance(reply.body, bytes) else b""
-            etag = re.search(rb"<ETag>([^<]+)</ETag>", body_text)
-            reply.headers.setdefault("ETag", etag.group(1).decode().replace("&quot;", '"') if etag else "")
-        if reply.headers.get("ETag", "").strip('"') != item.view_etag:
-            raise S3Error(
-                "InternalError", f"re-encrypted with ETag {reply.headers.get('ETag')}, not {item.view_etag}", 500
-            )
+        first = await self.service.handle(Request("HeadObject", bucket, key, {}, guard))
+
+        async def source(offset: int | None, size: int | None) -> ReplyBody:
+            ranged = {**guard, "range": f"bytes={offset}-{offset + size - 1}"} if offset is not None and size else guard
+            return ReplyBody(await self.service.handle(Request("GetObject", bucket, key, {}, ranged)))
+
+        etag = await write_in_parts(
+            self.service, bucket, key, client_headers(first.headers), parts, source, lambda: self._unchanged(item)
+        )
+        if etag != item.view_etag:
+            raise S3Error("InternalError", f"re-encrypted with ETag {etag}, not {item.view_etag}", 500)
         head = await self.upstream.head(bucket, key)
         self.report.bytes_sent += head.size
         await self._verify_written(key, head.size)
@@ -432,7 +368,7 @@ class _Rotation:
     async def _unchanged(self, item: Item) -> None:
         """Still the version planned (the window before a write is as short as it can be)."""
         now = await self.upstream.head(self.bucket, item.key)
-        if not _same(now, item.head):
+        if not same_version(now, item.head):
             raise _Changed("overwritten while it was rotated")
 
     # --- manifests -------------------------------------------------------------------------
@@ -489,7 +425,7 @@ class _Rotation:
                 text = b"".join([bytes(p) async for p in ReplyBody(got)])
                 await self._unchanged(item)
                 put = await self.service.handle(
-                    Request("PutObject", self.bucket, item.key, {}, self._headers(got), _Bytes(text))
+                    Request("PutObject", self.bucket, item.key, {}, client_headers(got.headers), BytesBody(text))
                 )
                 if put.headers.get("ETag") != got.headers.get("ETag"):
                     raise S3Error("InternalError", "the manifest written back differs from the one read", 500)
@@ -511,15 +447,6 @@ class _Rotation:
 
     def problem(self, key: str, reason: object) -> None:
         self.report.problems.append(f"{key}: {reason}")
-
-
-def _same(now: ObjectHead, then: ObjectHead) -> bool:
-    """Still the version planned (by ETag and size; an upstream without ETags: by size and date)."""
-    if now.size != then.size:
-        return False
-    if now.etag.strip('"') or then.etag.strip('"'):
-        return now.etag.strip('"') == then.etag.strip('"')
-    return now.last_modified == then.last_modified
 
 
 class _CopyRefused(Exception):
