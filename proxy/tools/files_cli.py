@@ -217,6 +217,43 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return 0 if asyncio.run(run()) else 1
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from proxy.config import load_config
+    from proxy.objects.service import ObjectService
+    from proxy.tools.migrate import MigrateError, migrate
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _config_problems(err)
+    if not config.encryption.enabled:
+        print("medusa-crypt-proxy: migrate: encryption is not enabled in this config", file=sys.stderr)
+        return 2
+    say = _progress_printer()
+
+    async def run() -> bool:
+        async with _service_in_process(config, format_version=2) as service:
+            assert isinstance(service, ObjectService)
+            report = await migrate(
+                service,
+                args.bucket,
+                prefix=args.prefix,
+                dry_run=args.dry_run,
+                concurrency=args.concurrency,
+                config_path=None if args.keep_config else args.config,
+                say=say,
+            )
+        return report.ok
+
+    try:
+        return 0 if asyncio.run(run()) else 1
+    except MigrateError as exc:
+        print(f"medusa-crypt-proxy: migrate: {exc}", file=sys.stderr)
+        return 2
+
+
 def _progress_printer() -> Callable[[str], None]:
     """Lines to stderr; on a terminal the ``progress:`` lines overwrite each other (a bar)."""
     tty = sys.stderr.isatty()
@@ -314,6 +351,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="re-encrypt instead of copying, so every object rotated gets a new data key (a compromised key)",
     )
     p.set_defaults(func=cmd_rotate)
+
+    p = sub.add_parser(
+        "migrate",
+        help="encrypt, in place, the unencrypted backups written before the proxy; then narrow the cutoff",
+        description="Encrypt every unencrypted object and manifest under --prefix written before "
+        "encryption.legacy_plaintext_before: each original is copied server side to "
+        "medusa-crypt-proxy-migration/<key>, written encrypted under its own key in its own parts (the size and ETag "
+        "Medusa recorded stay what it sees), read back and compared, and only then is the copy deleted; "
+        "manifests are rewritten and sealed. Resumable. Then the cutoff in --config is narrowed to what "
+        "is still unencrypted in the bucket, or removed (when the config's clients reach this bucket only).",
+    )
+    p.add_argument("--config", required=True, help="the proxy's config file (its cutoff is edited when done)")
+    p.add_argument("--bucket", required=True, help="the bucket Medusa's bucket_name names")
+    p.add_argument("--prefix", default="", help="only keys under this prefix (a host's <fqdn>/, or Medusa's prefix)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be encrypted; change nothing")
+    p.add_argument("--concurrency", type=int, default=4, help="objects encrypted at once (default 4)")
+    p.add_argument("--keep-config", action="store_true", help="only say what the cutoff can become; do not edit")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser(
         "inspect",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from proxy.objects.service import ObjectService
@@ -40,7 +40,7 @@ class BytesBody:
         return self.data
 
 
-def client_headers(headers: dict[str, str]) -> dict[str, str]:
+def client_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The content type and user metadata of a reply or head, as a client would send them again
     (the proxy's own metadata left out: the service writes its own)."""
     return {
