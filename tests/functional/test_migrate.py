@@ -16,15 +16,17 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from proxy.config import load_config
 from proxy.format.detect import classify
 from proxy.format.manifest_mac import find_seal
-from proxy.tools.migrate import STAGING_PREFIX
+from proxy.tools.migrate import STAGED_ETAG, STAGING_PREFIX
 from tests.functional.test_objects import MARKER, MIB, cutoff_after, payload, raw_bytes, wait_past
 from tests.support.medusa_helpers import medusa_manifest
 from tests.support.servers import ProxyProcess, S3Server
@@ -143,3 +145,126 @@ def test_migrate_encrypts_a_bucket_in_place_and_removes_the_cutoff(
 
     again = migrate(config, bucket)
     assert again.returncode == 2 and "legacy_plaintext_before is not set" in again.stderr, again.stderr
+
+
+def stage_by_hand(raw: Any, bucket: str, key: str) -> None:
+    """What migrate's first step leaves: the original copied to its staging key, its ETag recorded."""
+    etag = raw.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    raw.copy_object(
+        Bucket=bucket,
+        Key=STAGING_PREFIX + key,
+        CopySource={"Bucket": bucket, "Key": key},
+        MetadataDirective="REPLACE",
+        Metadata={STAGED_ETAG: etag},
+    )
+
+
+def test_an_interrupted_migration_is_finished_by_the_next_run(
+    make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    data = write_unencrypted(raw_client, bucket)
+    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path)
+    before = view(proxy.client(), bucket, list(data))
+    # Stopped after staging, before the write: the original is still plaintext.
+    stage_by_hand(raw_client, bucket, DATA + "big-Data.db")
+    # Stopped after the write, before unstaging: the object is encrypted, its plaintext staged.
+    small = DATA + "small-Data.db"
+    stage_by_hand(raw_client, bucket, small)
+    proxy.client().put_object(Bucket=bucket, Key=small, Body=data[small])
+    assert is_encrypted(raw_client, bucket, small)
+
+    dry = migrate(config, bucket, "--dry-run")
+    assert f"WOULD finish {small}: verify it and remove its staged plaintext" in dry.stdout, dry.stdout
+    assert f"WOULD encrypt {DATA}big-Data.db " in dry.stdout and f"WOULD encrypt {small} " not in dry.stdout
+
+    done = migrate(config, bucket)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        "encrypted 2 of 2 unencrypted object(s)" in done.stdout and "finished 1 left by an earlier run" in done.stdout
+    )
+    assert f"finished {small} (an earlier run's)" in done.stderr
+    assert not [k for k in stored(raw_client, bucket) if k.startswith(STAGING_PREFIX)]
+    assert all(is_encrypted(raw_client, bucket, key) for key in data if "/data/" in key)
+    proxy.stop()
+    proxy.config = yaml.safe_load(config.read_text())
+    proxy.start()
+    assert view(proxy.client(), bucket, list(data)) == before
+
+
+def test_the_cutoff_narrows_to_what_is_left_outside_the_prefix(
+    make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    other = "node2/data/ks1/t-1/other-Data.db"
+    raw_client.put_object(Bucket=bucket, Key=other, Body=payload(2000, 9))
+    wait_past(cutoff_after(raw_client, bucket))  # the rest is newer
+    data = write_unencrypted(raw_client, bucket)
+    raw_client.delete_object(Bucket=bucket, Key=INDEX)  # outside node1/ as well: node2's alone is left
+    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path)
+    old = load_config(str(config)).encryption.legacy_plaintext_before
+    left = datetime.fromisoformat(cutoff_after(raw_client, bucket, other))
+    assert old is not None and left < old
+
+    done = migrate(config, bucket, "--prefix", "node1/")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "encrypted 3 of 3 unencrypted object(s)" in done.stdout
+    assert load_config(str(config)).encryption.legacy_plaintext_before == left  # just wide enough for node2's
+    assert f"1 unencrypted object(s) left in {bucket}" in done.stdout
+    assert not is_encrypted(raw_client, bucket, other) and is_encrypted(raw_client, bucket, DATA + "big-Data.db")
+    proxy.stop()
+    proxy.config = yaml.safe_load(config.read_text())
+    proxy.start()
+    assert proxy.client().get_object(Bucket=bucket, Key=other)["Body"].read() == payload(2000, 9)
+    assert (
+        view(proxy.client(), bucket, [DATA + "big-Data.db"])[DATA + "big-Data.db"][2]
+        == hashlib.md5(data[DATA + "big-Data.db"]).hexdigest()
+    )
+
+
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)
+def test_what_migrate_cannot_vouch_for_is_reported_and_kept(
+    make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    data = write_unencrypted(raw_client, bucket)
+    gone = DATA + "gone-Data.db"
+    raw_client.put_object(Bucket=bucket, Key=gone, Body=payload(3000, 7))
+    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path)
+    text = config.read_text()
+    # A manifest planted after the cutoff: refused by the proxy, never sealed by migrate.
+    planted = "node1/bk2/meta/manifest.json"
+    raw_client.put_object(Bucket=bucket, Key=planted, Body=data[MANIFEST])
+    # An earlier run's staged copy whose object was since replaced by other bytes, and one whose
+    # object is gone: neither plaintext copy is deleted.
+    small = DATA + "small-Data.db"
+    stage_by_hand(raw_client, bucket, small)
+    proxy.client().put_object(Bucket=bucket, Key=small, Body=b"other bytes")
+    stage_by_hand(raw_client, bucket, gone)
+    raw_client.delete_object(Bucket=bucket, Key=gone)
+
+    done = migrate(config, bucket)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"PROBLEM {planted}: an unauthenticated manifest written after the cutoff" in done.stdout
+    assert f"PROBLEM {small}: " in done.stdout and f"its plaintext is kept at {STAGING_PREFIX}{small}" in done.stdout
+    assert f"PROBLEM {gone}: gone; its plaintext is kept at {STAGING_PREFIX}{gone}" in done.stdout
+    assert raw_bytes(raw_client, bucket, STAGING_PREFIX + small) == data[small]
+    assert raw_bytes(raw_client, bucket, STAGING_PREFIX + gone) == payload(3000, 7)
+    assert find_seal(raw_bytes(raw_client, bucket, planted)) is None
+    # The rest is migrated; the cutoff stays while anything is unresolved.
+    assert is_encrypted(raw_client, bucket, DATA + "big-Data.db") and is_encrypted(
+        raw_client, bucket, DATA + "multi-Data.db"
+    )
+    assert "legacy_plaintext_before stays" in done.stdout and config.read_text() == text
+
+
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)
+def test_the_cutoff_is_not_edited_when_the_config_reaches_other_buckets(
+    make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    write_unencrypted(raw_client, bucket)
+    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path, buckets=[])
+    text = config.read_text()
+    done = migrate(config, bucket)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"client(s) {proxy.access_key} of this config may reach other buckets" in done.stdout, done.stdout
+    assert "set no legacy_plaintext_before" in done.stdout and config.read_text() == text
+    kept = migrate(config, bucket, "--keep-config")
+    assert kept.returncode == 0 and "legacy_plaintext_before can be removed" in kept.stdout, kept.stdout
