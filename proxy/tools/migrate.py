@@ -183,6 +183,14 @@ class _Migration:
                 return contents
             params["ContinuationToken"] = page["NextContinuationToken"]
 
+    async def keeps_versions(self) -> bool:
+        """Whether the bucket has (or had) versioning on: an overwrite then keeps the old bytes."""
+        try:
+            answer = await self.upstream.call("get_bucket_versioning", Bucket=self.bucket)
+        except S3Error:
+            return False  # an upstream without versioning
+        return answer.get("Status") in ("Enabled", "Suspended")
+
     async def plan(self, listed: dict[str, Any]) -> Item | None:
         """An unencrypted object or manifest under the prefix written before the cutoff: an Item.
         Outside the prefix it is counted as still needing the cutoff."""
@@ -500,6 +508,11 @@ async def migrate(
         )
     run = _Migration(service, bucket, prefix, concurrency, say)
     report = run.report
+    if await run.keeps_versions():
+        out(
+            f"warning: {bucket} keeps versions: each plaintext original (and its staged copy) stays in it as a "
+            "noncurrent version until a lifecycle rule expires it or it is deleted (docs/OPERATIONS.md)"
+        )
     listed = await run.listing()
     staged = {str(o["Key"])[len(STAGING_PREFIX) :] for o in listed if str(o["Key"]).startswith(STAGING_PREFIX)}
     listed = [o for o in listed if not str(o["Key"]).startswith(STAGING_PREFIX)]

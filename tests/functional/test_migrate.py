@@ -256,14 +256,16 @@ def test_what_migrate_cannot_vouch_for_is_reported_and_kept(
 
 
 @pytest.mark.parametrize("upstream", ["moto"], indirect=True)
-def test_the_cutoff_is_not_edited_when_the_config_reaches_other_buckets(
+def test_a_config_reaching_other_buckets_is_not_edited_and_versions_are_warned_of(
     make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
+    raw_client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     write_unencrypted(raw_client, bucket)
     proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path, buckets=[])
     text = config.read_text()
     done = migrate(config, bucket)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"warning: {bucket} keeps versions: each plaintext original" in done.stdout
     assert f"client(s) {proxy.access_key} of this config may reach other buckets" in done.stdout, done.stdout
     assert "set no legacy_plaintext_before" in done.stdout and config.read_text() == text
     kept = migrate(config, bucket, "--keep-config")
