@@ -266,13 +266,18 @@ class _Migration:
         layouts = part_layouts(item.head.size, original, await self._first_part(item))
         if not layouts:
             raise _WrongLayout(f"no part layout of {item.head.size} bytes gives its ETag {original}")
-        for attempt, parts in enumerate(layouts, 1):
-            try:
-                written, read = await self._write(item, now, staged, parts)
-                break
-            except _WrongLayout:
-                if attempt == len(layouts):
-                    raise
+        try:
+            for attempt, parts in enumerate(layouts, 1):
+                try:
+                    written, read = await self._write(item, now, staged, parts)
+                    break
+                except _WrongLayout:
+                    if attempt == len(layouts):
+                        raise
+        except (_WrongLayout, _Changed):  # stopped before the write became visible: the original is there
+            with contextlib.suppress(S3Error):
+                await self.upstream.delete(bucket, STAGING_PREFIX + key)
+            raise
         if written != original or read != original:
             raise _NotVerified(
                 f"encrypted with ETag {written} from bytes giving {read} where the original's is "
@@ -309,12 +314,10 @@ class _Migration:
         if "-" not in item.head.etag:
             return 0
         try:
-            head = await self.upstream.call(
-                "head_object", Bucket=self.bucket, Key=item.key, PartNumber=1, IfMatch=item.head.etag
-            )
+            part = await self.upstream.head(self.bucket, item.key, {"PartNumber": 1, "IfMatch": item.head.etag})
         except S3Error:
             return 0
-        size = int(head.get("ContentLength", 0))
+        size = part.size
         return size if size < item.head.size else 0
 
     async def _stage(self, item: Item) -> ObjectHead:

@@ -49,6 +49,7 @@ def test_the_walk_finds_every_subcommand() -> None:
         "abort-stale-uploads",
         "restore-backup",
         "rotate",
+        "migrate",
     }
 
 
