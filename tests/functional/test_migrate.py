@@ -22,12 +22,14 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from proxy.config import load_config
 from proxy.format.detect import classify
 from proxy.format.manifest_mac import find_seal
 from proxy.tools.migrate import STAGED_ETAG, STAGING_PREFIX
 from tests.functional.test_objects import MARKER, MIB, cutoff_after, payload, raw_bytes, wait_past
+from tests.functional.test_seed_proxy import seed_object
 from tests.support.medusa_helpers import medusa_manifest
 from tests.support.servers import ProxyProcess, S3Server
 
@@ -69,12 +71,13 @@ def write_unencrypted(raw: Any, bucket: str) -> dict[str, bytes]:
     return data
 
 
-def legacy_proxy(make_proxy: Any, raw: Any, bucket: str, tmp_path: Path, **client: Any) -> tuple[ProxyProcess, Path]:
-    """A proxy declaring everything in the bucket now legacy, and its config file (clients
-    limited to ``bucket`` unless ``client`` says otherwise)."""
+def legacy_proxy(
+    proxy: ProxyProcess, raw: Any, bucket: str, tmp_path: Path, **client: Any
+) -> tuple[ProxyProcess, Path]:
+    """``proxy`` (stopped) started declaring everything in the bucket now legacy, and its config
+    file (clients limited to ``bucket`` unless ``client`` says otherwise)."""
     cutoff = cutoff_after(raw, bucket)
     wait_past(cutoff)
-    proxy = make_proxy(start=False)
     proxy.config["encryption"] = {**proxy.config["encryption"], "legacy_plaintext_before": cutoff}
     proxy.config["clients"] = [{**proxy.config["clients"][0], "buckets": [bucket], **client}]
     proxy.start()
@@ -105,7 +108,7 @@ def test_migrate_encrypts_a_bucket_in_place_and_removes_the_cutoff(
     make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
     data = write_unencrypted(raw_client, bucket)
-    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path)
+    proxy, config = legacy_proxy(make_proxy(start=False), raw_client, bucket, tmp_path)
     keys = [*data, SCHEMA]
     before = view(proxy.client(), bucket, keys)
     assert before[DATA + "big-Data.db"][1] == f'"{hashlib.md5(data[DATA + "big-Data.db"]).hexdigest()}"'
@@ -163,7 +166,7 @@ def test_an_interrupted_migration_is_finished_by_the_next_run(
     make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
     data = write_unencrypted(raw_client, bucket)
-    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path)
+    proxy, config = legacy_proxy(make_proxy(start=False), raw_client, bucket, tmp_path)
     before = view(proxy.client(), bucket, list(data))
     # Stopped after staging, before the write: the original is still plaintext.
     stage_by_hand(raw_client, bucket, DATA + "big-Data.db")
@@ -199,7 +202,7 @@ def test_the_cutoff_narrows_to_what_is_left_outside_the_prefix(
     wait_past(cutoff_after(raw_client, bucket))  # the rest is newer
     data = write_unencrypted(raw_client, bucket)
     raw_client.delete_object(Bucket=bucket, Key=INDEX)  # outside node1/ as well: node2's alone is left
-    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path)
+    proxy, config = legacy_proxy(make_proxy(start=False), raw_client, bucket, tmp_path)
     old = load_config(str(config)).encryption.legacy_plaintext_before
     left = datetime.fromisoformat(cutoff_after(raw_client, bucket, other))
     assert old is not None and left < old
@@ -227,7 +230,7 @@ def test_what_migrate_cannot_vouch_for_is_reported_and_kept(
     data = write_unencrypted(raw_client, bucket)
     gone = DATA + "gone-Data.db"
     raw_client.put_object(Bucket=bucket, Key=gone, Body=payload(3000, 7))
-    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path)
+    proxy, config = legacy_proxy(make_proxy(start=False), raw_client, bucket, tmp_path)
     text = config.read_text()
     # A manifest planted after the cutoff: refused by the proxy, never sealed by migrate.
     planted = "node1/bk2/meta/manifest.json"
@@ -261,7 +264,7 @@ def test_a_config_reaching_other_buckets_is_not_edited_and_versions_are_warned_o
 ) -> None:
     raw_client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     write_unencrypted(raw_client, bucket)
-    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path, buckets=[])
+    proxy, config = legacy_proxy(make_proxy(start=False), raw_client, bucket, tmp_path, buckets=[])
     text = config.read_text()
     done = migrate(config, bucket)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -290,7 +293,7 @@ def test_multipart_originals_keep_their_etag_or_are_left_whole(
     upload_in_parts(raw_client, bucket, odd, [payload(6 * MIB, 1), payload(6 * MIB, 2), payload(100, 3)])
     # Parts of different sizes: no layout of equal parts gives its ETag, so it is left as it is.
     upload_in_parts(raw_client, bucket, uneven, [payload(5 * MIB, 4), payload(7 * MIB, 5), payload(100, 6)])
-    proxy, config = legacy_proxy(make_proxy, raw_client, bucket, tmp_path)
+    proxy, config = legacy_proxy(make_proxy(start=False), raw_client, bucket, tmp_path)
     before = view(proxy.client(), bucket, [odd, uneven])
     done = migrate(config, bucket)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -298,3 +301,53 @@ def test_multipart_originals_keep_their_etag_or_are_left_whole(
     assert is_encrypted(raw_client, bucket, odd) and not is_encrypted(raw_client, bucket, uneven)
     assert not [k for k in stored(raw_client, bucket) if k.startswith(STAGING_PREFIX)]  # the original is intact
     assert view(proxy.client(), bucket, [odd, uneven]) == before
+
+
+def test_a_mixed_bucket_needs_no_cutoff_after_migrate_and_rotate(
+    make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    """Format 1 and 2 objects of the proxy, one of the old in-Medusa encryption and one unencrypted,
+    all before the cutoff: migrate encrypts the unencrypted one alone and keeps the cutoff for the
+    old format's; rotate re-encrypts that one; then migrate finds nothing and removes the cutoff."""
+    seed_file = tmp_path / "seed.key"
+    seed_file.write_bytes(Fernet.generate_key())
+    seed_file.chmod(0o600)
+    v1, v2, plain, seed = (DATA + f"{name}-Data.db" for name in ("v1", "v2", "plain", "seed"))
+    proxy = make_proxy()
+    proxy.client().put_object(Bucket=bucket, Key=v1, Body=payload(3000, 1))
+    proxy.restart(encryption={**proxy.config["encryption"], "format_version": 2})
+    proxy.client().put_object(Bucket=bucket, Key=v2, Body=payload(3000, 2))
+    raw_client.put_object(Bucket=bucket, Key=plain, Body=payload(4000, 3))
+    raw_client.put_object(Bucket=bucket, Key=seed, Body=seed_object(Fernet(seed_file.read_bytes()), payload(5000, 4)))
+    proxy.stop()
+    proxy.config["encryption"]["seed_key_files"] = [str(seed_file)]
+    proxy, config = legacy_proxy(proxy, raw_client, bucket, tmp_path)
+    keys = [v1, v2, plain, seed]
+    before = view(proxy.client(), bucket, keys)
+    untouched = {k: v for k, v in stored(raw_client, bucket).items() if k in (v1, v2, seed)}
+
+    first = migrate(config, bucket)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "encrypted 1 of 1 unencrypted object(s)" in first.stdout
+    assert "1 object(s) of the old in-Medusa encryption left for rotate" in first.stdout
+    assert is_encrypted(raw_client, bucket, plain)
+    assert {k: v for k, v in stored(raw_client, bucket).items() if k in untouched} == untouched
+    assert load_config(str(config)).encryption.legacy_plaintext_before is not None  # the seed object needs it
+
+    rotated = subprocess.run(
+        [sys.executable, "-m", "proxy", "rotate", "--config", str(config), "--bucket", bucket],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    last = migrate(config, bucket)
+    assert last.returncode == 0, last.stdout + last.stderr
+    assert "encrypted 0 of 0 unencrypted object(s)" in last.stdout
+    assert load_config(str(config)).encryption.legacy_plaintext_before is None
+    proxy.stop()
+    proxy.config = yaml.safe_load(config.read_text())
+    del proxy.config["encryption"]["seed_key_files"]
+    proxy.start()
+    assert view(proxy.client(), bucket, keys) == before
