@@ -283,7 +283,7 @@ class _Migration:
                 f"encrypted with ETag {written} from bytes giving {read} where the original's is "
                 f"{original}; its plaintext is kept at {STAGING_PREFIX + key}"
             )
-        await self._verify(key, original)
+        self.report.bytes_sent += await self._verify(key, original)
         await self.upstream.delete(bucket, STAGING_PREFIX + key)
 
     async def _write(self, item: Item, now: ObjectHead, staged: ObjectHead, parts: Parts) -> tuple[str, str]:
@@ -369,8 +369,9 @@ class _Migration:
             raise _Changed("overwritten while it was migrated")
         return now
 
-    async def _verify(self, key: str, original: str) -> None:
-        """``key`` is an encrypted object of ours whose full decrypting read gives ``original``."""
+    async def _verify(self, key: str, original: str) -> int:
+        """``key`` is an encrypted object of ours whose full decrypting read gives ``original``;
+        its stored size."""
         head = await self.upstream.head(self.bucket, key)
         view = await self.views.inspect(self.bucket, key, head.etag, head.size, head.last_modified, follow=False)
         if view.kind != "encrypted" or view.trailer is None or view.etag != original:
@@ -379,10 +380,10 @@ class _Migration:
         parts = view.trailer.layout.parts() if view.trailer.etag_parts else None
         etag, length = await etag_of_reply(got, parts)
         self.report.bytes_read += head.size
-        self.report.bytes_sent += head.size
         if etag != original or length != view.size:
             raise _NotVerified(f"reads back as {length} bytes with ETag {etag} where {original} was written")
         self.listed[key] = (head.size, head.etag.strip('"'))
+        return head.size
 
     # --- what an earlier run left -----------------------------------------------------------
 
@@ -476,7 +477,10 @@ class _Migration:
                 self.report.bytes_sent += stored.size
                 if not item.sealed:
                     await self.upstream.delete(self.bucket, STAGING_PREFIX + item.key)
-            except _Changed as exc:
+            except _Changed as exc:  # before the write: the original is there, its copy can go
+                if not item.sealed:
+                    with contextlib.suppress(S3Error):
+                        await self.upstream.delete(self.bucket, STAGING_PREFIX + item.key)
                 self.problem(item.key, f"{exc}; not rewritten, run migrate again")
             except (S3Error, FormatError, _NotVerified) as exc:
                 self.problem(item.key, f"{getattr(exc, 'message', exc)}: not rewritten")
