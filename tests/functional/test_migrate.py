@@ -25,13 +25,15 @@ import yaml
 from cryptography.fernet import Fernet
 
 from proxy.config import load_config
+from proxy.format.constants import PROVIDER_AWS_KMS
 from proxy.format.detect import classify
 from proxy.format.manifest_mac import find_seal
 from proxy.tools.migrate import STAGED_ETAG, STAGING_PREFIX
+from tests.functional.test_kms import kms_client, kms_config, stored_trailer
 from tests.functional.test_objects import MARKER, MIB, cutoff_after, payload, raw_bytes, wait_past
 from tests.functional.test_seed_proxy import seed_object
 from tests.support.medusa_helpers import medusa_manifest
-from tests.support.servers import ProxyProcess, S3Server
+from tests.support.servers import MotoServer, ProxyProcess, S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = "node1/data/ks1/t-1/"
@@ -351,3 +353,53 @@ def test_a_mixed_bucket_needs_no_cutoff_after_migrate_and_rotate(
     del proxy.config["encryption"]["seed_key_files"]
     proxy.start()
     assert view(proxy.client(), bucket, keys) == before
+
+
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)
+def test_a_migration_killed_mid_way_is_finished_by_the_next_run(
+    make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    data = {f"{DATA}{i}-Data.db": payload(6 * MIB if i % 2 else 50_000, i) for i in range(8)}
+    for key, value in data.items():
+        raw_client.put_object(Bucket=bucket, Key=key, Body=value)
+    proxy, config = legacy_proxy(make_proxy(start=False), raw_client, bucket, tmp_path)
+    command = [sys.executable, "-m", "proxy", "migrate", "--config", str(config), "--bucket", bucket]
+    running = subprocess.Popen([*command, "--concurrency", "1"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert running.stderr is not None
+    for line in running.stderr:  # SIGKILL once the first object is done: no clean-up runs
+        if line.startswith("progress: 1/8"):
+            running.kill()
+            break
+    running.communicate(timeout=60)
+    encrypted = {key for key in data if is_encrypted(raw_client, bucket, key)}
+    assert encrypted and encrypted != set(data), encrypted
+    for key, value in data.items():  # each object its plaintext original or its encrypted copy
+        assert proxy.client().get_object(Bucket=bucket, Key=key)["Body"].read() == value
+
+    done = migrate(config, bucket)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(is_encrypted(raw_client, bucket, key) for key in data)
+    assert not [k for k in stored(raw_client, bucket) if k.startswith(STAGING_PREFIX)]
+    assert load_config(str(config)).encryption.legacy_plaintext_before is None
+
+
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)
+def test_migrate_with_a_kms_gives_each_object_a_kms_data_key(
+    make_proxy: Any, upstream: S3Server, moto_server: MotoServer, bucket: str, raw_client: Any, tmp_path: Path
+) -> None:
+    arn = str(kms_client(moto_server).create_key(Description="migrate test")["KeyMetadata"]["Arn"])
+    data = write_unencrypted(raw_client, bucket)
+    proxy = make_proxy(start=False)
+    proxy.config["encryption"] = {**proxy.config["encryption"], **kms_config(moto_server, arn)}
+    proxy, config = legacy_proxy(proxy, raw_client, bucket, tmp_path)
+    before = view(proxy.client(), bucket, list(data))
+    done = migrate(config, bucket)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for key in (DATA + "small-Data.db", DATA + "big-Data.db", DATA + "multi-Data.db"):
+        trailer = stored_trailer(raw_client, bucket, key)
+        assert trailer.wrapped is not None and trailer.wrapped.provider == PROVIDER_AWS_KMS, key
+        assert trailer.wrapped.key_ref == arn
+    proxy.stop()
+    proxy.config = yaml.safe_load(config.read_text())
+    proxy.start()
+    assert view(proxy.client(), bucket, list(data)) == before
