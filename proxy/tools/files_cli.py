@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from proxy.config import ConfigError
@@ -182,76 +183,57 @@ def cmd_restore_backup(args: argparse.Namespace) -> int:
         return 1
 
 
-def cmd_rotate(args: argparse.Namespace) -> int:
+def _rewrite_bucket(
+    args: argparse.Namespace,
+    tool: str,
+    work: Callable[..., Awaitable[Any]],
+    cannot_start: tuple[type[Exception], ...] = (),
+) -> int:
+    """Run ``rotate`` or ``migrate`` (``work(service, bucket, ..., say=)``) on the service in process;
+    ``cannot_start``: the errors that say, in one line, why it cannot.
+
+    Format version 2 whatever the daemon writes: what is re-encrypted gets a data key, so the
+    next rotation is a copy. Exit 0 when the report is ok, 1 when it lists problems, 2 when the
+    config is not usable for it.
+    """
     import asyncio
 
     from proxy.config import load_config
     from proxy.objects.service import ObjectService
-    from proxy.tools.rotate import rotate
 
     try:
         config = load_config(args.config)
     except ConfigError as err:
         return _config_problems(err)
     if not config.encryption.enabled:
-        print("medusa-crypt-proxy: rotate: encryption is not enabled in this config", file=sys.stderr)
+        print(f"medusa-crypt-proxy: {tool}: encryption is not enabled in this config", file=sys.stderr)
         return 2
-    say = _progress_printer()
-
-    async def run() -> bool:
-        # Format version 2 whatever the daemon writes: what is re-encrypted gets a data key, so
-        # the next rotation is a copy.
-        async with _service_in_process(config, format_version=2) as service:
-            assert isinstance(service, ObjectService)
-            report = await rotate(
-                service,
-                args.bucket,
-                prefix=args.prefix,
-                dry_run=args.dry_run,
-                concurrency=args.concurrency,
-                reencrypt=args.re_encrypt,
-                say=say,
-            )
-        return report.ok
-
-    return 0 if asyncio.run(run()) else 1
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from proxy.config import load_config
-    from proxy.objects.service import ObjectService
-    from proxy.tools.migrate import MigrateError, migrate
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        return _config_problems(err)
-    if not config.encryption.enabled:
-        print("medusa-crypt-proxy: migrate: encryption is not enabled in this config", file=sys.stderr)
-        return 2
-    say = _progress_printer()
+    options = {"prefix": args.prefix, "dry_run": args.dry_run, "concurrency": args.concurrency}
 
     async def run() -> bool:
         async with _service_in_process(config, format_version=2) as service:
             assert isinstance(service, ObjectService)
-            report = await migrate(
-                service,
-                args.bucket,
-                prefix=args.prefix,
-                dry_run=args.dry_run,
-                concurrency=args.concurrency,
-                config_path=None if args.keep_config else args.config,
-                say=say,
-            )
-        return report.ok
+            report = await work(service, args.bucket, **options, say=_progress_printer())
+        return bool(report.ok)
 
     try:
         return 0 if asyncio.run(run()) else 1
-    except MigrateError as exc:
-        print(f"medusa-crypt-proxy: migrate: {exc}", file=sys.stderr)
+    except cannot_start as exc:
+        print(f"medusa-crypt-proxy: {tool}: {exc}", file=sys.stderr)
         return 2
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    from proxy.tools.rotate import rotate
+
+    return _rewrite_bucket(args, "rotate", functools.partial(rotate, reencrypt=args.re_encrypt))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from proxy.tools.migrate import MigrateError, migrate
+
+    config_path = None if args.keep_config else args.config
+    return _rewrite_bucket(args, "migrate", functools.partial(migrate, config_path=config_path), (MigrateError,))
 
 
 def _progress_printer() -> Callable[[str], None]:

@@ -172,17 +172,6 @@ class _Migration:
 
     # --- what is there ---------------------------------------------------------------------
 
-    async def listing(self) -> list[dict[str, Any]]:
-        """The whole bucket: what is outside the prefix tells whether the cutoff can move."""
-        contents: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"Bucket": self.bucket}
-        while True:
-            page = await self.upstream.call("list_objects_v2", **params)
-            contents.extend(page.get("Contents", []))
-            if not page.get("IsTruncated"):
-                return contents
-            params["ContinuationToken"] = page["NextContinuationToken"]
-
     async def keeps_versions(self) -> bool:
         """Whether the bucket has (or had) versioning on: an overwrite then keeps the old bytes."""
         try:
@@ -520,7 +509,7 @@ async def migrate(
             f"warning: {bucket} keeps versions: each plaintext original (and its staged copy) stays in it as a "
             "noncurrent version until a lifecycle rule expires it or it is deleted (docs/OPERATIONS.md)"
         )
-    listed = await run.listing()
+    listed = await run.upstream.list_all(bucket)  # all of it: what is outside the prefix may keep the cutoff
     staged = {str(o["Key"])[len(STAGING_PREFIX) :] for o in listed if str(o["Key"]).startswith(STAGING_PREFIX)}
     listed = [o for o in listed if not str(o["Key"]).startswith(STAGING_PREFIX)]
     run.listed = {o["Key"]: (int(o["Size"]), str(o.get("ETag", "")).strip('"')) for o in listed}

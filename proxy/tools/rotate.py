@@ -134,16 +134,6 @@ class _Rotation:
 
     # --- what is there ---------------------------------------------------------------------
 
-    async def listing(self, prefix: str) -> list[dict[str, Any]]:
-        contents: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        while True:
-            page = await self.upstream.call("list_objects_v2", **params)
-            contents.extend(page.get("Contents", []))
-            if not page.get("IsTruncated"):
-                return contents
-            params["ContinuationToken"] = page["NextContinuationToken"]
-
     async def plan(self, listed: dict[str, Any]) -> Item | None:
         """What a listed object needs: None when it is on the primary key already (or not ours
         to rotate). The listing names the version (no HEAD); a write meanwhile is caught later."""
@@ -469,7 +459,7 @@ async def rotate(
     may have exposed the old ones, which a copy keeps)."""
     run = _Rotation(service, bucket, dry_run, concurrency, say, reencrypt)
     report = run.report
-    listed = await run.listing(prefix)
+    listed = await run.upstream.list_all(bucket, prefix)
     run.listed = {o["Key"]: (int(o["Size"]), str(o.get("ETag", "")).strip('"')) for o in listed}
     say(f"{bucket}/{prefix}: {len(listed)} stored objects; primary key {run.primary_id}")
     planned = [item for item in await asyncio.gather(*(run.plan(o) for o in listed)) if item is not None]

@@ -118,17 +118,6 @@ class _Run:
     seed_unchecked: bool = False
 
 
-async def _list(upstream: Upstream, bucket: str, prefix: str) -> list[dict[str, Any]]:
-    contents: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-    while True:
-        page = await upstream.call("list_objects_v2", **params)
-        contents.extend(page.get("Contents", []))
-        if not page.get("IsTruncated"):
-            return contents
-        params["ContinuationToken"] = page["NextContinuationToken"]
-
-
 def node_manifest_key(prefix: str, index_key: str) -> str | None:
     """The node's copy, ``<prefix><fqdn>/<backup>/meta/manifest.json``, of an indexed manifest
     ``<prefix>index/backup_index/<backup>/manifest_<fqdn>.json``."""
@@ -152,7 +141,7 @@ async def verify_bucket(
     report = Report()
     run = _Run(upstream, bucket, keyring, options or Options(), report, say)
     index = prefix + INDEX + (f"{backup}/" if backup else "")
-    listed = [o for o in await _list(upstream, bucket, index) if o["Key"].rsplit("/", 1)[-1].startswith("manifest_")]
+    listed = [o for o in await upstream.list_all(bucket, index) if o["Key"].rsplit("/", 1)[-1].startswith("manifest_")]
     if not listed:
         report.problems.append(f"no manifest found under {index}")
     for listing in listed:

@@ -561,6 +561,18 @@ class Upstream:
                 params[_LIST_PARAMS[name]] = value
         return await self.call("list_objects_v2" if v2 else "list_objects", **params)
 
+    async def list_all(self, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
+        """Every stored object under ``prefix`` in botocore's shape, page after page (for the
+        offline tools, which walk a whole bucket)."""
+        contents: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            page = await self.call("list_objects_v2", **params)
+            contents.extend(page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return contents
+            params["ContinuationToken"] = page["NextContinuationToken"]
+
     async def head(self, bucket: str, key: str, conditions: Mapping[str, Any] | None = None) -> ObjectHead:
         """HeadObject: the direct path, else botocore (which maps and retries), within one
         deadline. ``conditions`` (botocore's IfMatch...) go to botocore."""

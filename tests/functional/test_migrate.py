@@ -47,6 +47,15 @@ def migrate(config: Path, bucket: str, *args: str) -> subprocess.CompletedProces
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+def upload_in_parts(raw: Any, bucket: str, key: str, parts: list[bytes]) -> None:
+    upload = raw.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = []
+    for n, part in enumerate(parts, 1):
+        etag = raw.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=part)["ETag"]
+        done.append({"PartNumber": n, "ETag": etag})
+    raw.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
+
+
 def write_unencrypted(raw: Any, bucket: str) -> dict[str, bytes]:
     """What Medusa writes straight to the bucket: data files (one multipart), a manifest naming
     them with the bucket's ETags, its index copy, a schema file."""
@@ -54,15 +63,7 @@ def write_unencrypted(raw: Any, bucket: str) -> dict[str, bytes]:
     for key, value in data.items():
         raw.put_object(Bucket=bucket, Key=key, Body=value)
     key, parts = DATA + "multi-Data.db", [payload(5 * MIB, 3), payload(5 * MIB, 4), payload(MIB + 7, 5)]
-    upload = raw.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    done = [
-        {
-            "PartNumber": n,
-            "ETag": raw.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=p)["ETag"],
-        }
-        for n, p in enumerate(parts, 1)
-    ]
-    raw.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
+    upload_in_parts(raw, bucket, key, parts)
     data[key] = b"".join(parts)
     entries = [(k, raw.head_object(Bucket=bucket, Key=k)["ETag"].strip('"'), len(v)) for k, v in data.items()]
     body = medusa_manifest(entries)
@@ -275,15 +276,6 @@ def test_a_config_reaching_other_buckets_is_not_edited_and_versions_are_warned_o
     assert "set no legacy_plaintext_before" in done.stdout and config.read_text() == text
     kept = migrate(config, bucket, "--keep-config")
     assert kept.returncode == 0 and "legacy_plaintext_before can be removed" in kept.stdout, kept.stdout
-
-
-def upload_in_parts(raw: Any, bucket: str, key: str, parts: list[bytes]) -> None:
-    upload = raw.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    done = []
-    for n, part in enumerate(parts, 1):
-        etag = raw.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=part)["ETag"]
-        done.append({"PartNumber": n, "ETag": etag})
-    raw.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
 
 
 @pytest.mark.parametrize("upstream", ["moto"], indirect=True)  # rclone's ETags of uploads are plain MD5s
