@@ -272,7 +272,8 @@ class _Migration:
                 f"encrypted with ETag {written} from bytes giving {read} where the original's is "
                 f"{original}; its plaintext is kept at {STAGING_PREFIX + key}"
             )
-        self.report.bytes_sent += await self._verify(key, original)
+        stored = await self._verify(key, original)  # (not `+= await`: that reads the sum before awaiting)
+        self.report.bytes_sent += stored
         await self.upstream.delete(bucket, STAGING_PREFIX + key)
 
     async def _write(self, item: Item, now: ObjectHead, staged: ObjectHead, parts: Parts) -> tuple[str, str]:
