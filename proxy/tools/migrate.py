@@ -132,6 +132,10 @@ class _Hashed:
         return data
 
 
+def same_etag(a: str, b: str) -> bool:
+    return a.strip('"') == b.strip('"')
+
+
 def part_layouts(size: int, etag: str, first_part: int) -> list[Parts]:
     """The part layouts an object of ``size`` bytes with this ETag may have been uploaded in:
     None (one PutObject) for a plain MD5; else equal parts but the last, the size the bucket
@@ -311,28 +315,37 @@ class _Migration:
         return size if size < item.head.size else 0
 
     async def _stage(self, item: Item) -> ObjectHead:
-        """Copy the original, server side, to ``STAGING_PREFIX + key``, its ETag recorded."""
+        """Copy the original, server side, to ``STAGING_PREFIX + key``, its ETag recorded; the
+        staged version as the copy named it (its reads are guarded by that ETag).
+
+        A plain MD5 original must be copied with the same ETag: its bytes are then the original's,
+        and reading them under If-Match keeps a bucket writer from swapping the copy for other
+        bytes before they are encrypted (its one PutObject is checked only once written)."""
         bucket, key, size = self.bucket, item.key, item.head.size
+        original = item.head.etag.strip('"')
         staged_key = STAGING_PREFIX + key
-        meta = {STAGED_ETAG: item.head.etag.strip('"')}
+        meta = {STAGED_ETAG: original}
         guard = {"CopySourceIfMatch": item.head.etag} if item.head.etag else {}
         try:
             if size <= COPY_OBJECT_LIMIT:
-                await self.upstream.copy(
-                    bucket, staged_key, (bucket, key), {**guard, "MetadataDirective": "REPLACE", "Metadata": meta}
-                )
+                params = {**guard, "MetadataDirective": "REPLACE", "Metadata": meta}
+                etag = (await self.upstream.copy(bucket, staged_key, (bucket, key), params)).etag
             else:
-                await self._stage_in_parts(item, staged_key, meta, guard)
+                etag = await self._stage_in_parts(item, staged_key, meta, guard)
         except S3Error as err:
             if err.code in ("PreconditionFailed", "NoSuchKey"):
                 raise _Changed("overwritten or deleted while it was staged") from None
             raise
         staged = await self.upstream.head(bucket, staged_key)
-        if staged.size != size or staged.metadata.get(STAGED_ETAG) != meta[STAGED_ETAG]:
-            raise _Changed(f"staged as {staged.size} bytes where the original has {size}")
-        return staged
+        if "-" not in original and etag.strip('"') != original:
+            with contextlib.suppress(S3Error):
+                await self.upstream.delete(bucket, staged_key)
+            raise _NotVerified(f"the bucket copied it with ETag {etag}, not its MD5 {original}")
+        if staged.size != size or staged.metadata.get(STAGED_ETAG) != original or not same_etag(staged.etag, etag):
+            raise _Changed(f"staged as {staged.size} bytes ({staged.etag}) where the copy made {size} ({etag})")
+        return ObjectHead(etag, staged.size, staged.last_modified, staged.headers)
 
-    async def _stage_in_parts(self, item: Item, staged_key: str, meta: dict[str, str], guard: dict[str, str]) -> None:
+    async def _stage_in_parts(self, item: Item, staged_key: str, meta: dict[str, str], guard: dict[str, str]) -> str:
         bucket, key = self.bucket, item.key
         upload_id = (await self.upstream.create_upload(bucket, staged_key, {"Metadata": meta})).upload_id
         try:
@@ -341,7 +354,7 @@ class _Migration:
                 range_of = {**guard, "CopySourceRange": f"bytes={first}-{last}"}
                 copied = await self.upstream.copy_part(bucket, staged_key, upload_id, number, (bucket, key), range_of)
                 parts.append((number, copied.etag))
-            await self.upstream.complete_upload(bucket, staged_key, upload_id, parts)
+            return (await self.upstream.complete_upload(bucket, staged_key, upload_id, parts)).etag
         except BaseException:
             with contextlib.suppress(S3Error):
                 await self.upstream.abort_upload(bucket, staged_key, upload_id)
