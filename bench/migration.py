@@ -12,9 +12,12 @@ naming them at ``node1/bk1/meta/manifest.json``. The baseline then downloads eve
 boto3 and uploads it again straight to the upstream (into a bucket of its own, as many objects
 at a time as migrate works on): the I/O any in-place re-encryption cannot avoid, one read and
 one write of each byte. Last, the cutoff is set one second after the newest object and
-``migrate`` runs (its command line, a process of its own). Reported: wall seconds of each,
+``migrate`` runs (its command line, a process of its own), first with ``--dry-run`` (its fixed
+cost: start, listing, planning), then for real. Reported: wall seconds of each,
 objects/s and plaintext MiB/s of migrate, its own count of bytes read from and sent to the bucket
-per plaintext byte (its last line), and the ratio of the wall times migrate/baseline.
+per plaintext byte (its last line), the ratio of the wall times migrate/baseline, and CPU
+seconds per GiB of plaintext of migrate, of the client of the baseline and of the upstream in
+each (steadier than wall times on a shared machine).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import io
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +54,19 @@ MANIFEST = "node1/bk1/meta/manifest.json"
 LAST = re.compile(r"encrypted (\d+) of (\d+) unencrypted object\(s\) \((\d+) bytes\).*; (\d+) bytes read, (\d+) sent")
 #: boto3 as Medusa (and aws s3 cp) moves objects: 8 MiB parts, no extra checksums.
 TRANSFER = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART)
+
+
+def process_cpu(server: S3Server) -> float:
+    """CPU seconds (user + system) the upstream server's process has used so far."""
+    assert server.process is not None and server.process.proc is not None
+    fields = Path(f"/proc/{server.process.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(who: int) -> float:
+    """CPU seconds of this process (RUSAGE_SELF) or of its waited-for children (RUSAGE_CHILDREN)."""
+    used = resource.getrusage(who)
+    return used.ru_utime + used.ru_stime
 
 
 def put_multipart(client: Any, bucket: str, key: str, body: bytes) -> None:
@@ -91,9 +108,10 @@ def wait_past(cutoff: str) -> None:
     time.sleep(max(0.0, (datetime.fromisoformat(cutoff) - datetime.now(UTC)).total_seconds()) + 1.05)
 
 
-def baseline(server: S3Server, bucket: str, keys: list[str], workers: int) -> float:
+def baseline(server: S3Server, bucket: str, keys: list[str], workers: int) -> tuple[float, float, float]:
     """Seconds to download every object and upload it again (to another bucket), ``workers``
-    objects at a time, each through s3transfer as ``aws s3 cp`` does."""
+    objects at a time, each through s3transfer as ``aws s3 cp`` does; and the CPU seconds the
+    client (this process) and the upstream used."""
     client = server.client(request_checksum_calculation="when_required", max_pool_connections=4 * workers + 4)
     target = server.create_bucket()
 
@@ -103,10 +121,11 @@ def baseline(server: S3Server, bucket: str, keys: list[str], workers: int) -> fl
         buffer.seek(0)
         client.upload_fileobj(buffer, target, key, Config=TRANSFER)
 
-    started = time.monotonic()
+    cpu, upstream_cpu, started = own_cpu(resource.RUSAGE_SELF), process_cpu(server), time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(copy, keys))
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    return seconds, own_cpu(resource.RUSAGE_SELF) - cpu, process_cpu(server) - upstream_cpu
 
 
 def check_encrypted(client: Any, bucket: str, keys: list[str], size: int) -> None:
@@ -123,18 +142,23 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
     bucket = server.create_bucket()
     keys = write_legacy(client, bucket, objects, size)
     cutoff = cutoff_after(client, bucket)
-    base_seconds = baseline(server, bucket, keys, concurrency)
+    base_seconds, base_cpu, base_upstream_cpu = baseline(server, bucket, keys, concurrency)
     wait_past(cutoff)
     config = proxy_config(server, root / "proxy", encryption={"legacy_plaintext_before": cutoff})
     config["clients"] = [{**config["clients"][0], "buckets": [bucket]}]
     config_path = root / f"migrate-{bucket}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "proxy", "migrate", "--config", str(config_path), "--bucket", bucket]
-    started = time.monotonic()
+    started = time.monotonic()  # the fixed cost: start, config, listing, planning (reads headers)
+    dry = subprocess.run([*command, "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    dry_seconds = time.monotonic() - started
+    assert dry.returncode == 0 and f"dry run: {objects} object(s) and 1 manifest(s)" in dry.stdout, dry.stdout
+    cpu, upstream_cpu, started = own_cpu(resource.RUSAGE_CHILDREN), process_cpu(server), time.monotonic()
     done = subprocess.run(
         [*command, "--concurrency", str(concurrency)], cwd=REPO, capture_output=True, text=True, timeout=3600
     )
     seconds = time.monotonic() - started
+    cpu, upstream_cpu = own_cpu(resource.RUSAGE_CHILDREN) - cpu, process_cpu(server) - upstream_cpu
     if done.returncode != 0:
         raise SystemExit(f"migrate failed on {server.name}:\n{done.stdout}\n{done.stderr}")
     found = LAST.search(done.stdout)
@@ -142,6 +166,7 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
     migrated, total, plaintext, read, sent = map(int, found.groups())
     assert migrated == total == objects and plaintext == objects * size, done.stdout
     check_encrypted(client, bucket, keys, size)
+    gib = plaintext / (1 << 30)
     return {
         "upstream": server.name,
         "objects": objects,
@@ -149,6 +174,7 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
         "multipart": objects // 2,
         "concurrency": concurrency,
         "seconds": round(seconds, 2),
+        "dry_run_seconds": round(dry_seconds, 2),
         "objects_per_s": round(objects / seconds, 2),
         "plaintext_mib_per_s": round(plaintext / MiB / seconds, 1),
         "bytes_read": read,
@@ -158,6 +184,12 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
         "baseline_seconds": round(base_seconds, 2),
         "baseline_mib_per_s": round(plaintext / MiB / base_seconds, 1),
         "migrate_over_baseline": round(seconds / base_seconds, 2),
+        # CPU per GiB of plaintext: on a shared machine steadier than the wall times
+        "migrate_cpu_s_per_gib": round(cpu / gib, 2),
+        "migrate_upstream_cpu_s_per_gib": round(upstream_cpu / gib, 2),
+        "baseline_client_cpu_s_per_gib": round(base_cpu / gib, 2),
+        "baseline_upstream_cpu_s_per_gib": round(base_upstream_cpu / gib, 2),
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -180,15 +212,20 @@ def main() -> int:
                 for concurrency in args.concurrency:
                     results.append(one(server, root, args.objects, args.size_mib * MiB, concurrency))
     print(
-        f"{'upstream':8} {'objects':>7} {'MiB':>5} {'conc':>4} {'s':>7} {'obj/s':>6} {'MiB/s':>6} "
-        f"{'read/pt':>8} {'sent/pt':>8} {'base s':>7} {'base MiB/s':>10} {'mig/base':>8}"
+        f"{'upstream':8} {'objects':>7} {'MiB':>5} {'conc':>4} {'s':>7} {'dry s':>5} {'obj/s':>6} {'MiB/s':>6} "
+        f"{'read/pt':>8} {'sent/pt':>8} {'base s':>7} {'base MiB/s':>10} {'mig/base':>8} "
+        f"{'CPU s/GiB mig+up':>16} {'base cl+up':>10} {'load':>5}"
     )
     for r in results:
         print(
-            f"{r['upstream']:8} {r['objects']:7} {r['object_mib']:5.0f} {r['concurrency']:4} {r['seconds']:7.2f} "
+            f"{r['upstream']:8} {r['objects']:7} {r['object_mib']:5.0f} {r['concurrency']:4} "
+            f"{r['seconds']:7.2f} {r['dry_run_seconds']:5.2f} "
             f"{r['objects_per_s']:6.2f} {r['plaintext_mib_per_s']:6.1f} {r['read_per_plaintext_byte']:8.4f} "
             f"{r['sent_per_plaintext_byte']:8.4f} {r['baseline_seconds']:7.2f} {r['baseline_mib_per_s']:10.1f} "
-            f"{r['migrate_over_baseline']:8.2f}"
+            f"{r['migrate_over_baseline']:8.2f} "
+            f"{r['migrate_cpu_s_per_gib']:7.2f}+{r['migrate_upstream_cpu_s_per_gib']:<8.2f} "
+            f"{r['baseline_client_cpu_s_per_gib']:4.2f}+{r['baseline_upstream_cpu_s_per_gib']:<5.2f} "
+            f"{r['load_average_1m']:5.1f}"
         )
     out = args.out or REPO / "bench" / "results" / f"migration-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
