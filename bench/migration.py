@@ -149,9 +149,10 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
     config_path = root / f"migrate-{bucket}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "proxy", "migrate", "--config", str(config_path), "--bucket", bucket]
-    started = time.monotonic()  # the fixed cost: start, config, listing, planning (reads headers)
+    # The fixed cost (start, config, listing, planning): a dry run.
+    cpu, started = own_cpu(resource.RUSAGE_CHILDREN), time.monotonic()
     dry = subprocess.run([*command, "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    dry_seconds = time.monotonic() - started
+    dry_seconds, dry_cpu = time.monotonic() - started, own_cpu(resource.RUSAGE_CHILDREN) - cpu
     assert dry.returncode == 0 and f"dry run: {objects} object(s) and 1 manifest(s)" in dry.stdout, dry.stdout
     cpu, upstream_cpu, started = own_cpu(resource.RUSAGE_CHILDREN), process_cpu(server), time.monotonic()
     done = subprocess.run(
@@ -175,6 +176,7 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
         "concurrency": concurrency,
         "seconds": round(seconds, 2),
         "dry_run_seconds": round(dry_seconds, 2),
+        "dry_run_cpu_s": round(dry_cpu, 2),
         "objects_per_s": round(objects / seconds, 2),
         "plaintext_mib_per_s": round(plaintext / MiB / seconds, 1),
         "bytes_read": read,
