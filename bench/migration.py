@@ -15,7 +15,8 @@ one write of each byte. Last, the cutoff is set one second after the newest obje
 ``migrate`` runs (its command line, a process of its own), first with ``--dry-run`` (its fixed
 cost: start, listing, planning), then for real. Reported: wall seconds of each,
 objects/s and plaintext MiB/s of migrate, its own count of bytes read from and sent to the bucket
-per plaintext byte (its last line), the ratio of the wall times migrate/baseline, and CPU
+per plaintext byte (its last line; checked against the bytes stored under the keys it
+migrated, from a listing), the ratio of the wall times migrate/baseline, and CPU
 seconds per GiB of plaintext of migrate, of the client of the baseline and of the upstream in
 each (steadier than wall times on a shared machine).
 """
@@ -128,13 +129,15 @@ def baseline(server: S3Server, bucket: str, keys: list[str], workers: int) -> tu
     return seconds, own_cpu(resource.RUSAGE_SELF) - cpu, process_cpu(server) - upstream_cpu
 
 
-def check_encrypted(client: Any, bucket: str, keys: list[str], size: int) -> None:
+def check_encrypted(client: Any, bucket: str, keys: list[str], size: int) -> int:
     """Every object stored larger than its plaintext (an encrypted object's header and tags) and
-    no staged copy left: migrate did the work it counted."""
+    no staged copy left: migrate did the work it counted. The bytes now stored under the keys
+    migrated (objects and manifest): what it must have sent at least, to check its own count."""
     listed = {o["Key"]: o["Size"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert not [k for k in listed if k.startswith(STAGING_PREFIX)], listed
     small = [k for k in keys if listed[k] <= size]
     assert not small, f"still plaintext-sized: {small}"
+    return sum(listed[k] for k in [*keys, MANIFEST])
 
 
 def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int) -> dict[str, Any]:
@@ -166,7 +169,9 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
     assert found, done.stdout
     migrated, total, plaintext, read, sent = map(int, found.groups())
     assert migrated == total == objects and plaintext == objects * size, done.stdout
-    check_encrypted(client, bucket, keys, size)
+    stored = check_encrypted(client, bucket, keys, size)
+    if sent != stored:
+        print(f"warning: {server.name}: migrate counts {sent} bytes sent, {stored} are stored now", file=sys.stderr)
     gib = plaintext / (1 << 30)
     return {
         "upstream": server.name,
@@ -183,6 +188,7 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
         "bytes_sent": sent,
         "read_per_plaintext_byte": read / plaintext,
         "sent_per_plaintext_byte": sent / plaintext,
+        "stored_per_plaintext_byte": stored / plaintext,  # of the keys migrated, from the listing
         "baseline_seconds": round(base_seconds, 2),
         "baseline_mib_per_s": round(plaintext / MiB / base_seconds, 1),
         "migrate_over_baseline": round(seconds / base_seconds, 2),
@@ -215,7 +221,7 @@ def main() -> int:
                     results.append(one(server, root, args.objects, args.size_mib * MiB, concurrency))
     print(
         f"{'upstream':8} {'objects':>7} {'MiB':>5} {'conc':>4} {'s':>7} {'dry s':>5} {'obj/s':>6} {'MiB/s':>6} "
-        f"{'read/pt':>8} {'sent/pt':>8} {'base s':>7} {'base MiB/s':>10} {'mig/base':>8} "
+        f"{'read/pt':>8} {'sent/pt':>8} {'stored/pt':>9} {'base s':>7} {'base MiB/s':>10} {'mig/base':>8} "
         f"{'CPU s/GiB mig+up':>16} {'base cl+up':>10} {'load':>5}"
     )
     for r in results:
@@ -223,7 +229,8 @@ def main() -> int:
             f"{r['upstream']:8} {r['objects']:7} {r['object_mib']:5.0f} {r['concurrency']:4} "
             f"{r['seconds']:7.2f} {r['dry_run_seconds']:5.2f} "
             f"{r['objects_per_s']:6.2f} {r['plaintext_mib_per_s']:6.1f} {r['read_per_plaintext_byte']:8.4f} "
-            f"{r['sent_per_plaintext_byte']:8.4f} {r['baseline_seconds']:7.2f} {r['baseline_mib_per_s']:10.1f} "
+            f"{r['sent_per_plaintext_byte']:8.4f} {r['stored_per_plaintext_byte']:9.4f} "
+            f"{r['baseline_seconds']:7.2f} {r['baseline_mib_per_s']:10.1f} "
             f"{r['migrate_over_baseline']:8.2f} "
             f"{r['migrate_cpu_s_per_gib']:7.2f}+{r['migrate_upstream_cpu_s_per_gib']:<8.2f} "
             f"{r['baseline_client_cpu_s_per_gib']:4.2f}+{r['baseline_upstream_cpu_s_per_gib']:<5.2f} "
