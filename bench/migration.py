@@ -113,7 +113,9 @@ def baseline(server: S3Server, bucket: str, keys: list[str], workers: int) -> tu
     """Seconds to download every object and upload it again (to another bucket), ``workers``
     objects at a time, each through s3transfer as ``aws s3 cp`` does; and the CPU seconds the
     client (this process) and the upstream used."""
-    client = server.client(request_checksum_calculation="when_required", max_pool_connections=4 * workers + 4)
+    client = server.client(
+        request_checksum_calculation="when_required", max_pool_connections=TRANSFER.max_request_concurrency * workers
+    )
     target = server.create_bucket()
 
     def copy(key: str) -> None:
