@@ -127,8 +127,13 @@ def baseline(server: S3Server, bucket: str, keys: list[str], workers: int) -> tu
     cpu, upstream_cpu, started = own_cpu(resource.RUSAGE_SELF), process_cpu(server), time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(copy, keys))
-    seconds = time.monotonic() - started
-    return seconds, own_cpu(resource.RUSAGE_SELF) - cpu, process_cpu(server) - upstream_cpu
+    seconds, cpu, upstream_cpu = (
+        time.monotonic() - started,
+        own_cpu(resource.RUSAGE_SELF) - cpu,
+        process_cpu(server) - upstream_cpu,
+    )
+    server.delete_bucket(target)  # moto keeps objects in memory: not one copy per run
+    return seconds, cpu, upstream_cpu
 
 
 def check_encrypted(client: Any, bucket: str, keys: list[str], size: int) -> int:
@@ -172,6 +177,7 @@ def one(server: S3Server, root: Path, objects: int, size: int, concurrency: int)
     migrated, total, plaintext, read, sent = map(int, found.groups())
     assert migrated == total == objects and plaintext == objects * size, done.stdout
     stored = check_encrypted(client, bucket, keys, size)
+    server.delete_bucket(bucket)
     if sent != stored:
         print(f"warning: {server.name}: migrate counts {sent} bytes sent, {stored} are stored now", file=sys.stderr)
     gib = plaintext / (1 << 30)
