@@ -92,12 +92,13 @@ class LayoutETag:
         self._left = self._sizes[len(self._digests)]
 
     def hexdigest(self) -> str:
+        """The ETag of what was fed so far (parts not reached count as empty); feeding may go on."""
         if self._sizes is None:
             return self._whole.hexdigest()
-        while len(self._digests) < len(self._sizes) - 1:
-            self._next_part()
-        joined = b"".join([*self._digests, self._part.digest()])
-        return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(self._sizes)}"
+        digests = [*self._digests, self._part.digest()]
+        digests += [hashlib.md5(b"", usedforsecurity=False).digest()] * (len(self._sizes) - len(digests))
+        joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+        return f"{joined}-{len(self._sizes)}"
 
 
 async def write_in_parts(
