@@ -276,11 +276,13 @@ class PassthroughService:
 
     async def copy_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
-        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        source = parse_copy_source(request.headers["x-amz-copy-source"])
         params = self._copy_params(request)
-        copied = await self.upstream.copy(request.bucket or "", request.key or "", (src_bucket, src_key), params)
+        copied = await self.upstream.copy(request.bucket or "", request.key or "", source, params)
         reply = Reply.xml(xml.copy_object_result(copied.etag, copied.last_modified))
         reply.headers.update(write_headers(copied.headers))
+        if source.version:  # the version copied, as S3 names it (moto leaves it out of UploadPartCopy's)
+            reply.headers.setdefault("x-amz-copy-source-version-id", source.version)
         return reply
 
     @staticmethod
@@ -359,7 +361,7 @@ class PassthroughService:
         )
 
     async def upload_part_copy(self, request: Request) -> Reply:
-        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        source = parse_copy_source(request.headers["x-amz-copy-source"])
         params: dict[str, Any] = {}
         if request.headers.get("x-amz-copy-source-range"):
             params["CopySourceRange"] = request.headers["x-amz-copy-source-range"]
@@ -368,11 +370,13 @@ class PassthroughService:
             request.key or "",
             request.query["uploadId"],
             part_number(request.query),
-            (src_bucket, src_key),
+            source,
             params,
         )
         reply = Reply.xml(xml.copy_part_result(copied.etag, copied.last_modified))
         reply.headers.update(write_headers(copied.headers))
+        if source.version:  # the version copied, as S3 names it (moto leaves it out of UploadPartCopy's)
+            reply.headers.setdefault("x-amz-copy-source-version-id", source.version)
         return reply
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
@@ -527,7 +531,8 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     version = request.query.get("versionId") if request.operation in VERSIONED_READS else None
     if not version:
         return await handler(request)
-    token = versions.reading(version)  # every upstream read of this request reads that version
+    # every upstream read of this request's object reads that version
+    token = versions.reading(version, request.bucket or "", request.key or "")
     try:
         reply = await handler(request)
     except BaseException:

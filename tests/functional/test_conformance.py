@@ -349,18 +349,46 @@ def test_not_modified_copy_onto_itself_bad_metadata_and_v1_prefix(
     assert [k.text for k in root.iterfind("s3:Contents/s3:Key", ns)] == ["plain/a b+c/x"]
 
 
-def test_a_copy_of_a_given_version_is_refused_not_made_of_the_current_one(client: Any, bucket: str) -> None:
-    """CopyObject and UploadPartCopy naming a source version: 501, nothing written (copying the
-    current object instead, as the proxy once did, would be the wrong data without a word)."""
-    for kind in KINDS:
-        client.put_object(Bucket=bucket, Key=f"{kind}/src", Body=payload(3000))
-        source = {"Bucket": bucket, "Key": f"{kind}/src", "VersionId": "3sL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY"}
-        with pytest.raises(ClientError) as refused:
-            client.copy_object(Bucket=bucket, Key=f"{kind}/dst", CopySource=source)
-        assert refused.value.response["Error"]["Code"] == "NotImplemented"
-        upload = client.create_multipart_upload(Bucket=bucket, Key=f"{kind}/dst")["UploadId"]
-        with pytest.raises(ClientError) as refused:
-            client.upload_part_copy(Bucket=bucket, Key=f"{kind}/dst", UploadId=upload, PartNumber=1, CopySource=source)
-        assert refused.value.response["Error"]["Code"] == "NotImplemented"
-        client.abort_multipart_upload(Bucket=bucket, Key=f"{kind}/dst", UploadId=upload)
-        assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix=f"{kind}/dst")
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)  # rclone serve s3 keeps no versions
+def test_a_copy_of_a_given_version_copies_that_version(client: Any, raw_client: Any, bucket: str) -> None:
+    """CopyObject and UploadPartCopy naming a source version (``?versionId=``) copy that version,
+    not the current object: read decrypted for an encrypted source, server side between plaintext
+    keys; the answer names the version read (``x-amz-copy-source-version-id``), and an encrypted
+    destination stores ciphertext. A copy of an older version onto its own key restores it."""
+    raw_client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    old, new = payload(3000, 1), payload(4000, 2)
+    for src_kind in KINDS:
+        src = f"{src_kind}/src"
+        first = client.put_object(Bucket=bucket, Key=src, Body=old)["VersionId"]
+        client.put_object(Bucket=bucket, Key=src, Body=new)
+        source = {"Bucket": bucket, "Key": src, "VersionId": first}
+        for dst_kind in KINDS:
+            dst = f"{dst_kind}/from-{src_kind}"
+            copied = client.copy_object(Bucket=bucket, Key=dst, CopySource=source)
+            assert copied["CopySourceVersionId"] == first
+            assert copied["CopyObjectResult"]["ETag"].strip('"') == hashlib.md5(old).hexdigest()
+            assert client.get_object(Bucket=bucket, Key=dst)["Body"].read() == old, (src, dst)
+            assert (MARKER in raw_client.get_object(Bucket=bucket, Key=dst)["Body"].read()) == (dst_kind == "plain")
+
+            upload = client.create_multipart_upload(Bucket=bucket, Key=dst)["UploadId"]
+            step = {"Bucket": bucket, "Key": dst, "UploadId": upload, "CopySource": source}
+            part = client.upload_part_copy(PartNumber=1, CopySourceRange="bytes=10-2009", **step)
+            assert part["CopySourceVersionId"] == first
+            assert part["CopyPartResult"]["ETag"].strip('"') == hashlib.md5(old[10:2010]).hexdigest()
+            parts = [{"PartNumber": 1, "ETag": part["CopyPartResult"]["ETag"]}]
+            client.complete_multipart_upload(Bucket=bucket, Key=dst, UploadId=upload, MultipartUpload={"Parts": parts})
+            assert client.get_object(Bucket=bucket, Key=dst)["Body"].read() == old[10:2010], (src, dst)
+
+        # Without a version: the current one, named in the answer.
+        current = client.copy_object(Bucket=bucket, Key=f"{src_kind}/now", CopySource={"Bucket": bucket, "Key": src})
+        assert current["CopySourceVersionId"] == client.head_object(Bucket=bucket, Key=src)["VersionId"]
+        assert client.get_object(Bucket=bucket, Key=f"{src_kind}/now")["Body"].read() == new
+        # The older version copied onto its key becomes the current object again.
+        client.copy_object(Bucket=bucket, Key=src, CopySource=source)
+        assert client.get_object(Bucket=bucket, Key=src)["Body"].read() == old
+        assert client.get_object(Bucket=bucket, Key=src, VersionId=first)["Body"].read() == old
+        # A version that is not there: the bucket's answer, nothing written.
+        missing = {**source, "VersionId": "3sL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY"}
+        direct = error_of(raw_client.copy_object, Bucket=bucket, Key=f"{src_kind}/none", CopySource=missing)
+        assert error_of(client.copy_object, Bucket=bucket, Key=f"{src_kind}/none", CopySource=missing)[1] == direct[1]
+        assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix=f"{src_kind}/none")
