@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -18,8 +19,9 @@ from typing import Any
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
+from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
 
-from tests.functional.test_protocol import send, sign, signed_request
+from tests.functional.test_protocol import _unsigned_trailer_put, send, sign, signed_request
 from tests.support.servers import ProxyProcess, S3Server
 
 MIB = 1 << 20
@@ -392,3 +394,26 @@ def test_a_copy_of_a_given_version_copies_that_version(client: Any, raw_client: 
         direct = error_of(raw_client.copy_object, Bucket=bucket, Key=f"{src_kind}/none", CopySource=missing)
         assert error_of(client.copy_object, Bucket=bucket, Key=f"{src_kind}/none", CopySource=missing)[1] == direct[1]
         assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix=f"{src_kind}/none")
+
+
+def test_a_chunked_put_without_its_length_is_missing_content_length(
+    mixed_proxy: ProxyProcess, client: Any, bucket: str
+) -> None:
+    """A PUT in HTTP chunked transfer encoding without Content-Length (nor aws-chunked's
+    x-amz-decoded-content-length): S3's ``411 MissingContentLength``, nothing stored, for both
+    kinds of key; the same with the decoded length given is a PUT like any other."""
+    for kind in KINDS:
+        for operation, target in (("PutObject", f"/{bucket}/{kind}/te"), ("UploadPart", None)):
+            if target is None:
+                upload = client.create_multipart_upload(Bucket=bucket, Key=f"{kind}/te-mp")["UploadId"]
+                target = f"/{bucket}/{kind}/te-mp?partNumber=1&uploadId={upload}"
+            headers = sign(mixed_proxy, "PUT", target, body=b"bar")
+            assert not {"content-length", "transfer-encoding"} & {name.lower() for name in headers}
+            reply = send(mixed_proxy, "PUT", target, headers, iter([b"b", b"ar"]))  # sent chunked
+            assert (reply.status, reply.code) == (411, "MissingContentLength"), (operation, reply.body)
+        assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix=f"{kind}/te")
+        data = payload(MIB + 7, 4)
+        framed = AwsChunkedWrapper(io.BytesIO(data), Crc32Checksum, "x-amz-checksum-crc32", chunk_size=MIB).read()
+        reply = _unsigned_trailer_put(mixed_proxy, bucket, f"{kind}/aws-chunked", data, framed)
+        assert reply.status == 200, reply.body
+        assert client.get_object(Bucket=bucket, Key=f"{kind}/aws-chunked")["Body"].read() == data
