@@ -104,7 +104,7 @@ class PassthroughService:
         }
 
     async def handle(self, request: Request) -> Reply:
-        return await dispatch(self.handlers, request)
+        return await missing_bucket_named(self.upstream, request, dispatch(self.handlers, request))
 
     # The same lifecycle as ObjectService's: nothing to open or close.
     key_ids: list[str] = []
@@ -543,6 +543,35 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     else:
         reply.body = _then_done(reply.body, token)
     return reply
+
+
+async def missing_bucket_named(upstream: Upstream, request: Request, answer: Awaitable[Reply]) -> Reply:
+    """``answer``, with a NoSuchKey that is a bucket gone said as S3 says it: NoSuchBucket.
+
+    The proxy learns of a missing object from a HEAD (an encrypted GET or copy starts with one),
+    whose 404 has no body to tell a missing key from a missing bucket; only on that path, a
+    HeadBucket of the request's bucket (and a copy's source bucket) tells them apart. A client's
+    own HEAD has no body either: nothing to tell, nothing asked."""
+    try:
+        return await answer
+    except S3Error as err:
+        if err.code != "NoSuchKey" or request.operation == "HeadObject" or not request.bucket:
+            raise
+        buckets = [request.bucket]
+        if request.headers.get("x-amz-copy-source"):
+            buckets.append(parse_copy_source(request.headers["x-amz-copy-source"]).bucket)
+        for bucket in dict.fromkeys(buckets):
+            if await _bucket_gone(upstream, bucket):
+                raise S3Error.no_such_bucket(bucket) from None
+        raise
+
+
+async def _bucket_gone(upstream: Upstream, bucket: str) -> bool:
+    try:
+        await upstream.call("head_bucket", Bucket=bucket)
+    except S3Error as err:
+        return err.status == 404
+    return False
 
 
 #: Reads that name a version with ``versionId`` (``proxy.upstream.versions``).

@@ -417,3 +417,23 @@ def test_a_chunked_put_without_its_length_is_missing_content_length(
         reply = _unsigned_trailer_put(mixed_proxy, bucket, f"{kind}/aws-chunked", data, framed)
         assert reply.status == 200, reply.body
         assert client.get_object(Bucket=bucket, Key=f"{kind}/aws-chunked")["Body"].read() == data
+
+
+def test_a_bucket_gone_is_no_such_bucket(client: Any, upstream: S3Server, bucket: str) -> None:
+    """A GET or copy that finds no object because its bucket is gone answers S3's
+    ``404 NoSuchBucket`` (the proxy's HEAD of an encrypted key has no error code to say so);
+    a key missing from a bucket that is there stays ``NoSuchKey``."""
+    gone = upstream.create_bucket()
+    for kind in KINDS:
+        client.put_object(Bucket=gone, Key=f"{kind}/x", Body=b"x")
+        client.put_object(Bucket=bucket, Key=f"{kind}/x", Body=b"x")
+    upstream.delete_bucket(gone)
+    for kind in KINDS:
+        assert error_of(client.get_object, Bucket=gone, Key=f"{kind}/x") == ("NoSuchBucket", 404)
+        assert error_of(client.get_object, Bucket=bucket, Key=f"{kind}/missing") == ("NoSuchKey", 404)
+        source = {"Bucket": gone, "Key": f"{kind}/x"}
+        for dst_kind in KINDS:
+            copy = {"Bucket": bucket, "Key": f"{dst_kind}/copy", "CopySource": source}
+            assert error_of(client.copy_object, **copy) == ("NoSuchBucket", 404), (kind, dst_kind)
+        missing = {"Bucket": bucket, "Key": f"{kind}/copy", "CopySource": {"Bucket": bucket, "Key": f"{kind}/missing"}}
+        assert error_of(client.copy_object, **missing) == ("NoSuchKey", 404)
