@@ -37,7 +37,13 @@ from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import LOCK_PARAMS, STORAGE_HEADERS, without_aws_chunked
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
-from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, param_error_to_s3, timeout_kind
+from proxy.upstream.errors import (
+    TIMEOUT_CODES,
+    client_error_to_s3,
+    delete_marker_headers,
+    param_error_to_s3,
+    timeout_kind,
+)
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
 from proxy.upstream.results import Copied, Created, ObjectHead, Opened, Written
 from proxy.upstream.streaming import Silence, StreamingBody, first_piece_ahead
@@ -391,7 +397,9 @@ class Upstream:
             return None
         if head.status == 404:
             self._failed("head_object", "NoSuchKey")
-            raise S3Error("NoSuchKey", "Not Found", 404)
+            missing = S3Error("NoSuchKey", "Not Found", 404)
+            missing.headers = delete_marker_headers(head.headers)
+            raise missing
         headers = head.headers
         length, modified = headers.get("content-length", ""), headers.get("last-modified")
         if head.status != 200 or not length.isdigit() or not modified:
