@@ -517,3 +517,23 @@ def test_conditional_deletes_of_versions(client: Any, raw_client: Any, bucket: s
             412,
         )
         assert client.delete_object(Bucket=bucket, Key=key, IfMatch="*")["DeleteMarker"]
+
+
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)  # rclone serve s3 has no GetObjectAttributes
+def test_object_attributes_checksum_only_for_plaintext_keys(client: Any, bucket: str) -> None:
+    """GetObjectAttributes' Checksum is the bucket's, of the bytes it stores: a plaintext key's is
+    the client's own checksum (passed through); an encrypted key's would be one of ciphertext,
+    so it is left out, and the ETag and size are the plaintext's."""
+    data = payload(1024, 8)
+    sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    wanted = ["ETag", "Checksum", "ObjectSize", "StorageClass"]
+    for kind in KINDS:
+        key = f"{kind}/attrs"
+        put = client.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+        assert put["ChecksumSHA256"] == sha
+        attributes = client.get_object_attributes(Bucket=bucket, Key=key, ObjectAttributes=wanted)
+        assert (attributes["ETag"], attributes["ObjectSize"]) == (hashlib.md5(data).hexdigest(), len(data))
+        if kind == "plain":
+            assert attributes["Checksum"]["ChecksumSHA256"] == sha
+        else:
+            assert "Checksum" not in attributes
