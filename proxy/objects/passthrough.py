@@ -343,7 +343,7 @@ class PassthroughService:
                 only_any = condition.etag is not None and condition.etag.strip() == "*"
                 if only_any and condition.last_modified is None and condition.size is None:
                     return None, ""
-                return S3Error("PreconditionFailed", extra={"Condition": "If-Match"}), ""
+                return S3Error("PreconditionFailed"), ""
             entry: dict[str, Any] = {
                 "Key": key,
                 "ETag": head.etag,
@@ -360,7 +360,7 @@ class PassthroughService:
             found_size=int(entry["Size"]),
         )
         if not holds:
-            return S3Error("PreconditionFailed", extra={"Condition": "If-Match"}), ""
+            return S3Error("PreconditionFailed"), ""
         return None, head.etag if head.etag.strip('"') else ""
 
     async def delete_objects(self, request: Request) -> Reply:
