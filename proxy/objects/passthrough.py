@@ -107,7 +107,7 @@ class PassthroughService:
         }
 
     async def handle(self, request: Request) -> Reply:
-        return await missing_bucket_named(self.upstream, request, dispatch(self.handlers, request))
+        return await missing_named(self.upstream, request, dispatch(self.handlers, request))
 
     # The same lifecycle as ObjectService's: nothing to open or close.
     key_ids: list[str] = []
@@ -629,13 +629,15 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     return reply
 
 
-async def missing_bucket_named(upstream: Upstream, request: Request, answer: Awaitable[Reply]) -> Reply:
-    """``answer``, with a NoSuchKey that is a bucket gone said as S3 says it: NoSuchBucket.
+async def missing_named(upstream: Upstream, request: Request, answer: Awaitable[Reply]) -> Reply:
+    """``answer``, with a NoSuchKey said as S3 says it: NoSuchBucket for a bucket gone,
+    NoSuchVersion for a version that is not there.
 
     The proxy learns of a missing object from a HEAD (an encrypted GET or copy starts with one),
-    whose 404 has no body to tell a missing key from a missing bucket; only on that path, a
-    HeadBucket of the request's bucket (and a copy's source bucket) tells them apart. A client's
-    own HEAD has no body either: nothing to tell, nothing asked."""
+    whose 404 has no body to tell a missing key from a missing bucket or version; only on that
+    path, a HeadBucket of the request's bucket (and a copy's source bucket) tells them apart, and
+    a read of a given version (GetObject's ``versionId``, a copy source's ``?versionId=``) is of a
+    missing version. A client's own HEAD has no body either: nothing to tell, nothing asked."""
     try:
         return await answer
     except S3Error as err:
@@ -644,11 +646,16 @@ async def missing_bucket_named(upstream: Upstream, request: Request, answer: Awa
         if err.headers.get("x-amz-delete-marker") == "true":  # a bucket with versions of it
             raise
         buckets = [request.bucket]
+        version = request.query.get("versionId") if request.operation == "GetObject" else None
         if request.headers.get("x-amz-copy-source"):
-            buckets.append(parse_copy_source(request.headers["x-amz-copy-source"]).bucket)
+            source = parse_copy_source(request.headers["x-amz-copy-source"])
+            buckets.append(source.bucket)
+            version = source.version
         for bucket in dict.fromkeys(buckets):
             if await _bucket_gone(upstream, bucket):
                 raise S3Error.no_such_bucket(bucket) from None
+        if version:
+            raise S3Error("NoSuchVersion", "The specified version does not exist.", 404) from None
         raise
 
 

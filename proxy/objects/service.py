@@ -29,7 +29,7 @@ from proxy.objects.encrypted import (
 )
 from proxy.objects.manifests import ManifestObjects
 from proxy.objects.multipart import MultipartObjects
-from proxy.objects.passthrough import PassthroughService, dispatch, missing_bucket_named
+from proxy.objects.passthrough import PassthroughService, dispatch, missing_named
 from proxy.objects.views import Views
 from proxy.policy import Kind
 from proxy.s3 import xml
@@ -67,7 +67,7 @@ class ObjectService:
         }
 
     async def handle(self, request: Request) -> Reply:
-        return await missing_bucket_named(self.views.upstream, request, dispatch(self.handlers, request))
+        return await missing_named(self.views.upstream, request, dispatch(self.handlers, request))
 
     # --- lifecycle (the daemon's) ----------------------------------------------------------
 
