@@ -49,6 +49,29 @@ def check_conditions(headers: Mapping[str, str], etag: str, last_modified: datet
             raise _not_modified(etag, last_modified)
 
 
+def delete_conditions_hold(
+    etag: str | None,
+    last_modified: datetime | None,
+    size: int | None,
+    *,
+    found_etag: str,
+    found_modified: datetime,
+    found_size: int,
+) -> bool:
+    """Whether a conditional delete's ETag (``*``: any), LastModifiedTime (to the second, as
+    S3 keeps it) and Size hold for the object found (its plaintext view, for an encrypted one)."""
+    if etag is not None and etag.strip() != "*" and etag.strip().strip('"') != found_etag.strip('"'):
+        return False
+    if last_modified is not None and _second(last_modified) != _second(found_modified):
+        return False
+    return size is None or size == found_size
+
+
+def _second(when: datetime) -> int:
+    """``when`` in whole seconds since the epoch (a naive time is UTC)."""
+    return int((when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp())
+
+
 def _not_modified(etag: str, last_modified: datetime) -> S3Error:
     """304, with the ETag and Last-Modified of the version the client has (as S3 sends them)."""
     err = S3Error("NotModified", "Not Modified", 304)

@@ -7,7 +7,7 @@ of the plaintext; the stored format is ``proxy.format``'s.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from proxy.conditions import check_conditions, parse_range
@@ -46,7 +46,7 @@ from proxy.s3.headers import (
     storage_params,
     without_aws_chunked,
 )
-from proxy.upstream import ObjectHead, Opened, Written, write_headers
+from proxy.upstream import ObjectHead, Opened, Written, versions, write_headers
 
 
 class EncryptedObjects:
@@ -176,31 +176,33 @@ class EncryptedObjects:
         """A copy from or to an encrypted key (neither a manifest): a verified read of the
         source's plaintext, written as the destination's kind asks."""
         bucket, key = request.bucket or "", request.key or ""
-        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        source = parse_copy_source(request.headers["x-amz-copy-source"])
         reject_sse_c(request.headers)
-        head, view = (
-            (await self.views.head(src_bucket, src_key))
-            if self.policy.encrypts(src_key)
-            else await self._plain_head(src_bucket, src_key)
-        )
-        with copy_source_conditions():
-            check_conditions(copy_source_condition_headers(request), view.etag, head.last_modified)
-        if request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
-            params = object_params(request.headers)
-        else:
-            params = {**self._copied_params(head), **storage_params(request.headers)}
-            if request.headers.get("x-amz-storage-class"):
-                params["StorageClass"] = request.headers["x-amz-storage-class"]
-        plaintext = await self._plaintext_stream(src_bucket, src_key, head, view)
-        if self.policy.encrypts(key):
-            written = await self.put_stream(bucket, key, plaintext, view.size, params)
-        elif view.size <= body_limit(params, 0):  # locked: sent whole, with its checksum
-            written = await self.upstream.put(bucket, key, b"".join([bytes(p) async for p in plaintext]), params)
-        else:
-            written = await self.upstream.put(bucket, key, plaintext, params, view.size)
-        done = await self.upstream.head(bucket, key)
+        with versions.read_as(source.version, source.bucket, source.key):  # a given version, if named
+            head, view = (
+                (await self.views.head(source.bucket, source.key))
+                if self.policy.encrypts(source.key)
+                else await self._plain_head(source.bucket, source.key)
+            )
+            with copy_source_conditions():
+                check_conditions(copy_source_condition_headers(request), view.etag, head.last_modified)
+            if request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
+                params = object_params(request.headers)
+            else:
+                params = {**self._copied_params(head), **storage_params(request.headers)}
+                if request.headers.get("x-amz-storage-class"):
+                    params["StorageClass"] = request.headers["x-amz-storage-class"]
+            plaintext = await self._plaintext_stream(source.bucket, source.key, head, view)
+            if self.policy.encrypts(key):
+                written = await self.put_stream(bucket, key, plaintext, view.size, params)
+            elif view.size <= body_limit(params, 0):  # locked: sent whole, with its checksum
+                written = await self.upstream.put(bucket, key, b"".join([bytes(p) async for p in plaintext]), params)
+            else:
+                written = await self.upstream.put(bucket, key, plaintext, params, view.size)
+        done = await self.upstream.head(bucket, key)  # the destination as it is now
         reply = Reply.xml(xml.copy_object_result(quote_etag(written.etag), done.last_modified))
         reply.headers.update(write_headers(written.headers))
+        reply.headers.update(source_version(head.headers))
         return reply
 
     async def _plain_head(self, bucket: str, key: str) -> tuple[ObjectHead, View]:
@@ -252,6 +254,13 @@ _COPIED_HEADERS = {
     "expires": "Expires",
     "x-amz-storage-class": "StorageClass",
 }
+
+
+def source_version(headers: Mapping[str, str]) -> dict[str, str]:
+    """A copy's ``x-amz-copy-source-version-id``, as S3 answers it: the version it read (the
+    source's ``x-amz-version-id``; none from a bucket that never had versioning)."""
+    version = headers.get("x-amz-version-id") or headers.get("X-Amz-Version-Id")
+    return {"x-amz-copy-source-version-id": version} if version else {}
 
 
 def copy_source_condition_headers(request: Request) -> dict[str, str]:

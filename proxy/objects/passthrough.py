@@ -8,9 +8,11 @@ connections (``proxy.s3.frontend`` does) nor the object format (``proxy.format``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from proxy.conditions import delete_conditions_hold
 from proxy.metrics import Metrics
 from proxy.s3 import xml
 from proxy.s3.api import Body, Handler, Reply, Request, close_pieces, parse_copy_source
@@ -23,6 +25,7 @@ from proxy.s3.headers import (
     conditional_params,
     int_param,
     object_params,
+    parse_http_date,
     quote_etag,
     reject_sse_c,
     response_override_params,
@@ -104,7 +107,7 @@ class PassthroughService:
         }
 
     async def handle(self, request: Request) -> Reply:
-        return await dispatch(self.handlers, request)
+        return await missing_named(self.upstream, request, dispatch(self.handlers, request))
 
     # The same lifecycle as ObjectService's: nothing to open or close.
     key_ids: list[str] = []
@@ -276,11 +279,13 @@ class PassthroughService:
 
     async def copy_object(self, request: Request) -> Reply:
         reject_sse_c(request.headers)
-        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        source = parse_copy_source(request.headers["x-amz-copy-source"])
         params = self._copy_params(request)
-        copied = await self.upstream.copy(request.bucket or "", request.key or "", (src_bucket, src_key), params)
+        copied = await self.upstream.copy(request.bucket or "", request.key or "", source, params)
         reply = Reply.xml(xml.copy_object_result(copied.etag, copied.last_modified))
         reply.headers.update(write_headers(copied.headers))
+        if source.version:  # the version copied, as S3 names it (moto leaves it out of UploadPartCopy's)
+            reply.headers.setdefault("x-amz-copy-source-version-id", source.version)
         return reply
 
     @staticmethod
@@ -304,11 +309,59 @@ class PassthroughService:
         return params
 
     async def delete_object(self, request: Request) -> Reply:
-        headers = await self.upstream.delete(
-            request.bucket or "", request.key or "", request.query.get("versionId"), delete_params(request.headers)
-        )
-        await self.listing.forget(request.bucket or "", [request.key or ""])
+        bucket, key, version = request.bucket or "", request.key or "", request.query.get("versionId")
+        refusal, guard = await self._delete_checked(bucket, key, version, delete_condition(request.headers))
+        if refusal is not None:
+            raise refusal
+        params = delete_params(request.headers)
+        if guard:
+            params["IfMatch"] = guard
+        headers = await self.upstream.delete(bucket, key, version, params)
+        await self.listing.forget(bucket, [key])
         return Reply(204, headers)
+
+    async def _delete_checked(
+        self, bucket: str, key: str, version: str | None, condition: xml.DeleteCondition
+    ) -> tuple[S3Error | None, str]:
+        """A conditional delete checked as S3 checks it, on the object as the client sees it (the
+        plaintext ETag and size of an encrypted one): the refusal, or None and the bucket's ETag
+        of the version found, which the delete then names (a write landing in between is refused
+        by a bucket that checks it; one that does not, rclone, has only this check).
+
+        Nothing there deletes nothing, without an error; a delete marker there holds for ``*``
+        only (S3's answers in ceph/s3-tests' conditional-delete tests)."""
+        if not condition:
+            return None, ""
+        with versions.read_as(version, bucket, key):
+            try:
+                head = await self.upstream.head(bucket, key)
+            except S3Error as err:
+                if err.status != 404:
+                    return err, ""
+                if err.headers.get("x-amz-delete-marker") != "true":
+                    return None, ""
+                only_any = condition.etag is not None and condition.etag.strip() == "*"
+                if only_any and condition.last_modified is None and condition.size is None:
+                    return None, ""
+                return S3Error("PreconditionFailed"), ""
+            entry: dict[str, Any] = {
+                "Key": key,
+                "ETag": head.etag,
+                "Size": head.size,
+                "LastModified": head.last_modified,
+            }
+            await self.listing.adjust_listing(bucket, [entry])
+        holds = delete_conditions_hold(
+            condition.etag,
+            condition.last_modified,
+            condition.size,
+            found_etag=str(entry["ETag"]),
+            found_modified=head.last_modified,
+            found_size=int(entry["Size"]),
+        )
+        if not holds:
+            return S3Error("PreconditionFailed"), ""
+        return None, head.etag if head.etag.strip('"') else ""
 
     async def delete_objects(self, request: Request) -> Reply:
         payload = await request_body(request).read_all(MAX_XML_BODY)
@@ -319,20 +372,36 @@ class PassthroughService:
         if request.scope is not None:  # one key out of scope refuses the request: nothing is deleted
             for obj in objects:
                 request.scope.check_key(request.bucket or "", obj.key)
+        bucket = request.bucket or ""
+        checks = asyncio.Semaphore(_DELETE_CHECKS)
+
+        async def checked(obj: xml.ObjectIdentifier) -> tuple[S3Error | None, str]:
+            async with checks:
+                return await self._delete_checked(bucket, obj.key, obj.version_id, obj.condition)
+
+        verdicts = await asyncio.gather(*(checked(obj) for obj in objects))
         entries: list[dict[str, Any]] = []
-        for obj in objects:
+        refused: list[dict[str, Any]] = []
+        for obj, (refusal, guard) in zip(objects, verdicts, strict=True):
             entry: dict[str, Any] = {"Key": obj.key}
             if obj.version_id:
                 entry["VersionId"] = obj.version_id
+            if refusal is not None:
+                refused.append({**entry, "Code": refusal.code, "Message": refusal.message})
+                continue
+            if guard:
+                entry["ETag"] = guard
             entries.append(entry)
-        reply = await self.upstream.call(
-            "delete_objects",
-            Bucket=request.bucket,
-            Delete={"Objects": entries, "Quiet": quiet},
-            **delete_params(request.headers),
-        )
-        await self.listing.forget(request.bucket or "", [deleted["Key"] for deleted in reply.get("Deleted", [])])
-        return Reply.xml(xml.delete_result(reply.get("Deleted", []), reply.get("Errors", []), quiet))
+        reply: dict[str, Any] = {}
+        if entries:
+            reply = await self.upstream.call(
+                "delete_objects",
+                Bucket=request.bucket,
+                Delete={"Objects": entries, "Quiet": quiet},
+                **delete_params(request.headers),
+            )
+        await self.listing.forget(bucket, [deleted["Key"] for deleted in reply.get("Deleted", [])])
+        return Reply.xml(xml.delete_result(reply.get("Deleted", []), [*refused, *reply.get("Errors", [])], quiet))
 
     # --- multipart -----------------------------------------------------------------------
 
@@ -359,7 +428,7 @@ class PassthroughService:
         )
 
     async def upload_part_copy(self, request: Request) -> Reply:
-        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        source = parse_copy_source(request.headers["x-amz-copy-source"])
         params: dict[str, Any] = {}
         if request.headers.get("x-amz-copy-source-range"):
             params["CopySourceRange"] = request.headers["x-amz-copy-source-range"]
@@ -368,11 +437,13 @@ class PassthroughService:
             request.key or "",
             request.query["uploadId"],
             part_number(request.query),
-            (src_bucket, src_key),
+            source,
             params,
         )
         reply = Reply.xml(xml.copy_part_result(copied.etag, copied.last_modified))
         reply.headers.update(write_headers(copied.headers))
+        if source.version:  # the version copied, as S3 names it (moto leaves it out of UploadPartCopy's)
+            reply.headers.setdefault("x-amz-copy-source-version-id", source.version)
         return reply
 
     async def complete_multipart_upload(self, request: Request) -> Reply:
@@ -511,6 +582,23 @@ def delete_params(headers: Mapping[str, str]) -> dict[str, Any]:
     return params
 
 
+#: Conditional deletes of one DeleteObjects checked at once (a HEAD each, a trailer read on a miss).
+_DELETE_CHECKS = 16
+
+
+def delete_condition(headers: Mapping[str, str]) -> xml.DeleteCondition:
+    """DeleteObject's conditions: ``If-Match``, ``x-amz-if-match-last-modified-time``, ``x-amz-if-match-size``."""
+    modified = headers.get("x-amz-if-match-last-modified-time")
+    size = headers.get("x-amz-if-match-size")
+    if size is not None and not (size.strip().isascii() and size.strip().isdigit()):
+        raise S3Error("InvalidArgument", f"invalid x-amz-if-match-size {size!r}", 400)
+    return xml.DeleteCondition(
+        headers.get("if-match"),
+        parse_http_date(modified) if modified is not None else None,
+        int(size) if size is not None else None,
+    )
+
+
 def part_number(query: Mapping[str, str]) -> int:
     number = int_param(query, "partNumber", None, 1, 10000)
     if number is None:
@@ -527,7 +615,8 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     version = request.query.get("versionId") if request.operation in VERSIONED_READS else None
     if not version:
         return await handler(request)
-    token = versions.reading(version)  # every upstream read of this request reads that version
+    # every upstream read of this request's object reads that version
+    token = versions.reading(version, request.bucket or "", request.key or "")
     try:
         reply = await handler(request)
     except BaseException:
@@ -538,6 +627,44 @@ async def dispatch(handlers: Mapping[str, Handler], request: Request) -> Reply:
     else:
         reply.body = _then_done(reply.body, token)
     return reply
+
+
+async def missing_named(upstream: Upstream, request: Request, answer: Awaitable[Reply]) -> Reply:
+    """``answer``, with a NoSuchKey said as S3 says it: NoSuchBucket for a bucket gone,
+    NoSuchVersion for a version that is not there.
+
+    The proxy learns of a missing object from a HEAD (an encrypted GET or copy starts with one),
+    whose 404 has no body to tell a missing key from a missing bucket or version; only on that
+    path, a HeadBucket of the request's bucket (and a copy's source bucket) tells them apart, and
+    a read of a given version (GetObject's ``versionId``, a copy source's ``?versionId=``) is of a
+    missing version. A client's own HEAD has no body either: nothing to tell, nothing asked."""
+    try:
+        return await answer
+    except S3Error as err:
+        if err.code != "NoSuchKey" or request.operation == "HeadObject" or not request.bucket:
+            raise
+        if err.headers.get("x-amz-delete-marker") == "true":  # a bucket with versions of it
+            raise
+        buckets = [request.bucket]
+        version = request.query.get("versionId") if request.operation == "GetObject" else None
+        if request.headers.get("x-amz-copy-source"):
+            source = parse_copy_source(request.headers["x-amz-copy-source"])
+            buckets.append(source.bucket)
+            version = source.version
+        for bucket in dict.fromkeys(buckets):
+            if await _bucket_gone(upstream, bucket):
+                raise S3Error.no_such_bucket(bucket) from None
+        if version:
+            raise S3Error("NoSuchVersion", "The specified version does not exist.", 404) from None
+        raise
+
+
+async def _bucket_gone(upstream: Upstream, bucket: str) -> bool:
+    try:
+        await upstream.call("head_bucket", Bucket=bucket)
+    except S3Error as err:
+        return err.status == 404
+    return False
 
 
 #: Reads that name a version with ``versionId`` (``proxy.upstream.versions``).

@@ -25,10 +25,11 @@ from proxy.objects.encrypted import (
     ReplyBody,
     copy_source_condition_headers,
     copy_source_conditions,
+    source_version,
 )
 from proxy.objects.manifests import ManifestObjects
 from proxy.objects.multipart import MultipartObjects
-from proxy.objects.passthrough import PassthroughService, dispatch
+from proxy.objects.passthrough import PassthroughService, dispatch, missing_named
 from proxy.objects.views import Views
 from proxy.policy import Kind
 from proxy.s3 import xml
@@ -66,7 +67,7 @@ class ObjectService:
         }
 
     async def handle(self, request: Request) -> Reply:
-        return await dispatch(self.handlers, request)
+        return await missing_named(self.views.upstream, request, dispatch(self.handlers, request))
 
     # --- lifecycle (the daemon's) ----------------------------------------------------------
 
@@ -107,7 +108,9 @@ class ObjectService:
         as a version id on a HEAD (moto)."""
 
         async def one(entry: dict[str, Any]) -> None:
-            token = upstream_versions.reading(None if entry.get("IsLatest") else entry.get("VersionId"))
+            token = upstream_versions.reading(
+                None if entry.get("IsLatest") else entry.get("VersionId"), bucket, entry.get("Key", "")
+            )
             try:
                 await self.adjust_listing(bucket, [entry])
             finally:
@@ -157,8 +160,9 @@ class ObjectService:
         return await self.encrypted.put_object(request)
 
     async def copy_object(self, request: Request) -> Reply:
-        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
-        if (src_bucket, src_key) == (request.bucket, request.key) and not _changes_the_object(request.headers):
+        source = parse_copy_source(request.headers["x-amz-copy-source"])
+        same = (source.bucket, source.key) == (request.bucket, request.key) and source.version is None
+        if same and not _changes_the_object(request.headers):
             raise S3Error(
                 "InvalidRequest",
                 "This copy request is illegal because it is trying to copy an object to itself without "
@@ -166,7 +170,7 @@ class ObjectService:
                 "attributes.",
                 400,
             )
-        kinds = {self.policy.kind(request.key or ""), self.policy.kind(src_key)}
+        kinds = {self.policy.kind(request.key or ""), self.policy.kind(source.key)}
         if Kind.MANIFEST in kinds:
             return await self._copy_by_reading(request)
         if kinds == {Kind.PLAINTEXT}:
@@ -177,26 +181,29 @@ class ObjectService:
         """A copy from or to a manifest, whose seal names its key: a read of the source as Medusa
         wrote it (verified) and a PUT of that to the destination (sealed for it); the copy-source
         conditions apply to the source as a GET's own would."""
-        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        copied = parse_copy_source(request.headers["x-amz-copy-source"])
         read = Request(
-            "GetObject", src_bucket, src_key, {}, copy_source_condition_headers(request), scope=request.scope
+            "GetObject", copied.bucket, copied.key, {}, copy_source_condition_headers(request), scope=request.scope
         )
-        with copy_source_conditions():
-            source = await self.get_object(read)
-        headers = {k: v for k, v in request.headers.items() if not k.lower().startswith("x-amz-copy-source")}
-        if request.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
-            headers.update(
-                {
-                    k: v
-                    for k, v in source.headers.items()
-                    if k.lower() == "content-type" or k.lower().startswith("x-amz-meta-")
-                }
+        with upstream_versions.read_as(copied.version, copied.bucket, copied.key):
+            with copy_source_conditions():
+                source = await self.get_object(read)
+            headers = {k: v for k, v in request.headers.items() if not k.lower().startswith("x-amz-copy-source")}
+            if request.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
+                headers.update(
+                    {
+                        k: v
+                        for k, v in source.headers.items()
+                        if k.lower() == "content-type" or k.lower().startswith("x-amz-meta-")
+                    }
+                )
+            written = await self.put_object(
+                Request("PutObject", request.bucket, request.key, {}, headers, ReplyBody(source), scope=request.scope)
             )
-        written = await self.put_object(
-            Request("PutObject", request.bucket, request.key, {}, headers, ReplyBody(source), scope=request.scope)
-        )
         done = await self.views.upstream.head(request.bucket or "", request.key or "")
-        return Reply.xml(xml.copy_object_result(written.headers["ETag"], done.last_modified))
+        reply = Reply.xml(xml.copy_object_result(written.headers["ETag"], done.last_modified))
+        reply.headers.update(source_version(source.headers))
+        return reply
 
     # --- multipart -------------------------------------------------------------------------
 
@@ -225,32 +232,36 @@ class ObjectService:
         """UploadPartCopy. Server side only between plaintext keys; otherwise the bucket would copy
         ciphertext where plaintext belongs (or the reverse), so the source range is read through
         the proxy (decrypted, verified) and uploaded as the part, encrypted for an encrypted key."""
-        src_bucket, src_key = parse_copy_source(request.headers["x-amz-copy-source"])
+        copied = parse_copy_source(request.headers["x-amz-copy-source"])
         key = request.key or ""
-        if not self.views.stores_encrypted(key) and self.policy.kind(src_key) is Kind.PLAINTEXT:
+        if not self.views.stores_encrypted(key) and self.policy.kind(copied.key) is Kind.PLAINTEXT:
             return await self.plain.upload_part_copy(request)
         wanted = _copy_source_range(request.headers.get("x-amz-copy-source-range"))
         headers = copy_source_condition_headers(request)
         if wanted is not None:
             headers["range"] = f"bytes={wanted[0]}-{wanted[1]}"
-        read = Request("GetObject", src_bucket, src_key, {}, headers, scope=request.scope)
-        with copy_source_conditions():
-            source = await self.get_object(read)
-        try:  # however the part ends (a bad range, no such upload), the source read stops with it
-            if wanted is not None and source.length != wanted[1] - wanted[0] + 1:
-                raise S3Error(
-                    "InvalidRange", f"The x-amz-copy-source-range is not within the source object ({src_key!r}).", 416
-                )
-            body = ReplyBody(source)
-            part = Request("UploadPart", request.bucket, key, request.query, {}, body, scope=request.scope)
-            if self.views.stores_encrypted(key):
-                written = await self.multipart.upload_part(part)
-            else:
-                written = await self.plain.upload_part(part)
-        finally:
-            await close_pieces(source.body)
+        read = Request("GetObject", copied.bucket, copied.key, {}, headers, scope=request.scope)
+        with upstream_versions.read_as(copied.version, copied.bucket, copied.key):
+            with copy_source_conditions():
+                source = await self.get_object(read)
+            try:  # however the part ends (a bad range, no such upload), the source read stops with it
+                if wanted is not None and source.length != wanted[1] - wanted[0] + 1:
+                    raise S3Error(
+                        "InvalidRange",
+                        f"The x-amz-copy-source-range is not within the source object ({copied.key!r}).",
+                        416,
+                    )
+                body = ReplyBody(source)
+                part = Request("UploadPart", request.bucket, key, request.query, {}, body, scope=request.scope)
+                if self.views.stores_encrypted(key):
+                    written = await self.multipart.upload_part(part)
+                else:
+                    written = await self.plain.upload_part(part)
+            finally:
+                await close_pieces(source.body)
         reply = Reply.xml(xml.copy_part_result(written.headers["ETag"], datetime.now(UTC)))
         reply.headers.update(write_headers(written.headers))  # the bucket's encryption of the part
+        reply.headers.update(source_version(source.headers))
         return reply
 
     def _by_upload_kind(self, encrypted: Handler, plain: Handler) -> Handler:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import unquote
 
 from proxy.s3.errors import S3Error
@@ -57,17 +57,23 @@ class Reply:
 Handler = Callable[[Request], Awaitable[Reply]]
 
 
-def parse_copy_source(value: str) -> tuple[str, str]:
-    """``/bucket/key`` or ``bucket/key``, URL-encoded. A given version (``?versionId=``) is refused
-    rather than dropped: copying the current object instead would be the wrong data, silently."""
-    path, versioned, _ = value.partition("?versionId=")
-    if versioned:
-        raise S3Error("NotImplemented", "Copying a given version of an object (versionId) is not supported", 501)
+class CopySource(NamedTuple):
+    """What a copy reads (``x-amz-copy-source``): a bucket's key, and a given version of it."""
+
+    bucket: str
+    key: str
+    version: str | None = None
+
+
+def parse_copy_source(value: str) -> CopySource:
+    """``/bucket/key`` or ``bucket/key``, URL-encoded, with an optional ``?versionId=`` (botocore
+    writes it unencoded; an empty one is none)."""
+    path, _, version = value.partition("?versionId=")
     source = unquote(path).lstrip("/")
     bucket, _, key = source.partition("/")
     if not bucket or not key:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key", 400)
-    return bucket, key
+    return CopySource(bucket, key, unquote(version).strip() or None)
 
 
 async def close_pieces(pieces: object) -> None:

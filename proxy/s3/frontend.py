@@ -212,7 +212,8 @@ def _copy_source(target: Route, headers: Mapping[str, str]) -> tuple[str, str] |
     """The (bucket, key) a copy reads, parsed exactly as the service will parse it."""
     if target.operation not in ("CopyObject", "UploadPartCopy"):
         return None
-    return parse_copy_source(headers.get("x-amz-copy-source", ""))
+    source = parse_copy_source(headers.get("x-amz-copy-source", ""))
+    return source.bucket, source.key
 
 
 def _broken_framing(exc: BaseException) -> bool:

@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from itertools import pairwise
 from typing import Any
 from urllib.parse import quote, unquote_plus
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_PARTS",
     "S3_NS",
     "CompletedPart",
+    "DeleteCondition",
     "MalformedXMLError",
     "ObjectIdentifier",
     "complete_multipart",
@@ -497,11 +499,26 @@ class CompletedPart:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteCondition:
+    """What a conditional delete asks of the object it deletes (DeleteObject's ``If-Match``,
+    ``x-amz-if-match-last-modified-time`` and ``x-amz-if-match-size``; a DeleteObjects
+    ``<Object>``'s ``ETag``, ``LastModifiedTime`` and ``Size``): None is no condition."""
+
+    etag: str | None = None
+    last_modified: datetime | None = None
+    size: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.etag is not None or self.last_modified is not None or self.size is not None
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectIdentifier:
     """One ``<Object>`` of a DeleteObjects body."""
 
     key: str
     version_id: str | None = None
+    condition: DeleteCondition = field(default_factory=DeleteCondition)
 
 
 class _Refused(Exception):
@@ -652,8 +669,8 @@ def parse_delete(body: bytes, *, max_bytes: int = MAX_DELETE_BODY) -> tuple[list
     """Parse a DeleteObjects body into ``(objects, quiet)``.
 
     1..1000 ``<Object>`` elements, each with one ``Key`` (kept verbatim, whitespace
-    included) and an optional ``VersionId`` (empty → None). Conditional-delete fields
-    (``ETag``, ``LastModifiedTime``, ``Size``) are refused rather than silently ignored.
+    included), an optional ``VersionId`` (empty → None) and the conditions of a conditional
+    delete (``ETag``, ``LastModifiedTime``, ``Size``: botocore's ``ObjectIdentifier``).
     """
     root = _parse(body, "Delete", max_bytes)
     objects: list[ObjectIdentifier] = []
@@ -685,25 +702,48 @@ def _object_identifier(element: ET.Element) -> ObjectIdentifier:
     """One ``<Object>`` of a Delete: its Key, verbatim, and VersionId (empty -> None)."""
     key: str | None = None
     version_id: str | None = None
-    seen_version = False
+    conditions: dict[str, Any] = {}
+    seen: set[str] = set()
     for name, sub in _children(element):
         text = _leaf_text(sub, name)
+        if name in seen:
+            raise MalformedXMLError(f"duplicate <{name}> in <Object>")
+        seen.add(name)
         if name == "Key":
-            if key is not None:
-                raise MalformedXMLError("duplicate <Key> in <Object>")
             key = text
         elif name == "VersionId":
-            if seen_version:
-                raise MalformedXMLError("duplicate <VersionId> in <Object>")
-            seen_version = True
             version_id = text.strip() or None
-        elif name in ("ETag", "LastModifiedTime", "Size"):
-            raise MalformedXMLError(f"conditional delete (<{name}>) not supported")
+        elif name == "ETag":
+            conditions["etag"] = text.strip()
+        elif name == "LastModifiedTime":
+            conditions["last_modified"] = _condition_time(text)
+        elif name == "Size":
+            conditions["size"] = _size(text)
         else:
             raise MalformedXMLError(f"unexpected element <{name}> in <Object>")
     if key is None:
         raise MalformedXMLError("<Object> without <Key>")
-    return ObjectIdentifier(key, version_id)
+    return ObjectIdentifier(key, version_id, DeleteCondition(**conditions))
+
+
+def _condition_time(text: str) -> datetime:
+    """A timestamp as botocore writes it (RFC 822 here), or ISO 8601; naive is UTC."""
+    value = text.strip()
+    try:
+        stamp = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        try:
+            stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise MalformedXMLError(f"invalid timestamp {text!r}") from None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _size(text: str) -> int:
+    stripped = text.strip()
+    if not stripped.isascii() or not stripped.isdigit() or len(stripped) > 19:
+        raise MalformedXMLError(f"invalid Size {text!r}")
+    return int(stripped)
 
 
 def parse_create_bucket(body: bytes, *, max_bytes: int = MAX_CREATE_BUCKET_BODY) -> dict[str, str]:

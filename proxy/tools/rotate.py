@@ -273,7 +273,7 @@ class _Rotation:
                         key,
                         upload_id,
                         number,
-                        (bucket, key),
+                        (bucket, key, None),
                         {"CopySourceRange": f"bytes={first}-{last}", "CopySourceIfMatch": etag},
                     )
                 except S3Error as err:

@@ -37,7 +37,13 @@ from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import LOCK_PARAMS, STORAGE_HEADERS, without_aws_chunked
 from proxy.s3.signer import Credentials, SignedRequest, object_path, sign_request
-from proxy.upstream.errors import TIMEOUT_CODES, client_error_to_s3, param_error_to_s3, timeout_kind
+from proxy.upstream.errors import (
+    TIMEOUT_CODES,
+    client_error_to_s3,
+    delete_marker_headers,
+    param_error_to_s3,
+    timeout_kind,
+)
 from proxy.upstream.http import BodyError, ConnectionPool, RawTimeout
 from proxy.upstream.results import Copied, Created, ObjectHead, Opened, Written
 from proxy.upstream.streaming import Silence, StreamingBody, first_piece_ahead
@@ -100,6 +106,7 @@ WRITE_REPLY_HEADERS = (
     "x-amz-server-side-encryption-context",
     "x-amz-server-side-encryption-bucket-key-enabled",
     "x-amz-version-id",
+    "x-amz-copy-source-version-id",
     "x-amz-expiration",
 )
 
@@ -390,7 +397,9 @@ class Upstream:
             return None
         if head.status == 404:
             self._failed("head_object", "NoSuchKey")
-            raise S3Error("NoSuchKey", "Not Found", 404)
+            missing = S3Error("NoSuchKey", "Not Found", 404)
+            missing.headers = delete_marker_headers(head.headers)
+            raise missing
         headers = head.headers
         length, modified = headers.get("content-length", ""), headers.get("last-modified")
         if head.status != 200 or not length.isdigit() or not modified:
@@ -412,7 +421,7 @@ class Upstream:
         longer than the range asked for (or than ``limit``) is refused, never read whole."""
         guard = etag if etag.strip('"') else ""
         limit = _span(spec) or limit
-        if current_version() is None:  # the fast path reads the current object only
+        if current_version(bucket, key) is None:  # the fast path reads the current object only
             data = await self.direct_range(bucket, key, spec, guard, limit)
             if data is not None:
                 return data
@@ -427,7 +436,7 @@ class Upstream:
         else botocore streams it (``params`` are botocore's: conditions, response overrides,
         PartNumber)."""
         guard = etag if etag.strip('"') else ""
-        if piece_size is not None and not params and current_version() is None:
+        if piece_size is not None and not params and current_version(bucket, key) is None:
             opened = await self.direct_records(bucket, key, spec, guard, piece_size)
             if opened is not None:
                 return opened
@@ -507,26 +516,28 @@ class Upstream:
     async def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await self.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
 
-    async def copy(self, bucket: str, key: str, source: tuple[str, str], params: dict[str, Any]) -> Copied:
-        """CopyObject of ``source`` (bucket, key) stored as it is, server side."""
-        src_bucket, src_key = source
-        reply = await self.call(
-            "copy_object", Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key}, **params
-        )
+    async def copy(self, bucket: str, key: str, source: tuple[str, str, str | None], params: dict[str, Any]) -> Copied:
+        """CopyObject of ``source`` (bucket, key, version or None) stored as it is, server side."""
+        reply = await self.call("copy_object", Bucket=bucket, Key=key, CopySource=_copy_source(source), **params)
         return Copied.from_botocore(reply.get("CopyObjectResult", {}), reply)
 
     async def copy_part(
-        self, bucket: str, key: str, upload_id: str, number: int, source: tuple[str, str], params: dict[str, Any]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        source: tuple[str, str, str | None],
+        params: dict[str, Any],
     ) -> Copied:
-        """UploadPartCopy of (a CopySourceRange of) ``source`` (bucket, key), server side."""
-        src_bucket, src_key = source
+        """UploadPartCopy of (a CopySourceRange of) ``source`` (bucket, key, version or None), server side."""
         reply = await self.call(
             "upload_part_copy",
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
             PartNumber=number,
-            CopySource={"Bucket": src_bucket, "Key": src_key},
+            CopySource=_copy_source(source),
             **params,
         )
         return Copied.from_botocore(reply.get("CopyPartResult", {}), reply)
@@ -579,7 +590,7 @@ class Upstream:
         return await self._bounded("head_object", self._head(bucket, key, conditions or {}))
 
     async def _head(self, bucket: str, key: str, conditions: Mapping[str, Any]) -> ObjectHead:
-        direct = None if conditions or current_version() is not None else await self._fast_head(bucket, key)
+        direct = None if conditions or current_version(bucket, key) is not None else await self._fast_head(bucket, key)
         if direct is not None:
             return direct
         params = versioned({"Bucket": bucket, "Key": key, **conditions})
@@ -808,6 +819,12 @@ def _get_params(bucket: str, key: str, spec: str | None, guard: str, params: dic
     if spec is not None:
         params["Range"] = spec
     return params
+
+
+def _copy_source(source: tuple[str, str, str | None]) -> dict[str, str]:
+    """botocore's CopySource of (bucket, key, version); a version of None: the current object."""
+    bucket, key, version = source
+    return {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
 
 
 def _span(spec: str | None) -> int | None:

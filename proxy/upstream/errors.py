@@ -5,6 +5,7 @@ One mapping for every path to the bucket, botocore's and the direct one (``proxy
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -47,13 +48,26 @@ def client_error_to_s3(exc: ClientError) -> S3Error:
         code = _HEAD_STATUS_CODES.get(code) or ("InternalError" if status >= 500 else "InvalidRequest")
     message = str(err.get("Message") or f"upstream answered {status}")
     error = S3Error(code, message, status)
+    headers = meta.get("HTTPHeaders", {})
     if status == 304:  # names the version the client has
-        headers = meta.get("HTTPHeaders", {})
         error.headers = {name: headers[key] for name, key in _NOT_MODIFIED_HEADERS if key in headers}
+    elif status in (404, 405):
+        error.headers = delete_marker_headers(headers)
     return error
 
 
 _NOT_MODIFIED_HEADERS = (("ETag", "etag"), ("Last-Modified", "last-modified"))
+
+
+def delete_marker_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """What a 404 (or 405) of a delete marker says of it, as S3 sends it on: ``x-amz-delete-marker``
+    and the marker's ``x-amz-version-id`` (a conditional delete tells a deleted object from none)."""
+    if str(headers.get("x-amz-delete-marker", "")).lower() != "true":
+        return {}
+    found = {"x-amz-delete-marker": "true"}
+    if headers.get("x-amz-version-id"):
+        found["x-amz-version-id"] = str(headers["x-amz-version-id"])
+    return found
 
 
 def param_error_to_s3(exc: ParamValidationError) -> S3Error:

@@ -13,7 +13,7 @@ from botocore.parsers import RestXMLParser
 from botocore.serialize import create_serializer
 
 from proxy.s3 import xml as s3xml
-from proxy.s3.xml import CompletedPart, MalformedXMLError, ObjectIdentifier
+from proxy.s3.xml import CompletedPart, DeleteCondition, MalformedXMLError, ObjectIdentifier
 
 MODEL = botocore.session.get_session().get_service_model("s3")
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -582,6 +582,28 @@ def test_parse_delete_from_botocore() -> None:
     assert objects == [ObjectIdentifier(k) for k in keys] + [ObjectIdentifier("v", "v1")]
 
 
+def test_parse_delete_conditions_from_botocore() -> None:
+    """A conditional delete's ETag, LastModifiedTime and Size, as botocore writes them."""
+    when = datetime(2015, 1, 1, 12, 30, 5, tzinfo=UTC)
+    objects = [
+        {"Key": "e", "ETag": '"abc"'},
+        {"Key": "t", "VersionId": "v", "LastModifiedTime": when},
+        {"Key": "s", "Size": 0},
+        {"Key": "all", "ETag": "*", "LastModifiedTime": when, "Size": 12},
+    ]
+    body = serialize("DeleteObjects", {"Bucket": "b", "Delete": {"Objects": objects}})
+    parsed, _ = s3xml.parse_delete(body)
+    assert parsed == [
+        ObjectIdentifier("e", None, DeleteCondition(etag='"abc"')),
+        ObjectIdentifier("t", "v", DeleteCondition(last_modified=when)),
+        ObjectIdentifier("s", None, DeleteCondition(size=0)),
+        ObjectIdentifier("all", None, DeleteCondition("*", when, 12)),
+    ]
+    assert parsed[0].condition and not DeleteCondition()
+    iso = b"<Delete><Object><Key>k</Key><LastModifiedTime>2015-01-01T12:30:05Z</LastModifiedTime></Object></Delete>"
+    assert s3xml.parse_delete(iso)[0][0].condition.last_modified == when
+
+
 def test_parse_delete_variants() -> None:
     body = (
         b"<Delete><Object><Key> sp ace\t</Key></Object>"
@@ -604,7 +626,9 @@ def test_parse_delete_variants() -> None:
         b"<Delete><Quiet>yes</Quiet><Object><Key>k</Key></Object></Delete>",
         b"<Delete><Object><VersionId>v</VersionId></Object></Delete>",
         b"<Delete><Object><Key>a</Key><Key>b</Key></Object></Delete>",
-        b"<Delete><Object><Key>a</Key><ETag>e</ETag></Object></Delete>",
+        b"<Delete><Object><Key>a</Key><ETag>e</ETag><ETag>f</ETag></Object></Delete>",
+        b"<Delete><Object><Key>a</Key><Size>-1</Size></Object></Delete>",
+        b"<Delete><Object><Key>a</Key><LastModifiedTime>yesterday</LastModifiedTime></Object></Delete>",
         b"<Delete><Object><Key>a</Key></Object><Other/></Delete>",
         b"<Remove><Object><Key>a</Key></Object></Remove>",
         b"<Delete><Object><Key>a</Key></Object>",
