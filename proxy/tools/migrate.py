@@ -329,7 +329,7 @@ class _Migration:
         try:
             if size <= COPY_OBJECT_LIMIT:
                 params = {**guard, "MetadataDirective": "REPLACE", "Metadata": meta}
-                etag = (await self.upstream.copy(bucket, staged_key, (bucket, key), params)).etag
+                etag = (await self.upstream.copy(bucket, staged_key, (bucket, key, None), params)).etag
             else:
                 etag = await self._stage_in_parts(item, staged_key, meta, guard)
         except S3Error as err:
@@ -352,7 +352,9 @@ class _Migration:
             parts = []
             for number, (first, last) in enumerate(copy_ranges(item.head.size), 1):
                 range_of = {**guard, "CopySourceRange": f"bytes={first}-{last}"}
-                copied = await self.upstream.copy_part(bucket, staged_key, upload_id, number, (bucket, key), range_of)
+                copied = await self.upstream.copy_part(
+                    bucket, staged_key, upload_id, number, (bucket, key, None), range_of
+                )
                 parts.append((number, copied.etag))
             return (await self.upstream.complete_upload(bucket, staged_key, upload_id, parts)).etag
         except BaseException:
