@@ -165,6 +165,7 @@ def stage_by_hand(raw: Any, bucket: str, key: str) -> None:
     )
 
 
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)  # rclone: the in-place and Medusa tests
 def test_an_interrupted_migration_is_finished_by_the_next_run(
     make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
@@ -197,6 +198,7 @@ def test_an_interrupted_migration_is_finished_by_the_next_run(
     assert view(proxy.client(), bucket, list(data)) == before
 
 
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)  # rclone: the in-place and Medusa tests
 def test_the_cutoff_narrows_to_what_is_left_outside_the_prefix(
     make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
@@ -297,6 +299,7 @@ def test_multipart_originals_keep_their_etag_or_are_left_whole(
     assert view(proxy.client(), bucket, [odd, uneven]) == before
 
 
+@pytest.mark.parametrize("upstream", ["moto"], indirect=True)  # rclone: the in-place and Medusa tests
 def test_a_mixed_bucket_needs_no_cutoff_after_migrate_and_rotate(
     make_proxy: Any, upstream: S3Server, bucket: str, raw_client: Any, tmp_path: Path
 ) -> None:
